@@ -1,1 +1,33 @@
+//! Safehouse agent capability policies.
+//!
+//! An operator writes an `AgentPolicy` manifest (YAML or JSON) stating what an agent may do;
+//! this crate reads it with located findings ([`lint_str`], [`parse_str`], [`load_file`]),
+//! compiles it against the untrusted OCI spec containerd hands the shim ([`compile`]), explains
+//! it in plain sentences ([`explain()`]) and publishes its JSON Schema ([`json_schema`]).
+//! Everything but [`load_file`] is pure.
 
+pub mod compile;
+pub mod digest;
+pub mod egress;
+pub mod explain;
+pub mod finding;
+pub mod manifest;
+pub mod parse;
+pub mod paths;
+pub mod quantity;
+pub mod schema;
+pub mod span;
+pub mod validate;
+
+pub use compile::{
+    compile, AuditPlan, CompileContext, CompileError, CompiledPolicy, NetworkPlan,
+    DIGEST_ANNOTATION, POLICY_ANNOTATION,
+};
+pub use digest::policy_digest;
+pub use explain::explain;
+pub use finding::{Finding, Severity};
+pub use manifest::{AgentPolicy, AuditCategory, NetworkMode, ViolationAction, STRICT_DEFAULT_NAME};
+pub use parse::{lint_str, load_file, parse_str, Format, InvalidPolicy, LintReport, LoadError};
+pub use schema::json_schema;
+pub use span::Location;
+pub use validate::validate;

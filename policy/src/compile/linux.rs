@@ -1,0 +1,152 @@
+//! The `linux` section: host namespaces and non-standard devices are refused, device cgroup
+//! rules beyond the standard set are dropped, and cgroup limits are tightened to the policy.
+
+use std::path::Path;
+
+use oci_spec::runtime::{
+    Linux, LinuxCpu, LinuxDeviceCgroup, LinuxDeviceType, LinuxMemory, LinuxNamespaceType,
+    LinuxPids, LinuxResources, Spec,
+};
+
+use super::{refused, CompileError};
+use crate::manifest::AgentPolicy;
+use crate::paths::normalize;
+
+/// Namespaces whose absence from `linux.namespaces` means sharing the host's.
+const REQUIRED_NAMESPACES: &[(LinuxNamespaceType, &str)] = &[
+    (LinuxNamespaceType::Pid, "pid"),
+    (LinuxNamespaceType::Ipc, "ipc"),
+    (LinuxNamespaceType::Network, "network"),
+];
+
+/// Device nodes a container may have: (path, char major, minor).
+const STANDARD_DEVICES: &[(&str, i64, i64)] = &[
+    ("/dev/null", 1, 3),
+    ("/dev/zero", 1, 5),
+    ("/dev/full", 1, 7),
+    ("/dev/random", 1, 8),
+    ("/dev/urandom", 1, 9),
+    ("/dev/tty", 5, 0),
+    ("/dev/console", 5, 1),
+    ("/dev/ptmx", 5, 2),
+];
+
+/// Character devices containerd's default spec allows in the device cgroup, beyond
+/// `STANDARD_DEVICES`: `/dev/pts/*` (136:any) and `/dev/net/tun` (10:200).
+const EXTRA_CGROUP_CHAR_DEVICES: &[(i64, Option<i64>)] = &[(136, None), (10, Some(200))];
+
+/// Default CFS period when the spec sets none (100 ms).
+const DEFAULT_CPU_PERIOD_US: u64 = 100_000;
+
+pub(super) fn confine(policy: &AgentPolicy, spec: &mut Spec) -> Result<(), CompileError> {
+    let name = &policy.metadata.name;
+    let linux = spec.linux_mut().get_or_insert_with(Linux::default);
+
+    let namespaces = linux.namespaces().clone().unwrap_or_default();
+    for (typ, label) in REQUIRED_NAMESPACES {
+        let entry = namespaces.iter().position(|n| n.typ() == *typ);
+        match entry {
+            None => {
+                return Err(refused(
+                    policy,
+                    "linux.namespaces",
+                    format!("no {label} namespace means the host's {label} namespace, refused by policy {name:?}"),
+                ))
+            }
+            Some(i) => {
+                let path = namespaces[i].path().as_deref().map(Path::to_string_lossy);
+                if let Some(p) = path.filter(|p| normalize(p).is_some_and(|p| p.starts_with("/proc/1/"))) {
+                    return Err(refused(
+                        policy,
+                        format!("linux.namespaces[{i}] ({label}, path {p})"),
+                        format!("joining the host init's {label} namespace is refused by policy {name:?}"),
+                    ));
+                }
+            }
+        }
+    }
+
+    for (i, d) in linux.devices().iter().flatten().enumerate() {
+        let path = d.path().to_string_lossy();
+        let standard = d.typ() == LinuxDeviceType::C
+            && normalize(&path).is_some_and(|p| {
+                STANDARD_DEVICES
+                    .iter()
+                    .any(|(sp, ma, mi)| *sp == p && *ma == d.major() && *mi == d.minor())
+            });
+        if !standard {
+            return Err(refused(
+                policy,
+                format!(
+                    "linux.devices[{i}] ({path}, {} {}:{})",
+                    d.typ().as_str(),
+                    d.major(),
+                    d.minor()
+                ),
+                format!("device outside the standard set refused by policy {name:?}"),
+            ));
+        }
+    }
+
+    let resources = linux
+        .resources_mut()
+        .get_or_insert_with(LinuxResources::default);
+    if let Some(rules) = resources.devices().clone() {
+        let kept: Vec<LinuxDeviceCgroup> = rules
+            .into_iter()
+            .filter(|r| !r.allow() || standard_rule(r))
+            .collect();
+        resources.set_devices(Some(kept));
+    }
+
+    let r = &policy.spec.resources;
+    let policy_mem = i64::try_from(r.memory.bytes()).unwrap_or(i64::MAX);
+    let memory = resources
+        .memory_mut()
+        .get_or_insert_with(LinuxMemory::default);
+    let limit = tighter(memory.limit(), policy_mem);
+    memory.set_limit(Some(limit));
+    // Memory+swap equal to memory: no swap.
+    memory.set_swap(Some(limit));
+
+    let cpu = resources.cpu_mut().get_or_insert_with(LinuxCpu::default);
+    let period = cpu
+        .period()
+        .filter(|p| *p > 0)
+        .unwrap_or(DEFAULT_CPU_PERIOD_US);
+    cpu.set_period(Some(period));
+    cpu.set_quota(Some(tighter(cpu.quota(), r.cpus.quota_for_period(period))));
+
+    let pids = resources.pids_mut().get_or_insert_with(LinuxPids::default);
+    let spec_pids = Some(pids.limit());
+    pids.set_limit(tighter(spec_pids, i64::from(r.pids)));
+    Ok(())
+}
+
+/// The lower of the spec's limit (≤ 0 or absent means unlimited) and the policy's.
+fn tighter(spec: Option<i64>, policy: i64) -> i64 {
+    match spec {
+        Some(s) if s > 0 => s.min(policy),
+        _ => policy,
+    }
+}
+
+/// Whether an allow rule only grants standard devices (or only `mknod`).
+fn standard_rule(r: &LinuxDeviceCgroup) -> bool {
+    let access = r.access().as_deref().unwrap_or("rwm");
+    if access == "m" {
+        return true;
+    }
+    if r.typ() != Some(LinuxDeviceType::C) {
+        return false;
+    }
+    let (Some(major), minor) = (r.major(), r.minor()) else {
+        return false;
+    };
+    STANDARD_DEVICES
+        .iter()
+        .any(|(_, ma, mi)| *ma == major && minor == Some(*mi))
+        || EXTRA_CGROUP_CHAR_DEVICES
+            .iter()
+            .any(|(ma, mi)| *ma == major && (mi.is_none() || *mi == minor))
+}

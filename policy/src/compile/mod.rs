@@ -1,0 +1,228 @@
+//! The compiler: a pure, deterministic, idempotent function from (policy, untrusted OCI spec)
+//! to (confined spec, runsc flags, audit plan). No I/O. The parts live in `mounts`, `process`
+//! and `linux`; this file holds the public types and the order of the passes.
+
+mod linux;
+mod mounts;
+mod process;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use oci_spec::runtime::Spec;
+
+use crate::digest::policy_digest;
+use crate::finding::{render_all, Finding};
+use crate::manifest::{AgentPolicy, AuditCategory, NetworkMode, ViolationAction};
+use crate::validate::validate;
+
+/// Annotation carrying the name of the policy a spec was compiled with (also the selector).
+pub const POLICY_ANNOTATION: &str = "safehouse.dev/policy";
+/// Annotation carrying the digest of the policy a spec was compiled with.
+pub const DIGEST_ANNOTATION: &str = "safehouse.dev/policy-digest";
+
+/// Host directories under which CRI-managed files (`/etc/hosts`, service-account tokens, …)
+/// usually live; see [`CompileContext::cri_source_roots`].
+pub const DEFAULT_CRI_SOURCE_ROOTS: &[&str] = &[
+    "/var/lib/containerd",
+    "/run/containerd",
+    "/var/run/containerd",
+    "/var/lib/kubelet",
+    "/var/lib/rancher",
+    "/run/k3s",
+    "/var/lib/nerdctl",
+];
+
+/// Facts about the node the compiler may not discover itself (it does no I/O).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompileContext {
+    /// Host directories a CRI-added bind mount (`/etc/hosts`, `/etc/resolv.conf`, `/dev/shm`,
+    /// termination log, service-account token) may come from. Such a mount with a source
+    /// elsewhere is refused like any other host path. Empty means any source is accepted.
+    pub cri_source_roots: Vec<PathBuf>,
+}
+
+impl Default for CompileContext {
+    fn default() -> Self {
+        CompileContext {
+            cri_source_roots: DEFAULT_CRI_SOURCE_ROOTS.iter().map(PathBuf::from).collect(),
+        }
+    }
+}
+
+/// How the sandbox reaches the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkPlan {
+    /// Loopback only (runsc `--network=none`).
+    None,
+    /// gVisor's own network stack on the container's network namespace (`--network=sandbox`).
+    Open,
+}
+
+/// What the audit stream must record for this container, and how to react to violations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditPlan {
+    /// Event classes to record, sorted, without duplicates.
+    pub record: Vec<AuditCategory>,
+    /// Kill the container or only record when it runs something outside `tools`.
+    pub on_violation: ViolationAction,
+    /// Executables the agent may run; empty means unrestricted.
+    pub tools: Vec<PathBuf>,
+}
+
+/// The result of compiling a policy against a spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledPolicy {
+    /// The confined spec to hand to runsc.
+    pub spec: Spec,
+    /// runsc global flags (`name` → `value`, for `--name=value`) that override the runtime config.
+    pub runsc_flags: BTreeMap<String, String>,
+    /// What the audit stream must do for this container.
+    pub audit_plan: AuditPlan,
+    /// Wall-clock limit the shim enforces by killing the container.
+    pub timeout: Option<Duration>,
+    /// Network plan (also reflected in `runsc_flags`).
+    pub network: NetworkPlan,
+    /// Executables the agent may run; empty means unrestricted.
+    pub tools: Vec<PathBuf>,
+    /// `metadata.name` of the policy.
+    pub name: String,
+    /// `sha256:<hex>` of the canonical manifest (see `digest`).
+    pub digest: String,
+}
+
+/// Why a spec cannot run under a policy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    /// The spec asks for something the policy forbids; `reason` names the policy.
+    #[error("{field}: {reason}")]
+    Refused {
+        /// Name of the policy.
+        policy: String,
+        /// The offending spec field, e.g. `mounts[7] (destination /host, source /etc)`.
+        field: String,
+        /// What is wrong, naming the policy.
+        reason: String,
+    },
+    /// The policy asks for a network mode that is not enforced yet.
+    #[error(
+        "policy {policy:?}: network.mode allowlist is not enforced yet; refusing to start rather than \
+         run with an open network (use mode none or open)"
+    )]
+    AllowlistNotEnforced {
+        /// Name of the policy.
+        policy: String,
+    },
+    /// The policy itself does not validate.
+    #[error("policy {policy:?} is invalid:\n{}", render_all("", .findings))]
+    InvalidPolicy {
+        /// Name of the policy.
+        policy: String,
+        /// Its errors.
+        findings: Vec<Finding>,
+    },
+}
+
+impl CompileError {
+    /// Name of the policy that refused the spec.
+    pub fn policy(&self) -> &str {
+        match self {
+            CompileError::Refused { policy, .. }
+            | CompileError::AllowlistNotEnforced { policy }
+            | CompileError::InvalidPolicy { policy, .. } => policy,
+        }
+    }
+}
+
+/// Shorthand for a refusal by `policy`.
+pub(crate) fn refused(
+    policy: &AgentPolicy,
+    field: impl Into<String>,
+    reason: impl Into<String>,
+) -> CompileError {
+    CompileError::Refused {
+        policy: policy.metadata.name.clone(),
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Confine `spec` by `policy`. Pure, deterministic and idempotent: compiling the output spec
+/// again gives the same spec. Fails when the spec asks for more than the policy allows.
+pub fn compile(
+    policy: &AgentPolicy,
+    spec: &Spec,
+    ctx: &CompileContext,
+) -> Result<CompiledPolicy, CompileError> {
+    let errors: Vec<Finding> = validate(policy)
+        .into_iter()
+        .filter(Finding::is_error)
+        .collect();
+    if !errors.is_empty() {
+        return Err(CompileError::InvalidPolicy {
+            policy: policy.metadata.name.clone(),
+            findings: errors,
+        });
+    }
+    let network = match policy.spec.network.mode {
+        NetworkMode::None => NetworkPlan::None,
+        NetworkMode::Open => NetworkPlan::Open,
+        NetworkMode::Allowlist => {
+            return Err(CompileError::AllowlistNotEnforced {
+                policy: policy.metadata.name.clone(),
+            })
+        }
+    };
+
+    let mut out = spec.clone();
+    let root = out
+        .root_mut()
+        .as_mut()
+        .ok_or_else(|| refused(policy, "root", "is missing"))?;
+    let policy_ro = policy.spec.filesystem.rootfs == crate::manifest::RootfsMode::ReadOnly;
+    root.set_readonly(Some(policy_ro || root.readonly().unwrap_or(false)));
+
+    linux::confine(policy, &mut out)?;
+    mounts::confine(policy, ctx, &mut out)?;
+    process::confine(policy, &mut out)?;
+
+    let name = policy.metadata.name.clone();
+    let digest = policy_digest(policy);
+    let mut annotations = out.annotations().clone().unwrap_or_default();
+    annotations.insert(POLICY_ANNOTATION.to_string(), name.clone());
+    annotations.insert(DIGEST_ANNOTATION.to_string(), digest.clone());
+    out.set_annotations(Some(annotations));
+
+    let mut runsc_flags = BTreeMap::new();
+    let net_flag = match network {
+        NetworkPlan::None => "none",
+        NetworkPlan::Open => "sandbox",
+    };
+    runsc_flags.insert("network".to_string(), net_flag.to_string());
+
+    let tools: Vec<PathBuf> = policy
+        .spec
+        .process
+        .tools
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+    let mut record = policy.spec.audit.record.clone();
+    record.sort();
+    record.dedup();
+    Ok(CompiledPolicy {
+        spec: out,
+        runsc_flags,
+        audit_plan: AuditPlan {
+            record,
+            on_violation: policy.spec.audit.on_violation,
+            tools: tools.clone(),
+        },
+        timeout: policy.spec.process.timeout.map(|t| t.0),
+        network,
+        tools,
+        name,
+        digest,
+    })
+}

@@ -1,0 +1,198 @@
+//! Network allowlist entries (`host:port`, `cidr`, `cidr:port`): parsing only. Enforcement
+//! belongs to a later issue; until then the compiler refuses `mode: allowlist`.
+
+use std::fmt;
+use std::net::IpAddr;
+
+/// One parsed `network.egress` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EgressRule {
+    /// A DNS name (optionally `*.`-prefixed) and port.
+    Host {
+        /// Lowercase host name.
+        name: String,
+        /// Destination port.
+        port: u16,
+    },
+    /// An address range, optionally with one port.
+    Cidr {
+        /// Network address.
+        addr: IpAddr,
+        /// Prefix length.
+        prefix: u8,
+        /// Destination port; `None` means any.
+        port: Option<u16>,
+    },
+}
+
+/// Why an egress entry is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid egress entry {entry:?}: {reason} (expected host:port, cidr or cidr:port)")]
+pub struct EgressError {
+    /// The entry as written.
+    pub entry: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl EgressRule {
+    /// Parse one entry.
+    pub fn parse(entry: &str) -> Result<Self, EgressError> {
+        let err = |reason| EgressError {
+            entry: entry.to_string(),
+            reason,
+        };
+        let e = entry.trim();
+        // `[v6cidr]:port`
+        if let Some(rest) = e.strip_prefix('[') {
+            let (cidr, port) = rest.split_once("]:").ok_or_else(|| err("unclosed '['"))?;
+            let (addr, prefix) = parse_cidr(cidr).ok_or_else(|| err("bad address range"))?;
+            return Ok(EgressRule::Cidr {
+                addr,
+                prefix,
+                port: Some(parse_port(port).ok_or_else(|| err("bad port"))?),
+            });
+        }
+        // A bare range (v4 or v6) or a bare address.
+        if let Some((addr, prefix)) = parse_cidr(e) {
+            return Ok(EgressRule::Cidr {
+                addr,
+                prefix,
+                port: None,
+            });
+        }
+        let (head, port) = e.rsplit_once(':').ok_or_else(|| err("missing port"))?;
+        let port = parse_port(port).ok_or_else(|| err("bad port"))?;
+        if let Some((addr, prefix)) = parse_cidr(head) {
+            if addr.is_ipv6() {
+                return Err(err("write an IPv6 range with a port as [cidr]:port"));
+            }
+            return Ok(EgressRule::Cidr {
+                addr,
+                prefix,
+                port: Some(port),
+            });
+        }
+        if valid_host(head) {
+            Ok(EgressRule::Host {
+                name: head.to_ascii_lowercase(),
+                port,
+            })
+        } else {
+            Err(err("bad host name"))
+        }
+    }
+}
+
+impl fmt::Display for EgressRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EgressRule::Host { name, port } => write!(f, "{name}:{port}"),
+            EgressRule::Cidr {
+                addr,
+                prefix,
+                port: None,
+            } => write!(f, "{addr}/{prefix}"),
+            EgressRule::Cidr {
+                addr: addr @ IpAddr::V6(_),
+                prefix,
+                port: Some(p),
+            } => write!(f, "[{addr}/{prefix}]:{p}"),
+            EgressRule::Cidr {
+                addr,
+                prefix,
+                port: Some(p),
+            } => write!(f, "{addr}/{prefix}:{p}"),
+        }
+    }
+}
+
+fn parse_port(s: &str) -> Option<u16> {
+    s.parse::<u16>().ok().filter(|p| *p != 0)
+}
+
+fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a.parse::<IpAddr>().ok()?, p.parse::<u8>().ok()?),
+        None => {
+            let a = s.parse::<IpAddr>().ok()?;
+            (a, if a.is_ipv4() { 32 } else { 128 })
+        }
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    (prefix <= max).then_some((addr, prefix))
+}
+
+fn valid_host(h: &str) -> bool {
+    let h = h.strip_prefix("*.").unwrap_or(h);
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_three_forms() {
+        assert_eq!(
+            EgressRule::parse("api.example.com:443"),
+            Ok(EgressRule::Host {
+                name: "api.example.com".into(),
+                port: 443
+            })
+        );
+        assert!(matches!(
+            EgressRule::parse("10.0.0.0/8"),
+            Ok(EgressRule::Cidr {
+                prefix: 8,
+                port: None,
+                ..
+            })
+        ));
+        assert!(matches!(
+            EgressRule::parse("10.0.0.0/8:53"),
+            Ok(EgressRule::Cidr { port: Some(53), .. })
+        ));
+        assert!(matches!(
+            EgressRule::parse("[fd00::/8]:443"),
+            Ok(EgressRule::Cidr {
+                port: Some(443),
+                ..
+            })
+        ));
+        assert!(matches!(
+            EgressRule::parse("fd00::/8"),
+            Ok(EgressRule::Cidr { port: None, .. })
+        ));
+        assert!(matches!(
+            EgressRule::parse("*.pypi.org:443"),
+            Ok(EgressRule::Host { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_malformed_entries() {
+        for bad in [
+            "example.com",
+            "example.com:0",
+            "example.com:99999",
+            "10.0.0.0/33",
+            "bad_host:80",
+            "[fd00::/8",
+            ":80",
+            "",
+        ] {
+            assert!(EgressRule::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! The `AgentPolicy` manifest as written by an operator (YAML or JSON), with its defaults.
+//! Only the shape and defaults live here: semantic checks are in `validate`, meaning in `compile`.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::quantity::{ByteSize, Cpus, DurationSpec};
+
+/// The only `apiVersion` this crate understands.
+pub const API_VERSION: &str = "safehouse.dev/v1alpha1";
+/// The only `kind` this crate understands.
+pub const KIND: &str = "AgentPolicy";
+
+/// An agent capability policy: what a container started under it may do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(title = "AgentPolicy")]
+pub struct AgentPolicy {
+    /// Must be `safehouse.dev/v1alpha1`.
+    pub api_version: String,
+    /// Must be `AgentPolicy`.
+    pub kind: String,
+    /// Name and description of the policy.
+    pub metadata: Metadata,
+    /// What the agent may do; every omitted field takes its safe default.
+    #[serde(default)]
+    pub spec: PolicySpec,
+}
+
+/// Identifies a policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Metadata {
+    /// Policy name: lowercase letters, digits and `-`, at most 63 characters.
+    pub name: String,
+    /// Free text for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Free-form labels; not interpreted.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The body of a policy.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicySpec {
+    /// Root filesystem mode and the writable/readable zones.
+    #[serde(default)]
+    pub filesystem: FilesystemPolicy,
+    /// Network access.
+    #[serde(default)]
+    pub network: NetworkPolicy,
+    /// Identity, privileges and allowed executables of the agent's processes.
+    #[serde(default)]
+    pub process: ProcessPolicy,
+    /// Resource limits.
+    #[serde(default)]
+    pub resources: ResourcePolicy,
+    /// What the audit stream records and what happens on a violation.
+    #[serde(default)]
+    pub audit: AuditPolicy,
+}
+
+/// Whether the container's root filesystem is writable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RootfsMode {
+    /// The image's filesystem cannot be written (default).
+    #[default]
+    ReadOnly,
+    /// The image's filesystem is writable (unless the container spec already made it read-only).
+    ReadWrite,
+}
+
+/// Filesystem view of the agent.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FilesystemPolicy {
+    /// `read-only` (default) or `read-write`.
+    #[serde(default)]
+    pub rootfs: RootfsMode,
+    /// Private tmpfs zones, gone when the sandbox ends.
+    #[serde(default)]
+    pub scratch: Vec<ScratchZone>,
+    /// Host directories mounted read-only.
+    #[serde(default)]
+    pub inputs: Vec<HostZone>,
+    /// Host directories mounted read-write.
+    #[serde(default)]
+    pub outputs: Vec<HostZone>,
+}
+
+/// A private in-memory (tmpfs) zone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScratchZone {
+    /// Absolute path inside the container.
+    pub path: String,
+    /// Size of the tmpfs (default 64Mi).
+    #[serde(default = "default_scratch_size")]
+    pub size: ByteSize,
+    /// Allow executing files from this zone (default false: mounted noexec).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub exec: bool,
+}
+
+/// A host directory bind-mounted into the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostZone {
+    /// Absolute path on the host.
+    pub source: String,
+    /// Absolute path inside the container.
+    pub path: String,
+    /// Allow executing files from this zone (default false: mounted noexec).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub exec: bool,
+}
+
+/// How the agent may reach the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// Loopback only (default).
+    #[default]
+    None,
+    /// Only the `egress` entries (not enforced yet: a policy asking for it is refused at compile).
+    Allowlist,
+    /// Unrestricted network access through the sandbox's network stack.
+    Open,
+}
+
+/// Network access.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkPolicy {
+    /// `none` (default), `allowlist` or `open`.
+    #[serde(default)]
+    pub mode: NetworkMode,
+    /// Allowlist entries: `host:port`, `cidr` or `cidr:port` (IPv6 as `[cidr]:port`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<String>,
+}
+
+/// Identity and privileges of the agent's processes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProcessPolicy {
+    /// `uid:gid`, numeric (default `65534:65534`, nobody).
+    #[serde(default = "default_user")]
+    pub user: String,
+    /// Capabilities kept (e.g. `CAP_NET_BIND_SERVICE`); all others are dropped. Default none.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Set the no_new_privs bit (default true).
+    #[serde(default = "default_true")]
+    pub no_new_privileges: bool,
+    /// Absolute paths of executables the agent may run; empty means unrestricted.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Wall-clock limit, after which the container is killed. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationSpec>,
+}
+
+/// Resource limits, always bounded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourcePolicy {
+    /// Memory limit (default 512Mi).
+    #[serde(default = "default_memory")]
+    pub memory: ByteSize,
+    /// CPU limit in CPUs (default 1).
+    #[serde(default = "default_cpus")]
+    pub cpus: Cpus,
+    /// Maximum number of processes and threads (default 128).
+    #[serde(default = "default_pids")]
+    pub pids: u32,
+    /// Maximum number of open files, RLIMIT_NOFILE (default 1024).
+    #[serde(default = "default_nofile")]
+    pub nofile: u32,
+}
+
+/// A class of audit events.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditCategory {
+    /// Process creation, exec and exit.
+    Process,
+    /// File opens.
+    File,
+    /// Sockets, connects, binds and accepts.
+    Network,
+}
+
+/// What happens when the agent breaks a rule the audit stream checks (e.g. runs a non-tool).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ViolationAction {
+    /// Record the violation and kill the container (default).
+    #[default]
+    Kill,
+    /// Record the violation only.
+    Record,
+}
+
+/// Audit settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuditPolicy {
+    /// Event classes recorded (default all: process, file, network).
+    #[serde(default = "default_record")]
+    pub record: Vec<AuditCategory>,
+    /// `kill` (default) or `record`.
+    #[serde(default)]
+    pub on_violation: ViolationAction,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+fn default_true() -> bool {
+    true
+}
+fn default_scratch_size() -> ByteSize {
+    ByteSize::mib(64)
+}
+fn default_user() -> String {
+    "65534:65534".to_string()
+}
+fn default_memory() -> ByteSize {
+    ByteSize::mib(512)
+}
+fn default_cpus() -> Cpus {
+    Cpus(1.0)
+}
+fn default_pids() -> u32 {
+    128
+}
+fn default_nofile() -> u32 {
+    1024
+}
+fn default_record() -> Vec<AuditCategory> {
+    vec![
+        AuditCategory::Process,
+        AuditCategory::File,
+        AuditCategory::Network,
+    ]
+}
+
+impl Default for ProcessPolicy {
+    fn default() -> Self {
+        ProcessPolicy {
+            user: default_user(),
+            capabilities: Vec::new(),
+            no_new_privileges: true,
+            tools: Vec::new(),
+            timeout: None,
+        }
+    }
+}
+
+impl Default for ResourcePolicy {
+    fn default() -> Self {
+        ResourcePolicy {
+            memory: default_memory(),
+            cpus: default_cpus(),
+            pids: default_pids(),
+            nofile: default_nofile(),
+        }
+    }
+}
+
+impl Default for AuditPolicy {
+    fn default() -> Self {
+        AuditPolicy {
+            record: default_record(),
+            on_violation: ViolationAction::Kill,
+        }
+    }
+}
+
+impl ProcessPolicy {
+    /// The numeric `(uid, gid)` of `user`, if it is well formed.
+    pub fn user_ids(&self) -> Option<(u32, u32)> {
+        let (uid, gid) = self.user.split_once(':')?;
+        let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !all_digits(uid) || !all_digits(gid) {
+            return None;
+        }
+        Some((uid.parse().ok()?, gid.parse().ok()?))
+    }
+}
+
+impl AgentPolicy {
+    /// The built-in strict policy used when the runtime config names none.
+    ///
+    /// Read-only rootfs, a 64Mi noexec `/tmp`, no network, user 65534:65534, no capabilities,
+    /// no new privileges, 512Mi memory, 1 CPU, 128 pids, 1024 open files, full audit, kill on
+    /// violation.
+    pub fn strict_default() -> Self {
+        AgentPolicy {
+            api_version: API_VERSION.to_string(),
+            kind: KIND.to_string(),
+            metadata: Metadata {
+                name: STRICT_DEFAULT_NAME.to_string(),
+                description: Some(
+                    "Built-in strict default: no network, read-only rootfs, noexec /tmp"
+                        .to_string(),
+                ),
+                labels: BTreeMap::new(),
+            },
+            spec: PolicySpec {
+                filesystem: FilesystemPolicy {
+                    rootfs: RootfsMode::ReadOnly,
+                    scratch: vec![ScratchZone {
+                        path: "/tmp".to_string(),
+                        size: ByteSize::mib(64),
+                        exec: false,
+                    }],
+                    inputs: Vec::new(),
+                    outputs: Vec::new(),
+                },
+                ..PolicySpec::default()
+            },
+        }
+    }
+
+    /// The policy's name (`metadata.name`).
+    pub fn name(&self) -> &str {
+        &self.metadata.name
+    }
+}
+
+/// Name of the built-in strict default policy.
+pub const STRICT_DEFAULT_NAME: &str = "strict-default";

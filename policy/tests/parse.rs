@@ -1,0 +1,193 @@
+//! Parsing and linting: located findings, formats, examples lint clean, parser never panics.
+
+mod common;
+
+use safehouse_policy::{
+    lint_str, parse_str, policy_digest, AgentPolicy, Format, Location, Severity,
+};
+
+const BASE: &str = "apiVersion: safehouse.dev/v1alpha1
+kind: AgentPolicy
+metadata:
+  name: demo
+spec:
+  process:
+    tools:
+      - /bin/sh
+      - usr/bin/python3
+";
+
+#[test]
+fn examples_lint_clean() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(common::examples_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let report = lint_str(&text, Format::for_file(&path, &text));
+        assert!(
+            report.findings.is_empty(),
+            "{}: {:?}",
+            path.display(),
+            report.findings
+        );
+        seen += 1;
+    }
+    assert!(seen >= 3);
+}
+
+#[test]
+fn strict_default_is_clean() {
+    let p = AgentPolicy::strict_default();
+    assert!(safehouse_policy::validate(&p).is_empty());
+    let yaml = serde_yaml::to_string(&p).unwrap();
+    assert_eq!(parse_str(&yaml, Format::Yaml).unwrap(), p);
+}
+
+#[test]
+fn relative_tool_is_located() {
+    let report = lint_str(BASE, Format::Yaml);
+    assert_eq!(report.findings.len(), 1, "{:?}", report.findings);
+    let f = &report.findings[0];
+    assert_eq!(f.path, "spec.process.tools[1]");
+    assert_eq!(f.location, Some(Location { line: 9, column: 9 }));
+    assert_eq!(
+        f.render("policy.yaml"),
+        "policy.yaml:9:9: spec.process.tools[1]: must be an absolute path"
+    );
+}
+
+#[test]
+fn unknown_field_names_path_and_key_position() {
+    let text = BASE.replace("  process:\n", "  process:\n    sudo: true\n");
+    let report = lint_str(&text, Format::Yaml);
+    assert!(report.policy.is_none());
+    let f = &report.findings[0];
+    assert_eq!(f.path, "spec.process.sudo");
+    assert!(
+        f.message.starts_with("unknown field `sudo`"),
+        "{}",
+        f.message
+    );
+    assert_eq!(f.location, Some(Location { line: 7, column: 5 }));
+}
+
+#[test]
+fn bad_size_is_located() {
+    let text = format!("{BASE}  filesystem:\n    scratch:\n      - {{path: /tmp, size: 256Xi}}\n");
+    let f = &lint_str(&text, Format::Yaml).findings[0];
+    assert_eq!(f.path, "spec.filesystem.scratch[0].size");
+    assert_eq!(
+        f.location,
+        Some(Location {
+            line: 12,
+            column: 28
+        })
+    );
+    assert!(
+        f.message.contains("invalid size \"256Xi\""),
+        "{}",
+        f.message
+    );
+}
+
+#[test]
+fn syntax_error_is_located() {
+    let f = &lint_str("kind: [unclosed\n", Format::Yaml).findings[0];
+    assert!(f.location.is_some(), "{f:?}");
+    assert_eq!(f.path, "");
+}
+
+#[test]
+fn semantic_findings_are_all_reported() {
+    let text = "apiVersion: safehouse.dev/v1\nkind: AgentPolicy\nmetadata: {name: Bad_Name}\nspec:\n  process: {user: root, capabilities: [CAP_NOPE, CAP_SYS_ADMIN]}\n  network: {mode: none, egress: [\"nope\"]}\n";
+    let report = lint_str(text, Format::Yaml);
+    let paths: Vec<&str> = report.findings.iter().map(|f| f.path.as_str()).collect();
+    for want in [
+        "apiVersion",
+        "metadata.name",
+        "spec.process.user",
+        "spec.process.capabilities[0]",
+        "spec.process.capabilities[1]",
+        "spec.network.egress[0]",
+        "spec.network.egress",
+    ] {
+        assert!(paths.contains(&want), "{want} missing from {paths:?}");
+    }
+    let sys_admin = report
+        .findings
+        .iter()
+        .find(|f| f.path == "spec.process.capabilities[1]")
+        .unwrap();
+    assert_eq!(sys_admin.severity, Severity::Warning);
+    assert!(report.has_errors());
+}
+
+#[test]
+fn json_manifests_parse_and_locate() {
+    let json = r#"{
+	"apiVersion": "safehouse.dev/v1alpha1",
+	"kind": "AgentPolicy",
+	"metadata": {"name": "j"},
+	"spec": {"process": {"tools": ["rel"]}}
+}"#;
+    assert_eq!(Format::detect(json), Format::Json);
+    let f = &lint_str(json, Format::Json).findings[0];
+    assert_eq!(f.path, "spec.process.tools[0]");
+    assert_eq!(f.location.map(|l| l.line), Some(5));
+    let bad = lint_str("{\"kind\": }", Format::Json);
+    assert_eq!(bad.findings[0].location.map(|l| l.line), Some(1));
+}
+
+#[test]
+fn digest_ignores_formatting_and_spelled_out_defaults() {
+    let a = "apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: d}\n";
+    let b = "kind: AgentPolicy\nmetadata:\n  name: d\napiVersion: safehouse.dev/v1alpha1\nspec:\n  network: {mode: none}\n  resources: {memory: 512Mi, pids: 128}\n";
+    let c = "{\"apiVersion\":\"safehouse.dev/v1alpha1\",\"kind\":\"AgentPolicy\",\"metadata\":{\"name\":\"d\"},\"spec\":{\"resources\":{\"memory\":536870912}}}";
+    let da = policy_digest(&parse_str(a, Format::Yaml).unwrap());
+    assert_eq!(da, policy_digest(&parse_str(b, Format::Yaml).unwrap()));
+    assert_eq!(da, policy_digest(&parse_str(c, Format::Json).unwrap()));
+    assert!(da.starts_with("sha256:") && da.len() == 7 + 64);
+    let d = a.replace("name: d", "name: e");
+    assert_ne!(da, policy_digest(&parse_str(&d, Format::Yaml).unwrap()));
+}
+
+/// A small deterministic generator so the garbage test needs no extra dependency.
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[test]
+fn parser_never_panics_on_garbage() {
+    let alphabet = b"{}[]:,-'\"\n\t #&*!|>?%@`abc019/\\.";
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    for round in 0..3000 {
+        let len = (xorshift(&mut state) % 200) as usize;
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                let r = xorshift(&mut state);
+                if round % 2 == 0 {
+                    alphabet[(r % alphabet.len() as u64) as usize]
+                } else {
+                    r as u8
+                }
+            })
+            .collect();
+        let text = String::from_utf8_lossy(&bytes);
+        let _ = lint_str(&text, Format::Yaml);
+        let _ = lint_str(&text, Format::Json);
+    }
+    // Mutations of a valid manifest reach deeper into the shape and semantic checks.
+    let base =
+        std::fs::read_to_string(common::examples_dir().join("code-interpreter.yaml")).unwrap();
+    for _ in 0..2000 {
+        let mut bytes = base.clone().into_bytes();
+        for _ in 0..(1 + xorshift(&mut state) % 4) {
+            let at = (xorshift(&mut state) % bytes.len() as u64) as usize;
+            bytes[at] = alphabet[(xorshift(&mut state) % alphabet.len() as u64) as usize];
+        }
+        let _ = lint_str(&String::from_utf8_lossy(&bytes), Format::Yaml);
+    }
+}
