@@ -1,0 +1,484 @@
+//! Decoding the syscall/* points (message types 6-34, and 36-38 on newer gVisor).
+
+use std::collections::BTreeMap;
+
+use protobuf::MessageField;
+
+use super::fields::{
+    argv, dirfd, event_from_context, process_mut, resolve_path, result, syscall_point, text,
+};
+use super::sentry::parse;
+use super::DecodeError;
+use crate::event::{Action, AuditEvent, BinaryInfo, Category, FileInfo, NetworkInfo, SyscallInfo};
+use crate::names::{message_type as mt, open_access, open_flag_names, syscall_name};
+use crate::proto::common::ContextData;
+use crate::proto::syscall::*;
+use crate::sockaddr::{decode_sockaddr, family_name, socket_type_name};
+
+/// The event skeleton every syscall point shares: point name from the syscall
+/// number (falling back to `default_name`), context and result.
+fn base(
+    category: Category,
+    action: Action,
+    default_name: &str,
+    sysno: u64,
+    ctx: &MessageField<ContextData>,
+    exit: &MessageField<SyscallExit>,
+) -> AuditEvent {
+    let known = syscall_name(sysno);
+    let mut ev = event_from_context(
+        category,
+        action,
+        syscall_point(known.unwrap_or(default_name), exit),
+        ctx,
+    );
+    ev.result = result(exit);
+    if known.is_none() {
+        ev.syscall = Some(SyscallInfo {
+            nr: sysno,
+            ..SyscallInfo::default()
+        });
+    }
+    ev
+}
+
+fn detail(ev: &mut AuditEvent, key: &str, value: impl Into<serde_json::Value>) {
+    ev.detail
+        .get_or_insert_with(BTreeMap::new)
+        .insert(key.to_owned(), value.into());
+}
+
+fn fd_file(fd: i64, fd_path: &[u8]) -> FileInfo {
+    FileInfo {
+        fd: Some(fd),
+        path: text(fd_path),
+        ..FileInfo::default()
+    }
+}
+
+/// Decodes a syscall message type (6-34, 36-38) into an event.
+pub fn decode(message_type: u16, p: &[u8]) -> Result<AuditEvent, DecodeError> {
+    use Action as A;
+    use Category as C;
+    let ev = match message_type {
+        mt::SYSCALL_RAW => {
+            let m = parse::<SyscallRaw>(message_type, p)?;
+            let phase = if m.exit.is_some() { "exit" } else { "enter" };
+            let point = format!("syscall/sysno/{}/{phase}", m.sysno);
+            let mut ev = event_from_context(C::Process, A::Syscall, point, &m.context_data);
+            ev.result = result(&m.exit);
+            ev.syscall = Some(SyscallInfo {
+                args: Some(vec![m.arg1, m.arg2, m.arg3, m.arg4, m.arg5, m.arg6]),
+                name: syscall_name(m.sysno).map(str::to_owned),
+                nr: m.sysno,
+            });
+            ev
+        }
+        mt::SYSCALL_OPEN => {
+            let m = parse::<SyscallOpen>(message_type, p)?;
+            let mut ev = base(C::File, A::Open, "open", m.sysno, &m.context_data, &m.exit);
+            let cwd = ev.process.as_ref().and_then(|p| p.cwd.as_deref());
+            let (path, raw_path) = resolve_path(&m.pathname, m.fd, &m.fd_path, cwd);
+            ev.file = Some(FileInfo {
+                access: Some(open_access(m.flags).to_owned()),
+                dirfd: dirfd(m.fd),
+                flag_names: Some(open_flag_names(m.flags)),
+                flags: Some(m.flags),
+                mode: (m.mode != 0).then_some(m.mode),
+                path,
+                raw_path,
+                ..FileInfo::default()
+            });
+            ev
+        }
+        mt::SYSCALL_CLOSE => {
+            let m = parse::<SyscallClose>(message_type, p)?;
+            let mut ev = base(
+                C::File,
+                A::Close,
+                "close",
+                m.sysno,
+                &m.context_data,
+                &m.exit,
+            );
+            ev.file = Some(fd_file(m.fd, &m.fd_path));
+            ev
+        }
+        mt::SYSCALL_READ | mt::SYSCALL_WRITE => {
+            let m = parse::<SyscallReadWrite>(message_type, p)?;
+            let (action, name) = if message_type == mt::SYSCALL_READ {
+                (A::Read, "read")
+            } else {
+                (A::Write, "write")
+            };
+            let mut ev = base(C::File, action, name, m.sysno, &m.context_data, &m.exit);
+            ev.file = Some(FileInfo {
+                count: Some(m.count),
+                flags: (m.flags != 0).then_some(m.flags),
+                offset: m.has_offset.then_some(m.offset),
+                ..fd_file(m.fd, &m.fd_path)
+            });
+            ev
+        }
+        mt::SYSCALL_CONNECT => {
+            let m = parse::<SyscallConnect>(message_type, p)?;
+            let mut ev = base(
+                C::Network,
+                A::Connect,
+                "connect",
+                m.sysno,
+                &m.context_data,
+                &m.exit,
+            );
+            ev.network = Some(sockaddr_info(m.fd, &m.address));
+            ev
+        }
+        mt::SYSCALL_BIND | mt::SYSCALL_ACCEPT => {
+            let m = parse::<SyscallSockaddr>(message_type, p)?;
+            let (action, name) = if message_type == mt::SYSCALL_BIND {
+                (A::Bind, "bind")
+            } else {
+                (A::Accept, "accept")
+            };
+            let mut ev = base(C::Network, action, name, m.sysno, &m.context_data, &m.exit);
+            ev.network = Some(sockaddr_info(i64::from(m.fd), &m.address));
+            ev
+        }
+        mt::SYSCALL_SOCKET | mt::SYSCALL_SOCKETPAIR => {
+            let m = parse::<SyscallSocket>(message_type, p)?;
+            let (action, name) = if message_type == mt::SYSCALL_SOCKET {
+                (A::Socket, "socket")
+            } else {
+                (A::Socketpair, "socketpair")
+            };
+            let mut ev = base(C::Network, action, name, m.sysno, &m.context_data, &m.exit);
+            ev.network = Some(NetworkInfo {
+                family: Some(family_name(m.domain)),
+                protocol: Some(m.protocol),
+                socket_type: Some(socket_type_name(m.type_)),
+                ..NetworkInfo::default()
+            });
+            if message_type == mt::SYSCALL_SOCKETPAIR {
+                detail(&mut ev, "fds", vec![m.socket1, m.socket2]);
+            }
+            ev
+        }
+        mt::SYSCALL_EXECVE => {
+            let m = parse::<SyscallExecve>(message_type, p)?;
+            let mut ev = base(
+                C::Process,
+                A::Exec,
+                "execve",
+                m.sysno,
+                &m.context_data,
+                &m.exit,
+            );
+            let cwd = ev.process.as_ref().and_then(|p| p.cwd.clone());
+            let (path, _) = resolve_path(&m.pathname, m.fd, &m.fd_path, cwd.as_deref());
+            let (args, truncated) = argv(&m.argv);
+            let proc_ = process_mut(&mut ev);
+            proc_.binary = path.map(|path| BinaryInfo {
+                path,
+                ..BinaryInfo::default()
+            });
+            proc_.argv = Some(args);
+            proc_.argv_truncated = truncated.then_some(true);
+            ev
+        }
+        mt::SYSCALL_CHDIR => {
+            let m = parse::<SyscallChdir>(message_type, p)?;
+            let mut ev = base(
+                C::File,
+                A::Chdir,
+                "chdir",
+                m.sysno,
+                &m.context_data,
+                &m.exit,
+            );
+            let cwd = ev.process.as_ref().and_then(|p| p.cwd.as_deref());
+            let (path, raw_path) = if m.pathname.is_empty() {
+                (text(&m.fd_path), None)
+            } else {
+                resolve_path(&m.pathname, -100, b"", cwd)
+            };
+            ev.file = Some(FileInfo {
+                fd: (m.pathname.is_empty()).then_some(m.fd),
+                path,
+                raw_path,
+                ..FileInfo::default()
+            });
+            ev
+        }
+        mt::SYSCALL_CHROOT => {
+            let m = parse::<SyscallChroot>(message_type, p)?;
+            let mut ev = base(
+                C::File,
+                A::Chroot,
+                "chroot",
+                m.sysno,
+                &m.context_data,
+                &m.exit,
+            );
+            let cwd = ev.process.as_ref().and_then(|p| p.cwd.as_deref());
+            let (path, raw_path) = resolve_path(&m.pathname, -100, b"", cwd);
+            ev.file = Some(FileInfo {
+                path,
+                raw_path,
+                ..FileInfo::default()
+            });
+            ev
+        }
+        mt::SYSCALL_SETID => {
+            let m = parse::<SyscallSetid>(message_type, p)?;
+            let mut ev = base(
+                C::Process,
+                A::Setid,
+                "setuid",
+                m.sysno,
+                &m.context_data,
+                &m.exit,
+            );
+            detail(&mut ev, "id", m.id);
+            ev
+        }
+        mt::SYSCALL_SETRESID => {
+            let m = parse::<SyscallSetresid>(message_type, p)?;
+            let mut ev = base(
+                C::Process,
+                A::Setid,
+                "setresuid",
+                m.sysno,
+                &m.context_data,
+                &m.exit,
+            );
+            detail(&mut ev, "real", m.rid);
+            detail(&mut ev, "effective", m.eid);
+            detail(&mut ev, "saved", m.sid);
+            ev
+        }
+        mt::SYSCALL_PRLIMIT64 => {
+            let m = parse::<SyscallPrlimit>(message_type, p)?;
+            let mut ev = base(
+                C::Process,
+                A::Prlimit,
+                "prlimit64",
+                m.sysno,
+                &m.context_data,
+                &m.exit,
+            );
+            detail(&mut ev, "target_pid", m.pid);
+            detail(&mut ev, "resource", m.resource);
+            if let Some(new) = m.new_limit.as_ref() {
+                detail(&mut ev, "new_cur", new.cur);
+                detail(&mut ev, "new_max", new.max);
+            }
+            ev
+        }
+        mt::SYSCALL_PIPE => {
+            let m = parse::<SyscallPipe>(message_type, p)?;
+            let mut ev = base(C::File, A::Pipe, "pipe", m.sysno, &m.context_data, &m.exit);
+            detail(&mut ev, "fds", vec![m.reader, m.writer]);
+            ev.file = Some(FileInfo {
+                flags: (m.flags != 0).then_some(m.flags),
+                ..FileInfo::default()
+            });
+            ev
+        }
+        mt::SYSCALL_FCNTL => {
+            let m = parse::<SyscallFcntl>(message_type, p)?;
+            let mut ev = base(
+                C::File,
+                A::Fcntl,
+                "fcntl",
+                m.sysno,
+                &m.context_data,
+                &m.exit,
+            );
+            ev.file = Some(fd_file(i64::from(m.fd), &m.fd_path));
+            detail(&mut ev, "cmd", m.cmd);
+            detail(&mut ev, "arg", m.args);
+            ev
+        }
+        mt::SYSCALL_DUP => {
+            let m = parse::<SyscallDup>(message_type, p)?;
+            let mut ev = base(C::File, A::Dup, "dup", m.sysno, &m.context_data, &m.exit);
+            ev.file = Some(FileInfo {
+                flags: (m.flags != 0).then_some(m.flags),
+                ..fd_file(i64::from(m.old_fd), &m.fd_path)
+            });
+            detail(&mut ev, "new_fd", m.new_fd);
+            ev
+        }
+        mt::SYSCALL_SIGNALFD => {
+            let m = parse::<SyscallSignalfd>(message_type, p)?;
+            let mut ev = base(
+                C::File,
+                A::Signalfd,
+                "signalfd",
+                m.sysno,
+                &m.context_data,
+                &m.exit,
+            );
+            ev.file = Some(fd_file(i64::from(m.fd), &m.fd_path));
+            detail(&mut ev, "sigset", m.sigset);
+            ev
+        }
+        mt::SYSCALL_EVENTFD => {
+            let m = parse::<SyscallEventfd>(message_type, p)?;
+            let mut ev = base(
+                C::File,
+                A::Eventfd,
+                "eventfd",
+                m.sysno,
+                &m.context_data,
+                &m.exit,
+            );
+            detail(&mut ev, "initval", m.val);
+            ev
+        }
+        mt::SYSCALL_CLONE => {
+            let m = parse::<SyscallClone>(message_type, p)?;
+            let mut ev = base(
+                C::Process,
+                A::Clone,
+                "clone",
+                m.sysno,
+                &m.context_data,
+                &m.exit,
+            );
+            detail(&mut ev, "clone_flags", m.flags);
+            ev
+        }
+        mt::SYSCALL_FORK => {
+            let m = parse::<SyscallFork>(message_type, p)?;
+            base(
+                C::Process,
+                A::Fork,
+                "fork",
+                m.sysno,
+                &m.context_data,
+                &m.exit,
+            )
+        }
+        mt::SYSCALL_TIMERFD_CREATE => {
+            let m = parse::<SyscallTimerfdCreate>(message_type, p)?;
+            let mut ev = base(
+                C::File,
+                A::Timerfd,
+                "timerfd_create",
+                m.sysno,
+                &m.context_data,
+                &m.exit,
+            );
+            detail(&mut ev, "clock_id", m.clock_id);
+            ev
+        }
+        mt::SYSCALL_TIMERFD_SETTIME => {
+            let m = parse::<SyscallTimerfdSetTime>(message_type, p)?;
+            let mut ev = base(
+                C::File,
+                A::Timerfd,
+                "timerfd_settime",
+                m.sysno,
+                &m.context_data,
+                &m.exit,
+            );
+            ev.file = Some(fd_file(i64::from(m.fd), &m.fd_path));
+            ev
+        }
+        mt::SYSCALL_TIMERFD_GETTIME => {
+            let m = parse::<SyscallTimerfdGetTime>(message_type, p)?;
+            let mut ev = base(
+                C::File,
+                A::Timerfd,
+                "timerfd_gettime",
+                m.sysno,
+                &m.context_data,
+                &m.exit,
+            );
+            ev.file = Some(fd_file(i64::from(m.fd), &m.fd_path));
+            ev
+        }
+        mt::SYSCALL_INOTIFY_INIT => {
+            let m = parse::<SyscallInotifyInit>(message_type, p)?;
+            base(
+                C::File,
+                A::Inotify,
+                "inotify_init",
+                m.sysno,
+                &m.context_data,
+                &m.exit,
+            )
+        }
+        mt::SYSCALL_INOTIFY_ADD_WATCH => {
+            let m = parse::<SyscallInotifyAddWatch>(message_type, p)?;
+            let mut ev = base(
+                C::File,
+                A::Inotify,
+                "inotify_add_watch",
+                m.sysno,
+                &m.context_data,
+                &m.exit,
+            );
+            let cwd = ev.process.as_ref().and_then(|p| p.cwd.as_deref());
+            let (path, raw_path) = resolve_path(&m.pathname, -100, b"", cwd);
+            ev.file = Some(FileInfo {
+                fd: Some(i64::from(m.fd)),
+                path,
+                raw_path,
+                ..FileInfo::default()
+            });
+            detail(&mut ev, "mask", m.mask);
+            ev
+        }
+        mt::SYSCALL_INOTIFY_RM_WATCH => {
+            let m = parse::<SyscallInotifyRmWatch>(message_type, p)?;
+            let mut ev = base(
+                C::File,
+                A::Inotify,
+                "inotify_rm_watch",
+                m.sysno,
+                &m.context_data,
+                &m.exit,
+            );
+            ev.file = Some(fd_file(i64::from(m.fd), &m.fd_path));
+            detail(&mut ev, "wd", m.wd);
+            ev
+        }
+        mt::SYSCALL_MMAP => context_only(message_type, C::File, A::Mmap, "mmap", p)?,
+        mt::SYSCALL_LISTEN => context_only(message_type, C::Network, A::Listen, "listen", p)?,
+        mt::SYSCALL_PTRACE => context_only(message_type, C::Process, A::Ptrace, "ptrace", p)?,
+        other => return Err(DecodeError::NotASyscallType(other)),
+    };
+    Ok(ev)
+}
+
+/// Fields of a connect/bind/accept: the fd and the decoded address.
+fn sockaddr_info(fd: i64, address: &[u8]) -> NetworkInfo {
+    let mut net = NetworkInfo {
+        fd: Some(fd),
+        ..NetworkInfo::default()
+    };
+    decode_sockaddr(address, &mut net);
+    net
+}
+
+/// Types 36-38 from newer gVisor: only the shared fields (context, exit,
+/// sysno) are decoded; the rest is skipped as unknown protobuf fields.
+fn context_only(
+    message_type: u16,
+    category: Category,
+    action: Action,
+    name: &str,
+    p: &[u8],
+) -> Result<AuditEvent, DecodeError> {
+    let m = parse::<SyscallCommon>(message_type, p)?;
+    Ok(base(
+        category,
+        action,
+        name,
+        m.sysno,
+        &m.context_data,
+        &m.exit,
+    ))
+}
