@@ -1,0 +1,213 @@
+//! A container served by this shim: where it lives, which sandbox it belongs to, and the
+//! host-side resources it owns (rootfs mounts, stdio, runsc state) until it is deleted.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Result, ShimError};
+use crate::process::Process;
+use crate::runsc::{Runsc, SandboxFlags};
+
+/// CRI's annotation saying whether a spec is a pod sandbox or a container in one.
+pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// CRI's annotation naming the pod sandbox a container belongs to.
+pub const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// How a spec relates to a runsc sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SandboxRole {
+    /// Starts a new sandbox (a plain `ctr run`, or a CRI pod's sandbox container).
+    Root,
+    /// Joins the sandbox of the pod whose sandbox container has this id.
+    Join(String),
+}
+
+/// Reads a spec's CRI annotations.
+pub fn sandbox_role(spec: &Value, id: &str) -> SandboxRole {
+    let ann = &spec["annotations"];
+    match (
+        ann[CRI_CONTAINER_TYPE].as_str(),
+        ann[CRI_SANDBOX_ID].as_str(),
+    ) {
+        (Some("container"), Some(sb)) if !sb.is_empty() && sb != id => {
+            SandboxRole::Join(sb.to_string())
+        }
+        _ => SandboxRole::Root,
+    }
+}
+
+/// The shim process a container belongs to: all containers of one pod share one.
+pub fn grouping_id(spec: &Value, id: &str) -> String {
+    match sandbox_role(spec, id) {
+        SandboxRole::Join(sb) => sb,
+        SandboxRole::Root => id.to_string(),
+    }
+}
+
+/// The network namespace the spec puts the container in, if it names one of its own.
+pub fn netns_path(spec: &Value) -> Option<PathBuf> {
+    spec["linux"]["namespaces"]
+        .as_array()?
+        .iter()
+        .find(|ns| ns["type"] == "network")
+        .and_then(|ns| ns["path"].as_str())
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
+/// What the `delete` action needs when the shim process is gone (written into the bundle).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PersistedState {
+    /// runsc binary.
+    pub binary: PathBuf,
+    /// runsc root for the namespace.
+    pub root: PathBuf,
+    /// Global flags.
+    pub global: Vec<String>,
+    /// `--network=` value.
+    pub network: String,
+    /// Network namespace entered for runsc.
+    pub netns: Option<PathBuf>,
+    /// Sandbox process pid.
+    pub pid: u32,
+    /// Whether the shim mounted the rootfs.
+    pub rootfs_mounted: bool,
+}
+
+/// File name of [`PersistedState`] in the bundle.
+pub const STATE_FILE: &str = "safehouse-state.json";
+
+impl PersistedState {
+    /// Writes the state into the bundle.
+    pub fn save(&self, bundle: &Path) -> Result<()> {
+        let data = serde_json::to_vec(self).map_err(|e| ShimError::Internal(e.to_string()))?;
+        std::fs::write(bundle.join(STATE_FILE), data)
+            .map_err(|e| ShimError::io(format!("write {}", bundle.join(STATE_FILE).display()), e))
+    }
+
+    /// Reads it back (the `delete` action).
+    pub fn load(bundle: &Path) -> Option<PersistedState> {
+        let data = std::fs::read(bundle.join(STATE_FILE)).ok()?;
+        serde_json::from_slice(&data).ok()
+    }
+}
+
+/// A container of this shim.
+pub struct Container {
+    /// containerd's id.
+    pub id: String,
+    /// The bundle directory.
+    pub bundle: PathBuf,
+    /// The id of the sandbox's root container (itself when it is the root).
+    pub sandbox_id: String,
+    /// Global runsc flags of its sandbox.
+    pub flags: SandboxFlags,
+    /// The runsc driving it.
+    pub runsc: Runsc,
+    /// Whether the shim mounted `bundle/rootfs` (and must unmount it).
+    pub rootfs_mounted: bool,
+    /// The init process.
+    pub init: Arc<Process>,
+    /// Exec processes by exec id.
+    pub execs: Mutex<HashMap<String, Arc<Process>>>,
+}
+
+impl Container {
+    /// Whether this container started its sandbox.
+    pub fn is_root(&self) -> bool {
+        self.sandbox_id == self.id
+    }
+
+    /// The init (`exec_id` empty) or an exec process.
+    pub fn process(&self, exec_id: &str) -> Result<Arc<Process>> {
+        if exec_id.is_empty() {
+            return Ok(self.init.clone());
+        }
+        self.execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| {
+                ShimError::NotFound(format!(
+                    "exec {exec_id:?} of container {:?} not found",
+                    self.id
+                ))
+            })
+    }
+}
+
+/// Mounts containerd's rootfs mounts at `bundle/rootfs`.
+pub async fn mount_rootfs(
+    bundle: &Path,
+    mounts: &[containerd_shim_protos::api::Mount],
+) -> Result<bool> {
+    if mounts.is_empty() {
+        return Ok(false);
+    }
+    let target = bundle.join("rootfs");
+    std::fs::create_dir_all(&target)
+        .map_err(|e| ShimError::io(format!("create {}", target.display()), e))?;
+    for m in mounts {
+        if let Err(e) = containerd_shim::asynchronous::util::mount_rootfs(m, &target).await {
+            unmount_rootfs(bundle);
+            return Err(ShimError::Internal(format!(
+                "mount rootfs ({} {}) at {}: {e}",
+                m.type_,
+                m.source,
+                target.display()
+            )));
+        }
+    }
+    Ok(true)
+}
+
+/// Unmounts everything under `bundle/rootfs` (lazily: a busy mount must not block delete).
+pub fn unmount_rootfs(bundle: &Path) {
+    let target = bundle.join("rootfs");
+    if let Some(t) = target.to_str() {
+        if let Err(e) = containerd_shim::mount::umount_recursive(Some(t), libc::MNT_DETACH) {
+            tracing::warn!("unmount {t}: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn cri_annotations_decide_the_sandbox() {
+        let plain = json!({"annotations": {}});
+        assert_eq!(sandbox_role(&plain, "c1"), SandboxRole::Root);
+        assert_eq!(grouping_id(&plain, "c1"), "c1");
+        let pod = json!({"annotations": {CRI_CONTAINER_TYPE: "sandbox", CRI_SANDBOX_ID: "pod1"}});
+        assert_eq!(sandbox_role(&pod, "pod1"), SandboxRole::Root);
+        let member =
+            json!({"annotations": {CRI_CONTAINER_TYPE: "container", CRI_SANDBOX_ID: "pod1"}});
+        assert_eq!(
+            sandbox_role(&member, "c2"),
+            SandboxRole::Join("pod1".into())
+        );
+        assert_eq!(grouping_id(&member, "c2"), "pod1");
+        // A spec naming itself as its own sandbox is a root, not a loop.
+        let selfish =
+            json!({"annotations": {CRI_CONTAINER_TYPE: "container", CRI_SANDBOX_ID: "c3"}});
+        assert_eq!(sandbox_role(&selfish, "c3"), SandboxRole::Root);
+    }
+
+    #[test]
+    fn netns_only_when_a_path_is_given() {
+        let none = json!({"linux": {"namespaces": [{"type": "network"}, {"type": "pid"}]}});
+        assert_eq!(netns_path(&none), None);
+        let given =
+            json!({"linux": {"namespaces": [{"type": "network", "path": "/var/run/netns/p"}]}});
+        assert_eq!(netns_path(&given), Some(PathBuf::from("/var/run/netns/p")));
+        assert_eq!(netns_path(&json!({})), None);
+    }
+}

@@ -1,0 +1,516 @@
+//! The one place that builds runsc command lines.
+//!
+//! Every runsc invocation for a sandbox carries the same global flags (runsc re-reads them on
+//! each call, so `create` with `--network=none` followed by a `start` without it fails), runs in
+//! the sandbox's network namespace when it has one, has a deadline, and reports failures with
+//! runsc's own last error message rather than "exit status 128".
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use containerd_shim_protos::ttrpc::Code;
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+use crate::error::{Result, ShimError};
+use crate::reaper::{Exit, Reaper};
+
+/// Deadline for short runsc commands (start, kill, state, ...).
+const SHORT: Duration = Duration::from_secs(30);
+/// Deadline for `runsc create` (boots the sandbox; slow on a loaded node).
+const CREATE: Duration = Duration::from_secs(120);
+
+/// The flags and namespace every invocation for one sandbox shares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxFlags {
+    /// `--network=` value: none, host or sandbox.
+    pub network: String,
+    /// The container's own network namespace, entered before exec'ing runsc.
+    pub netns: Option<PathBuf>,
+    /// Extra global flags the policy asked for (e.g. `--pod-init-config=...`).
+    pub extra: Vec<String>,
+}
+
+/// The three stdio handles given to a runsc command that donates them to the container.
+pub struct ChildStdio {
+    /// stdin (None = /dev/null).
+    pub stdin: Option<OwnedFd>,
+    /// stdout (None = /dev/null).
+    pub stdout: Option<OwnedFd>,
+    /// stderr (None = /dev/null).
+    pub stderr: Option<OwnedFd>,
+}
+
+impl ChildStdio {
+    /// All three on /dev/null.
+    pub fn null() -> ChildStdio {
+        ChildStdio {
+            stdin: None,
+            stdout: None,
+            stderr: None,
+        }
+    }
+}
+
+fn to_stdio(fd: Option<OwnedFd>) -> Stdio {
+    fd.map(Stdio::from).unwrap_or_else(Stdio::null)
+}
+
+/// One `runsc` binary with its node-wide flags and state root (per containerd namespace).
+#[derive(Clone)]
+pub struct Runsc {
+    binary: PathBuf,
+    root: PathBuf,
+    global: Vec<String>,
+    log_dir: PathBuf,
+    reaper: Reaper,
+}
+
+impl Runsc {
+    /// A runsc driven with `--root=root` and the node's global flags.
+    pub fn new(
+        binary: PathBuf,
+        root: PathBuf,
+        global: Vec<String>,
+        log_dir: PathBuf,
+        reaper: Reaper,
+    ) -> Runsc {
+        Runsc {
+            binary,
+            root,
+            global,
+            log_dir,
+            reaper,
+        }
+    }
+
+    /// runsc's state root for this namespace.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The argv (after the binary) of an invocation, without spawning it: for tests and logs.
+    pub fn argv(&self, sb: &SandboxFlags, log: &Path, sub: &[String]) -> Vec<String> {
+        let mut argv = vec![
+            format!("--root={}", self.root.display()),
+            format!("--log={}", log.display()),
+            "--log-format=json".to_string(),
+            format!("--network={}", sb.network),
+        ];
+        argv.extend(self.global.iter().cloned());
+        argv.extend(sb.extra.iter().cloned());
+        argv.extend(sub.iter().cloned());
+        argv
+    }
+
+    fn log_path(&self, id: &str) -> PathBuf {
+        self.log_dir.join(format!("{id}.runsc.log"))
+    }
+
+    fn command(&self, id: &str, sb: &SandboxFlags, sub: &[String]) -> Result<(Command, PathBuf)> {
+        let log = self.log_path(id);
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(self.argv(sb, &log, sub));
+        if let Some(ns) = &sb.netns {
+            let file = File::open(ns).map_err(|e| {
+                ShimError::io(format!("open network namespace {}", ns.display()), e)
+            })?;
+            // SAFETY: setns(2) is async-signal-safe; the fd stays open in the parent until spawn
+            // returns because `file` is moved into the closure that lives as long as `cmd`.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        Ok((cmd, log))
+    }
+
+    /// Runs a short command to completion, capturing stdout.
+    async fn run(
+        &self,
+        id: &str,
+        sb: &SandboxFlags,
+        name: &str,
+        sub: Vec<String>,
+        stdio: Option<ChildStdio>,
+        deadline: Duration,
+    ) -> Result<String> {
+        let (mut cmd, log) = self.command(id, sb, &sub)?;
+        let log_start = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        let capture = stdio.is_none();
+        match stdio {
+            Some(s) => {
+                cmd.stdin(to_stdio(s.stdin))
+                    .stdout(to_stdio(s.stdout))
+                    .stderr(to_stdio(s.stderr));
+            }
+            None => {
+                cmd.stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+            }
+        }
+        tracing::debug!(
+            container = id,
+            "runsc {name}: {:?}",
+            cmd.get_args().collect::<Vec<_>>()
+        );
+        let (mut child, exit) = self
+            .reaper
+            .spawn(&mut cmd)
+            .map_err(|e| ShimError::io(format!("run {}", self.binary.display()), e))?;
+        drop(cmd);
+        let out = child.stdout.take();
+        let err = child.stderr.take();
+        let reader = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut o = String::new();
+            let mut e = String::new();
+            if let Some(mut out) = out {
+                let _ = out.read_to_string(&mut o);
+            }
+            if let Some(mut err) = err {
+                let _ = err.read_to_string(&mut e);
+            }
+            (o, e)
+        });
+        let pid = child.id() as i32;
+        let exit = match tokio::time::timeout(deadline, exit).await {
+            Ok(Ok(exit)) => exit,
+            Ok(Err(_)) => {
+                return Err(ShimError::Internal(format!(
+                    "runsc {name} {id}: lost its exit status"
+                )))
+            }
+            Err(_) => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                return Err(ShimError::Runsc {
+                    command: name.into(),
+                    id: id.into(),
+                    message: format!(
+                        "did not finish within {}s and was killed",
+                        deadline.as_secs()
+                    ),
+                    code: Code::DEADLINE_EXCEEDED,
+                });
+            }
+        };
+        let (stdout, stderr) = if capture {
+            reader.await.unwrap_or_default()
+        } else {
+            (String::new(), String::new())
+        };
+        if exit.code == 0 {
+            return Ok(stdout);
+        }
+        let message = last_error(&log, log_start)
+            .or_else(|| {
+                stderr
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| format!("exited with status {}", exit.code));
+        Err(ShimError::Runsc {
+            command: name.into(),
+            id: id.into(),
+            code: classify(&message),
+            message,
+        })
+    }
+
+    /// `runsc create`: boots the sandbox (or joins the pod's) with the container's stdio.
+    pub async fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        console_socket: Option<&Path>,
+        stdio: ChildStdio,
+        sb: &SandboxFlags,
+    ) -> Result<()> {
+        let mut sub = vec![
+            "create".to_string(),
+            format!("--bundle={}", bundle.display()),
+            format!("--pid-file={}", pid_file.display()),
+        ];
+        if let Some(sock) = console_socket {
+            sub.push(format!("--console-socket={}", sock.display()));
+        }
+        sub.push(id.to_string());
+        self.run(id, sb, "create", sub, Some(stdio), CREATE)
+            .await
+            .map(drop)
+    }
+
+    /// `runsc start`.
+    pub async fn start(&self, id: &str, sb: &SandboxFlags) -> Result<()> {
+        self.run(
+            id,
+            sb,
+            "start",
+            vec!["start".into(), id.into()],
+            None,
+            SHORT,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `runsc kill [--all] [--pid P] ID SIGNAL`.
+    pub async fn kill(
+        &self,
+        id: &str,
+        signal: u32,
+        all: bool,
+        pid: Option<i32>,
+        sb: &SandboxFlags,
+    ) -> Result<()> {
+        let mut sub = vec!["kill".to_string()];
+        if all {
+            sub.push("--all".into());
+        }
+        if let Some(p) = pid {
+            sub.push(format!("--pid={p}"));
+        }
+        sub.push(id.into());
+        sub.push(signal.to_string());
+        self.run(id, sb, "kill", sub, None, SHORT).await.map(drop)
+    }
+
+    /// `runsc delete --force`: stops the container (and the sandbox, for its root container).
+    pub async fn delete(&self, id: &str, sb: &SandboxFlags) -> Result<()> {
+        self.run(
+            id,
+            sb,
+            "delete",
+            vec!["delete".into(), "--force".into(), id.into()],
+            None,
+            SHORT,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `runsc pause` / `runsc resume`.
+    pub async fn pause(&self, id: &str, resume: bool, sb: &SandboxFlags) -> Result<()> {
+        let name = if resume { "resume" } else { "pause" };
+        self.run(id, sb, name, vec![name.into(), id.into()], None, SHORT)
+            .await
+            .map(drop)
+    }
+
+    /// `runsc ps --format json`: the sandbox-internal pids of the container.
+    pub async fn ps(&self, id: &str, sb: &SandboxFlags) -> Result<Vec<u32>> {
+        let out = self
+            .run(
+                id,
+                sb,
+                "ps",
+                vec!["ps".into(), "--format=json".into(), id.into()],
+                None,
+                SHORT,
+            )
+            .await?;
+        let trimmed = out.trim();
+        if trimmed.is_empty() || trimmed == "null" {
+            return Ok(Vec::new());
+        }
+        serde_json::from_str(trimmed)
+            .map_err(|e| ShimError::Internal(format!("runsc ps {id}: unreadable output: {e}")))
+    }
+
+    /// `runsc events --stats`: one JSON object of cgroup-style counters.
+    pub async fn stats(&self, id: &str, sb: &SandboxFlags) -> Result<serde_json::Value> {
+        let out = self
+            .run(
+                id,
+                sb,
+                "events",
+                vec!["events".into(), "--stats".into(), id.into()],
+                None,
+                SHORT,
+            )
+            .await?;
+        serde_json::from_str(out.trim()).map_err(|e| {
+            ShimError::Internal(format!("runsc events --stats {id}: unreadable output: {e}"))
+        })
+    }
+
+    /// Spawns a foreground `runsc exec`; its exit status is the exec'd process's.
+    pub fn spawn_exec(
+        &self,
+        id: &str,
+        process_file: &Path,
+        console_socket: Option<&Path>,
+        internal_pid_file: &Path,
+        stdio: ChildStdio,
+        sb: &SandboxFlags,
+    ) -> Result<(u32, oneshot::Receiver<Exit>)> {
+        let mut sub = vec![
+            "exec".to_string(),
+            format!("--process={}", process_file.display()),
+            format!("--internal-pid-file={}", internal_pid_file.display()),
+        ];
+        if let Some(sock) = console_socket {
+            sub.push(format!("--console-socket={}", sock.display()));
+        }
+        sub.push(id.into());
+        self.spawn_long(id, sb, sub, stdio)
+    }
+
+    /// Spawns `runsc wait ID`, for containers that joined a pod's sandbox (their exit is not
+    /// the sandbox process's). Its stdout carries `{"id":..,"exitStatus":N}`.
+    pub fn spawn_wait(
+        &self,
+        id: &str,
+        sb: &SandboxFlags,
+        stdout: OwnedFd,
+    ) -> Result<(u32, oneshot::Receiver<Exit>)> {
+        let stdio = ChildStdio {
+            stdin: None,
+            stdout: Some(stdout),
+            stderr: None,
+        };
+        self.spawn_long(id, sb, vec!["wait".into(), id.into()], stdio)
+    }
+
+    fn spawn_long(
+        &self,
+        id: &str,
+        sb: &SandboxFlags,
+        sub: Vec<String>,
+        stdio: ChildStdio,
+    ) -> Result<(u32, oneshot::Receiver<Exit>)> {
+        let (mut cmd, _log) = self.command(id, sb, &sub)?;
+        cmd.stdin(to_stdio(stdio.stdin))
+            .stdout(to_stdio(stdio.stdout))
+            .stderr(to_stdio(stdio.stderr));
+        let (child, exit) = self
+            .reaper
+            .spawn(&mut cmd)
+            .map_err(|e| ShimError::io(format!("run {}", self.binary.display()), e))?;
+        Ok((child.id(), exit))
+    }
+
+    /// Removes the container's runsc log.
+    pub fn remove_log(&self, id: &str) {
+        let _ = std::fs::remove_file(self.log_path(id));
+    }
+}
+
+#[derive(Deserialize)]
+struct LogLine {
+    #[serde(default)]
+    msg: String,
+    #[serde(default)]
+    level: String,
+}
+
+/// Reads runsc's json log from `offset` and returns the last error-level message.
+fn last_error(log: &Path, offset: u64) -> Option<String> {
+    let bytes = std::fs::read(log).ok()?;
+    let start = usize::try_from(offset)
+        .ok()
+        .filter(|&o| o <= bytes.len())
+        .unwrap_or(0);
+    let stream = serde_json::Deserializer::from_slice(&bytes[start..]).into_iter::<LogLine>();
+    let mut last = None;
+    for line in stream {
+        match line {
+            Ok(l) if l.level == "error" || l.level == "fatal" => last = Some(l.msg),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    last.map(|m| m.trim().to_string()).filter(|m| !m.is_empty())
+}
+
+/// The ttrpc code a runsc failure maps to, from the structure of runsc's message.
+fn classify(message: &str) -> Code {
+    let m = message.to_ascii_lowercase();
+    if m.contains("file does not exist") || m.contains("not found") || m.contains("no such") {
+        Code::NOT_FOUND
+    } else if m.contains("already exists") {
+        Code::ALREADY_EXISTS
+    } else if m.contains("invalid argument")
+        || m.contains("invalid spec")
+        || m.contains("validating")
+    {
+        Code::INVALID_ARGUMENT
+    } else if m.contains("not running")
+        || m.contains("not stopped")
+        || m.contains("is not paused")
+        || m.contains("cannot") && m.contains("state")
+    {
+        Code::FAILED_PRECONDITION
+    } else {
+        Code::UNKNOWN
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_last_error_from_concatenated_json() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("c.runsc.log");
+        let old = r#"{"msg":"old failure","level":"error","time":"t"}"#;
+        let new = r#"{"msg":"starting","level":"info","time":"t"}{"msg":"loading container: file does not exist","level":"error","time":"t"}"#;
+        std::fs::write(&log, format!("{old}{new}")).expect("write");
+        assert_eq!(
+            last_error(&log, old.len() as u64).as_deref(),
+            Some("loading container: file does not exist")
+        );
+        assert_eq!(last_error(&log, (old.len() + new.len()) as u64), None);
+        assert_eq!(
+            classify("loading container: file does not exist"),
+            Code::NOT_FOUND
+        );
+        assert_eq!(classify("something odd"), Code::UNKNOWN);
+    }
+
+    #[test]
+    fn every_invocation_carries_the_same_global_flags() {
+        let runsc = Runsc::new(
+            "/usr/bin/runsc".into(),
+            "/run/safehouse/runsc/default".into(),
+            vec!["--platform=systrap".into()],
+            "/tmp".into(),
+            Reaper::default(),
+        );
+        let sb = SandboxFlags {
+            network: "none".into(),
+            netns: None,
+            extra: vec!["--pod-init-config=/x.json".into()],
+        };
+        let argv = runsc.argv(&sb, Path::new("/tmp/c.log"), &["start".into(), "c".into()]);
+        assert_eq!(
+            argv,
+            vec![
+                "--root=/run/safehouse/runsc/default",
+                "--log=/tmp/c.log",
+                "--log-format=json",
+                "--network=none",
+                "--platform=systrap",
+                "--pod-init-config=/x.json",
+                "start",
+                "c"
+            ]
+        );
+    }
+}

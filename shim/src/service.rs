@@ -1,0 +1,142 @@
+//! The shim process's lifecycle as containerd drives it: `start` (spawn or reuse the shim for
+//! a pod), serving the Task API, and `delete` (clean up after a shim that died).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::publisher::RemotePublisher;
+use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
+use containerd_shim::{Config, Error as ShimCrateError, Flags, StartOpts};
+use containerd_shim_protos::api::DeleteResponse;
+use containerd_shim_protos::protobuf::MessageField;
+
+use crate::container::{self, PersistedState};
+use crate::node::Node;
+use crate::reaper::Reaper;
+use crate::task::TaskService;
+
+/// The runtime type containerd knows this shim by.
+pub const RUNTIME_TYPE: &str = "io.containerd.safehouse.v2";
+
+/// The shim process.
+pub struct SafehouseShim {
+    exit: Arc<ExitSignal>,
+    namespace: String,
+    id: String,
+}
+
+#[async_trait]
+impl Shim for SafehouseShim {
+    type T = TaskService;
+
+    async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        if args.action.is_empty() {
+            crate::logging::init_for_serve(args.debug, &args.id);
+        } else {
+            crate::logging::init_stderr(args.debug);
+        }
+        SafehouseShim {
+            exit: Arc::new(ExitSignal::default()),
+            namespace: args.namespace.clone(),
+            id: args.id.clone(),
+        }
+    }
+
+    async fn start_shim(&mut self, opts: StartOpts) -> Result<String, ShimCrateError> {
+        // All containers of a pod share one shim: group by CRI's sandbox id.
+        let spec: serde_json::Value = std::fs::read("config.json")
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let grouping = container::grouping_id(&spec, &opts.id);
+        let address = spawn(opts, &grouping, Vec::new()).await?;
+        containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
+        Ok(address)
+    }
+
+    async fn delete_shim(&mut self) -> Result<DeleteResponse, ShimCrateError> {
+        // containerd runs this in the bundle after the shim died: remove every trace of the
+        // container (sandbox, runsc state, mounts) from what Create persisted.
+        let bundle = std::env::current_dir().map_err(|e| ShimCrateError::Other(e.to_string()))?;
+        let mut pid = 0;
+        if let Some(st) = PersistedState::load(&bundle) {
+            pid = st.pid;
+            cleanup_after_dead_shim(&self.id, &bundle, &st);
+        } else {
+            tracing::debug!(container = %self.id, "no Safehouse state in {}: nothing to clean", bundle.display());
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut ts =
+            containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp::new();
+        ts.seconds = now.as_secs() as i64;
+        ts.nanos = now.subsec_nanos() as i32;
+        Ok(DeleteResponse {
+            pid,
+            exit_status: 137,
+            exited_at: MessageField::some(ts),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+        let reaper = Reaper::default();
+        tokio::spawn(reaper.clone().run());
+        TaskService::new(
+            &self.namespace,
+            publisher,
+            reaper,
+            Node::default(),
+            self.exit.clone(),
+        )
+    }
+}
+
+fn cleanup_after_dead_shim(id: &str, bundle: &Path, st: &PersistedState) {
+    let mut cmd = std::process::Command::new(&st.binary);
+    cmd.arg(format!("--root={}", st.root.display()))
+        .arg(format!("--network={}", st.network))
+        .args(&st.global)
+        .args(["delete", "--force", id])
+        .stdin(std::process::Stdio::null());
+    match cmd.output() {
+        Ok(out) if out.status.success() => {
+            tracing::info!(container = %id, "deleted sandbox left by a dead shim")
+        }
+        Ok(out) => tracing::warn!(
+            container = %id,
+            "runsc delete --force: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => tracing::warn!(container = %id, "run {}: {e}", st.binary.display()),
+    }
+    // The sandbox process may outlive the runsc state if it was never registered; it is not
+    // ours to wait for, but it is ours to end.
+    if st.pid > 1 && is_runsc_sandbox(st.pid, id) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(st.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    if st.rootfs_mounted {
+        container::unmount_rootfs(bundle);
+    }
+    let _ = std::fs::remove_file(bundle.join(format!("{id}.runsc.log")));
+    let _ = std::fs::remove_file(bundle.join(container::STATE_FILE));
+}
+
+/// Whether `pid` is still the runsc sandbox of container `id` (not a recycled pid).
+fn is_runsc_sandbox(pid: u32, id: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+            args.first().is_some_and(|a| a.starts_with(b"runsc")) && args.contains(&id.as_bytes())
+        })
+        .unwrap_or(false)
+}
