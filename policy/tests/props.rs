@@ -295,8 +295,7 @@ fn must_refuse(c: &Case, policy: &AgentPolicy) -> bool {
     c.bad_device
         || c.mounts.iter().any(|m| m.refused(policy))
         || c.namespaces.iter().any(|(typ, n)| {
-            *n == Ns::HostInit && *typ != LinuxNamespaceType::Uts
-                || *n == Ns::Absent && *typ != LinuxNamespaceType::Uts
+            matches!(n, Ns::HostInit | Ns::Absent) && *typ != LinuxNamespaceType::Uts
         })
 }
 
