@@ -1,1 +1,50 @@
-fn main() {}
+//! `safehouse`: the operator's command line, a thin clap front over the same crates the shim
+//! uses so the CLI and the shim never disagree. This file is only the command tree; each
+//! command group lives in its own `*_cmd.rs`.
+
+mod policy_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+const LONG_ABOUT: &str = "\
+Safehouse runs every container inside gVisor, confined by an agent capability policy, with an
+audit stream. This tool lets an operator check and understand policies before the runtime
+applies them.
+
+Examples:
+  safehouse policy lint examples/policies/*.yaml
+  safehouse policy explain examples/policies/code-interpreter.yaml
+  safehouse policy compile examples/policies/code-interpreter.yaml --spec bundle/config.json --flags
+  safehouse policy schema > agent-policy.schema.json";
+
+/// Safehouse operator CLI.
+#[derive(Debug, Parser)]
+#[command(name = "safehouse", version, about = "Safehouse: isolation runtime for AI agents", long_about = LONG_ABOUT)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Top-level command groups; add a variant and a `*_cmd.rs` file per group.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Lint, compile and explain agent capability policies; print their JSON Schema.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Policy(cmd) => policy_cmd::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("safehouse: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

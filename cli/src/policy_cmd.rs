@@ -1,0 +1,213 @@
+//! `safehouse policy …`: lint, compile, explain and schema. Exit codes: 0 success, 1 the
+//! policy or spec has findings or is refused, 2 a file could not be read.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use oci_spec::runtime::Spec;
+use safehouse_policy::{
+    compile, digest, explain, json_schema, lint_str, AgentPolicy, CompileContext, Format, LoadError,
+};
+
+const LINT_HELP: &str = "\
+Checks each file's syntax, shape and meaning and prints every finding as
+FILE:LINE:COLUMN: FIELD: MESSAGE. Warnings are findings too.
+
+Exit status: 0 when every file is clean, 1 when any file has findings, 2 when a file
+cannot be read.
+
+Examples:
+  safehouse policy lint policy.yaml
+  safehouse policy lint /etc/safehouse/policies/*.yaml";
+
+const COMPILE_HELP: &str = "\
+Compiles the policy against an OCI runtime spec (a bundle's config.json) exactly as the
+shim does at container create, and prints the confined spec as JSON on stdout. A spec the
+policy refuses (host namespaces, foreign host mounts, extra devices) is reported with the
+offending field and exit status 1.
+
+Examples:
+  safehouse policy compile code-interpreter.yaml --spec bundle/config.json
+  safehouse policy compile --strict-default --spec config.json --flags";
+
+const EXPLAIN_HELP: &str = "\
+Prints, one sentence per line, what an agent under the policy may and may not do.
+
+Examples:
+  safehouse policy explain examples/policies/web-research.yaml
+  safehouse policy explain --strict-default";
+
+/// `safehouse policy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Check policy files and report findings with file:line:column and field.
+    #[command(long_about = LINT_HELP)]
+    Lint {
+        /// Policy files (YAML or JSON).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Compile a policy against an OCI spec and print the confined spec.
+    #[command(long_about = COMPILE_HELP)]
+    Compile {
+        #[command(flatten)]
+        policy: PolicySource,
+        /// The OCI runtime spec (config.json) to confine.
+        #[arg(long, value_name = "CONFIG_JSON")]
+        spec: PathBuf,
+        /// Also print the runsc flags, audit plan and timeout (on stderr, so stdout stays JSON).
+        #[arg(long)]
+        flags: bool,
+    },
+    /// Say in plain sentences what an agent under the policy may and may not do.
+    #[command(long_about = EXPLAIN_HELP)]
+    Explain {
+        #[command(flatten)]
+        policy: PolicySource,
+    },
+    /// Print the JSON Schema of the AgentPolicy manifest.
+    Schema,
+}
+
+/// A policy file, or the built-in strict default.
+#[derive(Debug, Args)]
+pub struct PolicySource {
+    /// Policy file (YAML or JSON).
+    #[arg(required_unless_present = "strict_default")]
+    file: Option<PathBuf>,
+    /// Use the built-in strict default policy instead of a file.
+    #[arg(long, conflicts_with = "file")]
+    strict_default: bool,
+}
+
+/// Runs one `safehouse policy` subcommand.
+pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
+    match cmd {
+        PolicyCommand::Lint { files } => Ok(lint(&files)),
+        PolicyCommand::Compile {
+            policy,
+            spec,
+            flags,
+        } => compile_cmd(&policy, &spec, flags),
+        PolicyCommand::Explain { policy } => {
+            let Some(policy) = load(&policy)? else {
+                return Ok(ExitCode::from(1));
+            };
+            let mut out = std::io::stdout().lock();
+            for line in explain(&policy) {
+                writeln!(out, "{line}")?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Schema => {
+            println!("{}", serde_json::to_string_pretty(&json_schema())?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn lint(files: &[PathBuf]) -> ExitCode {
+    let mut unreadable = false;
+    let mut findings = false;
+    for file in files {
+        let name = file.display().to_string();
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("{name}: cannot read: {e}");
+                unreadable = true;
+                continue;
+            }
+        };
+        let report = lint_str(&text, Format::for_file(file, &text));
+        if report.findings.is_empty() {
+            println!("{name}: ok");
+        }
+        for f in &report.findings {
+            println!("{}", f.render(&name));
+            findings = true;
+        }
+    }
+    match (unreadable, findings) {
+        (true, _) => ExitCode::from(2),
+        (false, true) => ExitCode::from(1),
+        (false, false) => ExitCode::SUCCESS,
+    }
+}
+
+/// The policy, or `None` after printing its findings; `Err` when the file cannot be read.
+fn load(source: &PolicySource) -> Result<Option<AgentPolicy>> {
+    let Some(file) = &source.file else {
+        return Ok(Some(AgentPolicy::strict_default()));
+    };
+    match safehouse_policy::load_file(file) {
+        Ok(p) => Ok(Some(p)),
+        Err(e @ LoadError::Io { .. }) => Err(e.into()),
+        Err(e @ LoadError::Invalid { .. }) => {
+            eprintln!("{e}");
+            Ok(None)
+        }
+    }
+}
+
+fn read_spec(path: &Path) -> Result<std::result::Result<Spec, String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read spec", path.display()))?;
+    Ok(serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{}:{}:{}: invalid OCI spec: {e}",
+            path.display(),
+            e.line(),
+            e.column()
+        )
+    }))
+}
+
+fn compile_cmd(source: &PolicySource, spec_path: &Path, flags: bool) -> Result<ExitCode> {
+    let Some(policy) = load(source)? else {
+        return Ok(ExitCode::from(1));
+    };
+    let spec = match read_spec(spec_path)? {
+        Ok(s) => s,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let compiled = match compile(&policy, &spec, &CompileContext::default()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", spec_path.display());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let value = digest::sorted(serde_json::to_value(&compiled.spec)?);
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    if flags {
+        let mut err = std::io::stderr().lock();
+        for (k, v) in &compiled.runsc_flags {
+            writeln!(err, "runsc flag: --{k}={v}")?;
+        }
+        let plan = &compiled.audit_plan;
+        writeln!(
+            err,
+            "audit record: {}",
+            serde_json::to_string(&plan.record)?
+        )?;
+        writeln!(
+            err,
+            "audit on violation: {}",
+            serde_json::to_string(&plan.on_violation)?
+        )?;
+        writeln!(err, "tools: {:?}", compiled.tools)?;
+        match compiled.timeout {
+            Some(t) => writeln!(err, "timeout: {}s", t.as_secs_f64())?,
+            None => writeln!(err, "timeout: none")?,
+        }
+        writeln!(err, "policy: {} {}", compiled.name, compiled.digest)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
