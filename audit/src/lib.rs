@@ -14,10 +14,13 @@ pub mod canonical;
 pub mod chain;
 pub mod decode;
 pub mod event;
+pub mod lifecycle;
 pub mod names;
 pub mod sockaddr;
 pub mod timestamp;
+pub mod verify;
 pub mod wire;
+pub mod writer;
 
 pub mod encode;
 pub mod proto;

@@ -1,0 +1,170 @@
+//! Writer tests: whole lines, contiguous chains, counted drops, short writes,
+//! concurrent appenders.
+
+use std::sync::{Arc, Condvar, Mutex};
+
+use serde_json::Value;
+
+use super::*;
+
+/// A sink that stores everything, optionally accepting few bytes per write and
+/// optionally blocking until opened.
+#[derive(Clone, Default)]
+struct Memory {
+    data: Arc<Mutex<Vec<u8>>>,
+    max_write: Option<usize>,
+    gate: Option<Arc<(Mutex<bool>, Condvar)>>,
+}
+
+impl Write for Memory {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(gate) = &self.gate {
+            let (open, cv) = &**gate;
+            let mut g = open.lock().map_err(|_| io::Error::other("poisoned"))?;
+            while !*g {
+                g = cv.wait(g).map_err(|_| io::Error::other("poisoned"))?;
+            }
+        }
+        let n = self.max_write.map_or(buf.len(), |m| m.min(buf.len()));
+        self.data
+            .lock()
+            .map_err(|_| io::Error::other("poisoned"))?
+            .extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn event(sandbox: &str) -> AuditEvent {
+    AuditEvent {
+        action: Action::Open,
+        category: Category::File,
+        sandbox_id: sandbox.to_owned(),
+        time: Timestamp::now(),
+        ..AuditEvent::default()
+    }
+}
+
+fn lines(mem: &Memory) -> Vec<Value> {
+    let data = mem.data.lock().map(|d| d.clone()).unwrap_or_default();
+    assert_eq!(data.last(), Some(&b'\n'));
+    data.split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap_or(Value::Null))
+        .collect()
+}
+
+fn assert_contiguous(values: &[Value]) {
+    let mut next: HashMap<String, u64> = HashMap::new();
+    for v in values {
+        let sb = v["sandbox_id"].as_str().unwrap_or("?").to_owned();
+        let seq = v["seq"].as_u64().unwrap_or(0);
+        let want = next.entry(sb).or_insert(1);
+        assert_eq!(seq, *want, "line {v}");
+        *want += 1;
+    }
+}
+
+#[test]
+fn writes_whole_chained_lines_per_sandbox() {
+    let mem = Memory::default();
+    let (w, h) =
+        AuditWriter::spawn(mem.clone(), WriterConfig::default()).unwrap_or_else(|e| panic!("{e}"));
+    for i in 0..1000 {
+        assert!(w.submit(event(if i % 3 == 0 { "a" } else { "b" })));
+    }
+    drop(w);
+    let stats = h.finish();
+    assert_eq!(stats.lines_written, 1000);
+    let values = lines(&mem);
+    assert_eq!(values.len(), 1000);
+    assert_contiguous(&values);
+}
+
+#[test]
+fn full_queue_counts_drops_and_reports_them_without_gaps() {
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let mem = Memory {
+        gate: Some(Arc::clone(&gate)),
+        ..Memory::default()
+    };
+    let config = WriterConfig {
+        capacity: 4,
+        max_batch_bytes: 1,
+    };
+    let (w, h) = AuditWriter::spawn(mem.clone(), config).unwrap_or_else(|e| panic!("{e}"));
+    let accepted = (0..200).filter(|_| w.submit(event("a"))).count() as u64;
+    let stats = w.stats();
+    assert!(stats.queue_dropped > 0);
+    assert_eq!(stats.queue_dropped + accepted, 200);
+    {
+        let (open, cv) = &*gate;
+        if let Ok(mut g) = open.lock() {
+            *g = true;
+        }
+        cv.notify_all();
+    }
+    drop(w);
+    h.finish();
+    let values = lines(&mem);
+    assert_contiguous(&values);
+    let reported: u64 = values
+        .iter()
+        .filter(|v| v["action"] == "dropped")
+        .map(|v| v["dropped"]["count"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(reported, stats.queue_dropped);
+    assert!(values.iter().any(|v| v["dropped"]["source"] == "queue"));
+}
+
+#[test]
+fn short_writes_still_produce_whole_lines() {
+    let mem = Memory {
+        max_write: Some(7),
+        ..Memory::default()
+    };
+    let (w, h) =
+        AuditWriter::spawn(mem.clone(), WriterConfig::default()).unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..10 {
+        w.submit(event("a"));
+    }
+    drop(w);
+    let stats = h.finish();
+    assert!(stats.partial_writes > 0);
+    assert_eq!(lines(&mem).len(), 10);
+}
+
+#[test]
+fn concurrent_appenders_never_interleave_lines() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("audit.jsonl");
+    let mut handles = Vec::new();
+    for sb in ["x", "y", "z"] {
+        let file = open_append(&path).unwrap_or_else(|e| panic!("{e}"));
+        let (w, h) =
+            AuditWriter::spawn(file, WriterConfig::default()).unwrap_or_else(|e| panic!("{e}"));
+        handles.push(std::thread::spawn(move || {
+            for _ in 0..2000 {
+                let mut ev = event(sb);
+                ev.message = Some("m".repeat(300));
+                while !w.submit(ev.clone()) {
+                    std::thread::yield_now();
+                }
+            }
+            drop(w);
+            h.finish()
+        }));
+    }
+    for t in handles {
+        let _ = t.join();
+    }
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let values: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("torn line {l:?}: {e}")))
+        .collect();
+    assert_eq!(values.len(), 6000);
+    assert_contiguous(&values);
+}
