@@ -104,3 +104,53 @@ pub fn sockaddr_un(path: &str) -> Vec<u8> {
     }
     out
 }
+
+/// A blocking client speaking the Sentry's side of the remote-sink protocol:
+/// for tests and hostile-client tools.
+pub struct SentryClient {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl SentryClient {
+    /// Connects to a sink socket (no handshake yet).
+    pub fn connect(path: &std::path::Path) -> std::io::Result<Self> {
+        use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+        use std::os::fd::AsRawFd;
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+        Ok(Self { fd })
+    }
+
+    /// Sends one raw packet.
+    pub fn send(&self, packet: &[u8]) -> std::io::Result<()> {
+        use nix::sys::socket::{send, MsgFlags};
+        use std::os::fd::AsRawFd;
+        send(self.fd.as_raw_fd(), packet, MsgFlags::MSG_NOSIGNAL)?;
+        Ok(())
+    }
+
+    /// Receives one packet (blocking).
+    pub fn recv(&self) -> std::io::Result<Vec<u8>> {
+        use nix::sys::socket::{recv, MsgFlags};
+        use std::os::fd::AsRawFd;
+        let mut buf = vec![0u8; 10240];
+        let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// Connects and performs the handshake like runsc does; returns the
+    /// sink's protocol version.
+    pub fn handshake(path: &std::path::Path) -> std::io::Result<(Self, u32)> {
+        let client = Self::connect(path)?;
+        client.send(&crate::wire::handshake_bytes(crate::wire::PROTOCOL_VERSION))?;
+        let reply = client.recv()?;
+        let version = crate::wire::parse_handshake(&reply).map_err(std::io::Error::other)?;
+        Ok((client, version))
+    }
+}

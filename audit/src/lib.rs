@@ -16,6 +16,8 @@ pub mod decode;
 pub mod event;
 pub mod lifecycle;
 pub mod names;
+pub mod session;
+pub mod sink;
 pub mod sockaddr;
 pub mod timestamp;
 pub mod verify;

@@ -1,0 +1,219 @@
+//! The per-sandbox `remote` sink gVisor's Sentry connects to.
+//!
+//! [`TraceSink::bind`] listens on a SOCK_SEQPACKET unix socket (one per
+//! sandbox, in the shim's state dir); [`TraceSink::spawn`] runs a tokio task
+//! that accepts the Sentry's connection(s), answers the handshake, decodes
+//! every packet and sends [`AuditEvent`]s (stamped with the sandbox's ids,
+//! pod and policy) to a channel.
+//!
+//! Bind before `runsc create`: runsc connects and handshakes synchronously
+//! while creating the sandbox. Each connection is its own task with its own
+//! bounded buffer; a slow channel pushes back onto the socket, where gVisor's
+//! retries and `dropped_count` take over (reported as `audit`/`dropped`).
+
+mod conn;
+mod socket;
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::event::AuditEvent;
+use crate::lifecycle::SandboxContext;
+
+/// Limits of one sink.
+#[derive(Clone, Debug)]
+pub struct SinkOptions {
+    /// Largest packet accepted; larger ones are counted and skipped.
+    pub max_packet: usize,
+    /// Concurrent connections served; more are closed at once.
+    pub max_connections: usize,
+    /// Time a peer has to send its handshake.
+    pub handshake_timeout: Duration,
+    /// Least time between two reports of malformed/unknown packets.
+    pub report_interval: Duration,
+}
+
+impl Default for SinkOptions {
+    fn default() -> Self {
+        Self {
+            max_packet: 256 * 1024,
+            max_connections: 4,
+            handshake_timeout: Duration::from_secs(5),
+            report_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why the sink could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The socket could not be created, bound or registered.
+    #[error("trace sink socket {path}: {source}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+}
+
+/// Counters of one sink (all connections).
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Connections closed by the peer.
+    pub connections_closed: AtomicU64,
+    /// Connections refused over `max_connections`.
+    pub connections_refused: AtomicU64,
+    /// Peers that failed the handshake.
+    pub handshake_failures: AtomicU64,
+    /// Packets received.
+    pub packets: AtomicU64,
+    /// Events decoded and sent.
+    pub events: AtomicU64,
+    /// Packets that failed to decode.
+    pub malformed: AtomicU64,
+    /// Packets larger than `max_packet`.
+    pub oversized: AtomicU64,
+    /// Packets of unknown message types.
+    pub unknown_types: AtomicU64,
+    /// Points gVisor reported as dropped.
+    pub sentry_dropped: AtomicU64,
+}
+
+/// A bound, listening sink that is not yet accepting.
+pub struct TraceSink {
+    path: PathBuf,
+    listener: AsyncFd<OwnedFd>,
+    options: SinkOptions,
+}
+
+/// A running sink. Dropping it stops the sink and removes the socket file.
+pub struct SinkHandle {
+    path: PathBuf,
+    task: JoinHandle<()>,
+    stats: Arc<SinkStats>,
+}
+
+impl TraceSink {
+    /// Listens at `path` (must be called inside a tokio runtime).
+    pub fn bind(path: &Path, options: SinkOptions) -> Result<Self, SinkError> {
+        let err = |source| SinkError::Socket {
+            path: path.to_owned(),
+            source,
+        };
+        let fd = socket::listen_seqpacket(path).map_err(err)?;
+        let listener = socket::register(fd, Interest::READABLE).map_err(err)?;
+        Ok(Self {
+            path: path.to_owned(),
+            listener,
+            options,
+        })
+    }
+
+    /// The socket path (the `endpoint` for the trace session).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Starts accepting; decoded events of this sandbox go to `events`.
+    pub fn spawn(self, ctx: SandboxContext, events: mpsc::Sender<AuditEvent>) -> SinkHandle {
+        let stats = Arc::new(SinkStats::default());
+        let path = self.path.clone();
+        let task = tokio::spawn(accept_loop(self, Arc::new(ctx), events, Arc::clone(&stats)));
+        SinkHandle { path, task, stats }
+    }
+}
+
+impl SinkHandle {
+    /// The sink's counters.
+    pub fn stats(&self) -> &SinkStats {
+        &self.stats
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops accepting and closes every connection.
+    pub fn shutdown(self) {
+        drop(self);
+    }
+}
+
+impl Drop for SinkHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn accept_loop(
+    sink: TraceSink,
+    ctx: Arc<SandboxContext>,
+    events: mpsc::Sender<AuditEvent>,
+    stats: Arc<SinkStats>,
+) {
+    // Connection tasks live in this set: aborting the accept task drops the
+    // set, which aborts them all.
+    let mut conns = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            guard = sink.listener.readable() => match guard {
+                Ok(mut g) => match g.try_io(|fd| socket::accept(fd.get_ref())) {
+                    Ok(result) => result,
+                    Err(_would_block) => continue,
+                },
+                Err(e) => {
+                    tracing::error!(error = %e, "trace sink listener failed");
+                    return;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        let fd = match accepted {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!(error = %e, "trace sink accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if conns.len() >= sink.options.max_connections {
+            stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let fd = match socket::register(fd, Interest::READABLE | Interest::WRITABLE) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!(error = %e, "trace sink connection not registered");
+                continue;
+            }
+        };
+        stats.connections.fetch_add(1, Ordering::Relaxed);
+        conns.spawn(
+            conn::Connection {
+                fd,
+                ctx: Arc::clone(&ctx),
+                tx: events.clone(),
+                stats: Arc::clone(&stats),
+                options: sink.options.clone(),
+            }
+            .run(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests;
