@@ -143,8 +143,9 @@ impl Connection {
             if self.report(&mut pending, false).await.is_err() {
                 break End::ReceiverGone;
             }
-            handled = handled.wrapping_add(1);
-            if handled % YIELD_EVERY == 0 {
+            handled += 1;
+            if handled >= YIELD_EVERY {
+                handled = 0;
                 tokio::task::yield_now().await;
             }
         };
