@@ -241,9 +241,9 @@ pub struct TraceSink {
 /// Knobs of the generated session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionOptions {
-    /// Ask gVisor to hash every executed binary (sha256 in exec events; costs
-    /// a file read per exec).
-    pub binary_hash: bool,
+    /// Ask gVisor for the executed binary's mode and owner (`binary_info`).
+    /// gVisor 20221219 and 20240729 never fill its sha256 field.
+    pub binary_info: bool,
     /// How often the Sentry retries a full socket before counting a drop
     /// (gVisor's default is 0: drop at once).
     pub retries: u32,
@@ -255,7 +255,7 @@ pub struct SessionOptions {
 impl Default for SessionOptions {
     fn default() -> Self {
         Self {
-            binary_hash: false,
+            binary_info: true,
             retries: 8,
             ignore_setup_error: false,
         }
@@ -285,7 +285,7 @@ impl PodInitConfig {
                 };
                 let optional_fields = optional
                     .iter()
-                    .filter(|f| **f != "binary_info" || options.binary_hash)
+                    .filter(|f| **f != "binary_info" || options.binary_info)
                     .filter(|f| meta.optional_fields.iter().any(|m| m == *f))
                     .map(|f| (*f).to_owned())
                     .collect();
