@@ -168,17 +168,18 @@ pub struct AuditEvent {
     /// The network endpoint acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkInfo>,
-    /// gVisor's trace point name, for events that came from the Sentry.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub point: Option<String>,
     /// The Kubernetes pod, when CRI gave its name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodInfo>,
+    /// gVisor's trace point name, for events that came from the Sentry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point: Option<String>,
     /// The policy in force.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyRef>,
     /// Hex sha256 of the previous event of this sandbox (64 zeros for the first).
     #[serde(default)]
+    #[schemars(required, pattern(r"^[0-9a-f]{64}$"))]
     pub prev_hash: String,
     /// The process (task) that acted, as seen inside the sandbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -190,6 +191,7 @@ pub struct AuditEvent {
     pub sandbox_id: String,
     /// Position in this sandbox's chain, from 1.
     #[serde(default)]
+    #[schemars(required, range(min = 1))]
     pub seq: u64,
     /// The syscall, for raw syscall points and unknown syscall numbers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -201,6 +203,7 @@ pub struct AuditEvent {
     pub violation: Option<Violation>,
     /// Hex sha256 of this event's canonical JSON without `hash`; always last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(required, with = "String", pattern(r"^[0-9a-f]{64}$"))]
     pub hash: Option<String>,
 }
 

@@ -1,0 +1,29 @@
+//! The JSON Schema of one audit line, generated from the event types, and
+//! committed as `docs/audit-event.schema.json` (a test keeps them equal).
+
+use crate::event::AuditEvent;
+
+/// The schema's `$id`.
+pub const SCHEMA_ID: &str = "https://safehouse.dev/schemas/audit-event.schema.json";
+
+/// The JSON Schema (draft 2020-12) of a written audit line.
+pub fn event_schema() -> serde_json::Value {
+    let schema = schemars::schema_for!(AuditEvent);
+    let mut value = schema.to_value();
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("$id".to_owned(), SCHEMA_ID.into());
+        obj.insert("title".to_owned(), "Safehouse audit event".into());
+        obj.insert(
+            "description".to_owned(),
+            "One line of Safehouse's JSON Lines audit stream; see docs/audit-events.md.".into(),
+        );
+    }
+    value
+}
+
+/// The schema as committed: pretty JSON with a trailing newline.
+pub fn event_schema_json() -> String {
+    let mut text = serde_json::to_string_pretty(&event_schema()).unwrap_or_default();
+    text.push('\n');
+    text
+}
