@@ -179,7 +179,7 @@ pub struct AuditEvent {
     pub policy: Option<PolicyRef>,
     /// Hex sha256 of the previous event of this sandbox (64 zeros for the first).
     #[serde(default)]
-    #[schemars(required, pattern(r"^[0-9a-f]{64}$"))]
+    #[schemars(pattern(r"^[0-9a-f]{64}$"))]
     pub prev_hash: String,
     /// The process (task) that acted, as seen inside the sandbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -191,7 +191,7 @@ pub struct AuditEvent {
     pub sandbox_id: String,
     /// Position in this sandbox's chain, from 1.
     #[serde(default)]
-    #[schemars(required, range(min = 1))]
+    #[schemars(range(min = 1))]
     pub seq: u64,
     /// The syscall, for raw syscall points and unknown syscall numbers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -203,7 +203,7 @@ pub struct AuditEvent {
     pub violation: Option<Violation>,
     /// Hex sha256 of this event's canonical JSON without `hash`; always last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(required, with = "String", pattern(r"^[0-9a-f]{64}$"))]
+    #[schemars(with = "String", pattern(r"^[0-9a-f]{64}$"))]
     pub hash: Option<String>,
 }
 
