@@ -1,0 +1,305 @@
+//! A private containerd for one test binary: its own root, state, sockets and config in a temp
+//! dir, the Safehouse shim first on its PATH, and a teardown that leaves nothing behind (it
+//! stops containerd by pid, kills by pid whatever this run started and left, unmounts, removes
+//! the temp dir), from `Drop` too, so a failing or panicking test still cleans up.
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::command::{self, wait_for};
+use crate::host;
+use crate::runtime::{SAFEHOUSE_RUNTIME_TYPE, SAFEHOUSE_SHIM_NAME};
+
+/// How long containerd gets to answer on its socket after start.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long containerd gets to exit after SIGTERM before SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to set up a private containerd.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerdOptions {
+    /// The Safehouse shim binary; linked into a directory that goes first on containerd's PATH.
+    pub shim: Option<PathBuf>,
+    /// A Safehouse config file, registered as the CRI runtime's `ConfigPath` option.
+    pub shim_config: Option<PathBuf>,
+    /// Strings unique to this run (namespaces): at teardown, any process whose argv mentions
+    /// one of them or the temp dir is a leftover of this run and is killed by pid.
+    pub markers: Vec<String>,
+}
+
+/// A running private containerd.
+pub struct Containerd {
+    child: Option<Child>,
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+    markers: Vec<String>,
+}
+
+impl Containerd {
+    /// Writes the config, starts `containerd --config FILE` and waits until its socket answers.
+    pub fn start(options: &ContainerdOptions) -> Result<Containerd> {
+        let dir = tempfile::Builder::new()
+            .prefix("safehouse-it-")
+            .tempdir()
+            .context("cannot create the containerd temp dir")?;
+        let path = dir.path().to_path_buf();
+        let mut this = Containerd {
+            child: None,
+            dir: Some(dir),
+            path: path.clone(),
+            markers: options.markers.clone(),
+        };
+        for sub in ["root", "state", "bin", "opt", "cni", "fifo", "work"] {
+            fs::create_dir_all(path.join(sub))?;
+        }
+        if let Some(shim) = &options.shim {
+            std::os::unix::fs::symlink(shim, path.join("bin").join(SAFEHOUSE_SHIM_NAME))
+                .context("cannot link the shim into containerd's PATH")?;
+        }
+        fs::write(this.config_path(), this.config_toml(options))?;
+
+        let log = fs::File::create(this.log_path())?;
+        let search_path = format!(
+            "{}:{}",
+            path.join("bin").display(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+        );
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config")
+            .arg(this.config_path())
+            .env("PATH", search_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // If the test binary dies without running its teardown, containerd goes with it.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        this.child = Some(cmd.spawn().context("cannot start containerd")?);
+        this.wait_ready()?;
+        Ok(this)
+    }
+
+    /// The temp dir holding everything of this containerd.
+    pub fn dir(&self) -> &Path {
+        &self.path
+    }
+
+    /// The gRPC socket (`ctr -a`).
+    pub fn address(&self) -> PathBuf {
+        self.path.join("containerd.sock")
+    }
+
+    /// containerd's `root` directory.
+    pub fn root(&self) -> PathBuf {
+        self.path.join("root")
+    }
+
+    /// containerd's `state` directory.
+    pub fn state(&self) -> PathBuf {
+        self.path.join("state")
+    }
+
+    /// The directory for `ctr --fifo-dir`.
+    pub fn fifo_dir(&self) -> PathBuf {
+        self.path.join("fifo")
+    }
+
+    /// A scratch directory tests may use; removed at teardown.
+    pub fn work_dir(&self) -> PathBuf {
+        self.path.join("work")
+    }
+
+    /// containerd's log (its stderr, which includes every shim's log).
+    pub fn log_path(&self) -> PathBuf {
+        self.path.join("containerd.log")
+    }
+
+    /// The config file containerd was started with.
+    pub fn config_path(&self) -> PathBuf {
+        self.path.join("config.toml")
+    }
+
+    /// The last `max` lines of containerd's log that mention `needle`.
+    pub fn log_lines_mentioning(&self, needle: &str, max: usize) -> Vec<String> {
+        let text = fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect();
+        lines[lines.len().saturating_sub(max)..].to_vec()
+    }
+
+    /// Copies containerd's log to `dest` (to keep it after teardown).
+    pub fn save_log(&self, dest: &Path) -> Result<()> {
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::copy(self.log_path(), dest)?;
+        Ok(())
+    }
+
+    /// Stops everything and removes the temp dir. Returns what had to be cleaned up by force
+    /// (leftover processes and mounts of this run); empty means a clean run.
+    pub fn shutdown(mut self) -> Vec<String> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Vec<String> {
+        let mut forced = Vec::new();
+        // Shims and sandboxes are not containerd's children: find this run's by argv.
+        let mut needles = self.markers.clone();
+        needles.push(self.path.display().to_string());
+        let containerd_pid = self.child.as_ref().map(Child::id);
+        for p in host::processes() {
+            if Some(p.pid) != containerd_pid
+                && needles.iter().any(|n| p.argv.iter().any(|a| a.contains(n)))
+            {
+                forced.push(format!(
+                    "killed leftover process {}: {}",
+                    p.pid,
+                    p.command_line()
+                ));
+                host::kill_pid(p.pid);
+            }
+        }
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child);
+        }
+        for point in host::unmount_under(&self.path) {
+            forced.push(format!("unmounted leftover {}", point.display()));
+        }
+        if let Some(dir) = self.dir.take() {
+            if let Err(e) = dir.close() {
+                forced.push(format!("could not remove {}: {e}", self.path.display()));
+            }
+        }
+        forced
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let address = self.address();
+        let started = Instant::now();
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "containerd exited during start ({status}); its log:\n{}",
+                        tail(&self.log_path(), 40)
+                    );
+                }
+            }
+            if address.exists() {
+                let out = command::run(
+                    Command::new("ctr").arg("-a").arg(&address).arg("version"),
+                    Duration::from_secs(5),
+                )?;
+                if out.success() {
+                    return Ok(());
+                }
+            }
+            if started.elapsed() > START_TIMEOUT {
+                bail!(
+                    "containerd did not answer on {} within {START_TIMEOUT:?}; its log:\n{}",
+                    address.display(),
+                    tail(&self.log_path(), 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn config_toml(&self, options: &ContainerdOptions) -> String {
+        let p = |sub: &str| self.path.join(sub).display().to_string();
+        let config_path = options
+            .shim_config
+            .as_ref()
+            .map(|c| format!("    ConfigPath = {:?}\n", c.display().to_string()))
+            .unwrap_or_default();
+        format!(
+            r#"version = 2
+root = {root:?}
+state = {state:?}
+
+[grpc]
+  address = {grpc:?}
+
+[ttrpc]
+  address = {ttrpc:?}
+
+[debug]
+  level = "debug"
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = {opt:?}
+
+[plugins."io.containerd.grpc.v1.cri"]
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  sandbox_image = "docker.io/local/pause:latest"
+
+[plugins."io.containerd.grpc.v1.cri".cni]
+  conf_dir = {cni:?}
+  bin_dir = "/usr/lib/cni"
+
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  default_runtime_name = "runc"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.safehouse]
+  runtime_type = "{SAFEHOUSE_RUNTIME_TYPE}"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.safehouse.options]
+{config_path}"#,
+            root = p("root"),
+            state = p("state"),
+            grpc = self.address().display().to_string(),
+            ttrpc = p("containerd.sock.ttrpc"),
+            opt = p("opt"),
+            cni = p("cni"),
+        )
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        for line in self.teardown() {
+            eprintln!("safehouse-integration teardown: {line}");
+        }
+    }
+}
+
+fn stop_child(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    let stopped = wait_for("containerd to exit", STOP_TIMEOUT, || {
+        Ok(child.try_wait()?.map(|_| ()))
+    });
+    if stopped.is_err() {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -1,0 +1,231 @@
+//! The shared environment of one test binary: the private containerd, the imported image, the
+//! runtime under test and how `ctr run` selects it, unique container ids, and the per-scenario
+//! wrapper that always ends with a leak check (and a forced clean-up when a scenario failed).
+
+use std::fs;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::command::Output;
+use crate::containerd::{Containerd, ContainerdOptions};
+use crate::ctr::Ctr;
+use crate::image::{import_busybox, BUSYBOX_IMAGE};
+use crate::leaks::{remove_namespace_cgroups, LeakCheck};
+use crate::runtime::{
+    locate_shim, target_dir, RuntimeKind, DEFAULT_SAFEHOUSE_RUNSC_ROOT, RUNSC_ROOT_ENV,
+    SHIM_CONFIG_ENV,
+};
+
+/// How long a scenario's traces may take to disappear after it removed its containers.
+pub const LEAK_GRACE: Duration = Duration::from_secs(10);
+
+/// Everything a scenario needs.
+pub struct TestEnv {
+    /// The runtime under test.
+    pub runtime: RuntimeKind,
+    /// The private containerd.
+    pub containerd: Containerd,
+    /// ctr pointed at it and at this run's namespace.
+    pub ctr: Ctr,
+    /// Leak checker for this run.
+    pub leaks: LeakCheck,
+    /// The image scenarios run.
+    pub image: String,
+    shim_config: Option<PathBuf>,
+    runc_root: PathBuf,
+    next_id: AtomicU32,
+}
+
+impl TestEnv {
+    /// Starts containerd for `runtime`, imports the busybox image into a fresh namespace.
+    pub fn start(runtime: RuntimeKind) -> Result<TestEnv> {
+        let namespace = format!("safehouse-it-{}", std::process::id());
+        let shim = match runtime {
+            RuntimeKind::Safehouse => Some(locate_shim()?),
+            _ => None,
+        };
+        let shim_config = std::env::var_os(SHIM_CONFIG_ENV).map(PathBuf::from);
+        let containerd = Containerd::start(&ContainerdOptions {
+            shim,
+            shim_config: shim_config.clone(),
+            markers: vec![namespace.clone()],
+        })?;
+        let ctr = Ctr {
+            address: containerd.address(),
+            namespace: namespace.clone(),
+        };
+        import_busybox(&containerd.address(), &namespace)?;
+        let runc_root = containerd.dir().join("runc-root");
+        fs::create_dir_all(&runc_root)?;
+        let wrapper = containerd.dir().join("bin").join("runsc-network-none");
+        fs::write(&wrapper, "#!/bin/sh\nexec runsc --network=none \"$@\"\n")?;
+        set_executable(&wrapper)?;
+        let runtime_root = match runtime {
+            RuntimeKind::Safehouse => std::env::var_os(RUNSC_ROOT_ENV)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_SAFEHOUSE_RUNSC_ROOT))
+                .join(&namespace),
+            _ => runc_root.join(&namespace),
+        };
+        let leaks = LeakCheck {
+            containerd_state: containerd.state(),
+            fifo_dir: containerd.fifo_dir(),
+            runtime_root,
+            namespace,
+            ctr: ctr.clone(),
+        };
+        Ok(TestEnv {
+            runtime,
+            containerd,
+            ctr,
+            leaks,
+            image: BUSYBOX_IMAGE.to_string(),
+            shim_config,
+            runc_root,
+            next_id: AtomicU32::new(1),
+        })
+    }
+
+    /// A container id unique in this run; no id is a substring of another.
+    pub fn id(&self, name: &str) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("sfh{}x{n}-{name}", std::process::id())
+    }
+
+    /// The `ctr run` flags that select the runtime under test (and keep fifos private).
+    pub fn runtime_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--runtime".to_string(),
+            self.runtime.runtime_type().to_string(),
+            "--fifo-dir".to_string(),
+            self.containerd.fifo_dir().display().to_string(),
+        ];
+        match self.runtime {
+            RuntimeKind::Safehouse => {
+                if let Some(config) = &self.shim_config {
+                    args.push("--runtime-config-path".into());
+                    args.push(config.display().to_string());
+                }
+            }
+            RuntimeKind::RuncShimRunsc => {
+                args.push("--runc-binary".into());
+                args.push(self.runsc_wrapper().display().to_string());
+                args.push("--runc-root".into());
+                args.push(self.runc_root.display().to_string());
+            }
+            RuntimeKind::Runc => {
+                args.push("--runc-root".into());
+                args.push(self.runc_root.display().to_string());
+            }
+        }
+        args
+    }
+
+    /// The full argv after `ctr` for `ctr run FLAGS <runtime> IMAGE ID COMMAND...`.
+    pub fn run_argv(&self, flags: &[&str], id: &str, command: &[&str]) -> Vec<String> {
+        let mut argv = vec!["run".to_string()];
+        argv.extend(flags.iter().map(|s| s.to_string()));
+        argv.extend(self.runtime_args());
+        argv.push(self.image.clone());
+        argv.push(id.to_string());
+        argv.extend(command.iter().map(|s| s.to_string()));
+        argv
+    }
+
+    /// Runs `ctr run FLAGS IMAGE ID COMMAND...` with the runtime under test.
+    pub fn ctr_run(&self, flags: &[&str], id: &str, command: &[&str]) -> Result<Output> {
+        self.ctr.run(&self.run_argv(flags, id, command))
+    }
+
+    /// `ctr task exec --exec-id EXEC ID COMMAND...` (fifos in the private fifo dir).
+    pub fn ctr_exec(&self, id: &str, exec_id: &str, command: &[&str]) -> Result<Output> {
+        let fifo = self.containerd.fifo_dir().display().to_string();
+        let mut argv = vec![
+            "task",
+            "exec",
+            "--fifo-dir",
+            &fifo,
+            "--exec-id",
+            exec_id,
+            id,
+        ];
+        argv.extend_from_slice(command);
+        self.ctr.run(&argv)
+    }
+
+    /// A scratch directory for one scenario, inside the run's temp dir.
+    pub fn scratch(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.containerd.work_dir().join(name);
+        fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    /// Runs a scenario using containers `ids`, then checks that nothing of them is left. On a
+    /// failure it removes the containers by force (so later scenarios start clean) and adds
+    /// containerd's log lines about them (which carry the shim's log) to the error.
+    pub fn scenario(&self, ids: &[&str], body: impl FnOnce() -> Result<()>) -> Result<()> {
+        let result = body().and_then(|()| self.leaks.assert_clean(ids, LEAK_GRACE));
+        if let Err(error) = result {
+            for id in ids {
+                self.ctr.force_remove(id);
+            }
+            let mut log = Vec::new();
+            for id in ids {
+                log.extend(self.containerd.log_lines_mentioning(id, 25));
+            }
+            anyhow::bail!(
+                "{}\n--- runtime {}; containerd/shim log lines for {ids:?} ---\n{}",
+                describe_error(&error),
+                self.runtime.name(),
+                log.join("\n")
+            );
+        }
+        Ok(())
+    }
+
+    /// Stops everything; returns what had to be cleaned by force. Keeps containerd's log in
+    /// `target/safehouse-it/logs/`.
+    pub fn shutdown(self) -> Vec<String> {
+        let log = target_dir().join("safehouse-it").join("logs").join(format!(
+            "containerd-{}-{}.log",
+            self.runtime.name(),
+            std::process::id()
+        ));
+        let _ = self.containerd.save_log(&log);
+        let mut forced = self.containerd.shutdown();
+        remove_namespace_cgroups(&self.leaks.namespace);
+        if self.runtime == RuntimeKind::Safehouse && self.leaks.runtime_root.exists() {
+            let leftovers: Vec<_> = fs::read_dir(&self.leaks.runtime_root)
+                .map(|d| d.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            for entry in leftovers {
+                forced.push(format!("leftover runsc state {}", entry.display()));
+            }
+            let _ = fs::remove_dir_all(&self.leaks.runtime_root);
+        }
+        forced.push(format!("containerd log kept at {}", log.display()));
+        forced
+    }
+
+    fn runsc_wrapper(&self) -> PathBuf {
+        self.containerd.dir().join("bin").join("runsc-network-none")
+    }
+}
+
+fn set_executable(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("chmod {}", path.display()))
+}
+
+/// The error and its causes, one per line, without a backtrace.
+pub fn describe_error(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        text.push_str(&format!("\ncaused by: {cause}"));
+    }
+    text
+}

@@ -1,0 +1,156 @@
+//! A busybox-static OCI image built locally with umoci (no registry is reachable), cached under
+//! the target dir keyed by the busybox version, and imported into a containerd namespace.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::command::{run, run_args};
+use crate::runtime::target_dir;
+
+/// The name tests run (fully qualified, so CRI would find it too).
+pub const BUSYBOX_IMAGE: &str = "docker.io/local/busybox:latest";
+/// The base name given to `ctr images import --base-name`.
+const BUSYBOX_BASE: &str = "docker.io/local/busybox";
+/// Bump when the image layout built here changes, so stale caches are not reused.
+const LAYOUT_VERSION: &str = "v1";
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Returns the cached busybox image tarball, building it first if needed.
+pub fn busybox_tarball() -> Result<PathBuf> {
+    let busybox = Path::new("/bin/busybox");
+    if !busybox.is_file() {
+        bail!("/bin/busybox is missing: install busybox-static (make deps)");
+    }
+    let cache = target_dir().join("safehouse-it");
+    fs::create_dir_all(&cache)?;
+    let tarball = cache.join(format!(
+        "busybox-{}-{LAYOUT_VERSION}.tar",
+        busybox_version()?
+    ));
+    if tarball.is_file() {
+        return Ok(tarball);
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix("busybox-image-")
+        .tempdir_in(&cache)?;
+    let built = build(scratch.path())?;
+    // Rename is atomic: concurrent test binaries either see no tarball or a whole one.
+    fs::rename(&built, &tarball)?;
+    Ok(tarball)
+}
+
+/// Imports the busybox image into namespace `namespace` of the containerd at `address`.
+pub fn import_busybox(address: &Path, namespace: &str) -> Result<()> {
+    let tarball = busybox_tarball()?;
+    let out = run(
+        Command::new("ctr")
+            .arg("-a")
+            .arg(address)
+            .args([
+                "-n",
+                namespace,
+                "images",
+                "import",
+                "--base-name",
+                BUSYBOX_BASE,
+            ])
+            .arg(&tarball),
+        STEP_TIMEOUT,
+    )?
+    .ok()
+    .context("importing the busybox image")?;
+    if !out.stdout.contains(BUSYBOX_IMAGE) {
+        bail!(
+            "ctr images import did not report {BUSYBOX_IMAGE}:\n{}",
+            out.describe()
+        );
+    }
+    Ok(())
+}
+
+fn busybox_version() -> Result<String> {
+    let out = run_args("/bin/busybox", &["--help"], STEP_TIMEOUT)?;
+    let first = format!("{}{}", out.stdout, out.stderr);
+    let line = first.lines().next().unwrap_or("unknown");
+    // "BusyBox v1.35.0 (Debian 1:1.35.0-4+deb12u1+b1) multi-call binary." -> a file-name key.
+    let key: String = line
+        .trim_start_matches("BusyBox ")
+        .trim_end_matches(" multi-call binary.")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Ok(key)
+}
+
+fn build(scratch: &Path) -> Result<PathBuf> {
+    let layout = scratch.join("layout");
+    let bundle = scratch.join("bundle");
+    let image = format!("{}:latest", layout.display());
+    let step = |args: &[&str]| -> Result<()> {
+        run_args("umoci", args, STEP_TIMEOUT)?
+            .ok()
+            .map(|_| ())
+            .context("building the busybox image with umoci")
+    };
+    step(&["init", "--layout", &layout.display().to_string()])?;
+    step(&["new", "--image", &image])?;
+    step(&["unpack", "--image", &image, &bundle.display().to_string()])?;
+    populate_rootfs(&bundle.join("rootfs"))?;
+    step(&["repack", "--image", &image, &bundle.display().to_string()])?;
+    step(&[
+        "config",
+        "--image",
+        &image,
+        "--config.cmd=sh",
+        "--config.env=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "--config.workingdir=/",
+    ])?;
+    let tarball = scratch.join("busybox.tar");
+    run(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&layout)
+            .arg("-cf")
+            .arg(&tarball)
+            .arg("."),
+        STEP_TIMEOUT,
+    )?
+    .ok()?;
+    Ok(tarball)
+}
+
+/// busybox plus a symlink for every applet, and the few files a shell session expects.
+fn populate_rootfs(rootfs: &Path) -> Result<()> {
+    for dir in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "proc", "sys", "dev", "root",
+    ] {
+        fs::create_dir_all(rootfs.join(dir))?;
+    }
+    fs::copy("/bin/busybox", rootfs.join("bin/busybox"))?;
+    let list = run_args("/bin/busybox", &["--list-full"], STEP_TIMEOUT)?.ok()?;
+    for applet in list.stdout.lines().map(str::trim).filter(|a| !a.is_empty()) {
+        if applet == "bin/busybox" || applet.contains("..") {
+            continue;
+        }
+        let link = rootfs.join(applet);
+        if let Some(parent) = link.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        if link.symlink_metadata().is_err() {
+            std::os::unix::fs::symlink("/bin/busybox", &link)?;
+        }
+    }
+    fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    fs::write(rootfs.join("etc/group"), "root:x:0:\n")?;
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! The runner of a `harness = false` test binary: one private containerd for the whole binary,
+//! scenarios as libtest-mimic trials (so `cargo test`, filters and nextest behave as usual),
+//! skip-or-fail on missing prerequisites, and teardown before the process exits.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Result;
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+
+use crate::env::{describe_error, TestEnv};
+use crate::runtime::{which, RuntimeKind};
+
+/// A named scenario run against the shared environment.
+pub struct Scenario {
+    /// The trial name (`cargo test -- NAME` filters on it).
+    pub name: &'static str,
+    /// The scenario body.
+    pub run: fn(&TestEnv) -> Result<()>,
+}
+
+/// Why the scenarios cannot run here, if they cannot.
+pub fn missing_prerequisites(runtime: RuntimeKind) -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("integration tests need root (containerd, runsc, mounts)".into());
+    }
+    let mut needed = vec!["containerd", "ctr", "umoci", "tar", "ip", "python3"];
+    needed.extend_from_slice(runtime.required_binaries());
+    let missing: Vec<&str> = needed.into_iter().filter(|b| which(b).is_none()).collect();
+    if !std::path::Path::new("/bin/busybox").is_file() {
+        return Some("/bin/busybox is missing (busybox-static; run `make deps`)".into());
+    }
+    (!missing.is_empty())
+        .then(|| format!("missing on PATH: {} (run `make deps`)", missing.join(", ")))
+}
+
+/// True under CI, where a missing prerequisite is a failure rather than a skip.
+pub fn is_ci() -> bool {
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
+}
+
+/// Runs `scenarios` with libtest-mimic against one shared environment and returns the exit code.
+pub fn main(scenarios: &[Scenario]) -> ExitCode {
+    let args = Arguments::from_args();
+    if args.list {
+        let trials = scenarios
+            .iter()
+            .map(|s| Trial::test(s.name, || Ok(())))
+            .collect();
+        return libtest_mimic::run(&args, trials).exit_code();
+    }
+    let runtime = match RuntimeKind::from_env() {
+        Ok(r) => r,
+        Err(e) => return fail_all(&args, scenarios, format!("{e:#}")),
+    };
+    if let Some(reason) = missing_prerequisites(runtime) {
+        if is_ci() {
+            return fail_all(
+                &args,
+                scenarios,
+                format!("{reason} (CI=true: not skipping)"),
+            );
+        }
+        let trials = scenarios
+            .iter()
+            .map(|s| {
+                let reason = reason.clone();
+                Trial::ignorable_test(s.name, move || Ok(Completion::ignored_with(reason)))
+            })
+            .collect();
+        return libtest_mimic::run(&args, trials).exit_code();
+    }
+    eprintln!(
+        "safehouse-integration: runtime under test: {}",
+        runtime.name()
+    );
+    let env = match TestEnv::start(runtime) {
+        Ok(env) => Arc::new(env),
+        Err(e) => return fail_all(&args, scenarios, format!("environment setup failed: {e:#}")),
+    };
+    let trials = scenarios
+        .iter()
+        .map(|s| {
+            let env = env.clone();
+            let run = s.run;
+            Trial::test(s.name, move || {
+                run(&env).map_err(|e| Failed::from(describe_error(&e)))
+            })
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    match Arc::try_unwrap(env) {
+        Ok(env) => {
+            for line in env.shutdown() {
+                eprintln!("safehouse-integration teardown: {line}");
+            }
+        }
+        Err(_) => eprintln!("safehouse-integration: environment still shared at exit"),
+    }
+    conclusion.exit_code()
+}
+
+fn fail_all(args: &Arguments, scenarios: &[Scenario], reason: String) -> ExitCode {
+    let trials = scenarios
+        .iter()
+        .map(|s| {
+            let reason = reason.clone();
+            Trial::test(s.name, move || Err(Failed::from(reason)))
+        })
+        .collect();
+    libtest_mimic::run(args, trials).exit_code()
+}

@@ -1,0 +1,83 @@
+//! Scenarios driven through the real `ctr` against the runtime under test
+//! (`SAFEHOUSE_IT_RUNTIME`: `safehouse` by default, or the baselines `runc-runsc` and `runc`).
+//! One private containerd serves them all; every scenario ends with a leak check.
+
+mod control;
+mod crash;
+mod lifecycle;
+mod network;
+mod pods;
+mod stdio;
+
+use std::process::ExitCode;
+
+use safehouse_integration::Scenario;
+
+fn main() -> ExitCode {
+    safehouse_integration::suite::main(&[
+        Scenario {
+            name: "lifecycle::run_output_and_exit_code",
+            run: lifecycle::run_output_and_exit_code,
+        },
+        Scenario {
+            name: "lifecycle::sigkill_is_137",
+            run: lifecycle::sigkill_is_137,
+        },
+        Scenario {
+            name: "lifecycle::run_rm_removes_everything",
+            run: lifecycle::run_rm_removes_everything,
+        },
+        Scenario {
+            name: "lifecycle::detached_exec_kill_delete",
+            run: lifecycle::detached_exec_kill_delete,
+        },
+        Scenario {
+            name: "lifecycle::failed_start_leaks_nothing",
+            run: lifecycle::failed_start_leaks_nothing,
+        },
+        Scenario {
+            name: "stdio::terminal_session",
+            run: stdio::terminal_session,
+        },
+        Scenario {
+            name: "stdio::log_uri_binary",
+            run: stdio::log_uri_binary,
+        },
+        Scenario {
+            name: "stdio::log_uri_file",
+            run: stdio::log_uri_file,
+        },
+        Scenario {
+            name: "control::pause_resume",
+            run: control::pause_resume,
+        },
+        Scenario {
+            name: "control::metrics_show_memory",
+            run: control::metrics_show_memory,
+        },
+        Scenario {
+            name: "control::ps_lists_processes",
+            run: control::ps_lists_processes,
+        },
+        Scenario {
+            name: "pods::pod_shares_shim_and_sandbox",
+            run: pods::pod_shares_shim_and_sandbox,
+        },
+        Scenario {
+            name: "pods::ten_in_parallel",
+            run: pods::ten_in_parallel,
+        },
+        Scenario {
+            name: "crash::shim_sigkill_then_cleanup",
+            run: crash::shim_sigkill_then_cleanup,
+        },
+        Scenario {
+            name: "network::plain_run_has_loopback_only",
+            run: network::plain_run_has_loopback_only,
+        },
+        Scenario {
+            name: "network::given_netns_is_used",
+            run: network::given_netns_is_used,
+        },
+    ])
+}

@@ -1,0 +1,138 @@
+//! Terminals and the `binary://` / `file://` log URIs nerdctl uses.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use safehouse_integration::command::wait_for;
+use safehouse_integration::host::is_alive;
+use safehouse_integration::pty::PtySession;
+use safehouse_integration::TestEnv;
+
+/// `ctr run -t`: stdin/stdout are a tty, typed input arrives, the caller's terminal size is
+/// passed on (ResizePty), and the exit code comes back. (`tty` is not asserted: inside gVisor
+/// the terminal is an imported host fd that `ttyname` cannot name.)
+pub fn terminal_session(env: &TestEnv) -> Result<()> {
+    let id = env.id("tty");
+    env.scenario(&[&id], || {
+        // ctr sizes the terminal just after start: ask for the size only after the input.
+        let script = "[ -t 0 ] && [ -t 1 ] && echo IS-A-$((6*7)); read line; echo got:$line; \
+                      stty size; exit 7";
+        let argv = env.run_argv(&["--rm", "-t"], &id, &["sh", "-c", script]);
+        let mut session = PtySession::start(env.ctr.command().args(&argv), 33, 101)?;
+        session.wait_for_text("IS-A-42", Duration::from_secs(30))?;
+        session.type_text("ping\r")?;
+        let out = session.wait(Duration::from_secs(30))?;
+        ensure!(!out.timed_out, "terminal session hung:\n{}", out.text);
+        ensure!(
+            out.code == Some(7),
+            "exit code 7 expected, got {:?}:\n{}",
+            out.code,
+            out.text
+        );
+        ensure!(
+            out.text.contains("33 101"),
+            "terminal size not passed on:\n{}",
+            out.text
+        );
+        ensure!(
+            out.text.contains("IS-A-42"),
+            "stdin/stdout are not a tty:\n{}",
+            out.text
+        );
+        ensure!(
+            out.text.contains("got:ping"),
+            "typed input did not arrive:\n{}",
+            out.text
+        );
+        ensure!(
+            out.text.contains("\r\n"),
+            "no tty line discipline (CR LF):\n{}",
+            out.text
+        );
+        Ok(())
+    })
+}
+
+/// `--log-uri binary://RECORDER`: the recorder gets stdout on fd 3 and stderr on fd 4 and
+/// the container id in its environment, and exits when the container is gone.
+pub fn log_uri_binary(env: &TestEnv) -> Result<()> {
+    let id = env.id("logbin");
+    env.scenario(&[&id], || {
+        let dir = env.scratch("log-binary")?;
+        let recorder = dir.join("recorder");
+        let script = format!(
+            "#!/bin/sh\n\
+             out={dir}/${{CONTAINER_ID:-unknown}}\n\
+             echo $$ > \"$out.pid\"\n\
+             echo \"$CONTAINER_NAMESPACE\" > \"$out.ns\"\n\
+             exec 5>&-\n\
+             cat <&3 > \"$out.stdout\" &\n\
+             cat <&4 > \"$out.stderr\" &\n\
+             wait\n",
+            dir = dir.display()
+        );
+        fs::write(&recorder, script)?;
+        fs::set_permissions(&recorder, fs::Permissions::from_mode(0o755))?;
+        let uri = format!("binary://{}", recorder.display());
+        let out = env.ctr_run(
+            &["--rm", "--log-uri", &uri],
+            &id,
+            &["sh", "-c", "echo log-out; echo log-err >&2; exit 4"],
+        )?;
+        ensure!(
+            out.code == Some(4),
+            "exit code 4 expected: {}",
+            out.describe()
+        );
+        let base = dir.join(&id);
+        let read = |ext: &str| fs::read_to_string(base.with_extension(ext)).unwrap_or_default();
+        ensure!(
+            read("stdout") == "log-out\n",
+            "recorded stdout: {:?}",
+            read("stdout")
+        );
+        ensure!(
+            read("stderr") == "log-err\n",
+            "recorded stderr: {:?}",
+            read("stderr")
+        );
+        ensure!(
+            read("ns").trim() == env.ctr.namespace,
+            "CONTAINER_NAMESPACE: {:?}",
+            read("ns")
+        );
+        let pid: u32 = read("pid").trim().parse().unwrap_or(0);
+        wait_for(
+            "the recorder process to exit",
+            Duration::from_secs(10),
+            || Ok((!is_alive(pid)).then_some(())),
+        )?;
+        Ok(())
+    })
+}
+
+/// `--log-uri file:///PATH`: stdout and stderr end up in the file.
+pub fn log_uri_file(env: &TestEnv) -> Result<()> {
+    let id = env.id("logfile");
+    env.scenario(&[&id], || {
+        let path = env.scratch("log-file")?.join(format!("{id}.log"));
+        let uri = format!("file://{}", path.display());
+        let out = env.ctr_run(
+            &["--rm", "--log-uri", &uri],
+            &id,
+            &["sh", "-c", "echo file-out; echo file-err >&2"],
+        )?;
+        ensure!(out.success(), "{}", out.describe());
+        let text = wait_for("the log file", Duration::from_secs(10), || {
+            let text = fs::read_to_string(&path).unwrap_or_default();
+            Ok((text.contains("file-out") && text.contains("file-err")).then_some(text))
+        })?;
+        ensure!(
+            text.lines().count() == 2,
+            "log file has extra lines:\n{text}"
+        );
+        Ok(())
+    })
+}
