@@ -29,6 +29,9 @@ pub struct ContainerdOptions {
     pub shim: Option<PathBuf>,
     /// A Safehouse config file, registered as the CRI runtime's `ConfigPath` option.
     pub shim_config: Option<PathBuf>,
+    /// Without `shim_config`: write a Safehouse config that keeps runsc's state under the temp
+    /// dir ([`Containerd::runsc_root`]) and register that one instead.
+    pub private_runsc_root: bool,
     /// Strings unique to this run (namespaces): at teardown, any process whose argv mentions
     /// one of them or the temp dir is a leftover of this run and is killed by pid.
     pub markers: Vec<String>,
@@ -40,6 +43,7 @@ pub struct Containerd {
     dir: Option<tempfile::TempDir>,
     path: PathBuf,
     markers: Vec<String>,
+    shim_config: Option<PathBuf>,
 }
 
 impl Containerd {
@@ -55,6 +59,7 @@ impl Containerd {
             dir: Some(dir),
             path: path.clone(),
             markers: options.markers.clone(),
+            shim_config: None,
         };
         for sub in ["root", "state", "bin", "opt", "cni", "fifo", "work"] {
             fs::create_dir_all(path.join(sub))?;
@@ -63,7 +68,17 @@ impl Containerd {
             std::os::unix::fs::symlink(shim, path.join("bin").join(SAFEHOUSE_SHIM_NAME))
                 .context("cannot link the shim into containerd's PATH")?;
         }
-        fs::write(this.config_path(), this.config_toml(options))?;
+        let mut options = options.clone();
+        if options.shim_config.is_none() && options.private_runsc_root {
+            let config = path.join("safehouse.toml");
+            fs::write(
+                &config,
+                format!("root = {:?}\n", this.runsc_root().display().to_string()),
+            )?;
+            options.shim_config = Some(config);
+        }
+        this.shim_config = options.shim_config.clone();
+        fs::write(this.config_path(), this.config_toml(&options))?;
 
         let log = fs::File::create(this.log_path())?;
         let search_path = format!(
@@ -108,6 +123,16 @@ impl Containerd {
     /// containerd's `state` directory.
     pub fn state(&self) -> PathBuf {
         self.path.join("state")
+    }
+
+    /// The runsc root used with `private_runsc_root` (the shim appends the namespace).
+    pub fn runsc_root(&self) -> PathBuf {
+        self.path.join("runsc-root")
+    }
+
+    /// The Safehouse config registered as `ConfigPath`, if any.
+    pub fn shim_config(&self) -> Option<&Path> {
+        self.shim_config.as_deref()
     }
 
     /// The directory for `ctr --fifo-dir`.

@@ -47,12 +47,14 @@ impl TestEnv {
             RuntimeKind::Safehouse => Some(locate_shim()?),
             _ => None,
         };
-        let shim_config = std::env::var_os(SHIM_CONFIG_ENV).map(PathBuf::from);
+        let given_config = std::env::var_os(SHIM_CONFIG_ENV).map(PathBuf::from);
         let containerd = Containerd::start(&ContainerdOptions {
             shim,
-            shim_config: shim_config.clone(),
+            private_runsc_root: given_config.is_none(),
+            shim_config: given_config.clone(),
             markers: vec![namespace.clone()],
         })?;
+        let shim_config = containerd.shim_config().map(PathBuf::from);
         let ctr = Ctr {
             address: containerd.address(),
             namespace: namespace.clone(),
@@ -64,6 +66,9 @@ impl TestEnv {
         fs::write(&wrapper, "#!/bin/sh\nexec runsc --network=none \"$@\"\n")?;
         set_executable(&wrapper)?;
         let runtime_root = match runtime {
+            RuntimeKind::Safehouse if given_config.is_none() => {
+                containerd.runsc_root().join(&namespace)
+            }
             RuntimeKind::Safehouse => std::env::var_os(RUNSC_ROOT_ENV)
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_SAFEHOUSE_RUNSC_ROOT))
@@ -173,8 +178,14 @@ impl TestEnv {
                 self.ctr.force_remove(id);
             }
             let mut log = Vec::new();
-            for id in ids {
-                log.extend(self.containerd.log_lines_mentioning(id, 25));
+            for id in ids.iter().take(3) {
+                let lines = self.containerd.log_lines_mentioning(id, 200);
+                let useful: Vec<String> = lines
+                    .into_iter()
+                    .filter(|l| !l.contains(" DEBUG ") && !l.contains("level=debug"))
+                    .map(|l| l.chars().take(600).collect())
+                    .collect();
+                log.extend(useful[useful.len().saturating_sub(12)..].to_vec());
             }
             anyhow::bail!(
                 "{}\n--- runtime {}; containerd/shim log lines for {ids:?} ---\n{}",

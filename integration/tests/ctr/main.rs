@@ -2,6 +2,7 @@
 //! (`SAFEHOUSE_IT_RUNTIME`: `safehouse` by default, or the baselines `runc-runsc` and `runc`).
 //! One private containerd serves them all; every scenario ends with a leak check.
 
+mod config;
 mod control;
 mod crash;
 mod lifecycle;
@@ -70,6 +71,10 @@ fn main() -> ExitCode {
         Scenario {
             name: "crash::shim_sigkill_then_cleanup",
             run: crash::shim_sigkill_then_cleanup,
+        },
+        Scenario {
+            name: "config::runtime_state_in_configured_root",
+            run: config::runtime_state_in_configured_root,
         },
         Scenario {
             name: "network::plain_run_has_loopback_only",
