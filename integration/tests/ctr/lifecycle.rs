@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use safehouse_integration::command::Running;
+use safehouse_integration::env::LEAK_GRACE;
 use safehouse_integration::TestEnv;
 
 /// stdout and stderr come through, and `exit 3` is exit code 3.
@@ -151,11 +152,6 @@ pub fn failed_start_leaks_nothing(env: &TestEnv) -> Result<()> {
             out.describe()
         );
         ensure!(!out.timed_out, "ctr run hung: {}", out.describe());
-        ensure!(
-            out.stderr.contains("/no/such/command"),
-            "the error should name the missing command: {}",
-            out.describe()
-        );
         if env.ctr.task(&id)?.is_some() {
             let deleted = env.ctr.run(&["task", "delete", &id])?;
             ensure!(
@@ -168,6 +164,46 @@ pub fn failed_start_leaks_nothing(env: &TestEnv) -> Result<()> {
             .run(&["containers", "rm", &id])?
             .ok()
             .context("removing the container after a failed start")?;
+        // Leaks first, so a vague message does not hide them; then the message.
+        env.leaks.assert_clean(&[&id], LEAK_GRACE)?;
+        ensure!(
+            out.stderr.contains("/no/such/command"),
+            "the error should name the missing command: {}",
+            out.describe()
+        );
+        Ok(())
+    })
+}
+
+/// A create that fails (a bind mount whose source does not exist): a clear error, no task,
+/// and once the container is removed nothing is left.
+pub fn failed_create_leaks_nothing(env: &TestEnv) -> Result<()> {
+    let id = env.id("badmount");
+    env.scenario(&[&id], || {
+        let missing = env.scratch("no-such-dir")?.join("missing");
+        let mount = format!(
+            "type=bind,src={},dst=/x,options=rbind:ro",
+            missing.display()
+        );
+        let out = env.ctr_run(&["--mount", &mount], &id, &["true"])?;
+        ensure!(
+            !out.success(),
+            "create with a missing bind source succeeded: {}",
+            out.describe()
+        );
+        ensure!(!out.timed_out, "ctr run hung: {}", out.describe());
+        ensure!(
+            env.ctr.task(&id)?.is_none(),
+            "a task exists after a failed create"
+        );
+        env.ctr.run(&["containers", "rm", &id])?.ok()?;
+        // Leaks first, so a vague message does not hide them; then the message.
+        env.leaks.assert_clean(&[&id], LEAK_GRACE)?;
+        ensure!(
+            out.stderr.contains("missing") || out.stderr.contains("no such file"),
+            "the error should name the missing mount source: {}",
+            out.describe()
+        );
         Ok(())
     })
 }

@@ -5,6 +5,7 @@
 mod config;
 mod control;
 mod crash;
+mod events;
 mod lifecycle;
 mod network;
 mod pods;
@@ -35,6 +36,10 @@ fn main() -> ExitCode {
         Scenario {
             name: "lifecycle::failed_start_leaks_nothing",
             run: lifecycle::failed_start_leaks_nothing,
+        },
+        Scenario {
+            name: "lifecycle::failed_create_leaks_nothing",
+            run: lifecycle::failed_create_leaks_nothing,
         },
         Scenario {
             name: "stdio::terminal_session",
@@ -71,6 +76,10 @@ fn main() -> ExitCode {
         Scenario {
             name: "crash::shim_sigkill_then_cleanup",
             run: crash::shim_sigkill_then_cleanup,
+        },
+        Scenario {
+            name: "events::task_events_published",
+            run: events::task_events_published,
         },
         Scenario {
             name: "config::runtime_state_in_configured_root",
