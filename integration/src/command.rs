@@ -7,6 +7,7 @@
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -15,6 +16,14 @@ use anyhow::{Context, Result};
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+
+/// Set once the run is being torn down after a signal: no new command may start.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Makes every later [`Running::start`] fail (used when an interrupted run cleans up).
+pub fn refuse_new_commands() {
+    STOPPING.store(true, Ordering::SeqCst);
+}
 
 /// How long readers may keep draining stdout/stderr after the process itself has exited.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
@@ -83,6 +92,9 @@ impl Running {
     /// unless the caller set it).
     pub fn start(cmd: &mut Command) -> Result<Running> {
         let command = describe_command(cmd);
+        if STOPPING.load(Ordering::SeqCst) {
+            anyhow::bail!("not starting `{command}`: the run is being interrupted");
+        }
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);

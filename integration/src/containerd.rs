@@ -181,6 +181,15 @@ impl Containerd {
         self.teardown()
     }
 
+    /// What an interrupted run must remove; usable from another thread while tests run.
+    pub fn emergency_cleanup(&self) -> EmergencyCleanup {
+        EmergencyCleanup {
+            dir: self.path.clone(),
+            markers: self.markers.clone(),
+            containerd_pid: self.child.as_ref().map(Child::id),
+        }
+    }
+
     fn teardown(&mut self) -> Vec<String> {
         let mut forced = Vec::new();
         // Shims and sandboxes are not containerd's children: find this run's by argv.
@@ -327,4 +336,38 @@ fn tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The clean-up of a run interrupted by a signal (the normal teardown never runs then): kill by
+/// pid every process of this run, containerd included, unmount and remove the temp dir.
+#[derive(Debug, Clone)]
+pub struct EmergencyCleanup {
+    dir: PathBuf,
+    markers: Vec<String>,
+    containerd_pid: Option<u32>,
+}
+
+impl EmergencyCleanup {
+    /// Does it. Best effort: every step runs even when an earlier one failed.
+    pub fn run(&self) {
+        command::refuse_new_commands();
+        let mut needles = self.markers.clone();
+        needles.push(self.dir.display().to_string());
+        // Twice: a test thread may have been starting a command during the first pass.
+        for pass in 0..2 {
+            if pass > 0 {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            for p in host::processes() {
+                if needles.iter().any(|n| p.argv.iter().any(|a| a.contains(n))) {
+                    host::kill_pid(p.pid);
+                }
+            }
+        }
+        if let Some(pid) = self.containerd_pid {
+            host::kill_pid(pid);
+        }
+        host::unmount_under(&self.dir);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
 }

@@ -221,6 +221,19 @@ impl TestEnv {
         forced
     }
 
+    /// Clean-up for an interrupted run: containerd's, plus cgroups, runsc state and netns.
+    pub fn emergency_cleanup(&self) -> impl Fn() + Send + 'static {
+        let containerd = self.containerd.emergency_cleanup();
+        let namespace = self.leaks.namespace.clone();
+        let runtime_root = self.leaks.runtime_root.clone();
+        move || {
+            containerd.run();
+            remove_namespace_cgroups(&namespace);
+            let _ = fs::remove_dir_all(&runtime_root);
+            crate::testhost::remove_leftover_namespaces();
+        }
+    }
+
     fn runsc_wrapper(&self) -> PathBuf {
         self.containerd.dir().join("bin").join("runsc-network-none")
     }

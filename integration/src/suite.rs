@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use nix::sys::signal::{SigSet, Signal};
 
 use crate::env::{describe_error, TestEnv};
 use crate::runtime::{which, RuntimeKind};
@@ -76,10 +77,24 @@ pub fn main(scenarios: &[Scenario]) -> ExitCode {
         "safehouse-integration: runtime under test: {}",
         runtime.name()
     );
+    // Signals go to one thread that cleans up; every other thread (and, through it, every
+    // child: std resets the mask on exec) inherits the mask set here.
+    let signals = interrupt_signals();
+    if let Err(e) = signals.thread_block() {
+        eprintln!("safehouse-integration: cannot block signals ({e}); Ctrl-C may leave leftovers");
+    }
     let env = match TestEnv::start(runtime) {
         Ok(env) => Arc::new(env),
         Err(e) => return fail_all(&args, scenarios, format!("environment setup failed: {e:#}")),
     };
+    let cleanup = env.emergency_cleanup();
+    std::thread::spawn(move || {
+        if let Ok(signal) = signals.wait() {
+            eprintln!("safehouse-integration: {signal:?}: cleaning up and exiting");
+            cleanup();
+            std::process::exit(130);
+        }
+    });
     let trials = scenarios
         .iter()
         .map(|s| {
@@ -100,6 +115,14 @@ pub fn main(scenarios: &[Scenario]) -> ExitCode {
         Err(_) => eprintln!("safehouse-integration: environment still shared at exit"),
     }
     conclusion.exit_code()
+}
+
+fn interrupt_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(signal);
+    }
+    set
 }
 
 fn fail_all(args: &Arguments, scenarios: &[Scenario], reason: String) -> ExitCode {

@@ -54,7 +54,7 @@ impl TestHost {
     /// Creates both namespaces, the veth pair and starts the server.
     pub fn start(port: u16) -> Result<TestHost> {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let tag = format!("{}{}", std::process::id() % 100_000, n);
+        let tag = format!("{}x{n}", std::process::id());
         let subnet = 1 + (std::process::id() + n) % 250;
         let mut host = TestHost {
             pod_netns: format!("sfh-pod-{tag}"),
@@ -132,6 +132,26 @@ impl Drop for TestHost {
         self.server.take();
         for ns in [&self.pod_netns, &self.host_netns] {
             let _ = run_args("ip", &["netns", "del", ns.as_str()], IP_TIMEOUT);
+        }
+    }
+}
+
+/// Deletes the namespaces test hosts of this process created (for an interrupted run).
+pub fn remove_leftover_namespaces() {
+    let prefixes = [
+        format!("sfh-pod-{}x", std::process::id()),
+        format!("sfh-host-{}x", std::process::id()),
+    ];
+    let Ok(list) = run_args("ip", &["netns", "list"], IP_TIMEOUT) else {
+        return;
+    };
+    for name in list
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+    {
+        if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+            let _ = run_args("ip", &["netns", "del", name], IP_TIMEOUT);
         }
     }
 }
