@@ -194,6 +194,22 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output> {
     Running::start(cmd)?.wait(timeout)
 }
 
+/// Runs `cmd` with `input` written to its stdin (then closed), killing it after `timeout`.
+pub fn run_with_input(cmd: &mut Command, input: &[u8], timeout: Duration) -> Result<Output> {
+    cmd.stdin(Stdio::piped());
+    let mut running = Running::start(cmd)?;
+    let stdin = running.child.as_mut().and_then(|c| c.stdin.take());
+    if let Some(mut stdin) = stdin {
+        let input = input.to_vec();
+        // A writer thread: a process that does not read must not block us past the deadline.
+        thread::spawn(move || {
+            use std::io::Write;
+            let _ = stdin.write_all(&input);
+        });
+    }
+    running.wait(timeout)
+}
+
 /// Runs `program args...` with a deadline; a convenience over [`run`].
 pub fn run_args<S: AsRef<std::ffi::OsStr>>(
     program: &str,

@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -83,6 +83,23 @@ impl PtySession {
     /// Types `text` at the terminal.
     pub fn type_text(&mut self, text: &str) -> Result<()> {
         self.master.write_all(text.as_bytes())?;
+        Ok(())
+    }
+
+    /// Changes the terminal size, as a user resizing the window (the kernel sends SIGWINCH to
+    /// the session's foreground process group).
+    pub fn resize(&self, rows: u16, cols: u16) -> Result<()> {
+        let size = Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a `winsize` from the pointer; `size` outlives the call.
+        let rc = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error()).context("TIOCSWINSZ");
+        }
         Ok(())
     }
 

@@ -46,6 +46,14 @@ fn main() -> ExitCode {
             run: stdio::terminal_session,
         },
         Scenario {
+            name: "stdio::exec_terminal",
+            run: stdio::exec_terminal,
+        },
+        Scenario {
+            name: "stdio::stdin_reaches_process",
+            run: stdio::stdin_reaches_process,
+        },
+        Scenario {
             name: "stdio::log_uri_binary",
             run: stdio::log_uri_binary,
         },

@@ -5,24 +5,29 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use safehouse_integration::command::wait_for;
+use safehouse_integration::command::{run_with_input, wait_for};
 use safehouse_integration::host::is_alive;
 use safehouse_integration::pty::PtySession;
 use safehouse_integration::TestEnv;
 
 /// `ctr run -t`: stdin/stdout are a tty, typed input arrives, the caller's terminal size is
-/// passed on (ResizePty), and the exit code comes back. (`tty` is not asserted: inside gVisor
-/// the terminal is an imported host fd that `ttyname` cannot name.)
+/// passed on and follows a resize (ResizePty), and the exit code comes back. (`tty` is not
+/// asserted: inside gVisor the terminal is an imported host fd that `ttyname` cannot name.)
 pub fn terminal_session(env: &TestEnv) -> Result<()> {
     let id = env.id("tty");
     env.scenario(&[&id], || {
-        // ctr sizes the terminal just after start: ask for the size only after the input.
-        let script = "[ -t 0 ] && [ -t 1 ] && echo IS-A-$((6*7)); read line; echo got:$line; \
-                      stty size; exit 7";
+        // ctr sizes the terminal just after start: ask for the size only after some input.
+        let script = "[ -t 0 ] && [ -t 1 ] && echo IS-A-$((6*7)); read a; echo got:$a; \
+                      stty size; read b; stty size; exit 7";
         let argv = env.run_argv(&["--rm", "-t"], &id, &["sh", "-c", script]);
         let mut session = PtySession::start(env.ctr.command().args(&argv), 33, 101)?;
         session.wait_for_text("IS-A-42", Duration::from_secs(30))?;
         session.type_text("ping\r")?;
+        session.wait_for_text("33 101", Duration::from_secs(10))?;
+        session.resize(40, 120)?;
+        // ctr forwards the resize on SIGWINCH, asynchronously.
+        std::thread::sleep(Duration::from_millis(500));
+        session.type_text("again\r")?;
         let out = session.wait(Duration::from_secs(30))?;
         ensure!(!out.timed_out, "terminal session hung:\n{}", out.text);
         ensure!(
@@ -32,18 +37,13 @@ pub fn terminal_session(env: &TestEnv) -> Result<()> {
             out.text
         );
         ensure!(
-            out.text.contains("33 101"),
-            "terminal size not passed on:\n{}",
-            out.text
-        );
-        ensure!(
-            out.text.contains("IS-A-42"),
-            "stdin/stdout are not a tty:\n{}",
-            out.text
-        );
-        ensure!(
             out.text.contains("got:ping"),
             "typed input did not arrive:\n{}",
+            out.text
+        );
+        ensure!(
+            out.text.contains("40 120"),
+            "the resize did not arrive:\n{}",
             out.text
         );
         ensure!(
@@ -51,6 +51,75 @@ pub fn terminal_session(env: &TestEnv) -> Result<()> {
             "no tty line discipline (CR LF):\n{}",
             out.text
         );
+        Ok(())
+    })
+}
+
+/// `ctr task exec -t` into a running container: a tty, typed input, the exit code.
+pub fn exec_terminal(env: &TestEnv) -> Result<()> {
+    let id = env.id("exectty");
+    env.scenario(&[&id], || {
+        env.ctr_run(&["-d"], &id, &["sleep", "1000"])?.ok()?;
+        env.ctr
+            .wait_status(&id, "RUNNING", Duration::from_secs(30))?;
+        let fifo = env.containerd.fifo_dir().display().to_string();
+        let script = "[ -t 0 ] && echo EXEC-TTY-$((2*21)); read a; echo exec-got:$a; exit 3";
+        let argv = [
+            "task",
+            "exec",
+            "-t",
+            "--fifo-dir",
+            &fifo,
+            "--exec-id",
+            "t1",
+            &id,
+            "sh",
+            "-c",
+            script,
+        ];
+        let mut session = PtySession::start(env.ctr.command().args(argv), 24, 80)?;
+        session.wait_for_text("EXEC-TTY-42", Duration::from_secs(30))?;
+        session.type_text("pong\r")?;
+        let out = session.wait(Duration::from_secs(30))?;
+        ensure!(!out.timed_out, "exec terminal hung:\n{}", out.text);
+        ensure!(
+            out.code == Some(3),
+            "exit code 3 expected, got {:?}:\n{}",
+            out.code,
+            out.text
+        );
+        ensure!(
+            out.text.contains("exec-got:pong"),
+            "typed input did not arrive:\n{}",
+            out.text
+        );
+        env.ctr.run(&["task", "kill", "-s", "SIGKILL", &id])?.ok()?;
+        env.ctr
+            .wait_status(&id, "STOPPED", Duration::from_secs(30))?;
+        env.ctr.run(&["task", "delete", &id])?.ok()?;
+        env.ctr.run(&["containers", "rm", &id])?.ok()?;
+        Ok(())
+    })
+}
+
+/// Without a tty, stdin reaches the process through containerd's fifo. (EOF is not asserted:
+/// ctr 1.6 never calls CloseIO, so even runc's process would wait forever.)
+pub fn stdin_reaches_process(env: &TestEnv) -> Result<()> {
+    let id = env.id("stdin");
+    env.scenario(&[&id], || {
+        let argv = env.run_argv(&["--rm"], &id, &["sh", "-c", "read a; read b; echo $b-$a"]);
+        let out = run_with_input(
+            env.ctr.command().args(&argv),
+            b"one\ntwo\n",
+            Duration::from_secs(30),
+        )?;
+        ensure!(
+            !out.timed_out,
+            "stdin never reached the process: {}",
+            out.describe()
+        );
+        ensure!(out.success(), "{}", out.describe());
+        ensure!(out.stdout == "two-one\n", "stdout: {}", out.describe());
         Ok(())
     })
 }
