@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use safehouse_integration::TestEnv;
+use safehouse_integration::{RuntimeKind, TestEnv};
 
 const START: Duration = Duration::from_secs(30);
 
@@ -126,4 +126,30 @@ fn wait_pids(env: &TestEnv, id: &str, count: usize) -> Result<Vec<u32>> {
             Ok((pids.len() == count && plausible).then_some(pids))
         },
     )
+}
+
+/// `ctr task checkpoint`: Safehouse answers Unimplemented with a message saying so (the
+/// baselines may do anything but hang); either way the task keeps running.
+pub fn checkpoint_answers_clearly(env: &TestEnv) -> Result<()> {
+    let id = env.id("ckpt");
+    env.scenario(&[&id], || {
+        start_detached(env, &id, "sleep 1000")?;
+        let out = env.ctr.run(&["task", "checkpoint", &id])?;
+        ensure!(!out.timed_out, "checkpoint hung: {}", out.describe());
+        if env.runtime == RuntimeKind::Safehouse {
+            let text = out.stderr.to_lowercase();
+            ensure!(
+                !out.success()
+                    && (text.contains("not implemented") || text.contains("unimplemented")),
+                "checkpoint should answer Unimplemented with a message: {}",
+                out.describe()
+            );
+        }
+        let task = env.ctr.task(&id)?;
+        ensure!(
+            task.as_ref().map(|t| t.status.as_str()) == Some("RUNNING"),
+            "the task should still run after checkpoint: {task:?}"
+        );
+        kill_and_remove(env, &id)
+    })
 }

@@ -74,6 +74,10 @@ fn main() -> ExitCode {
             run: control::ps_lists_processes,
         },
         Scenario {
+            name: "control::checkpoint_answers_clearly",
+            run: control::checkpoint_answers_clearly,
+        },
+        Scenario {
             name: "pods::pod_shares_shim_and_sandbox",
             run: pods::pod_shares_shim_and_sandbox,
         },
