@@ -11,54 +11,63 @@ use crate::manifest::AgentPolicy;
 
 /// `sha256:<hex>` of the canonical form of `policy`.
 pub fn policy_digest(policy: &AgentPolicy) -> String {
-    let mut out = String::new();
-    match serde_json::to_value(policy) {
-        Ok(v) => write_canonical(&v, &mut out),
-        // Serialising plain data structs cannot fail; fall back to Debug to stay total.
-        Err(_) => out = format!("{policy:?}"),
-    }
-    format!("sha256:{}", hex::encode(Sha256::digest(out.as_bytes())))
+    format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(canonical_bytes(policy)))
+    )
 }
 
 /// Canonical JSON of `policy`, the bytes `policy_digest` hashes.
 pub fn canonical_json(policy: &AgentPolicy) -> String {
-    let mut out = String::new();
-    if let Ok(v) = serde_json::to_value(policy) {
-        write_canonical(&v, &mut out);
+    String::from_utf8_lossy(&canonical_bytes(policy)).into_owned()
+}
+
+fn canonical_bytes(policy: &AgentPolicy) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1024);
+    match serde_json::to_value(policy) {
+        Ok(v) => write_canonical(&v, &mut out),
+        // Serialising plain data structs cannot fail; fall back to Debug to stay total.
+        Err(_) => out = format!("{policy:?}").into_bytes(),
     }
     out
 }
 
 /// Writes `v` with sorted keys and no whitespace, whatever map order serde_json was built with.
-pub fn write_canonical(v: &serde_json::Value, out: &mut String) {
+pub fn write_canonical(v: &serde_json::Value, out: &mut Vec<u8>) {
     use serde_json::Value;
     match v {
         Value::Object(map) => {
             let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push('{');
+            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push(b'{');
             for (i, (k, v)) in entries.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
+                write_scalar(k, out);
+                out.push(b':');
                 write_canonical(v, out);
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, v) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(v, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        scalar => out.push_str(&scalar.to_string()),
+        scalar => write_scalar(scalar, out),
     }
+}
+
+/// Compact JSON of a string or scalar, appended to `out`.
+fn write_scalar<T: serde::Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) {
+    // Writing a string or scalar into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, v);
 }
 
 /// `v` rebuilt with every object's keys inserted in sorted order (stable output for printing).

@@ -42,7 +42,7 @@ pub(super) fn confine(policy: &AgentPolicy, spec: &mut Spec) -> Result<(), Compi
     let name = &policy.metadata.name;
     let linux = spec.linux_mut().get_or_insert_with(Linux::default);
 
-    let namespaces = linux.namespaces().clone().unwrap_or_default();
+    let namespaces = linux.namespaces().as_deref().unwrap_or_default();
     for (typ, label) in REQUIRED_NAMESPACES {
         let entry = namespaces.iter().position(|n| n.typ() == *typ);
         match entry {
@@ -91,7 +91,7 @@ pub(super) fn confine(policy: &AgentPolicy, spec: &mut Spec) -> Result<(), Compi
     let resources = linux
         .resources_mut()
         .get_or_insert_with(LinuxResources::default);
-    if let Some(rules) = resources.devices().clone() {
+    if let Some(rules) = resources.devices_mut().take() {
         let kept: Vec<LinuxDeviceCgroup> = rules
             .into_iter()
             .filter(|r| !r.allow() || standard_rule(r))

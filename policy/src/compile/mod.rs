@@ -189,10 +189,9 @@ pub fn compile(
 
     let name = policy.metadata.name.clone();
     let digest = policy_digest(policy);
-    let mut annotations = out.annotations().clone().unwrap_or_default();
+    let annotations = out.annotations_mut().get_or_insert_with(Default::default);
     annotations.insert(POLICY_ANNOTATION.to_string(), name.clone());
     annotations.insert(DIGEST_ANNOTATION.to_string(), digest.clone());
-    out.set_annotations(Some(annotations));
 
     let mut runsc_flags = BTreeMap::new();
     let net_flag = match network {

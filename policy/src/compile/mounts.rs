@@ -74,17 +74,18 @@ pub(super) fn confine(
         }))
         .collect();
 
-    let mut kept = Vec::new();
-    for (i, m) in spec.mounts().iter().flatten().enumerate() {
-        let dest = m.destination().to_string_lossy();
-        let field = || match m.source() {
+    let mounts = spec.mounts_mut().take().unwrap_or_default();
+    let mut kept = Vec::with_capacity(mounts.len() + zone_dests.len());
+    for (i, mut m) in mounts.into_iter().enumerate() {
+        let dest = m.destination().to_string_lossy().into_owned();
+        let field = |m: &Mount| match m.source() {
             Some(s) => format!("mounts[{i}] (destination {dest}, source {})", s.display()),
             None => format!("mounts[{i}] (destination {dest})"),
         };
         let Some(dest) = normalize(&dest) else {
             return Err(refused(
                 policy,
-                field(),
+                field(&m),
                 "destination must be an absolute path without '..'",
             ));
         };
@@ -92,10 +93,9 @@ pub(super) fn confine(
             // The policy's zone replaces whatever the spec put there.
             continue;
         }
-        let mut m = m.clone();
         if is_bind(&m) {
             confine_bind(policy, ctx, &named, &dest, &mut m)
-                .map_err(|reason| refused(policy, field(), reason))?;
+                .map_err(|reason| refused(policy, field(&m), reason))?;
         } else {
             let typ = m.typ().clone().unwrap_or_default();
             if !KERNEL_FS.contains(&typ.as_str()) {
@@ -103,7 +103,7 @@ pub(super) fn confine(
                     "mount type {typ:?} not allowed by policy {:?}",
                     policy.metadata.name
                 );
-                return Err(refused(policy, field(), reason));
+                return Err(refused(policy, field(&m), reason));
             }
             let forced: &[&str] = match typ.as_str() {
                 "sysfs" | "cgroup" | "cgroup2" => &["ro", "nosuid", "nodev", "noexec"],
@@ -183,7 +183,7 @@ fn confine_bind(
 
 /// Adds each of `forced` that is missing, removing its opposite (`ro` removes `rw`, …).
 fn set_options(m: &mut Mount, forced: &[&str]) {
-    let mut opts = m.options().clone().unwrap_or_default();
+    let opts = m.options_mut().get_or_insert_with(Vec::new);
     for f in forced {
         let opposite = match *f {
             "ro" => "rw",
@@ -197,7 +197,6 @@ fn set_options(m: &mut Mount, forced: &[&str]) {
             opts.push((*f).to_string());
         }
     }
-    m.set_options(Some(opts));
 }
 
 /// The policy's zones as mounts, parents before children (by depth, then path).
