@@ -218,16 +218,20 @@ async fn runsc_trace_points_decode_into_events() {
         for ev in &run.events {
             eprintln!("  {}", describe(ev));
         }
-        if let Some(exec) = run
-            .events
-            .iter()
-            .find(|e| e.point.as_deref() == Some("sentry/execve"))
-        {
-            eprintln!(
-                "  exec as JSON: {}",
-                serde_json::to_string(exec).unwrap_or_default()
-            );
+        // Chain the real events as the writer would, print the lines, verify them.
+        let mut chain = safehouse_audit::Chain::new("sb-test");
+        let mut file = Vec::new();
+        for ev in &run.events {
+            let mut ev = ev.clone();
+            let line = chain.seal(&mut ev).unwrap_or_else(|e| panic!("{e}"));
+            eprint!("  {}", String::from_utf8_lossy(&line));
+            file.extend(line);
         }
+        let report = safehouse_audit::verify::verify_reader(file.as_slice(), Default::default());
+        assert!(
+            report.is_ok_and(|r| r.is_intact()),
+            "real events must verify"
+        );
         assert_eq!(run.exit_code, Some(7), "exit code of the workload");
         let id_is_ours = |ev: &&AuditEvent| {
             ev.container_id
