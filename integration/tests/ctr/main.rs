@@ -8,6 +8,7 @@ mod crash;
 mod events;
 mod lifecycle;
 mod network;
+mod oom;
 mod pods;
 mod stdio;
 
@@ -76,6 +77,10 @@ fn main() -> ExitCode {
         Scenario {
             name: "control::checkpoint_answers_clearly",
             run: control::checkpoint_answers_clearly,
+        },
+        Scenario {
+            name: "oom::oom_kill_is_reported",
+            run: oom::oom_kill_is_reported,
         },
         Scenario {
             name: "pods::pod_shares_shim_and_sandbox",
