@@ -207,6 +207,21 @@ pub struct AuditEvent {
     pub hash: Option<String>,
 }
 
+impl AuditEvent {
+    /// For an exec inside the sandbox (`process`/`exec`), the executed binary's
+    /// path: what a `process.tools` allowlist is checked against.
+    pub fn executed_binary(&self) -> Option<&str> {
+        if self.category != Category::Process || self.action != Action::Exec {
+            return None;
+        }
+        let process = self.process.as_ref()?;
+        match &process.binary {
+            Some(binary) => Some(binary.path.as_str()),
+            None => process.argv.as_ref()?.first().map(String::as_str),
+        }
+    }
+}
+
 /// The process (task) an event is about, as seen inside the sandbox.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

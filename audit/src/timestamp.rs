@@ -89,12 +89,34 @@ impl fmt::Display for Timestamp {
     }
 }
 
+/// A stack buffer for one formatted time (no allocation per event).
+struct StackText {
+    buf: [u8; 40],
+    len: usize,
+}
+
+impl fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        let dst = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut buf = String::with_capacity(30);
-        // Writing into a String cannot fail.
-        let _ = self.write_to(&mut buf);
-        s.serialize_str(&buf)
+        let mut text = StackText {
+            buf: [0; 40],
+            len: 0,
+        };
+        if self.write_to(&mut text).is_err() {
+            // Years beyond 4 digits do not fit the fixed form; fall back.
+            return s.serialize_str(&self.to_string());
+        }
+        // Only ASCII digits and punctuation were written.
+        s.serialize_str(std::str::from_utf8(&text.buf[..text.len]).unwrap_or(""))
     }
 }
 

@@ -94,6 +94,7 @@ fn sentry_points() {
     };
     let ev = decode_ok(&packet(mt::SENTRY_EXEC, 0, &exec));
     assert_eq!((ev.action, point(&ev)), (Action::Exec, "sentry/execve"));
+    assert_eq!(ev.executed_binary(), Some("/bin/cat"));
     let bin = ev.process.and_then(|p| p.binary).unwrap_or_default();
     assert_eq!(bin.path, "/bin/cat");
     assert_eq!(bin.sha256.map(|s| s.len()), Some(64));
