@@ -103,6 +103,10 @@ fn main() -> ExitCode {
             run: config::runtime_state_in_configured_root,
         },
         Scenario {
+            name: "config::runs_without_config_file",
+            run: config::runs_without_config_file,
+        },
+        Scenario {
             name: "network::plain_run_has_loopback_only",
             run: network::plain_run_has_loopback_only,
         },

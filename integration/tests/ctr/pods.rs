@@ -77,6 +77,13 @@ pub fn pod_shares_shim_and_sandbox(env: &TestEnv) -> Result<()> {
                 .wait_status(id, "STOPPED", Duration::from_secs(30))?;
             env.ctr.run(&["task", "delete", id])?.ok()?;
             env.ctr.run(&["containers", "rm", id])?.ok()?;
+            if id == &app {
+                // Removing a container of the pod leaves the pod (its shim, its sandbox) alive.
+                let still = env
+                    .ctr_exec(&pod, "after-app", &["echo", "pod-alive"])?
+                    .ok()?;
+                ensure!(still.stdout == "pod-alive\n", "{}", still.describe());
+            }
         }
         Ok(())
     })
