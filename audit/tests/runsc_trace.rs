@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+mod support;
+
+use support::{cleanup, make_bundle, which};
+
 use safehouse_audit::lifecycle::SandboxContext;
 use safehouse_audit::session::{PodInitConfig, SessionOptions, TraceCategory, TraceMetadata};
 use safehouse_audit::sink::{SinkOptions, TraceSink};
@@ -19,51 +23,6 @@ const SCRIPT: &str = "echo hi > /tmp/x; cat /tmp/x; exit 7";
 
 fn skip(why: &str) {
     eprintln!("skipped: {why}");
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    if name.contains('/') {
-        return Path::new(name).is_file().then(|| PathBuf::from(name));
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
-/// A bundle whose rootfs holds busybox and a few applet links.
-fn make_bundle(runsc: &Path, dir: &Path) -> Result<PathBuf, String> {
-    let bundle = dir.join("bundle");
-    let rootfs = bundle.join("rootfs");
-    for sub in ["bin", "tmp", "proc", "dev", "sys", "etc"] {
-        std::fs::create_dir_all(rootfs.join(sub)).map_err(|e| e.to_string())?;
-    }
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).map_err(|e| e.to_string())?;
-    for applet in ["sh", "cat", "echo", "ls"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
-            .map_err(|e| e.to_string())?;
-    }
-    let out = std::process::Command::new(runsc)
-        .arg("spec")
-        .current_dir(&bundle)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!(
-            "runsc spec: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let path = bundle.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
-    let mut spec: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    spec["process"]["args"] = serde_json::json!(["/bin/sh", "-c", SCRIPT]);
-    spec["process"]["terminal"] = false.into();
-    spec["process"]["env"] = serde_json::json!(["PATH=/bin"]);
-    spec["root"] = serde_json::json!({"path": "rootfs", "readonly": false});
-    std::fs::write(&path, spec.to_string()).map_err(|e| e.to_string())?;
-    Ok(bundle)
 }
 
 struct Run {
@@ -84,7 +43,7 @@ async fn run_once(runsc: &Path, dir: &Path) -> Result<Run, String> {
                 .to_owned()
         })
         .map_err(|e| e.to_string())?;
-    let bundle = make_bundle(runsc, dir)?;
+    let bundle = make_bundle(runsc, dir, &["/bin/sh", "-c", SCRIPT])?;
     let sock = dir.join("trace.sock");
     let sink = TraceSink::bind(&sock, SinkOptions::default()).map_err(|e| e.to_string())?;
     let (tx, mut rx) = mpsc::channel(4096);
@@ -161,17 +120,6 @@ async fn run_once(runsc: &Path, dir: &Path) -> Result<Run, String> {
         exit_code: output.status.code(),
         version,
     })
-}
-
-/// Removes whatever is left of the container (normally nothing) and its root.
-fn cleanup(runsc: &Path, root: &Path, id: &str) {
-    let _ = std::process::Command::new(runsc)
-        .arg(format!("--root={}", root.display()))
-        .args(["delete", "--force", id])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    let _ = std::fs::remove_dir_all(root);
 }
 
 fn describe(ev: &AuditEvent) -> String {
