@@ -7,6 +7,7 @@ mod control;
 mod crash;
 mod events;
 mod lifecycle;
+mod logging;
 mod network;
 mod oom;
 mod pods;
@@ -105,6 +106,10 @@ fn main() -> ExitCode {
         Scenario {
             name: "config::runs_without_config_file",
             run: config::runs_without_config_file,
+        },
+        Scenario {
+            name: "logging::shim_log_lines_name_their_container",
+            run: logging::shim_log_lines_name_their_container,
         },
         Scenario {
             name: "network::plain_run_has_loopback_only",

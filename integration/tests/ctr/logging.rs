@@ -1,0 +1,50 @@
+//! The shim's own log: it reaches containerd's log (the shim's stderr goes there), and every
+//! line names the container it is about.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use safehouse_integration::{RuntimeKind, TestEnv};
+
+/// After a container ran, containerd's log holds the shim's lines for it, and no shim line
+/// (anything not written by containerd itself, whose lines start with `time="`) lacks a
+/// container id of this run.
+pub fn shim_log_lines_name_their_container(env: &TestEnv) -> Result<()> {
+    if env.runtime != RuntimeKind::Safehouse {
+        return Ok(());
+    }
+    let id = env.id("logging");
+    env.scenario(&[&id], || {
+        env.ctr_run(&["--rm"], &id, &["true"])?.ok()?;
+        // containerd copies the shim's log asynchronously.
+        std::thread::sleep(Duration::from_millis(300));
+        let text = std::fs::read_to_string(env.containerd.log_path())?;
+        let shim_lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("time=\""))
+            .collect();
+        ensure!(
+            shim_lines.iter().any(|l| l.contains(&id)),
+            "no shim log line mentions {id} in {}",
+            env.containerd.log_path().display()
+        );
+        let run_ids = format!("sfh{}x", std::process::id());
+        let anonymous: Vec<&str> = shim_lines
+            .iter()
+            .copied()
+            .filter(|l| !l.contains(&run_ids))
+            .collect();
+        ensure!(
+            anonymous.is_empty(),
+            "{} shim log lines name no container, e.g.:\n{}",
+            anonymous.len(),
+            anonymous
+                .iter()
+                .take(8)
+                .copied()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        Ok(())
+    })
+}
