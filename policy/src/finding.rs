@@ -53,10 +53,10 @@ impl Finding {
 
     /// The finding prefixed by a file name: `file:line:col: path: message`.
     pub fn render(&self, file: &str) -> String {
-        if file.is_empty() {
-            self.to_string()
-        } else {
-            format!("{file}:{self}")
+        match (file.is_empty(), self.location.is_some()) {
+            (true, _) => self.to_string(),
+            (false, true) => format!("{file}:{self}"),
+            (false, false) => format!("{file}: {self}"),
         }
     }
 }

@@ -82,6 +82,7 @@ enum Frame {
     Map {
         path: String,
         pending_key: Option<String>,
+        seen_key: bool,
     },
     Seq {
         path: String,
@@ -109,9 +110,9 @@ impl Builder {
     fn value_path(&self) -> Option<String> {
         match self.stack.last() {
             None => Some(String::new()),
-            Some(Frame::Map { path, pending_key }) => {
-                pending_key.as_ref().map(|k| join_key(path, k))
-            }
+            Some(Frame::Map {
+                path, pending_key, ..
+            }) => pending_key.as_ref().map(|k| join_key(path, k)),
             Some(Frame::Seq { path, next }) => Some(format!("{path}[{next}]")),
         }
     }
@@ -130,7 +131,10 @@ impl Builder {
             Some(p) => p,
             None => {
                 // A non-scalar key: give it a placeholder so its contents do not collide.
-                if let Some(Frame::Map { path, pending_key }) = self.stack.last_mut() {
+                if let Some(Frame::Map {
+                    path, pending_key, ..
+                }) = self.stack.last_mut()
+                {
                     *pending_key = Some("?".to_string());
                     return join_key(path, "?");
                 }
@@ -157,8 +161,15 @@ impl MarkedEventReceiver for Builder {
                 if let Some(Frame::Map {
                     path,
                     pending_key: pending @ None,
+                    seen_key,
                 }) = self.stack.last_mut()
                 {
+                    // A block mapping's start is marked after its first key: point the
+                    // mapping itself at that first key instead.
+                    if !*seen_key {
+                        *seen_key = true;
+                        self.index.values.insert(path.clone(), mark.into());
+                    }
                     let key_path = join_key(path, &text);
                     self.index
                         .keys
@@ -179,6 +190,7 @@ impl MarkedEventReceiver for Builder {
                 self.stack.push(Frame::Map {
                     path,
                     pending_key: None,
+                    seen_key: false,
                 });
             }
             Event::SequenceStart(..) => {
@@ -241,6 +253,11 @@ spec:
     fn unknown_paths_fall_back_to_ancestors() {
         let idx = PositionIndex::build(DOC);
         assert_eq!(idx.locate("spec.process.user"), idx.locate("spec.process"));
+        assert_eq!(
+            idx.locate("spec.process"),
+            Some(Location { line: 7, column: 5 })
+        );
+        assert_eq!(idx.locate(""), Some(Location { line: 1, column: 1 }));
         assert_eq!(parent("a.b[2]"), Some("a.b"));
         assert_eq!(parent("a"), Some(""));
     }
