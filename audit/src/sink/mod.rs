@@ -53,9 +53,27 @@ impl Default for SinkOptions {
     }
 }
 
+/// Longest socket path the kernel (and runsc's connect) accepts, in bytes.
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// A short socket path for `sandbox_id` under `dir`: containerd's per-task
+/// state dirs (`.../k8s.io/<64-hex id>/`) are too long for a unix socket.
+pub fn short_socket_path(dir: &Path, sandbox_id: &str) -> PathBuf {
+    let digest = crate::chain::sha256_hex(sandbox_id.as_bytes());
+    dir.join(format!("{}.sock", &digest[..16]))
+}
+
 /// Why the sink could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
+    /// The path does not fit in a `sockaddr_un`.
+    #[error("trace sink socket path {path} is {len} bytes; at most {MAX_SOCKET_PATH} fit (use short_socket_path)")]
+    PathTooLong {
+        /// The socket path.
+        path: PathBuf,
+        /// Its length.
+        len: usize,
+    },
     /// The socket could not be created, bound or registered.
     #[error("trace sink socket {path}: {source}")]
     Socket {
@@ -108,6 +126,13 @@ pub struct SinkHandle {
 impl TraceSink {
     /// Listens at `path` (must be called inside a tokio runtime).
     pub fn bind(path: &Path, options: SinkOptions) -> Result<Self, SinkError> {
+        let len = path.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(SinkError::PathTooLong {
+                path: path.to_owned(),
+                len,
+            });
+        }
         let err = |source| SinkError::Socket {
             path: path.to_owned(),
             source,

@@ -204,3 +204,21 @@ fn bind_outside_a_runtime_is_an_error() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     assert!(TraceSink::bind(&dir.path().join("s"), SinkOptions::default()).is_err());
 }
+
+#[tokio::test]
+async fn long_paths_are_refused_and_short_paths_offered() {
+    let long = PathBuf::from(format!(
+        "/run/containerd/io.containerd.runtime.v2.task/k8s.io/{}/trace.sock",
+        "a".repeat(64)
+    ));
+    assert!(matches!(
+        TraceSink::bind(&long, SinkOptions::default()),
+        Err(SinkError::PathTooLong { .. })
+    ));
+    let short = short_socket_path(Path::new("/run/safehouse/trace"), &"a".repeat(64));
+    assert!(short.as_os_str().len() <= MAX_SOCKET_PATH);
+    assert_eq!(
+        short,
+        short_socket_path(Path::new("/run/safehouse/trace"), &"a".repeat(64))
+    );
+}
