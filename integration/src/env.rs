@@ -177,8 +177,12 @@ impl TestEnv {
             for id in ids {
                 self.ctr.force_remove(id);
             }
+            // Log lines of the containers the error names first (e.g. the failing 2 of 10).
+            let message = describe_error(&error);
+            let mut ordered: Vec<&str> = ids.to_vec();
+            ordered.sort_by_key(|id| !message.contains(id));
             let mut log = Vec::new();
-            for id in ids.iter().take(3) {
+            for id in ordered.iter().take(3) {
                 let lines = self.containerd.log_lines_mentioning(id, 200);
                 let useful: Vec<String> = lines
                     .into_iter()
@@ -189,7 +193,7 @@ impl TestEnv {
             }
             anyhow::bail!(
                 "{}\n--- runtime {}; containerd/shim log lines for {ids:?} ---\n{}",
-                describe_error(&error),
+                message,
                 self.runtime.name(),
                 log.join("\n")
             );

@@ -20,6 +20,28 @@ pub struct Scenario {
     pub run: fn(&TestEnv) -> Result<()>,
 }
 
+/// A scenario returns this (as its error) when it does not apply to the runtime under test;
+/// it is then reported as ignored with the reason.
+#[derive(Debug)]
+pub struct NotApplicable(pub String);
+
+impl std::fmt::Display for NotApplicable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotApplicable {}
+
+/// Fails with [`NotApplicable`] unless the runtime under test is `runtime`.
+pub fn only_for(env: &TestEnv, runtime: RuntimeKind) -> Result<()> {
+    if env.runtime == runtime {
+        Ok(())
+    } else {
+        Err(NotApplicable(format!("only for the {} runtime", runtime.name())).into())
+    }
+}
+
 /// Why the scenarios cannot run here, if they cannot.
 pub fn missing_prerequisites(runtime: RuntimeKind) -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
@@ -100,8 +122,12 @@ pub fn main(scenarios: &[Scenario]) -> ExitCode {
         .map(|s| {
             let env = env.clone();
             let run = s.run;
-            Trial::test(s.name, move || {
-                run(&env).map_err(|e| Failed::from(describe_error(&e)))
+            Trial::ignorable_test(s.name, move || match run(&env) {
+                Ok(()) => Ok(Completion::Completed),
+                Err(e) => match e.downcast_ref::<NotApplicable>() {
+                    Some(reason) => Ok(Completion::ignored_with(reason)),
+                    None => Err(Failed::from(describe_error(&e))),
+                },
             })
         })
         .collect();

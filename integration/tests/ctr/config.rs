@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{ensure, Result};
 use safehouse_integration::env::LEAK_GRACE;
 use safehouse_integration::runtime::DEFAULT_SAFEHOUSE_RUNSC_ROOT;
+use safehouse_integration::suite::only_for;
 use safehouse_integration::{RuntimeKind, TestEnv};
 
 /// While a container runs, its runtime state is in the configured root, and only there.
@@ -41,9 +42,7 @@ pub fn runtime_state_in_configured_root(env: &TestEnv) -> Result<()> {
 /// config) and keeps runsc state under `/run/safehouse/runsc/<namespace>` unless
 /// `/etc/safehouse/config.toml` says otherwise.
 pub fn runs_without_config_file(env: &TestEnv) -> Result<()> {
-    if env.runtime != RuntimeKind::Safehouse {
-        return Ok(());
-    }
+    only_for(env, RuntimeKind::Safehouse)?;
     let id = env.id("nocfg");
     let default_root = std::path::Path::new(DEFAULT_SAFEHOUSE_RUNSC_ROOT).join(&env.ctr.namespace);
     let mut leaks = env.leaks.clone();

@@ -4,15 +4,14 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
+use safehouse_integration::suite::only_for;
 use safehouse_integration::{RuntimeKind, TestEnv};
 
 /// After a container ran, containerd's log holds the shim's lines for it, and no shim line
 /// (anything not written by containerd itself, whose lines start with `time="`) lacks a
 /// container id of this run.
 pub fn shim_log_lines_name_their_container(env: &TestEnv) -> Result<()> {
-    if env.runtime != RuntimeKind::Safehouse {
-        return Ok(());
-    }
+    only_for(env, RuntimeKind::Safehouse)?;
     let id = env.id("logging");
     env.scenario(&[&id], || {
         env.ctr_run(&["--rm"], &id, &["true"])?.ok()?;
