@@ -192,9 +192,10 @@ impl TestEnv {
                 log.extend(useful[useful.len().saturating_sub(12)..].to_vec());
             }
             anyhow::bail!(
-                "{}\n--- runtime {}; containerd/shim log lines for {ids:?} ---\n{}",
+                "{}\n--- runtime {}; containerd/shim log lines for {:?} ---\n{}",
                 message,
                 self.runtime.name(),
+                &ordered[..ordered.len().min(3)],
                 log.join("\n")
             );
         }
