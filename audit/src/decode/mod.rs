@@ -6,6 +6,7 @@
 //! [`Body::Unknown`], and nothing here panics on any input (fuzzed).
 
 mod fields;
+mod network;
 mod sentry;
 mod syscalls;
 

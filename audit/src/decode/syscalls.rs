@@ -1,4 +1,5 @@
-//! Decoding the syscall/* points (message types 6-34, and 36-38 on newer gVisor).
+//! Decoding the process and file syscall/* points (message types 6-34 and
+//! 36, 38 on newer gVisor); network points are in `network.rs`.
 
 use std::collections::BTreeMap;
 
@@ -9,15 +10,14 @@ use super::fields::{
 };
 use super::sentry::parse;
 use super::DecodeError;
-use crate::event::{Action, AuditEvent, BinaryInfo, Category, FileInfo, NetworkInfo, SyscallInfo};
+use crate::event::{Action, AuditEvent, BinaryInfo, Category, FileInfo, SyscallInfo};
 use crate::names::{message_type as mt, open_access, open_flag_names, syscall_name};
 use crate::proto::common::ContextData;
 use crate::proto::syscall::*;
-use crate::sockaddr::{decode_sockaddr, family_name, socket_type_name};
 
 /// The event skeleton every syscall point shares: point name from the syscall
 /// number (falling back to `default_name`), context and result.
-fn base(
+pub(super) fn base(
     category: Category,
     action: Action,
     default_name: &str,
@@ -42,7 +42,7 @@ fn base(
     ev
 }
 
-fn detail(ev: &mut AuditEvent, key: &str, value: impl Into<serde_json::Value>) {
+pub(super) fn detail(ev: &mut AuditEvent, key: &str, value: impl Into<serde_json::Value>) {
     ev.detail
         .get_or_insert_with(BTreeMap::new)
         .insert(key.to_owned(), value.into());
@@ -61,6 +61,12 @@ pub fn decode(message_type: u16, p: &[u8]) -> Result<AuditEvent, DecodeError> {
     use Action as A;
     use Category as C;
     let ev = match message_type {
+        mt::SYSCALL_CONNECT
+        | mt::SYSCALL_BIND
+        | mt::SYSCALL_ACCEPT
+        | mt::SYSCALL_SOCKET
+        | mt::SYSCALL_SOCKETPAIR
+        | mt::SYSCALL_LISTEN => return super::network::decode(message_type, p),
         mt::SYSCALL_RAW => {
             let m = parse::<SyscallRaw>(message_type, p)?;
             let phase = if m.exit.is_some() { "exit" } else { "enter" };
@@ -118,49 +124,6 @@ pub fn decode(message_type: u16, p: &[u8]) -> Result<AuditEvent, DecodeError> {
                 offset: m.has_offset.then_some(m.offset),
                 ..fd_file(m.fd, &m.fd_path)
             });
-            ev
-        }
-        mt::SYSCALL_CONNECT => {
-            let m = parse::<SyscallConnect>(message_type, p)?;
-            let mut ev = base(
-                C::Network,
-                A::Connect,
-                "connect",
-                m.sysno,
-                &m.context_data,
-                &m.exit,
-            );
-            ev.network = Some(sockaddr_info(m.fd, &m.address));
-            ev
-        }
-        mt::SYSCALL_BIND | mt::SYSCALL_ACCEPT => {
-            let m = parse::<SyscallSockaddr>(message_type, p)?;
-            let (action, name) = if message_type == mt::SYSCALL_BIND {
-                (A::Bind, "bind")
-            } else {
-                (A::Accept, "accept")
-            };
-            let mut ev = base(C::Network, action, name, m.sysno, &m.context_data, &m.exit);
-            ev.network = Some(sockaddr_info(i64::from(m.fd), &m.address));
-            ev
-        }
-        mt::SYSCALL_SOCKET | mt::SYSCALL_SOCKETPAIR => {
-            let m = parse::<SyscallSocket>(message_type, p)?;
-            let (action, name) = if message_type == mt::SYSCALL_SOCKET {
-                (A::Socket, "socket")
-            } else {
-                (A::Socketpair, "socketpair")
-            };
-            let mut ev = base(C::Network, action, name, m.sysno, &m.context_data, &m.exit);
-            ev.network = Some(NetworkInfo {
-                family: Some(family_name(m.domain)),
-                protocol: Some(m.protocol),
-                socket_type: Some(socket_type_name(m.type_)),
-                ..NetworkInfo::default()
-            });
-            if message_type == mt::SYSCALL_SOCKETPAIR {
-                detail(&mut ev, "fds", vec![m.socket1, m.socket2]);
-            }
             ev
         }
         mt::SYSCALL_EXECVE => {
@@ -446,26 +409,15 @@ pub fn decode(message_type: u16, p: &[u8]) -> Result<AuditEvent, DecodeError> {
             ev
         }
         mt::SYSCALL_MMAP => context_only(message_type, C::File, A::Mmap, "mmap", p)?,
-        mt::SYSCALL_LISTEN => context_only(message_type, C::Network, A::Listen, "listen", p)?,
         mt::SYSCALL_PTRACE => context_only(message_type, C::Process, A::Ptrace, "ptrace", p)?,
         other => return Err(DecodeError::NotASyscallType(other)),
     };
     Ok(ev)
 }
 
-/// Fields of a connect/bind/accept: the fd and the decoded address.
-fn sockaddr_info(fd: i64, address: &[u8]) -> NetworkInfo {
-    let mut net = NetworkInfo {
-        fd: Some(fd),
-        ..NetworkInfo::default()
-    };
-    decode_sockaddr(address, &mut net);
-    net
-}
-
 /// Types 36-38 from newer gVisor: only the shared fields (context, exit,
 /// sysno) are decoded; the rest is skipped as unknown protobuf fields.
-fn context_only(
+pub(super) fn context_only(
     message_type: u16,
     category: Category,
     action: Action,
