@@ -38,7 +38,7 @@ const SIZE_EXPECTED: &str =
     "bytes as an integer or with a unit Ki, Mi, Gi, Ti, k, M, G or T (e.g. 256Mi)";
 const DURATION_EXPECTED: &str =
     "a duration such as 300s, 5m, 1h30m or 1500ms, or an integer number of seconds";
-const CPUS_EXPECTED: &str = "a positive number of CPUs such as 1, 0.5 or 500m";
+const CPUS_EXPECTED: &str = "a number of CPUs from 0.001 to 4096 such as 1, 0.5 or 500m";
 
 /// A size in bytes, written `256Mi`, `1Gi`, `512M` or a plain integer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -183,13 +183,14 @@ impl fmt::Display for DurationSpec {
 pub struct Cpus(pub f64);
 
 impl Cpus {
-    /// The CFS quota, in microseconds, for the given period in microseconds.
+    /// The CFS quota, in microseconds, for the given period in microseconds (rounded down,
+    /// so never more than `self` CPUs).
     pub fn quota_for_period(self, period_us: u64) -> i64 {
-        let q = (self.0 * period_us as f64).round();
+        let q = (self.0 * period_us as f64).floor();
         if q >= i64::MAX as f64 {
             i64::MAX
         } else {
-            (q as i64).max(1000)
+            q as i64
         }
     }
 }
@@ -215,7 +216,7 @@ impl FromStr for Cpus {
 
 impl Cpus {
     fn checked(value: f64) -> Option<Self> {
-        (value.is_finite() && value > 0.0 && value <= 4096.0).then_some(Cpus(value))
+        (value.is_finite() && (0.001..=4096.0).contains(&value)).then_some(Cpus(value))
     }
 }
 
@@ -352,7 +353,7 @@ impl JsonSchema for Cpus {
         json_schema!({
             "description": "A number of CPUs (e.g. 1, 0.5) or millicores (e.g. 500m).",
             "oneOf": [
-                {"type": "number", "exclusiveMinimum": 0, "maximum": 4096},
+                {"type": "number", "minimum": 0.001, "maximum": 4096},
                 {"type": "string", "pattern": "^([0-9]+m|[0-9]+(\\.[0-9]+)?)$"}
             ]
         })
@@ -396,6 +397,8 @@ mod tests {
         assert_eq!("500m".parse::<Cpus>(), Ok(Cpus(0.5)));
         assert_eq!("1.5".parse::<Cpus>(), Ok(Cpus(1.5)));
         assert!("0".parse::<Cpus>().is_err());
+        assert!("0.0001".parse::<Cpus>().is_err());
+        assert_eq!(Cpus(1.0 / 3.0).quota_for_period(100_000), 33_333);
         assert!("NaN".parse::<Cpus>().is_err());
         assert_eq!(Cpus(1.5).quota_for_period(100_000), 150_000);
     }

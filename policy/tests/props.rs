@@ -204,6 +204,8 @@ fn policies() -> Vec<AgentPolicy> {
     let mut with_caps = common::example("code-interpreter");
     with_caps.metadata.name = "with-caps".into();
     with_caps.spec.process.capabilities = vec!["CAP_NET_BIND_SERVICE".into(), "kill".into()];
+    // A CPU share too small for a 1 ms quota at the default period.
+    with_caps.spec.resources.cpus = safehouse_policy::quantity::Cpus(0.003);
     vec![
         common::example("code-interpreter"),
         common::example("web-research"),
@@ -356,7 +358,7 @@ proptest! {
         let cpu = r.cpu().as_ref().unwrap();
         let (quota, period) = (cpu.quota().unwrap(), cpu.period().unwrap());
         prop_assert!(quota > 0 && period > 0);
-        prop_assert!(quota as f64 / period as f64 <= policy.spec.resources.cpus.0.max(0.01) + 1e-9);
+        prop_assert!(quota as f64 / period as f64 <= policy.spec.resources.cpus.0 + 1e-9);
         if let (Some(q), Some(per)) = (positive(c.quota), c.period.filter(|p| *p > 0)) {
             prop_assert!(quota as f64 / period as f64 <= q as f64 / per as f64 + 1e-9);
         }

@@ -37,6 +37,10 @@ const EXTRA_CGROUP_CHAR_DEVICES: &[(i64, Option<i64>)] = &[(136, None), (10, Som
 
 /// Default CFS period when the spec sets none (100 ms).
 const DEFAULT_CPU_PERIOD_US: u64 = 100_000;
+/// Longest CFS period the kernel accepts (1 s).
+const MAX_CPU_PERIOD_US: u64 = 1_000_000;
+/// Shortest CFS quota the kernel accepts (1 ms).
+const MIN_CPU_QUOTA_US: i64 = 1_000;
 
 pub(super) fn confine(policy: &AgentPolicy, spec: &mut Spec) -> Result<(), CompileError> {
     let name = &policy.metadata.name;
@@ -114,8 +118,22 @@ pub(super) fn confine(policy: &AgentPolicy, spec: &mut Spec) -> Result<(), Compi
         .period()
         .filter(|p| *p > 0)
         .unwrap_or(DEFAULT_CPU_PERIOD_US);
-    cpu.set_period(Some(period));
-    cpu.set_quota(Some(tighter(cpu.quota(), r.cpus.quota_for_period(period))));
+    let policy_quota = r.cpus.quota_for_period(period);
+    let spec_is_tighter = cpu.quota().is_some_and(|q| q > 0 && q <= policy_quota);
+    if spec_is_tighter {
+        cpu.set_period(Some(period));
+    } else if policy_quota >= MIN_CPU_QUOTA_US {
+        cpu.set_period(Some(period));
+        cpu.set_quota(Some(policy_quota));
+    } else {
+        // The kernel refuses quotas under 1 ms: express small CPU shares over a longer period.
+        cpu.set_period(Some(MAX_CPU_PERIOD_US));
+        cpu.set_quota(Some(
+            r.cpus
+                .quota_for_period(MAX_CPU_PERIOD_US)
+                .max(MIN_CPU_QUOTA_US),
+        ));
+    }
 
     let pids = resources.pids_mut().get_or_insert_with(LinuxPids::default);
     let spec_pids = Some(pids.limit());
