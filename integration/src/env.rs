@@ -211,6 +211,9 @@ impl TestEnv {
             std::process::id()
         ));
         let _ = self.containerd.save_log(&log);
+        if let Some(dir) = log.parent() {
+            prune_old_logs(dir, 20);
+        }
         let mut forced = self.containerd.shutdown();
         remove_namespace_cgroups(&self.leaks.namespace);
         if self.runtime == RuntimeKind::Safehouse && self.leaks.runtime_root.exists() {
@@ -248,6 +251,21 @@ fn set_executable(path: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(0o755))
         .with_context(|| format!("chmod {}", path.display()))
+}
+
+/// Keeps the `keep` newest files of `dir`.
+fn prune_old_logs(dir: &std::path::Path, keep: usize) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    files.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, path) in files.into_iter().skip(keep) {
+        let _ = fs::remove_file(path);
+    }
 }
 
 /// The error and its causes, one per line, without a backtrace.
