@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::command::{run, wait_for, Output};
+use crate::command::{run, wait_for, Output, Running};
 
 /// Deadline for one ctr call unless the caller gives another.
 pub const CTR_TIMEOUT: Duration = Duration::from_secs(30);
@@ -104,6 +104,27 @@ impl Ctr {
                     .with_context(|| format!("bad pid {pid:?} in ctr task ps"))
             })
             .collect()
+    }
+
+    /// Starts `ctr events` and returns once it is subscribed (it has seen a namespace-label
+    /// update made for the purpose), so no later event can be missed.
+    pub fn subscribe_events(&self) -> Result<Running> {
+        let events = Running::start(self.command().arg("events"))?;
+        let marker = format!(
+            "probe-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        );
+        let label = format!("safehouse-it-events={marker}");
+        wait_for("ctr events to subscribe", Duration::from_secs(10), || {
+            self.run(&["namespaces", "label", &self.namespace, &label])?
+                .ok()?;
+            std::thread::sleep(Duration::from_millis(100));
+            Ok(events.stdout_so_far().contains(&marker).then_some(()))
+        })?;
+        Ok(events)
     }
 
     /// Best-effort removal of a container and its task, whatever state they are in.

@@ -4,16 +4,14 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use safehouse_integration::command::{wait_for, Running};
+use safehouse_integration::command::wait_for;
 use safehouse_integration::TestEnv;
 
 /// Create, start, exec added/started, paused, resumed, exit, delete: all published.
 pub fn task_events_published(env: &TestEnv) -> Result<()> {
     let id = env.id("events");
     env.scenario(&[&id], || {
-        let events = Running::start(env.ctr.command().arg("events"))?;
-        // `ctr events` subscribes asynchronously: give it a moment before the first event.
-        std::thread::sleep(Duration::from_millis(300));
+        let events = env.ctr.subscribe_events()?;
         env.ctr_run(&["-d"], &id, &["sleep", "1000"])?.ok()?;
         env.ctr
             .wait_status(&id, "RUNNING", Duration::from_secs(30))?;

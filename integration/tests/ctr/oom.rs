@@ -4,15 +4,14 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use safehouse_integration::command::{wait_for, Running};
+use safehouse_integration::command::wait_for;
 use safehouse_integration::TestEnv;
 
 /// 64 MiB limit, 400 MB allocated: killed (137), and `/tasks/oom` for the container.
 pub fn oom_kill_is_reported(env: &TestEnv) -> Result<()> {
     let id = env.id("oom");
     env.scenario(&[&id], || {
-        let events = Running::start(env.ctr.command().arg("events"))?;
-        std::thread::sleep(Duration::from_millis(300));
+        let events = env.ctr.subscribe_events()?;
         // The shell (the container's init) reads 400 MB into a variable: it is the process the
         // OOM killer picks, so the container itself dies.
         let out = env.ctr_run(
