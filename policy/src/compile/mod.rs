@@ -176,10 +176,13 @@ pub fn compile(
     };
 
     let mut out = spec.clone();
-    let root = out
-        .root_mut()
-        .as_mut()
-        .ok_or_else(|| refused(policy, "root", "is missing"))?;
+    let root = out.root_mut().as_mut().ok_or_else(|| {
+        refused(
+            policy,
+            "root",
+            format!("is missing; refused by policy {:?}", policy.metadata.name),
+        )
+    })?;
     let policy_ro = policy.spec.filesystem.rootfs == crate::manifest::RootfsMode::ReadOnly;
     root.set_readonly(Some(policy_ro || root.readonly().unwrap_or(false)));
 

@@ -86,7 +86,10 @@ pub(super) fn confine(
             return Err(refused(
                 policy,
                 field(&m),
-                "destination must be an absolute path without '..'",
+                format!(
+                    "destination must be an absolute path without '..'; refused by policy {:?}",
+                    policy.metadata.name
+                ),
             ));
         };
         if zone_dests.contains(&dest.as_str()) {
@@ -143,7 +146,7 @@ fn confine_bind(
         .unwrap_or_default();
     let Some(source) = normalize(&source) else {
         return Err(format!(
-            "bind mount source must be an absolute path without '..' (policy {name:?})"
+            "bind mount source must be an absolute path without '..'; refused by policy {name:?}"
         ));
     };
     let cri_file = CRI_FILES.contains(&dest) || CRI_SECRET_DIRS.iter().any(|d| is_within(dest, d));

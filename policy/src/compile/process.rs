@@ -19,10 +19,13 @@ pub(super) fn confine(policy: &AgentPolicy, spec: &mut Spec) -> Result<(), Compi
             "the policy's user is not a numeric uid:gid",
         )
     })?;
-    let process = spec
-        .process_mut()
-        .as_mut()
-        .ok_or_else(|| refused(policy, "process", "is missing"))?;
+    let process = spec.process_mut().as_mut().ok_or_else(|| {
+        refused(
+            policy,
+            "process",
+            format!("is missing; refused by policy {:?}", policy.metadata.name),
+        )
+    })?;
 
     let user = process.user_mut();
     user.set_uid(uid);
