@@ -4,7 +4,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use safehouse_integration::command::{run_with_input, wait_for};
 use safehouse_integration::host::is_alive;
 use safehouse_integration::pty::PtySession;
@@ -16,18 +16,31 @@ use safehouse_integration::TestEnv;
 pub fn terminal_session(env: &TestEnv) -> Result<()> {
     let id = env.id("tty");
     env.scenario(&[&id], || {
-        // ctr sizes the terminal just after start: ask for the size only after some input.
+        // Every empty line typed prints the size; "q" ends with 7. ctr sizes the terminal
+        // just after start and forwards resizes asynchronously, so poll by typing.
         let script = "[ -t 0 ] && [ -t 1 ] && echo IS-A-$((6*7)); read a; echo got:$a; \
-                      stty size; read b; stty size; exit 7";
+                      while read b; do [ \"$b\" = q ] && exit 7; stty size; done";
         let argv = env.run_argv(&["--rm", "-t"], &id, &["sh", "-c", script]);
         let mut session = PtySession::start(env.ctr.command().args(&argv), 33, 101)?;
         session.wait_for_text("IS-A-42", Duration::from_secs(30))?;
         session.type_text("ping\r")?;
-        session.wait_for_text("33 101", Duration::from_secs(10))?;
+        session.wait_for_text("got:ping", Duration::from_secs(10))?;
+        let size_shows = |session: &mut PtySession, size: &str| -> Result<()> {
+            wait_for(
+                &format!("stty size {size:?}"),
+                Duration::from_secs(10),
+                || {
+                    session.type_text("\r")?;
+                    std::thread::sleep(Duration::from_millis(200));
+                    Ok(session.screen().contains(size).then_some(()))
+                },
+            )
+            .with_context(|| format!("terminal so far:\n{}", session.screen()))
+        };
+        size_shows(&mut session, "33 101")?;
         session.resize(40, 120)?;
-        // ctr forwards the resize on SIGWINCH, asynchronously.
-        std::thread::sleep(Duration::from_millis(500));
-        session.type_text("again\r")?;
+        size_shows(&mut session, "40 120")?;
+        session.type_text("q\r")?;
         let out = session.wait(Duration::from_secs(30))?;
         ensure!(!out.timed_out, "terminal session hung:\n{}", out.text);
         ensure!(
