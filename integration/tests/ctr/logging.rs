@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
+use safehouse_integration::command::wait_for;
+use safehouse_integration::env::LEAK_GRACE;
 use safehouse_integration::suite::only_for;
 use safehouse_integration::{RuntimeKind, TestEnv};
 
@@ -15,8 +17,14 @@ pub fn shim_log_lines_name_their_container(env: &TestEnv) -> Result<()> {
     let id = env.id("logging");
     env.scenario(&[&id], || {
         env.ctr_run(&["--rm"], &id, &["true"])?.ok()?;
-        // containerd copies the shim's log asynchronously.
-        std::thread::sleep(Duration::from_millis(300));
+        // The shim has exited once nothing of the container is left; containerd copies its
+        // log asynchronously, so wait for the container's lines too.
+        env.leaks.assert_clean(&[&id], LEAK_GRACE)?;
+        wait_for("the shim's log lines", Duration::from_secs(5), || {
+            let text = std::fs::read_to_string(env.containerd.log_path())?;
+            Ok(text.contains(id.as_str()).then_some(()))
+        })?;
+        std::thread::sleep(Duration::from_millis(100));
         let text = std::fs::read_to_string(env.containerd.log_path())?;
         let shim_lines: Vec<&str> = text
             .lines()
