@@ -2,7 +2,7 @@
 //!
 //! An operator writes an `AgentPolicy` manifest (YAML or JSON) stating what an agent may do;
 //! this crate reads it with located findings ([`lint_str`], [`parse_str`], [`load_file`]),
-//! compiles it against the untrusted OCI spec containerd hands the shim ([`compile`]), explains
+//! compiles it against the untrusted OCI spec containerd hands the shim ([`compile()`]), explains
 //! it in plain sentences ([`explain()`]) and publishes its JSON Schema ([`json_schema`]).
 //! Everything but [`load_file`] is pure.
 
