@@ -133,7 +133,10 @@ impl Runsc {
         Ok((cmd, log))
     }
 
-    /// Runs a short command to completion, capturing stdout.
+    /// Runs a short command to completion. With `capture`, stdout is collected; stderr never
+    /// is (runsc's errors come from its json log). Output pipes are read asynchronously and
+    /// only briefly after the exit: a process runsc started (a pod container's gofer is started
+    /// by `runsc start`) may inherit them and never close them.
     async fn run(
         &self,
         id: &str,
@@ -141,11 +144,11 @@ impl Runsc {
         name: &str,
         sub: Vec<String>,
         stdio: Option<ChildStdio>,
+        capture: bool,
         deadline: Duration,
     ) -> Result<String> {
         let (mut cmd, log) = self.command(id, sb, &sub)?;
         let log_start = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-        let capture = stdio.is_none();
         match stdio {
             Some(s) => {
                 cmd.stdin(to_stdio(s.stdin))
@@ -154,8 +157,12 @@ impl Runsc {
             }
             None => {
                 cmd.stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped());
+                    .stdout(if capture {
+                        Stdio::piped()
+                    } else {
+                        Stdio::null()
+                    })
+                    .stderr(Stdio::null());
             }
         }
         tracing::debug!(
@@ -168,24 +175,16 @@ impl Runsc {
             .spawn(&mut cmd)
             .map_err(|e| ShimError::io(format!("run {}", self.binary.display()), e))?;
         drop(cmd);
-        let out = child.stdout.take();
-        let err = child.stderr.take();
-        let reader = tokio::task::spawn_blocking(move || {
-            use std::io::Read;
-            let mut o = String::new();
-            let mut e = String::new();
-            if let Some(mut out) = out {
-                let _ = out.read_to_string(&mut o);
-            }
-            if let Some(mut err) = err {
-                let _ = err.read_to_string(&mut e);
-            }
-            (o, e)
-        });
         let pid = child.id() as i32;
-        let exit = match tokio::time::timeout(deadline, exit).await {
-            Ok(Ok(exit)) => exit,
-            Ok(Err(_)) => {
+        let stdout = child
+            .stdout
+            .take()
+            .map(|o| tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(o)))
+            .transpose()
+            .map_err(|e| ShimError::io("watch runsc output", e))?;
+        let (exit, stdout) = match tokio::time::timeout(deadline, collect(exit, stdout)).await {
+            Ok((Ok(exit), out)) => (exit, out),
+            Ok((Err(_), _)) => {
                 return Err(ShimError::Internal(format!(
                     "runsc {name} {id}: lost its exit status"
                 )))
@@ -206,22 +205,10 @@ impl Runsc {
                 });
             }
         };
-        let (stdout, stderr) = if capture {
-            reader.await.unwrap_or_default()
-        } else {
-            (String::new(), String::new())
-        };
         if exit.code == 0 {
             return Ok(stdout);
         }
         let message = last_error(&log, log_start)
-            .or_else(|| {
-                stderr
-                    .lines()
-                    .rev()
-                    .find(|l| !l.trim().is_empty())
-                    .map(str::to_string)
-            })
             .unwrap_or_else(|| format!("exited with status {}", exit.code));
         Err(ShimError::Runsc {
             command: name.into(),
@@ -250,7 +237,7 @@ impl Runsc {
             sub.push(format!("--console-socket={}", sock.display()));
         }
         sub.push(id.to_string());
-        self.run(id, sb, "create", sub, Some(stdio), CREATE)
+        self.run(id, sb, "create", sub, Some(stdio), false, CREATE)
             .await
             .map(drop)
     }
@@ -263,6 +250,7 @@ impl Runsc {
             "start",
             vec!["start".into(), id.into()],
             None,
+            false,
             SHORT,
         )
         .await
@@ -287,7 +275,9 @@ impl Runsc {
         }
         sub.push(id.into());
         sub.push(signal.to_string());
-        self.run(id, sb, "kill", sub, None, SHORT).await.map(drop)
+        self.run(id, sb, "kill", sub, None, false, SHORT)
+            .await
+            .map(drop)
     }
 
     /// `runsc delete --force`: stops the container (and the sandbox, for its root container).
@@ -298,6 +288,7 @@ impl Runsc {
             "delete",
             vec!["delete".into(), "--force".into(), id.into()],
             None,
+            false,
             SHORT,
         )
         .await
@@ -307,9 +298,17 @@ impl Runsc {
     /// `runsc pause` / `runsc resume`.
     pub async fn pause(&self, id: &str, resume: bool, sb: &SandboxFlags) -> Result<()> {
         let name = if resume { "resume" } else { "pause" };
-        self.run(id, sb, name, vec![name.into(), id.into()], None, SHORT)
-            .await
-            .map(drop)
+        self.run(
+            id,
+            sb,
+            name,
+            vec![name.into(), id.into()],
+            None,
+            false,
+            SHORT,
+        )
+        .await
+        .map(drop)
     }
 
     /// `runsc ps --format json`: the sandbox-internal pids of the container.
@@ -321,6 +320,7 @@ impl Runsc {
                 "ps",
                 vec!["ps".into(), "--format=json".into(), id.into()],
                 None,
+                true,
                 SHORT,
             )
             .await?;
@@ -341,6 +341,7 @@ impl Runsc {
                 "events",
                 vec!["events".into(), "--stats".into(), id.into()],
                 None,
+                true,
                 SHORT,
             )
             .await?;
@@ -409,6 +410,41 @@ impl Runsc {
     pub fn remove_log(&self, id: &str) {
         let _ = std::fs::remove_file(self.log_path(id));
     }
+}
+
+/// How long to keep reading a command's output after it exited.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
+
+/// Reads `stdout` while waiting for the exit, then drains it briefly.
+async fn collect(
+    mut exit: oneshot::Receiver<Exit>,
+    stdout: Option<tokio::net::unix::pipe::Receiver>,
+) -> (std::result::Result<Exit, oneshot::error::RecvError>, String) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let Some(mut out) = stdout else {
+        return (exit.await, String::new());
+    };
+    let mut chunk = [0u8; 8192];
+    let status = loop {
+        tokio::select! {
+            status = &mut exit => break status,
+            n = out.read(&mut chunk) => match n {
+                Ok(0) | Err(_) => break exit.await,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            },
+        }
+    };
+    let drain = async {
+        while let Ok(n) = out.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, drain).await;
+    (status, String::from_utf8_lossy(&buf).into_owned())
 }
 
 #[derive(Deserialize)]

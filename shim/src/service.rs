@@ -88,13 +88,15 @@ impl Shim for SafehouseShim {
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
         let reaper = Reaper::default();
         tokio::spawn(reaper.clone().run());
-        TaskService::new(
+        let service = TaskService::new(
             &self.namespace,
             publisher,
             reaper,
             Node::default(),
             self.exit.clone(),
-        )
+        );
+        service.exit_on_sigterm_when_idle();
+        service
     }
 }
 

@@ -42,7 +42,7 @@ pub struct TaskService {
     publisher: Arc<RemotePublisher>,
     reaper: Reaper,
     node: Node,
-    containers: Mutex<HashMap<String, Arc<Container>>>,
+    containers: Arc<Mutex<HashMap<String, Arc<Container>>>>,
     exit: Arc<ExitSignal>,
 }
 
@@ -79,9 +79,32 @@ impl TaskService {
             publisher: Arc::new(publisher),
             reaper,
             node,
-            containers: Mutex::new(HashMap::new()),
+            containers: Arc::new(Mutex::new(HashMap::new())),
             exit,
         }
+    }
+
+    /// SIGTERM ends an idle shim (no container left); one that still serves containers keeps
+    /// them: only containerd's Shutdown, or their deletion, ends it.
+    pub fn exit_on_sigterm_when_idle(&self) {
+        let containers = self.containers.clone();
+        let exit = self.exit.clone();
+        tokio::spawn(async move {
+            let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                return;
+            };
+            while term.recv().await.is_some() {
+                let left = containers.lock().unwrap_or_else(|p| p.into_inner()).len();
+                if left == 0 {
+                    info!("SIGTERM with no container left: exiting");
+                    exit.signal();
+                    return;
+                }
+                warn!(left, "SIGTERM ignored: containers still running");
+            }
+        });
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Container>>> {

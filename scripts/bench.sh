@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Safehouse benchmarks: cold start and shim memory, each against baselines measured in the same
+# run. Prints medians, spreads and ratios; asserts nothing. Usage: scripts/bench.sh [RUNS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+RUNS=${1:-${BENCH_RUNS:-15}}
+SH_LAB=/tmp/safehouse-bench
+SH_NS=bench
+SH_SOCK="$SH_LAB/containerd.sock"
+[ "$(id -u)" -eq 0 ] || die "benchmarks need root"
+
+shim_dir=$(pwd)/target/release
+[ -x "$shim_dir/containerd-shim-safehouse-v2" ] || die "build first: make build"
+trap 'stop_containerd' EXIT
+stop_containerd
+rm -rf "$SH_LAB/state" "$SH_LAB/root"
+start_containerd "$shim_dir"
+import_image
+
+# The Go shim driving the same runsc (containerd's own baseline for "gVisor via runc shim").
+cat > "$SH_LAB/runsc-wrap" <<'W'
+#!/bin/sh
+exec /usr/bin/runsc --network=none "$@"
+W
+chmod +x "$SH_LAB/runsc-wrap"
+
+# A bundle for runsc directly (the floor).
+bundle="$SH_LAB/bundle"
+if [ ! -x "$bundle/rootfs/bin/true" ]; then
+  rm -rf "$bundle"; mkdir -p "$bundle/rootfs/bin"
+  cp /bin/busybox "$bundle/rootfs/bin/busybox"; ln -sf busybox "$bundle/rootfs/bin/true"
+  (cd "$bundle" && runsc spec -- /bin/true)
+fi
+
+variant_cmd() {
+  case $1 in
+    safehouse) ctr_ run --rm --runtime io.containerd.safehouse.v2 "$SH_IMAGE" b-sh true ;;
+    go-shim-runsc) ctr_ run --rm --runtime io.containerd.runc.v2 --runc-binary "$SH_LAB/runsc-wrap" "$SH_IMAGE" b-go true ;;
+    runsc-direct) runsc --root="$SH_LAB/runsc-root" --network=none run --bundle "$bundle" b-rd ;;
+    runc) ctr_ run --rm --runtime io.containerd.runc.v2 "$SH_IMAGE" b-rc true ;;
+  esac
+}
+
+variants=(safehouse go-shim-runsc runsc-direct runc)
+declare -A samples
+log "cold start: $RUNS runs of each, interleaved (ctr run --rm IMAGE ID true)"
+for v in "${variants[@]}"; do variant_cmd "$v" >/dev/null 2>&1 || die "$v does not run; see $SH_LAB/containerd.log"; done
+for i in $(seq 1 "$RUNS"); do
+  for v in "${variants[@]}"; do
+    t0=$(date +%s%N); variant_cmd "$v" >/dev/null 2>&1; t1=$(date +%s%N)
+    samples[$v]+="$(( (t1 - t0) / 1000 )) "
+  done
+done
+
+# stats "list of microseconds" -> "median p10 p90" in ms
+stats() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {m=a[int((NR+1)/2)]; p10=a[int(NR*0.1)+1]; p90=a[int(NR*0.9)>0?int(NR*0.9):1]; printf "%.1f %.1f %.1f\n", m/1000, p10/1000, p90/1000}'; }
+declare -A median
+printf '\n%-16s %10s %10s %10s\n' variant median_ms p10_ms p90_ms
+for v in "${variants[@]}"; do
+  read -r m p10 p90 < <(echo "${samples[$v]}" | stats)
+  median[$v]=$m
+  printf '%-16s %10s %10s %10s\n' "$v" "$m" "$p10" "$p90"
+done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+echo
+echo "ratio safehouse / go-shim-runsc: $(ratio "${median[safehouse]}" "${median[go-shim-runsc]}")  (target <= 0.80)"
+echo "ratio safehouse / runsc-direct:  $(ratio "${median[safehouse]}" "${median[runsc-direct]}")"
+echo "ratio safehouse / runc:          $(ratio "${median[safehouse]}" "${median[runc]}")"
+
+# Shim memory: RSS, PSS and anonymous PSS of the shim processes, per container.
+mem_of() { awk '/^Rss:/{r=$2} /^Pss:/{p=$2} /^Pss_Anon:/{a=$2} END {print r+0, p+0, a+0}' "/proc/$1/smaps_rollup"; }
+measure_mem() { # runtime-args... ; prints "rss pss anon" summed over shim processes, KiB
+  local pattern=$1 total_r=0 total_p=0 total_a=0
+  for pid in $(pgrep -f "$pattern" || true); do
+    read -r r p a < <(mem_of "$pid"); total_r=$((total_r + r)); total_p=$((total_p + p)); total_a=$((total_a + a))
+  done
+  echo "$total_r $total_p $total_a"
+}
+run_detached() { # name count grouped runtime-args...
+  local name=$1 n=$2 grouped=$3; shift 3
+  for i in $(seq 1 "$n"); do
+    local ann=()
+    if [ "$grouped" = yes ]; then
+      if [ "$i" = 1 ]; then ann=(--annotation io.kubernetes.cri.container-type=sandbox --annotation "io.kubernetes.cri.sandbox-id=$name-1")
+      else ann=(--annotation io.kubernetes.cri.container-type=container --annotation "io.kubernetes.cri.sandbox-id=$name-1"); fi
+    fi
+    ctr_ run -d "${ann[@]}" "$@" "$SH_IMAGE" "$name-$i" sleep 600 >/dev/null
+  done
+}
+cleanup_tasks() { for t in $(ctr_ tasks ls -q); do ctr_ tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true; done; sleep 1; for t in $(ctr_ tasks ls -q); do ctr_ tasks delete -f "$t" >/dev/null 2>&1 || true; done; for c in $(ctr_ containers ls -q); do ctr_ containers rm "$c" >/dev/null 2>&1 || true; done; }
+
+echo
+log "shim memory (KiB, summed over shim processes, divided per container)"
+printf '%-34s %8s %8s %8s %8s\n' case shims rss pss pss_anon
+declare -A pss
+for n in 1 10; do
+  for kind in safehouse go; do
+    for grouped in no yes; do
+      [ "$n" = 1 ] && [ "$grouped" = yes ] && continue
+      if [ "$kind" = safehouse ]; then
+        run_detached "m$kind$n$grouped" "$n" "$grouped" --runtime io.containerd.safehouse.v2
+        pat="containerd-shim-safehouse-v2 -namespace $SH_NS"
+      else
+        run_detached "m$kind$n$grouped" "$n" "$grouped" --runtime io.containerd.runc.v2 --runc-binary "$SH_LAB/runsc-wrap"
+        pat="containerd-shim-runc-v2 -namespace $SH_NS"
+      fi
+      sleep 1
+      shims=$(pgrep -fc "$pat" || true)
+      read -r r p a < <(measure_mem "$pat")
+      label="$kind n=$n $([ "$grouped" = yes ] && echo pod || echo separate)"
+      printf '%-34s %8s %8s %8s %8s\n' "$label" "$shims" "$((r / n))" "$((p / n))" "$((a / n))"
+      pss["$kind-$n-$grouped"]=$((p / n))
+      cleanup_tasks
+    done
+  done
+done
+echo
+echo "ratio PSS per container safehouse / go-shim (1 container):   $(ratio "${pss[safehouse-1-no]}" "${pss[go-1-no]}")  (target <= 0.25)"
+echo "ratio PSS per container safehouse / go-shim (10 separate):   $(ratio "${pss[safehouse-10-no]}" "${pss[go-10-no]}")"
+echo "ratio PSS per container safehouse / go-shim (10 in one pod): $(ratio "${pss[safehouse-10-yes]}" "${pss[go-10-yes]}")"
