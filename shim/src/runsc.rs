@@ -60,6 +60,16 @@ fn to_stdio(fd: Option<OwnedFd>) -> Stdio {
     fd.map(Stdio::from).unwrap_or_else(Stdio::null)
 }
 
+/// What a runsc command's stdio is.
+enum CommandIo {
+    /// The container's stdio, handed to runsc to donate to the sandbox.
+    Donate(ChildStdio),
+    /// Nothing is read (errors come from runsc's json log).
+    Discard,
+    /// stdout is collected.
+    Capture,
+}
+
 /// One `runsc` binary with its node-wide flags and state root (per containerd namespace).
 #[derive(Clone)]
 pub struct Runsc {
@@ -143,25 +153,25 @@ impl Runsc {
         sb: &SandboxFlags,
         name: &str,
         sub: Vec<String>,
-        stdio: Option<ChildStdio>,
-        capture: bool,
+        io: CommandIo,
         deadline: Duration,
     ) -> Result<String> {
         let (mut cmd, log) = self.command(id, sb, &sub)?;
         let log_start = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-        match stdio {
-            Some(s) => {
+        match io {
+            CommandIo::Donate(s) => {
                 cmd.stdin(to_stdio(s.stdin))
                     .stdout(to_stdio(s.stdout))
                     .stderr(to_stdio(s.stderr));
             }
-            None => {
+            CommandIo::Discard => {
                 cmd.stdin(Stdio::null())
-                    .stdout(if capture {
-                        Stdio::piped()
-                    } else {
-                        Stdio::null()
-                    })
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+            }
+            CommandIo::Capture => {
+                cmd.stdin(Stdio::null())
+                    .stdout(Stdio::piped())
                     .stderr(Stdio::null());
             }
         }
@@ -237,7 +247,7 @@ impl Runsc {
             sub.push(format!("--console-socket={}", sock.display()));
         }
         sub.push(id.to_string());
-        self.run(id, sb, "create", sub, Some(stdio), false, CREATE)
+        self.run(id, sb, "create", sub, CommandIo::Donate(stdio), CREATE)
             .await
             .map(drop)
     }
@@ -249,8 +259,7 @@ impl Runsc {
             sb,
             "start",
             vec!["start".into(), id.into()],
-            None,
-            false,
+            CommandIo::Discard,
             SHORT,
         )
         .await
@@ -275,7 +284,7 @@ impl Runsc {
         }
         sub.push(id.into());
         sub.push(signal.to_string());
-        self.run(id, sb, "kill", sub, None, false, SHORT)
+        self.run(id, sb, "kill", sub, CommandIo::Discard, SHORT)
             .await
             .map(drop)
     }
@@ -287,8 +296,7 @@ impl Runsc {
             sb,
             "delete",
             vec!["delete".into(), "--force".into(), id.into()],
-            None,
-            false,
+            CommandIo::Discard,
             SHORT,
         )
         .await
@@ -303,8 +311,7 @@ impl Runsc {
             sb,
             name,
             vec![name.into(), id.into()],
-            None,
-            false,
+            CommandIo::Discard,
             SHORT,
         )
         .await
@@ -319,8 +326,7 @@ impl Runsc {
                 sb,
                 "ps",
                 vec!["ps".into(), "--format=json".into(), id.into()],
-                None,
-                true,
+                CommandIo::Capture,
                 SHORT,
             )
             .await?;
@@ -340,8 +346,7 @@ impl Runsc {
                 sb,
                 "events",
                 vec!["events".into(), "--stats".into(), id.into()],
-                None,
-                true,
+                CommandIo::Capture,
                 SHORT,
             )
             .await?;
