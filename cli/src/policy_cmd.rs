@@ -188,8 +188,8 @@ fn compile_cmd(source: &PolicySource, spec_path: &Path, flags: bool) -> Result<E
     println!("{}", serde_json::to_string_pretty(&value)?);
     if flags {
         let mut err = std::io::stderr().lock();
-        for (k, v) in &compiled.runsc_flags {
-            writeln!(err, "runsc flag: --{k}={v}")?;
+        for arg in compiled.runsc_args() {
+            writeln!(err, "runsc flag: {arg}")?;
         }
         let plan = &compiled.audit_plan;
         writeln!(

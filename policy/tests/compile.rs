@@ -107,6 +107,7 @@ fn ctr_run_spec_is_confined_by_code_interpreter() {
         Some("none")
     );
     assert_eq!(c.network, NetworkPlan::None);
+    assert_eq!(c.runsc_args(), ["--network=none"]);
     assert_eq!(c.timeout, Some(Duration::from_secs(300)));
     assert_eq!(
         c.tools,

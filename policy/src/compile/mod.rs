@@ -92,6 +92,16 @@ pub struct CompiledPolicy {
     pub digest: String,
 }
 
+impl CompiledPolicy {
+    /// The runsc flags as `--name=value` arguments, sorted by name.
+    pub fn runsc_args(&self) -> Vec<String> {
+        self.runsc_flags
+            .iter()
+            .map(|(k, v)| format!("--{k}={v}"))
+            .collect()
+    }
+}
+
 /// Why a spec cannot run under a policy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CompileError {
