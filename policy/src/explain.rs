@@ -143,3 +143,50 @@ fn exec_phrase(exec: bool) -> &'static str {
         "nothing there can be executed"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{HostZone, NetworkMode};
+
+    #[test]
+    fn strict_default_says_what_is_forbidden() {
+        let text = explain(&AgentPolicy::strict_default()).join("\n");
+        for want in [
+            "cannot write to the container image's filesystem",
+            "/tmp, gone when the sandbox ends; nothing there can be executed",
+            "no network access",
+            "uid 65534, gid 65534",
+            "no Linux capabilities",
+            "cannot gain privileges",
+            "may run any executable",
+            "512Mi of memory",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn open_network_exec_zone_and_allowlist_are_spelled_out() {
+        let mut p = AgentPolicy::strict_default();
+        p.spec.network.mode = NetworkMode::Open;
+        p.spec.filesystem.outputs.push(HostZone {
+            source: "/srv/out".into(),
+            path: "/out".into(),
+            exec: true,
+        });
+        let text = explain(&p).join("\n");
+        assert!(text.contains("including cloud metadata"), "{text}");
+        assert!(
+            text.contains("/srv/out at /out; files there may be executed"),
+            "{text}"
+        );
+        p.spec.network.mode = NetworkMode::Allowlist;
+        p.spec.network.egress = vec!["pypi.org:443".into()];
+        let text = explain(&p).join("\n");
+        assert!(
+            text.contains("only to pypi.org:443") && text.contains("refused"),
+            "{text}"
+        );
+    }
+}
