@@ -153,3 +153,47 @@ pub fn checkpoint_answers_clearly(env: &TestEnv) -> Result<()> {
         kill_and_remove(env, &id)
     })
 }
+
+/// Kill reaches one exec process only (`--exec-id`), then every process (`--all`).
+pub fn kill_exec_then_all(env: &TestEnv) -> Result<()> {
+    let id = env.id("killexec");
+    env.scenario(&[&id], || {
+        // A TERM trap keeps the init alive through the targeted kill.
+        start_detached(env, &id, "trap '' TERM; sleep 1001 & wait; sleep 1000")?;
+        let fifo = env.containerd.fifo_dir().display().to_string();
+        let argv = [
+            "task",
+            "exec",
+            "-d",
+            "--fifo-dir",
+            &fifo,
+            "--exec-id",
+            "victim",
+            &id,
+            "sleep",
+            "1003",
+        ];
+        env.ctr.run(&argv)?.ok()?;
+        let before = wait_pids(env, &id, 3)?;
+        env.ctr
+            .run(&["task", "kill", "--exec-id", "victim", "-s", "SIGKILL", &id])?
+            .ok()?;
+        let after = wait_pids(env, &id, 2)?;
+        ensure!(
+            after.iter().all(|p| before.contains(p)),
+            "killing the exec changed other pids: before {before:?}, after {after:?}"
+        );
+        let task = env.ctr.task(&id)?;
+        ensure!(
+            task.as_ref().map(|t| t.status.as_str()) == Some("RUNNING"),
+            "killing an exec process must leave the task running: {task:?}"
+        );
+        env.ctr
+            .run(&["task", "kill", "--all", "-s", "SIGKILL", &id])?
+            .ok()?;
+        env.ctr.wait_status(&id, "STOPPED", START)?;
+        env.ctr.run(&["task", "delete", &id])?.ok()?;
+        env.ctr.run(&["containers", "rm", &id])?.ok()?;
+        Ok(())
+    })
+}

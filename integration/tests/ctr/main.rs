@@ -76,6 +76,10 @@ fn main() -> ExitCode {
             run: control::ps_lists_processes,
         },
         Scenario {
+            name: "control::kill_exec_then_all",
+            run: control::kill_exec_then_all,
+        },
+        Scenario {
             name: "control::checkpoint_answers_clearly",
             run: control::checkpoint_answers_clearly,
         },
