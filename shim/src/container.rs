@@ -114,6 +114,12 @@ pub struct Container {
     pub init: Arc<Process>,
     /// Exec processes by exec id.
     pub execs: Mutex<HashMap<String, Arc<Process>>>,
+    /// Name of the agent policy confining it.
+    pub policy: String,
+    /// `sha256:` digest of that policy.
+    pub policy_digest: String,
+    /// The policy's wall-clock limit.
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl Container {

@@ -1,6 +1,7 @@
 //! `containerd-shim-safehouse-v2`: containerd starts it for the `io.containerd.safehouse.v2`
 //! runtime; every container it serves runs in a gVisor sandbox.
 
+mod confine;
 mod container;
 mod error;
 mod logging;

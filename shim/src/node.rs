@@ -19,7 +19,6 @@ pub struct RuntimeEnv {
     /// The config.
     pub config: RuntimeConfig,
     /// The probed runsc (its version decides which features policies may use).
-    #[allow(dead_code)]
     pub probe: RunscProbe,
     /// Global flags for every runsc invocation.
     pub global: Vec<String>,

@@ -24,6 +24,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tracing::{info, instrument, warn};
 
+use crate::confine;
 use crate::container::{self, Container, PersistedState, SandboxRole};
 use crate::error::{Result, ShimError};
 use crate::node::Node;
@@ -154,8 +155,29 @@ impl TaskService {
         })?;
 
         let runsc = env.runsc(&self.namespace, &self.reaper, &bundle)?;
+        let config_name = env
+            .config
+            .source
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "<built-in defaults>".into());
+        let (policy, source) = confine::select(&env.config.policy, &spec, &config_name)?;
+        let compiled = confine::confine_bundle(&policy, &bundle, &spec_text)?;
+        info!(container = %id, policy = %compiled.name, digest = %compiled.digest, ?source, "policy applied");
         let (sandbox_id, flags) = match container::sandbox_role(&spec, &id) {
-            SandboxRole::Root => (id.clone(), env.sandbox_flags(container::netns_path(&spec))?),
+            SandboxRole::Root => {
+                let mut flags = if confine::allows_network(&compiled) {
+                    env.sandbox_flags(container::netns_path(&spec))?
+                } else {
+                    SandboxFlags {
+                        network: "none".into(),
+                        netns: None,
+                        extra: Vec::new(),
+                    }
+                };
+                flags.extra = confine::policy_flags(&compiled, &env.probe)?;
+                (id.clone(), flags)
+            }
             SandboxRole::Join(sb) => {
                 let root = self.get(&sb).map_err(|_| {
                     ShimError::FailedPrecondition(format!(
@@ -211,14 +233,24 @@ impl TaskService {
             rootfs_mounted,
             init: init.clone(),
             execs: Mutex::new(HashMap::new()),
+            policy: compiled.name.clone(),
+            policy_digest: compiled.digest.clone(),
+            timeout: compiled.timeout,
         });
         if c.is_root() {
             // The sandbox process is re-parented to us; its exit status is the container's.
             let rx = self.reaper.watch(pid as i32);
             self.watch_exit(c.clone(), init.clone(), rx);
         }
+        info!(
+            container = %id,
+            sandbox = %sandbox_id,
+            pid,
+            policy = %c.policy,
+            digest = %c.policy_digest,
+            "created"
+        );
         self.map().insert(id.clone(), c);
-        info!(container = %id, sandbox = %sandbox_id, pid, "created");
 
         let mut e = ev::TaskCreate::new();
         e.container_id = id;
@@ -434,8 +466,31 @@ impl TaskService {
             });
             self.watch_exit(c.clone(), p.clone(), rx);
         }
+        if let Some(limit) = c.timeout {
+            self.enforce_timeout(c.clone(), p.clone(), limit);
+        }
         info!(container = %c.id, pid, "started");
         Ok(pid)
+    }
+
+    /// Kills the container when its policy's wall-clock limit is reached.
+    fn enforce_timeout(&self, c: Arc<Container>, p: Arc<Process>, limit: Duration) {
+        tokio::spawn(async move {
+            if tokio::time::timeout(limit, p.wait()).await.is_ok() {
+                return;
+            }
+            warn!(
+                container = %c.id,
+                policy = %c.policy,
+                limit_s = limit.as_secs_f64(),
+                "timeout: the policy's wall-clock limit was reached; killing the container"
+            );
+            if let Err(e) = c.runsc.kill(&c.id, 9, true, None, &c.flags).await {
+                if p.status() != Status::Stopped {
+                    warn!(container = %c.id, "kill at timeout: {e}");
+                }
+            }
+        });
     }
 
     async fn start_exec(&self, c: &Arc<Container>, p: &Arc<Process>) -> Result<u32> {

@@ -1,0 +1,212 @@
+//! Choosing a container's agent policy and confining its spec with it.
+//!
+//! The spec containerd hands over is untrusted; the policy is the operator's. The policy comes
+//! from the `safehouse.dev/policy` annotation (a name in `[policy] dir`, if the operator made it
+//! selectable), else `[policy] default`, else the built-in strict default. Compilation is the
+//! policy crate's pure function; this module only does the I/O around it. A policy that cannot
+//! be applied fails Create: Safehouse never runs a container open instead.
+
+use std::path::{Path, PathBuf};
+
+use runsc_config::{PolicySection, RunscProbe};
+use safehouse_policy::{compile, AgentPolicy, CompileContext, CompiledPolicy, NetworkPlan};
+use serde_json::Value;
+
+use crate::error::{Result, ShimError};
+
+/// The annotation (pod or container) that selects a policy by name.
+pub const SELECT_ANNOTATION: &str = "safehouse.dev/policy";
+
+/// Where a container's policy came from, for logs and audit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// Selected by annotation from the policy directory.
+    Annotation(PathBuf),
+    /// The runtime config's default policy file.
+    ConfigDefault(PathBuf),
+    /// The built-in strict default.
+    BuiltIn,
+}
+
+/// Picks the policy for a spec.
+pub fn select(
+    section: &PolicySection,
+    spec: &Value,
+    config: &str,
+) -> Result<(AgentPolicy, PolicySource)> {
+    if let Some(name) = spec["annotations"][SELECT_ANNOTATION]
+        .as_str()
+        .filter(|n| !n.is_empty())
+    {
+        let valid = name.len() <= 253
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            && !name.starts_with('.');
+        if !valid {
+            return Err(ShimError::InvalidArgument(format!(
+                "annotation {SELECT_ANNOTATION}={name:?}: not a policy name (lowercase letters, digits, '-', '.')"
+            )));
+        }
+        let Some(dir) = &section.dir else {
+            return Err(ShimError::InvalidArgument(format!(
+                "annotation {SELECT_ANNOTATION}={name:?}: runtime config {config} names no [policy] dir to select from"
+            )));
+        };
+        if !section.selectable.is_empty() && !section.selectable.iter().any(|s| s == name) {
+            return Err(ShimError::InvalidArgument(format!(
+                "annotation {SELECT_ANNOTATION}={name:?}: policy is not in [policy] selectable of {config}"
+            )));
+        }
+        let path = ["yaml", "yml", "json"]
+            .iter()
+            .map(|ext| dir.join(format!("{name}.{ext}")))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                ShimError::InvalidArgument(format!(
+                    "annotation {SELECT_ANNOTATION}={name:?}: no policy {name}.yaml or {name}.json in {}",
+                    dir.display()
+                ))
+            })?;
+        return Ok((load(&path)?, PolicySource::Annotation(path)));
+    }
+    if let Some(path) = &section.default {
+        return Ok((load(path)?, PolicySource::ConfigDefault(path.clone())));
+    }
+    Ok((AgentPolicy::strict_default(), PolicySource::BuiltIn))
+}
+
+fn load(path: &Path) -> Result<AgentPolicy> {
+    safehouse_policy::load_file(path).map_err(|e| ShimError::InvalidArgument(e.to_string()))
+}
+
+/// Compiles `policy` against the bundle's spec and writes the confined spec back.
+pub fn confine_bundle(
+    policy: &AgentPolicy,
+    bundle: &Path,
+    spec_bytes: &[u8],
+) -> Result<CompiledPolicy> {
+    let path = bundle.join("config.json");
+    let spec: oci_spec::runtime::Spec = serde_json::from_slice(spec_bytes).map_err(|e| {
+        ShimError::InvalidArgument(format!(
+            "{}: not a valid OCI runtime spec: {e}",
+            path.display()
+        ))
+    })?;
+    let compiled = compile(policy, &spec, &CompileContext::default()).map_err(|e| {
+        ShimError::InvalidArgument(format!("refused by policy {:?}: {e}", e.policy()))
+    })?;
+    let out = serde_json::to_vec_pretty(&compiled.spec)
+        .map_err(|e| ShimError::Internal(format!("serialise confined spec: {e}")))?;
+    let tmp = bundle.join(".config.json.safehouse");
+    std::fs::write(&tmp, out).map_err(|e| ShimError::io(format!("write {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, &path)
+        .map_err(|e| ShimError::io(format!("replace {}", path.display()), e))?;
+    Ok(compiled)
+}
+
+/// The extra global runsc flags a compiled policy asks for (the network flag is decided with
+/// the container's namespace by the caller), checked against the installed runsc.
+pub fn policy_flags(compiled: &CompiledPolicy, probe: &RunscProbe) -> Result<Vec<String>> {
+    let mut flags = Vec::new();
+    for (name, value) in &compiled.runsc_flags {
+        if name == "network" {
+            continue;
+        }
+        if !probe.knows_flag(name) {
+            return Err(ShimError::FailedPrecondition(format!(
+                "policy {:?} needs runsc flag --{name}, which runsc {} does not have",
+                compiled.name, probe.version
+            )));
+        }
+        flags.push(format!("--{name}={value}"));
+    }
+    Ok(flags)
+}
+
+/// Whether the policy lets the sandbox use a network namespace it was given.
+pub fn allows_network(compiled: &CompiledPolicy) -> bool {
+    compiled.network == NetworkPlan::Open
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn section(dir: Option<&Path>, selectable: &[&str]) -> PolicySection {
+        PolicySection {
+            default: None,
+            dir: dir.map(Path::to_path_buf),
+            selectable: selectable.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    const OPEN: &str = "apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: web\nspec:\n  network:\n    mode: open\n";
+
+    #[test]
+    fn no_annotation_and_no_config_means_strict_default() {
+        let (p, src) = select(&section(None, &[]), &json!({}), "c.toml").expect("default");
+        assert_eq!(src, PolicySource::BuiltIn);
+        assert_eq!(p.metadata.name, safehouse_policy::STRICT_DEFAULT_NAME);
+    }
+
+    #[test]
+    fn annotation_selects_from_the_directory_only_when_allowed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("web.yaml"), OPEN).expect("write");
+        let spec = json!({"annotations": {SELECT_ANNOTATION: "web"}});
+        let (p, src) =
+            select(&section(Some(dir.path()), &[]), &spec, "c.toml").expect("selectable");
+        assert_eq!(p.metadata.name, "web");
+        assert!(matches!(src, PolicySource::Annotation(_)));
+        let err = select(&section(Some(dir.path()), &["other"]), &spec, "c.toml")
+            .expect_err("not listed");
+        assert!(
+            err.to_string().contains("not in [policy] selectable"),
+            "{err}"
+        );
+        let err = select(&section(None, &[]), &spec, "c.toml").expect_err("no dir");
+        assert!(err.to_string().contains("no [policy] dir"), "{err}");
+        let missing = json!({"annotations": {SELECT_ANNOTATION: "nope"}});
+        assert!(select(&section(Some(dir.path()), &[]), &missing, "c.toml").is_err());
+        let traversal = json!({"annotations": {SELECT_ANNOTATION: "../etc/passwd"}});
+        assert!(select(&section(Some(dir.path()), &[]), &traversal, "c.toml").is_err());
+    }
+
+    #[test]
+    fn confines_a_ctr_spec_and_refuses_a_host_mount() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+                "capabilities": {"bounding": ["CAP_SYS_ADMIN"], "effective": ["CAP_SYS_ADMIN"], "permitted": ["CAP_SYS_ADMIN"]}},
+            "root": {"path": "rootfs"},
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}]}
+        });
+        let bytes = serde_json::to_vec(&spec).expect("json");
+        std::fs::write(dir.path().join("config.json"), &bytes).expect("write");
+        let compiled =
+            confine_bundle(&AgentPolicy::strict_default(), dir.path(), &bytes).expect("confined");
+        let written: Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).expect("read"))
+                .expect("json");
+        assert_eq!(written["root"]["readonly"], true);
+        assert_ne!(
+            written["process"]["user"]["uid"], 0,
+            "strict default is not root"
+        );
+        assert_eq!(
+            written["annotations"]["safehouse.dev/policy"],
+            compiled.name.as_str()
+        );
+        assert!(!allows_network(&compiled));
+
+        let mut bad = spec.clone();
+        bad["mounts"] = json!([{"destination": "/host", "source": "/etc", "type": "bind", "options": ["rbind"]}]);
+        let bytes = serde_json::to_vec(&bad).expect("json");
+        let err = confine_bundle(&AgentPolicy::strict_default(), dir.path(), &bytes)
+            .expect_err("host mount refused");
+        assert!(err.to_string().contains("/host"), "{err}");
+    }
+}
