@@ -5,6 +5,8 @@
 //!
 //! Nothing here contacts anything but loopback and namespaces it creates itself.
 
+#![warn(missing_docs)]
+
 pub mod command;
 pub mod containerd;
 pub mod ctr;
