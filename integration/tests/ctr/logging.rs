@@ -9,9 +9,9 @@ use safehouse_integration::env::LEAK_GRACE;
 use safehouse_integration::suite::only_for;
 use safehouse_integration::{RuntimeKind, TestEnv};
 
-/// After a container ran, containerd's log holds the shim's lines for it, and no shim line
-/// (anything not written by containerd itself, whose lines start with `time="`) lacks a
-/// container id of this run.
+/// After a container ran, containerd's log holds the shim's lines for it, at debug level
+/// (`-debug`), and no shim line (anything not written by containerd itself, whose lines start
+/// with `time="`) lacks a container id of this run.
 pub fn shim_log_lines_name_their_container(env: &TestEnv) -> Result<()> {
     only_for(env, RuntimeKind::Safehouse)?;
     let id = env.id("logging");
@@ -34,6 +34,13 @@ pub fn shim_log_lines_name_their_container(env: &TestEnv) -> Result<()> {
             shim_lines.iter().any(|l| l.contains(&id)),
             "no shim log line mentions {id} in {}",
             env.containerd.log_path().display()
+        );
+        // containerd runs at debug level here, so it starts shims with `-debug`.
+        ensure!(
+            shim_lines
+                .iter()
+                .any(|l| l.contains(&id) && l.contains("DEBUG")),
+            "containerd logs at debug level but the shim wrote no DEBUG line for {id}"
         );
         let run_ids = format!("sfh{}x", std::process::id());
         let anonymous: Vec<&str> = shim_lines
