@@ -202,9 +202,9 @@ impl TestEnv {
         Ok(())
     }
 
-    /// Stops everything; returns what had to be cleaned by force. Keeps containerd's log in
+    /// Stops everything and reports what had to be cleaned by force. Keeps containerd's log in
     /// `target/safehouse-it/logs/`.
-    pub fn shutdown(self) -> Vec<String> {
+    pub fn shutdown(self) -> Teardown {
         let log = target_dir().join("safehouse-it").join("logs").join(format!(
             "containerd-{}-{}.log",
             self.runtime.name(),
@@ -214,19 +214,18 @@ impl TestEnv {
         if let Some(dir) = log.parent() {
             prune_old_logs(dir, 20);
         }
-        let mut forced = self.containerd.shutdown();
+        // Runtime state left behind is a leak; look before the temp dir (which may hold the
+        // runsc root) goes away.
+        let mut forced: Vec<String> = fs::read_dir(&self.leaks.runtime_root)
+            .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|entry| format!("leftover runtime state {}", entry.display()))
+            .collect();
+        forced.extend(self.containerd.shutdown());
         remove_namespace_cgroups(&self.leaks.namespace);
-        if self.runtime == RuntimeKind::Safehouse && self.leaks.runtime_root.exists() {
-            let leftovers: Vec<_> = fs::read_dir(&self.leaks.runtime_root)
-                .map(|d| d.flatten().map(|e| e.path()).collect())
-                .unwrap_or_default();
-            for entry in leftovers {
-                forced.push(format!("leftover runsc state {}", entry.display()));
-            }
-            let _ = fs::remove_dir_all(&self.leaks.runtime_root);
-        }
-        forced.push(format!("containerd log kept at {}", log.display()));
-        forced
+        let _ = fs::remove_dir_all(&self.leaks.runtime_root);
+        Teardown { forced, log }
     }
 
     /// Clean-up for an interrupted run: containerd's, plus cgroups, runsc state and netns.
@@ -251,6 +250,16 @@ fn set_executable(path: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(0o755))
         .with_context(|| format!("chmod {}", path.display()))
+}
+
+/// What the teardown found and where containerd's log was kept.
+#[derive(Debug)]
+pub struct Teardown {
+    /// Leftovers it had to remove by force (processes, mounts, runtime state); empty when the
+    /// scenarios cleaned up after themselves.
+    pub forced: Vec<String>,
+    /// The saved containerd log.
+    pub log: PathBuf,
 }
 
 /// Keeps the `keep` newest files of `dir`.

@@ -132,13 +132,21 @@ pub fn main(scenarios: &[Scenario]) -> ExitCode {
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
-    match Arc::try_unwrap(env) {
-        Ok(env) => {
-            for line in env.shutdown() {
-                eprintln!("safehouse-integration teardown: {line}");
-            }
-        }
-        Err(_) => eprintln!("safehouse-integration: environment still shared at exit"),
+    let Ok(env) = Arc::try_unwrap(env) else {
+        eprintln!("safehouse-integration: environment still shared at exit");
+        return ExitCode::FAILURE;
+    };
+    let teardown = env.shutdown();
+    for line in &teardown.forced {
+        eprintln!("safehouse-integration teardown: {line}");
+    }
+    eprintln!(
+        "safehouse-integration: containerd log kept at {}",
+        teardown.log.display()
+    );
+    if !teardown.forced.is_empty() && !conclusion.has_failed() {
+        eprintln!("safehouse-integration: FAILED: the teardown found leftovers the scenarios left");
+        return ExitCode::FAILURE;
     }
     conclusion.exit_code()
 }
