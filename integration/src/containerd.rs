@@ -17,6 +17,30 @@ use crate::command::{self, wait_for};
 use crate::host;
 use crate::runtime::{SAFEHOUSE_RUNTIME_TYPE, SAFEHOUSE_SHIM_NAME};
 
+/// The agent policy of the generated config: the runtime scenarios test the shim's plumbing
+/// (root user, writable rootfs, a given network namespace used), not policy enforcement, which
+/// has its own tests.
+const OPEN_POLICY: &str = "\
+apiVersion: safehouse.dev/v1alpha1
+kind: AgentPolicy
+metadata:
+  name: integration-open
+  description: Runtime integration tests; no confinement beyond gVisor itself.
+spec:
+  filesystem:
+    rootfs: read-write
+  network:
+    mode: open
+  process:
+    user: \"0:0\"
+    noNewPrivileges: false
+  resources:
+    memory: 1Gi
+    cpus: 2
+    pids: 1024
+    nofile: 4096
+";
+
 /// How long containerd gets to answer on its socket after start.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long containerd gets to exit after SIGTERM before SIGKILL.
@@ -30,7 +54,7 @@ pub struct ContainerdOptions {
     /// A Safehouse config file, registered as the CRI runtime's `ConfigPath` option.
     pub shim_config: Option<PathBuf>,
     /// Without `shim_config`: write a Safehouse config that keeps runsc's state under the temp
-    /// dir ([`Containerd::runsc_root`]) and register that one instead.
+    /// dir ([`Containerd::runsc_root`]) with an open agent policy, and register that one.
     pub private_runsc_root: bool,
     /// Strings unique to this run (namespaces): at teardown, any process whose argv mentions
     /// one of them or the temp dir is a leftover of this run and is killed by pid.
@@ -71,9 +95,15 @@ impl Containerd {
         let mut options = options.clone();
         if options.shim_config.is_none() && options.private_runsc_root {
             let config = path.join("safehouse.toml");
+            let policy = path.join("integration-open.yaml");
+            fs::write(&policy, OPEN_POLICY)?;
             fs::write(
                 &config,
-                format!("root = {:?}\n", this.runsc_root().display().to_string()),
+                format!(
+                    "root = {:?}\n\n[policy]\ndefault = {:?}\n",
+                    this.runsc_root().display().to_string(),
+                    policy.display().to_string()
+                ),
             )?;
             options.shim_config = Some(config);
         }
