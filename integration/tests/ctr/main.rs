@@ -5,6 +5,7 @@
 mod config;
 mod control;
 mod crash;
+mod errors;
 mod events;
 mod lifecycle;
 mod logging;
@@ -42,6 +43,10 @@ fn main() -> ExitCode {
         Scenario {
             name: "lifecycle::failed_create_leaks_nothing",
             run: lifecycle::failed_create_leaks_nothing,
+        },
+        Scenario {
+            name: "errors::errors_are_clear",
+            run: errors::errors_are_clear,
         },
         Scenario {
             name: "stdio::terminal_session",
