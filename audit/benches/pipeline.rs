@@ -159,6 +159,26 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
+    let sample = match decode_packet(&mix[0]) {
+        Ok(d) => match d.body {
+            Body::Event(ev) => *ev,
+            Body::Unknown => return,
+        },
+        Err(_) => return,
+    };
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("seal only (open event)", |b| {
+        let mut chain = Chain::new("sb-bench");
+        b.iter(|| {
+            let mut ev = sample.clone();
+            sb.stamp(&mut ev);
+            black_box(chain.seal(&mut ev).map(|l| l.len()).unwrap_or(0))
+        })
+    });
+    group.bench_function("sha256 of 720 bytes", |b| {
+        let data = vec![7u8; 720];
+        b.iter(|| black_box(safehouse_audit::chain::sha256_hex(black_box(&data))))
+    });
     group.finish();
 }
 
