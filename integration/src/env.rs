@@ -5,6 +5,7 @@
 use std::fs;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -13,7 +14,7 @@ use crate::command::Output;
 use crate::containerd::{Containerd, ContainerdOptions};
 use crate::ctr::Ctr;
 use crate::image::{import_busybox, BUSYBOX_IMAGE};
-use crate::leaks::{remove_namespace_cgroups, LeakCheck};
+use crate::leaks::{remove_namespace_cgroups, shim_socket_path, LeakCheck};
 use crate::runtime::{
     locate_shim, target_dir, RuntimeKind, DEFAULT_SAFEHOUSE_RUNSC_ROOT, RUNSC_ROOT_ENV,
     SHIM_CONFIG_ENV,
@@ -37,6 +38,7 @@ pub struct TestEnv {
     shim_config: Option<PathBuf>,
     runc_root: PathBuf,
     next_id: AtomicU32,
+    issued_ids: Mutex<Vec<String>>,
 }
 
 impl TestEnv {
@@ -91,13 +93,19 @@ impl TestEnv {
             shim_config,
             runc_root,
             next_id: AtomicU32::new(1),
+            issued_ids: Mutex::new(Vec::new()),
         })
     }
 
     /// A container id unique in this run; no id is a substring of another.
     pub fn id(&self, name: &str) -> String {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        format!("sfh{}x{n}-{name}", std::process::id())
+        let id = format!("sfh{}x{n}-{name}", std::process::id());
+        self.issued_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(id.clone());
+        id
     }
 
     /// The `ctr run` flags that select the runtime under test (and keep fifos private).
@@ -222,7 +230,22 @@ impl TestEnv {
             .into_iter()
             .map(|entry| format!("leftover runtime state {}", entry.display()))
             .collect();
+        let address = self.containerd.address();
         forced.extend(self.containerd.shutdown());
+        // Shim sockets outlive shims that were killed; they are named by (address, ns, id).
+        let ids = self
+            .issued_ids
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            let socket = shim_socket_path(&address, &self.leaks.namespace, &id);
+            if fs::remove_file(&socket).is_ok() {
+                forced.push(format!(
+                    "removed leftover shim socket of {id}: {}",
+                    socket.display()
+                ));
+            }
+        }
         remove_namespace_cgroups(&self.leaks.namespace);
         let _ = fs::remove_dir_all(&self.leaks.runtime_root);
         Teardown { forced, log }

@@ -23,7 +23,8 @@ pub struct LeakCheck {
     pub runtime_root: PathBuf,
     /// The containerd namespace (ctr puts cgroups at `/<ns>/<id>`).
     pub namespace: String,
-    /// ctr, to ask containerd about containers, tasks and snapshots.
+    /// ctr, to ask containerd about containers, tasks and snapshots (and containerd's address,
+    /// from which shims name their sockets).
     pub ctr: Ctr,
 }
 
@@ -50,6 +51,10 @@ impl LeakCheck {
             .join(id);
         if bundle.exists() {
             leaks.push(format!("bundle dir: {}", bundle.display()));
+        }
+        let socket = shim_socket_path(&self.ctr.address, &self.namespace, id);
+        if socket.exists() {
+            leaks.push(format!("shim socket: {}", socket.display()));
         }
         for cgroup in cgroup_dirs(&self.namespace, id) {
             leaks.push(format!("cgroup: {}", cgroup.display()));
@@ -92,6 +97,19 @@ impl LeakCheck {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// Where a shim v2 started for (`namespace`, `id`) by the containerd at `address` puts its
+/// socket: `/run/containerd/s/` + hex sha256 of `ADDRESS/NAMESPACE/ID` (the convention of
+/// containerd's shims, Go and Rust alike). A pod's shim is named by its sandbox id.
+pub fn shim_socket_path(address: &Path, namespace: &str, id: &str) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let key = address.join(namespace).join(id).display().to_string();
+    let hex: String = Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    PathBuf::from("/run/containerd/s").join(hex)
 }
 
 /// Entries under `dir` whose file name contains `id` (recursively when `deep`).
@@ -138,5 +156,21 @@ pub fn remove_namespace_cgroups(namespace: &str) {
             }
         }
         let _ = fs::remove_dir(&dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shim_socket_is_sha256_of_address_namespace_id() {
+        // sha256("/a.sock/ns/id")
+        assert_eq!(
+            shim_socket_path(Path::new("/a.sock"), "ns", "id"),
+            Path::new(
+                "/run/containerd/s/f6313b2d9ad31811719d7ed3eb4f00b98593275e46e79ea6d17ec6ddbfb4e0ff"
+            )
+        );
     }
 }
