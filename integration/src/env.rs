@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -38,7 +38,7 @@ pub struct TestEnv {
     shim_config: Option<PathBuf>,
     runc_root: PathBuf,
     next_id: AtomicU32,
-    issued_ids: Mutex<Vec<String>>,
+    issued_ids: Arc<Mutex<Vec<String>>>,
 }
 
 impl TestEnv {
@@ -93,7 +93,7 @@ impl TestEnv {
             shim_config,
             runc_root,
             next_id: AtomicU32::new(1),
-            issued_ids: Mutex::new(Vec::new()),
+            issued_ids: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
@@ -235,8 +235,9 @@ impl TestEnv {
         // Shim sockets outlive shims that were killed; they are named by (address, ns, id).
         let ids = self
             .issued_ids
-            .into_inner()
-            .unwrap_or_else(|p| p.into_inner());
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         for id in ids {
             let socket = shim_socket_path(&address, &self.leaks.namespace, &id);
             if fs::remove_file(&socket).is_ok() {
@@ -256,8 +257,13 @@ impl TestEnv {
         let containerd = self.containerd.emergency_cleanup();
         let namespace = self.leaks.namespace.clone();
         let runtime_root = self.leaks.runtime_root.clone();
+        let address = self.containerd.address();
+        let ids = self.issued_ids.clone();
         move || {
             containerd.run();
+            for id in ids.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                let _ = fs::remove_file(shim_socket_path(&address, &namespace, id));
+            }
             remove_namespace_cgroups(&namespace);
             let _ = fs::remove_dir_all(&runtime_root);
             crate::testhost::remove_leftover_namespaces();
