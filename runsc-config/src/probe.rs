@@ -29,7 +29,7 @@ pub enum ProbeError {
 }
 
 /// A runsc release, as the date stamp Debian and gVisor use (`20240729`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct RunscVersion(pub u32);
 
 impl RunscVersion {
@@ -67,8 +67,8 @@ impl fmt::Display for RunscVersion {
     }
 }
 
-/// The result of probing one runsc binary: done once per shim process.
-#[derive(Debug, Clone)]
+/// The result of probing one runsc binary.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunscProbe {
     /// The binary probed.
     pub path: PathBuf,
@@ -79,16 +79,22 @@ pub struct RunscProbe {
 }
 
 impl RunscProbe {
-    /// Runs `runsc --version` and `runsc flags` once.
+    /// Runs `runsc --version` and `runsc flags` once (with std's process waiting: not for use
+    /// in a process whose own reaper collects every child, like the shim).
     pub fn probe(path: &Path) -> Result<RunscProbe, ProbeError> {
         let version_out = run(path, &["--version"])?;
-        let version = RunscVersion::parse(&version_out).ok_or_else(|| ProbeError::Output {
+        let flags_out = run(path, &["flags"])?;
+        Self::from_outputs(path, &version_out, &flags_out)
+    }
+
+    /// Builds a probe from what `runsc --version` and `runsc flags` printed.
+    pub fn from_outputs(path: &Path, version_out: &str, flags_out: &str) -> Result<RunscProbe, ProbeError> {
+        let version = RunscVersion::parse(version_out).ok_or_else(|| ProbeError::Output {
             path: path.to_path_buf(),
             args: "--version".into(),
             output: version_out.lines().next().unwrap_or_default().to_string(),
         })?;
-        let flags_out = run(path, &["flags"])?;
-        let flags = parse_flags(&flags_out);
+        let flags = parse_flags(flags_out);
         if flags.is_empty() {
             return Err(ProbeError::Output {
                 path: path.to_path_buf(),
@@ -165,6 +171,20 @@ mod tests {
         assert_eq!(RunscVersion::parse(""), None);
         assert!(RunscVersion(20240729).has_systrap());
         assert!(!RunscVersion(20221219).has_systrap());
+    }
+
+    #[test]
+    fn probe_from_outputs_rejects_what_is_not_runsc() {
+        let p = RunscProbe::from_outputs(
+            Path::new("/usr/bin/runsc"),
+            "runsc version 0.0~20240729.0\n",
+            "  -network value\n    \tnetwork\n",
+        )
+        .expect("runsc output");
+        assert_eq!(p.version, RunscVersion(20240729));
+        assert!(p.knows_flag("network"));
+        assert!(RunscProbe::from_outputs(Path::new("/bin/true"), "", "").is_err());
+        assert!(RunscProbe::from_outputs(Path::new("/x"), "runsc version 0.0~20240729.0", "").is_err());
     }
 
     #[test]

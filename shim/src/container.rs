@@ -16,6 +16,10 @@ use crate::runsc::{Runsc, SandboxFlags};
 pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 /// CRI's annotation naming the pod sandbox a container belongs to.
 pub const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// CRI's annotation with the pod's name.
+pub const CRI_SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
+/// CRI's annotation with the pod's Kubernetes namespace.
+pub const CRI_SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
 
 /// How a spec relates to a runsc sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,9 +124,33 @@ pub struct Container {
     pub policy_digest: String,
     /// The policy's wall-clock limit.
     pub timeout: Option<std::time::Duration>,
+    /// The sandbox's audit (shared by every container of a pod).
+    pub audit: Arc<crate::audit::SandboxAudit>,
+    /// Why Safehouse ended the container, when it did (timeout, violation).
+    pub exit_reason: Mutex<Option<safehouse_audit::ExitReason>>,
 }
 
 impl Container {
+    /// Records why Safehouse is about to end the container.
+    pub fn set_exit_reason(&self, reason: safehouse_audit::ExitReason) {
+        *self.exit_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+    }
+
+    /// Why a process of this container ended, for the audit stream.
+    pub fn exit_reason_for(&self, p: &Process, code: u32) -> safehouse_audit::ExitReason {
+        use safehouse_audit::ExitReason;
+        if p.exec_id.is_empty() {
+            if let Some(r) = *self.exit_reason.lock().unwrap_or_else(|e| e.into_inner()) {
+                return r;
+            }
+        }
+        if code > 128 {
+            ExitReason::Killed
+        } else {
+            ExitReason::Normal
+        }
+    }
+
     /// Whether this container started its sandbox.
     pub fn is_root(&self) -> bool {
         self.sandbox_id == self.id

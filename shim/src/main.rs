@@ -1,6 +1,7 @@
 //! `containerd-shim-safehouse-v2`: containerd starts it for the `io.containerd.safehouse.v2`
 //! runtime; every container it serves runs in a gVisor sandbox.
 
+mod audit;
 mod confine;
 mod container;
 mod error;
@@ -37,7 +38,9 @@ Other flags: -v/-version prints the version; -h/--help prints this text.
 Environment: SAFEHOUSE_LOG=debug (tracing filter) overrides the log level.
 ";
 
-#[tokio::main]
+// One thread is plenty for a shim (everything blocking runs on threads of its own) and keeps
+// its memory small: it runs once per pod on every node.
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args

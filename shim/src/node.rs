@@ -26,11 +26,10 @@ pub struct RuntimeEnv {
 
 impl RuntimeEnv {
     /// Loads and checks a config (None = the default path or built-in defaults).
-    pub fn load(path: Option<&Path>) -> Result<RuntimeEnv> {
+    pub async fn load(path: Option<&Path>, reaper: &Reaper) -> Result<RuntimeEnv> {
         let config =
             RuntimeConfig::load(path).map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
-        let probe = RunscProbe::probe(&config.binary)
-            .map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
+        let probe = probe_cached(&config.binary, reaper).await?;
         let global = config
             .global_flags(&probe)
             .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
@@ -88,7 +87,7 @@ pub struct Node {
 
 impl Node {
     /// The env for a `ConfigPath` (loaded and probed on first use).
-    pub fn env_for(&self, path: Option<&Path>) -> Result<Arc<RuntimeEnv>> {
+    pub async fn env_for(&self, path: Option<&Path>, reaper: &Reaper) -> Result<Arc<RuntimeEnv>> {
         let key = path.map(Path::to_path_buf);
         if let Some(env) = self
             .envs
@@ -98,7 +97,7 @@ impl Node {
         {
             return Ok(env.clone());
         }
-        let env = Arc::new(RuntimeEnv::load(path)?);
+        let env = Arc::new(RuntimeEnv::load(path, reaper).await?);
         self.envs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -110,6 +109,54 @@ impl Node {
     pub fn console_dir(&self) -> PathBuf {
         Path::new(STATE_DIR).join("console")
     }
+}
+
+/// Probes `binary`, reusing an earlier probe of the very same file (same path, inode, size and
+/// mtime) from `/run/safehouse/probe`: every shim would otherwise pay two runsc start-ups.
+async fn probe_cached(binary: &Path, reaper: &Reaper) -> Result<RunscProbe> {
+    use sha2::Digest;
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(binary).map_err(|e| {
+        ShimError::FailedPrecondition(format!(
+            "runsc not found at {}: {e} (install gVisor: `apt-get install -t bookworm-backports runsc`, or set `binary` in the runtime config)",
+            binary.display()
+        ))
+    })?;
+    let identity = format!(
+        "{}:{}:{}:{}:{}.{}",
+        binary.display(),
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    );
+    let key = hex::encode(&sha2::Sha256::digest(identity.as_bytes())[..12]);
+    let dir = Path::new(STATE_DIR).join("probe");
+    let file = dir.join(format!("{key}.json"));
+    if let Some(probe) = std::fs::read(&file)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<RunscProbe>(&b).ok())
+        .filter(|p| p.path == binary)
+    {
+        return Ok(probe);
+    }
+    let deadline = std::time::Duration::from_secs(20);
+    let (_, version) = crate::runsc::capture(reaper, binary, &["--version"], deadline).await?;
+    let (_, flags) = crate::runsc::capture(reaper, binary, &["flags"], deadline).await?;
+    let probe = RunscProbe::from_outputs(binary, &version, &flags)
+        .map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
+    if let Ok(bytes) = serde_json::to_vec(&probe) {
+        let tmp = dir.join(format!(".{key}.{}", std::process::id()));
+        let saved = std::fs::create_dir_all(&dir)
+            .and_then(|_| std::fs::write(&tmp, bytes))
+            .and_then(|_| std::fs::rename(&tmp, &file));
+        if let Err(e) = saved {
+            tracing::debug!("cannot cache the runsc probe in {}: {e}", file.display());
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    Ok(probe)
 }
 
 #[cfg(test)]

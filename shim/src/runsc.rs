@@ -417,6 +417,48 @@ impl Runsc {
     }
 }
 
+/// Runs `binary args` to completion through the reaper, returning stdout and stderr together.
+pub async fn capture(
+    reaper: &Reaper,
+    binary: &Path,
+    args: &[&str],
+    deadline: Duration,
+) -> Result<(Exit, String)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| ShimError::io("create pipe", std::io::Error::from(e)))?;
+    let w2 = w.try_clone().map_err(|e| ShimError::io("dup pipe", e))?;
+    let mut cmd = Command::new(binary);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(w))
+        .stderr(Stdio::from(w2));
+    let (child, exit) = reaper
+        .spawn(&mut cmd)
+        .map_err(|e| ShimError::io(format!("run {}", binary.display()), e))?;
+    drop(cmd);
+    let out = tokio::net::unix::pipe::Receiver::from_owned_fd(r)
+        .map_err(|e| ShimError::io("watch output", e))?;
+    match tokio::time::timeout(deadline, collect(exit, Some(out))).await {
+        Ok((Ok(exit), text)) => Ok((exit, text)),
+        Ok((Err(_), _)) => Err(ShimError::Internal(format!(
+            "{} lost its exit status",
+            binary.display()
+        ))),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            Err(ShimError::Internal(format!(
+                "{} {} did not finish within {}s",
+                binary.display(),
+                args.join(" "),
+                deadline.as_secs()
+            )))
+        }
+    }
+}
+
 /// How long to keep reading a command's output after it exited.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 

@@ -64,19 +64,20 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
         .map_err(|e| ShimError::io("create pipe", std::io::Error::from(e)))
 }
 
-/// Copies the stdin fifo into `sink` on a thread; EOF on the fifo closes `sink`.
-fn spawn_stdin_copier(path: String, mut sink: File) -> JoinHandle<()> {
+/// Copies the stdin fifo into `sink` on a thread; EOF on the fifo closes `sink`. Nobody waits
+/// for it: it ends when containerd closes stdin, or when `close_stdin` releases it.
+fn spawn_stdin_copier(path: String, mut sink: File) {
     std::thread::spawn(move || {
         // Blocks until containerd's side opens the fifo for writing.
         if let Ok(mut fifo) = File::open(&path) {
             let _ = std::io::copy(&mut fifo, &mut sink);
         }
-    })
+    });
 }
 
 impl ProcessIo {
     /// Sets up stdio for a process without a terminal; returns what runsc gets.
-    pub fn plain(
+    pub async fn plain(
         paths: &IoPaths,
         id: &str,
         namespace: &str,
@@ -87,8 +88,7 @@ impl ProcessIo {
         if !paths.stdin.is_empty() {
             let (r, w) = pipe()?;
             stdio.stdin = Some(r);
-            io.copiers
-                .push(spawn_stdin_copier(paths.stdin.clone(), File::from(w)));
+            spawn_stdin_copier(paths.stdin.clone(), File::from(w));
             io.stdin_fifo = Some(paths.stdin.clone());
         }
         match LogTarget::parse(&paths.stdout)? {
@@ -110,9 +110,8 @@ impl ProcessIo {
             LogTarget::Binary { path, args } => {
                 let (out_r, out_w) = pipe()?;
                 let (err_r, err_w) = pipe()?;
-                io.logger = Some(start_logger(
-                    &path, &args, id, namespace, out_r, err_r, reaper,
-                )?);
+                io.logger =
+                    Some(start_logger(&path, &args, id, namespace, out_r, err_r, reaper).await?);
                 stdio.stdout = Some(out_w);
                 stdio.stderr = Some(err_w);
             }
@@ -124,8 +123,7 @@ impl ProcessIo {
     pub fn attach_console(&mut self, paths: &IoPaths, master: File) -> Result<()> {
         if !paths.stdin.is_empty() {
             let sink = master.try_clone().map_err(io_err("dup console".into()))?;
-            self.copiers
-                .push(spawn_stdin_copier(paths.stdin.clone(), sink));
+            spawn_stdin_copier(paths.stdin.clone(), sink);
             self.stdin_fifo = Some(paths.stdin.clone());
         }
         if let LogTarget::Fifo(p) = LogTarget::parse(&paths.stdout)? {
@@ -266,7 +264,7 @@ fn open_log_file(path: &Path) -> Result<File> {
 }
 
 /// Starts a containerd logging binary: stdout on fd 3, stderr on fd 4, a ready pipe on fd 5.
-fn start_logger(
+async fn start_logger(
     path: &Path,
     args: &[String],
     id: &str,
@@ -300,13 +298,16 @@ fn start_logger(
         .map_err(io_err(format!("start log binary {}", path.display())))?;
     drop((out_r, err_r, ready_w));
     // The binary closes fd 5 when it is ready; wait for that (bounded).
-    let mut ready = File::from(ready_r);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    let ready = async {
+        use tokio::io::AsyncReadExt;
+        let mut r = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r)?;
         let mut b = [0u8; 1];
-        let _ = tx.send(ready.read(&mut b));
-    });
-    if rx.recv_timeout(Duration::from_secs(10)).is_err() {
+        r.read(&mut b).await
+    };
+    if !matches!(
+        tokio::time::timeout(Duration::from_secs(10), ready).await,
+        Ok(Ok(_))
+    ) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::Signal::SIGKILL,

@@ -24,15 +24,19 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tracing::{info, instrument, warn};
 
+use crate::audit::{self, AuditOutput, AuditRules, KillRequest, SandboxAudit};
 use crate::confine;
 use crate::container::{self, Container, PersistedState, SandboxRole};
 use crate::error::{Result, ShimError};
-use crate::node::Node;
+use crate::node::{Node, RuntimeEnv};
 use crate::process::{Process, Status};
 use crate::reaper::{Exit, Reaper};
 use crate::runsc::{Runsc, SandboxFlags};
 use crate::stats;
 use crate::stdio::{ConsoleSocket, IoPaths, ProcessIo};
+use safehouse_audit::lifecycle::SandboxContext;
+use safehouse_audit::{ExitInfo, ExitReason};
+use tokio::sync::mpsc;
 
 /// How long output copiers may take to drain after an exit.
 const DRAIN: Duration = Duration::from_secs(2);
@@ -45,6 +49,8 @@ pub struct TaskService {
     node: Node,
     containers: Arc<Mutex<HashMap<String, Arc<Container>>>>,
     exit: Arc<ExitSignal>,
+    audit: Arc<AuditOutput>,
+    kills: mpsc::UnboundedSender<KillRequest>,
 }
 
 fn ts(
@@ -75,14 +81,54 @@ impl TaskService {
         node: Node,
         exit: Arc<ExitSignal>,
     ) -> TaskService {
-        TaskService {
+        let (kills, kill_rx) = mpsc::unbounded_channel();
+        let service = TaskService {
             namespace: namespace.to_string(),
             publisher: Arc::new(publisher),
             reaper,
             node,
             containers: Arc::new(Mutex::new(HashMap::new())),
             exit,
-        }
+            audit: Arc::new(AuditOutput::default()),
+            kills,
+        };
+        service.carry_out_violation_kills(kill_rx);
+        service
+    }
+
+    /// Kills sandboxes whose audit pump found a violation of an `onViolation: kill` policy.
+    fn carry_out_violation_kills(&self, mut rx: mpsc::UnboundedReceiver<KillRequest>) {
+        let containers = self.containers.clone();
+        let output = self.audit.clone();
+        tokio::spawn(async move {
+            while let Some(req) = rx.recv().await {
+                let root = containers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&req.sandbox_id)
+                    .cloned();
+                let Some(c) = root else { continue };
+                warn!(container = %c.id, reason = %req.reason, "policy violation: killing the sandbox");
+                c.set_exit_reason(ExitReason::Violation);
+                output.submit(
+                    c.audit
+                        .ctx
+                        .kill(&c.id, 9, true, "safehouse (policy violation)")
+                        .message(&req.reason)
+                        .build(),
+                );
+                if let Err(e) = c.runsc.kill(&c.id, 9, true, None, &c.flags).await {
+                    if c.init.status() != Status::Stopped {
+                        warn!(container = %c.id, "kill after violation: {e}");
+                    }
+                }
+            }
+        });
+    }
+
+    /// Records a lifecycle event.
+    fn record(&self, event: safehouse_audit::AuditEvent) {
+        self.audit.submit(event);
     }
 
     /// SIGTERM ends an idle shim (no container left); one that still serves containers keeps
@@ -143,7 +189,11 @@ impl TaskService {
         let bundle = PathBuf::from(&req.bundle);
         let env = self
             .node
-            .env_for(options_config_path(req.options.as_ref())?.as_deref())?;
+            .env_for(
+                options_config_path(req.options.as_ref())?.as_deref(),
+                &self.reaper,
+            )
+            .await?;
         let spec_path = bundle.join("config.json");
         let spec_text = std::fs::read(&spec_path)
             .map_err(|e| ShimError::io(format!("read {}", spec_path.display()), e))?;
@@ -189,6 +239,24 @@ impl TaskService {
         };
 
         let rootfs_mounted = container::mount_rootfs(&bundle, &req.rootfs).await?;
+        let mut flags = flags;
+        let sandbox_audit = match self.start_audit(
+            &env,
+            &spec,
+            &sandbox_id,
+            &id,
+            &compiled,
+            &bundle,
+            &mut flags,
+        ) {
+            Ok(a) => a,
+            Err(e) => {
+                if rootfs_mounted {
+                    container::unmount_rootfs(&bundle);
+                }
+                return Err(e);
+            }
+        };
         let paths = io_paths(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         let init = Arc::new(Process::new("", paths.clone()));
         let pid_file = bundle.join("init.pid");
@@ -207,6 +275,9 @@ impl TaskService {
                 init.io.lock().await.shutdown().await;
                 if rootfs_mounted {
                     container::unmount_rootfs(&bundle);
+                }
+                if sandbox_id == id {
+                    sandbox_audit.shutdown();
                 }
                 runsc.remove_log(&id);
                 return Err(e);
@@ -236,7 +307,21 @@ impl TaskService {
             policy: compiled.name.clone(),
             policy_digest: compiled.digest.clone(),
             timeout: compiled.timeout,
+            audit: sandbox_audit.clone(),
+            exit_reason: Mutex::new(None),
         });
+        self.record(
+            sandbox_audit
+                .ctx
+                .create(
+                    &id,
+                    vec![format!(
+                        "confined by policy {} ({})",
+                        compiled.name, compiled.digest
+                    )],
+                )
+                .build(),
+        );
         if c.is_root() {
             // The sandbox process is re-parented to us; its exit status is the container's.
             let rx = self.reaper.watch(pid as i32);
@@ -271,6 +356,50 @@ impl TaskService {
         })
     }
 
+    /// The sandbox's audit: a new sink and pump for a sandbox's first container (its runsc flags
+    /// gain the pod-init-config), the pod's for a container joining it.
+    #[allow(clippy::too_many_arguments)]
+    fn start_audit(
+        &self,
+        env: &RuntimeEnv,
+        spec: &Value,
+        sandbox_id: &str,
+        id: &str,
+        compiled: &safehouse_policy::CompiledPolicy,
+        bundle: &Path,
+        flags: &mut SandboxFlags,
+    ) -> Result<Arc<SandboxAudit>> {
+        if sandbox_id != id {
+            return Ok(self.get(sandbox_id)?.audit.clone());
+        }
+        self.audit.writer(&env.config.audit.output)?;
+        let mut ctx = SandboxContext::new(sandbox_id)
+            .with_namespace(&self.namespace)
+            .with_policy(&compiled.name, Some(compiled.digest.clone()));
+        let ann = &spec["annotations"];
+        if let (Some(name), Some(ns)) = (
+            ann[container::CRI_SANDBOX_NAME].as_str(),
+            ann[container::CRI_SANDBOX_NAMESPACE].as_str(),
+        ) {
+            ctx = ctx.with_pod(name, ns);
+        }
+        let (tx, rx) = mpsc::channel(audit::PUMP_QUEUE);
+        let (sandbox_audit, flag) = audit::start_sandbox(ctx, compiled, bundle, tx)?;
+        if let Some(flag) = flag {
+            flags.extra.push(flag);
+        }
+        let root = spec["root"]["path"].as_str().unwrap_or("rootfs");
+        let rules = AuditRules::from_policy(compiled, &bundle.join(root));
+        audit::spawn_pump(
+            rx,
+            sandbox_audit.clone(),
+            rules,
+            self.audit.clone(),
+            self.kills.clone(),
+        );
+        Ok(sandbox_audit)
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn create_in_runsc(
         &self,
@@ -290,7 +419,7 @@ impl TaskService {
             let rx = sock.receive();
             (crate::runsc::ChildStdio::null(), Some((sock, rx)))
         } else {
-            let (stdio, io) = ProcessIo::plain(paths, id, &self.namespace, &self.reaper)?;
+            let (stdio, io) = ProcessIo::plain(paths, id, &self.namespace, &self.reaper).await?;
             *init.io.lock().await = io;
             (stdio, None)
         };
@@ -332,6 +461,7 @@ impl TaskService {
     fn watch_exit(&self, c: Arc<Container>, p: Arc<Process>, rx: oneshot::Receiver<Exit>) {
         let publisher = self.publisher.clone();
         let namespace = self.namespace.clone();
+        let output = self.audit.clone();
         tokio::spawn(async move {
             let exit = rx.await.unwrap_or(Exit {
                 code: 255,
@@ -342,7 +472,18 @@ impl TaskService {
             if !p.mark_exited(exit) {
                 return;
             }
-            info!(container = %c.id, exec = %p.exec_id, code = exit.code, "exited");
+            let reason = c.exit_reason_for(&p, exit.code);
+            info!(container = %c.id, exec = %p.exec_id, code = exit.code, ?reason, "exited");
+            let info = if exit.code > 128 {
+                ExitInfo::signaled((exit.code - 128) as i32)
+            } else {
+                ExitInfo::exited(exit.code as i32)
+            };
+            let mut b = c.audit.ctx.exit(&c.id, info.with_reason(reason));
+            if !p.exec_id.is_empty() {
+                b = b.detail("exec_id", p.exec_id.clone());
+            }
+            output.submit(b.build());
             let mut e = ev::TaskExit::new();
             e.container_id = c.id.clone();
             e.id = if p.exec_id.is_empty() {
@@ -378,12 +519,24 @@ impl TaskService {
         p.settle();
         let pid = res?;
         if req.exec_id.is_empty() {
+            self.record(c.audit.ctx.start(&c.id).build());
             let mut e = ev::TaskStart::new();
             e.container_id = c.id.clone();
             e.pid = pid;
             self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(e))
                 .await;
         } else {
+            let argv = std::fs::read(exec_file(&c.bundle, &req.exec_id, "process.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .and_then(|v| v["args"].as_array().cloned())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            self.record(c.audit.ctx.exec(&c.id, &req.exec_id, argv).build());
             let mut e = ev::TaskExecStarted::new();
             e.container_id = c.id.clone();
             e.exec_id = req.exec_id.clone();
@@ -475,6 +628,7 @@ impl TaskService {
 
     /// Kills the container when its policy's wall-clock limit is reached.
     fn enforce_timeout(&self, c: Arc<Container>, p: Arc<Process>, limit: Duration) {
+        let output = self.audit.clone();
         tokio::spawn(async move {
             if tokio::time::timeout(limit, p.wait()).await.is_ok() {
                 return;
@@ -485,6 +639,8 @@ impl TaskService {
                 limit_s = limit.as_secs_f64(),
                 "timeout: the policy's wall-clock limit was reached; killing the container"
             );
+            c.set_exit_reason(ExitReason::Timeout);
+            output.submit(c.audit.ctx.timeout(&c.id, limit.as_secs()).build());
             if let Err(e) = c.runsc.kill(&c.id, 9, true, None, &c.flags).await {
                 if p.status() != Status::Stopped {
                     warn!(container = %c.id, "kill at timeout: {e}");
@@ -510,7 +666,8 @@ impl TaskService {
             let rx = sock.receive();
             (crate::runsc::ChildStdio::null(), Some((sock, rx)))
         } else {
-            let (stdio, io) = ProcessIo::plain(&p.paths, &c.id, &self.namespace, &self.reaper)?;
+            let (stdio, io) =
+                ProcessIo::plain(&p.paths, &c.id, &self.namespace, &self.reaper).await?;
             *p.io.lock().await = io;
             (stdio, None)
         };
@@ -609,6 +766,14 @@ impl TaskService {
             .map_err(|e| ShimError::io("signal runsc exec", std::io::Error::from(e)))
         };
         info!(container = %c.id, exec = %req.exec_id, signal = req.signal, all = req.all, "kill");
+        let mut b = c
+            .audit
+            .ctx
+            .kill(&c.id, req.signal as i32, req.all, "containerd");
+        if !req.exec_id.is_empty() {
+            b = b.detail("exec_id", req.exec_id.clone());
+        }
+        self.record(b.build());
         match res {
             Err(_) if p.status() == Status::Stopped => Err(ShimError::NotFound(format!(
                 "process {} of {:?} already finished",
@@ -675,8 +840,11 @@ impl TaskService {
         }
         c.runsc.remove_log(&c.id);
         let _ = std::fs::remove_file(c.bundle.join(container::STATE_FILE));
+        self.record(c.audit.ctx.delete(&c.id).build());
         if c.is_root() {
             self.reaper.forget(p.pid() as i32);
+            c.audit.shutdown();
+            let _ = std::fs::remove_file(c.bundle.join("safehouse-pod-init.json"));
         }
         self.map().remove(&c.id);
         info!(container = %c.id, code = exit.code, "deleted");
@@ -764,6 +932,11 @@ impl TaskService {
         }
         c.runsc.pause(id, resume, &c.flags).await?;
         c.init.mark_paused(!resume)?;
+        self.record(if resume {
+            c.audit.ctx.resume(id).build()
+        } else {
+            c.audit.ctx.pause(id).build()
+        });
         if resume {
             let mut e = ev::TaskResumed::new();
             e.container_id = id.into();
@@ -1084,6 +1257,7 @@ impl Task for TaskService {
         let left = self.map().len();
         if left == 0 {
             info!("no container left: shutting down");
+            self.audit.finish().await;
             self.exit.signal();
         } else {
             info!(

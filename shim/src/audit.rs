@@ -1,0 +1,370 @@
+//! The shim's end of the audit stream.
+//!
+//! Per sandbox: a trace sink (the SOCK_SEQPACKET socket gVisor's Sentry connects to, bound before
+//! `runsc create` so nothing before the first instruction is missed), the `--pod-init-config`
+//! asking for the policy's points, and a pump that checks each decoded event against the
+//! policy (`process.tools`) before handing it on. Per shim: one writer that chains every
+//! sandbox's events and appends whole lines to the node's audit destination, which also becomes
+//! the shim's standard output. Decoding and chaining live in the `safehouse-audit` crate; this
+//! module only connects them to containers.
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use safehouse_audit::lifecycle::SandboxContext;
+use safehouse_audit::session::{PodInitConfig, SessionOptions, TraceCategory, TraceMetadata};
+use safehouse_audit::sink::{short_socket_path, SinkHandle, SinkOptions, TraceSink};
+use safehouse_audit::writer::{open_append, AuditWriter, WriterConfig, WriterHandle};
+use safehouse_audit::AuditEvent;
+use safehouse_policy::{AuditCategory, CompiledPolicy, ViolationAction};
+use tokio::sync::mpsc;
+
+use crate::error::{Result, ShimError};
+use crate::node::STATE_DIR;
+
+/// Capacity of the channel between a sandbox's sink and its pump.
+pub const PUMP_QUEUE: usize = 4096;
+
+/// The shim's audit writer, opened on the first Create (its config names the destination).
+#[derive(Default)]
+pub struct AuditOutput {
+    inner: Mutex<Option<(AuditWriter, Option<WriterHandle>, PathBuf)>>,
+}
+
+impl AuditOutput {
+    /// The writer, opening `destination` (and making it the shim's stdout) on first use.
+    pub fn writer(&self, destination: &Path) -> Result<AuditWriter> {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((w, _, path)) = guard.as_ref() {
+            if path != destination {
+                tracing::warn!(
+                    "audit destination {} differs from this shim's {}; keeping the first",
+                    destination.display(),
+                    path.display()
+                );
+            }
+            return Ok(w.clone());
+        }
+        if let Some(dir) = destination.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                ShimError::io(format!("create audit directory {}", dir.display()), e)
+            })?;
+        }
+        let file = open_append(destination).map_err(|e| {
+            ShimError::io(
+                format!("open audit destination {}", destination.display()),
+                e,
+            )
+        })?;
+        // The audit stream is the shim's standard output (containerd started us with it
+        // discarded); everything the shim logs goes to containerd's shim log instead.
+        // SAFETY: dup2 onto fd 1 with a valid fd we own.
+        if unsafe { libc::dup2(file.as_raw_fd(), libc::STDOUT_FILENO) } < 0 {
+            tracing::warn!(
+                "cannot make {} the shim's stdout: {}",
+                destination.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        let max_batch = if is_fifo(destination) {
+            4096
+        } else {
+            64 * 1024
+        };
+        let (writer, handle) = AuditWriter::spawn(
+            file,
+            WriterConfig {
+                max_batch_bytes: max_batch,
+                ..WriterConfig::default()
+            },
+        )
+        .map_err(|e| ShimError::io("start audit writer", e))?;
+        *guard = Some((writer.clone(), Some(handle), destination.to_path_buf()));
+        Ok(writer)
+    }
+
+    /// Submits an event if the writer is open (lifecycle events before the first Create have
+    /// nowhere to go).
+    pub fn submit(&self, event: AuditEvent) {
+        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((w, _, _)) = guard.as_ref() {
+            if !w.submit(event) {
+                tracing::debug!("audit queue full: event dropped and counted");
+            }
+        }
+    }
+
+    /// Flushes and stops the writer (shim shutdown): drops the shim's writer so the queue
+    /// closes, then waits (bounded, off the runtime thread) for the last lines to be written.
+    pub async fn finish(&self) {
+        let taken = self.inner.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some((writer, Some(handle), _)) = taken else {
+            return;
+        };
+        drop(writer);
+        let joined = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            tokio::task::spawn_blocking(move || handle.finish()),
+        )
+        .await;
+        match joined {
+            Ok(Ok(stats)) => tracing::info!(
+                lines = stats.lines_written,
+                dropped = stats.queue_dropped,
+                "audit writer finished"
+            ),
+            _ => tracing::warn!("audit writer did not finish within 2s"),
+        }
+    }
+}
+
+fn is_fifo(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path)
+        .map(|m| m.file_type().is_fifo())
+        .unwrap_or(false)
+}
+
+/// What a sandbox's audit needs from its policy.
+#[derive(Debug, Clone)]
+pub struct AuditRules {
+    /// Executables the agent may run; empty = unrestricted.
+    pub tools: Vec<PathBuf>,
+    /// Kill the sandbox on a violation, or only record it.
+    pub on_violation: ViolationAction,
+}
+
+impl AuditRules {
+    /// From a compiled policy; each tool is also allowed under the path its symlinks resolve to
+    /// inside `rootfs` (gVisor reports the resolved executable).
+    pub fn from_policy(compiled: &CompiledPolicy, rootfs: &Path) -> AuditRules {
+        let mut tools = compiled.audit_plan.tools.clone();
+        for t in &compiled.audit_plan.tools {
+            if let Some(resolved) = resolve_in_root(rootfs, t) {
+                if !tools.contains(&resolved) {
+                    tools.push(resolved);
+                }
+            }
+        }
+        AuditRules {
+            tools,
+            on_violation: compiled.audit_plan.on_violation,
+        }
+    }
+
+    /// Whether an exec of `binary` (the resolved executable gVisor reports) is allowed. argv[0]
+    /// is never consulted: the caller chooses it.
+    pub fn allows(&self, binary: &str) -> bool {
+        self.tools.is_empty() || self.tools.iter().any(|t| t.as_os_str() == binary)
+    }
+}
+
+/// Resolves `path`'s symlinks as the container would see them, never leaving `root`.
+pub fn resolve_in_root(root: &Path, path: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let mut pending: Vec<std::ffi::OsString> = path
+        .components()
+        .rev()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut resolved = PathBuf::from("/");
+    let mut hops = 0;
+    while let Some(part) = pending.pop() {
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = resolved.join(&part);
+        let on_host = root.join(candidate.strip_prefix("/").ok()?);
+        match std::fs::symlink_metadata(&on_host) {
+            Ok(m) if m.file_type().is_symlink() => {
+                hops += 1;
+                if hops > 40 {
+                    return None;
+                }
+                let target = std::fs::read_link(&on_host).ok()?;
+                if target.is_absolute() {
+                    resolved = PathBuf::from("/");
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(n) => pending.push(n.to_os_string()),
+                        Component::ParentDir => pending.push("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            Ok(_) => resolved = candidate,
+            Err(_) => return None,
+        }
+    }
+    Some(resolved)
+}
+
+/// A sandbox's running audit: the sink and its context.
+pub struct SandboxAudit {
+    /// Fields every event of the sandbox carries.
+    pub ctx: SandboxContext,
+    sink: Mutex<Option<SinkHandle>>,
+}
+
+impl SandboxAudit {
+    /// Stops the sink (the socket file goes with it).
+    pub fn shutdown(&self) {
+        if let Some(h) = self.sink.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            h.shutdown();
+        }
+    }
+}
+
+/// The trace categories a policy records.
+pub fn categories(compiled: &CompiledPolicy) -> Vec<TraceCategory> {
+    compiled
+        .audit_plan
+        .record
+        .iter()
+        .map(|c| match c {
+            AuditCategory::Process => TraceCategory::Process,
+            AuditCategory::File => TraceCategory::File,
+            AuditCategory::Network => TraceCategory::Network,
+        })
+        .collect()
+}
+
+/// Binds the sink for a new sandbox and writes its pod-init-config into the bundle; returns
+/// the sandbox's audit and the flag to give runsc. Events go to `events`.
+pub fn start_sandbox(
+    ctx: SandboxContext,
+    compiled: &CompiledPolicy,
+    bundle: &Path,
+    events: mpsc::Sender<AuditEvent>,
+) -> Result<(Arc<SandboxAudit>, Option<String>)> {
+    let cats = categories(compiled);
+    let audit = Arc::new(SandboxAudit {
+        ctx: ctx.clone(),
+        sink: Mutex::new(None),
+    });
+    if cats.is_empty() {
+        return Ok((audit, None));
+    }
+    let dir = Path::new(STATE_DIR).join("trace");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ShimError::io(format!("create {}", dir.display()), e))?;
+    let path = short_socket_path(&dir, &ctx.sandbox_id);
+    let _ = std::fs::remove_file(&path);
+    let sink = TraceSink::bind(&path, SinkOptions::default())
+        .map_err(|e| ShimError::Internal(format!("bind audit sink {}: {e}", path.display())))?;
+    let config = PodInitConfig::new(
+        &cats,
+        &path,
+        &TraceMetadata::baseline(),
+        &SessionOptions::default(),
+    )
+    .map_err(|e| ShimError::Internal(format!("audit session for {}: {e}", ctx.sandbox_id)))?;
+    let file = bundle.join("safehouse-pod-init.json");
+    std::fs::write(&file, config.to_json())
+        .map_err(|e| ShimError::io(format!("write {}", file.display()), e))?;
+    *audit.sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink.spawn(ctx, events));
+    Ok((audit, Some(format!("--pod-init-config={}", file.display()))))
+}
+
+/// What the pump asks the task service to do about a violation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KillRequest {
+    /// The sandbox to end.
+    pub sandbox_id: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Reads a sandbox's decoded events, checks them against its rules, and submits them.
+pub fn spawn_pump(
+    mut events: mpsc::Receiver<AuditEvent>,
+    audit: Arc<SandboxAudit>,
+    rules: AuditRules,
+    output: Arc<AuditOutput>,
+    kills: mpsc::UnboundedSender<KillRequest>,
+) {
+    tokio::spawn(async move {
+        let mut killed = false;
+        while let Some(event) = events.recv().await {
+            let verdict = event
+                .executed_binary()
+                .filter(|binary| !rules.allows(binary))
+                .map(str::to_string);
+            let container = event.container_id.clone().unwrap_or_default();
+            output.submit(event);
+            let Some(binary) = verdict else { continue };
+            let kill = rules.on_violation == ViolationAction::Kill;
+            let v = audit
+                .ctx
+                .violation(
+                    &container,
+                    "process.tools",
+                    &format!("exec of {binary}, which is not in the policy's tools list"),
+                    if kill { "kill" } else { "record" },
+                )
+                .build();
+            output.submit(v);
+            if kill && !killed {
+                killed = true;
+                let _ = kills.send(KillRequest {
+                    sandbox_id: audit.ctx.sandbox_id.clone(),
+                    reason: format!("exec of {binary} violates process.tools"),
+                });
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tools_match_the_resolved_path_only() {
+        let rules = AuditRules {
+            tools: vec![PathBuf::from("/bin/sh"), PathBuf::from("/usr/bin/python3")],
+            on_violation: ViolationAction::Kill,
+        };
+        assert!(rules.allows("/usr/bin/python3"));
+        assert!(!rules.allows("/bin/busybox"));
+        assert!(!rules.allows("/tmp/evil"));
+        let open = AuditRules {
+            tools: vec![],
+            on_violation: ViolationAction::Record,
+        };
+        assert!(open.allows("/anything"));
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_root_only() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let r = root.path();
+        std::fs::create_dir_all(r.join("bin")).expect("mkdir");
+        std::fs::create_dir_all(r.join("usr/bin")).expect("mkdir");
+        std::fs::write(r.join("bin/busybox"), b"").expect("write");
+        std::os::unix::fs::symlink("busybox", r.join("bin/sh")).expect("symlink");
+        std::os::unix::fs::symlink("/bin/busybox", r.join("usr/bin/env")).expect("symlink");
+        std::os::unix::fs::symlink("../../../../../etc/shadow", r.join("usr/bin/escape"))
+            .expect("symlink");
+        assert_eq!(
+            resolve_in_root(r, Path::new("/bin/sh")),
+            Some(PathBuf::from("/bin/busybox"))
+        );
+        assert_eq!(
+            resolve_in_root(r, Path::new("/usr/bin/env")),
+            Some(PathBuf::from("/bin/busybox"))
+        );
+        // ".." stops at the container's root: the host's /etc/shadow is never looked at.
+        assert_eq!(resolve_in_root(r, Path::new("/usr/bin/escape")), None);
+        assert_eq!(resolve_in_root(r, Path::new("/missing")), None);
+        std::os::unix::fs::symlink("loop", r.join("loop")).expect("symlink");
+        assert_eq!(resolve_in_root(r, Path::new("/loop")), None);
+    }
+}
