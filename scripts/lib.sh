@@ -25,6 +25,8 @@ build_image() {
   mkdir -p "$root/bin" "$root/tmp" "$root/etc" "$root/proc" "$root/sys" "$root/dev" "$root/work"
   cp /bin/busybox "$root/bin/busybox"
   for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$root/bin/$a"; done
+  # A second real executable (a copy, not a link): what an agent's allowlist can leave out.
+  mkdir -p "$root/usr/local/bin" && cp /bin/busybox "$root/usr/local/bin/fetch"
   echo 'root:x:0:0:root:/root:/bin/sh' > "$root/etc/passwd"
   echo 'nobody:x:65534:65534:nobody:/nonexistent:/bin/false' >> "$root/etc/passwd"
   printf 'root:x:0:\nnogroup:x:65534:\n' > "$root/etc/group"
@@ -60,8 +62,8 @@ TOML
 
 # import_image: build (once) and import the local busybox image.
 import_image() {
-  build_image "$SH_LAB/busybox.tar"
-  ctr_ images ls -q | grep -qx "$SH_IMAGE" || ctr_ images import --base-name "${SH_IMAGE%:*}" "$SH_LAB/busybox.tar" >/dev/null
+  build_image "$SH_LAB/busybox-v2.tar"
+  ctr_ images ls -q | grep -qx "$SH_IMAGE" || ctr_ images import --base-name "${SH_IMAGE%:*}" "$SH_LAB/busybox-v2.tar" >/dev/null
 }
 
 # stop_containerd: end the private containerd (by its PID) after removing our tasks.
@@ -77,5 +79,5 @@ stop_containerd() {
   kill -9 "$pid" 2>/dev/null || true
   rm -f "$SH_LAB/containerd.pid"
   # Snapshot mounts containerd may leave if it was killed mid-flight.
-  grep -o " $SH_LAB/[^ ]*" /proc/mounts 2>/dev/null | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  { grep -o " $SH_LAB/[^ ]*" /proc/mounts 2>/dev/null || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
 }

@@ -133,12 +133,19 @@ pub struct AuditRules {
     pub tools: Vec<PathBuf>,
     /// Kill the sandbox on a violation, or only record it.
     pub on_violation: ViolationAction,
+    /// The init process's executable as the container resolves it (the `container/start`
+    /// point reports only argv).
+    pub init_binary: Option<String>,
 }
 
 impl AuditRules {
     /// From a compiled policy; each tool is also allowed under the path its symlinks resolve to
     /// inside `rootfs` (gVisor reports the resolved executable).
-    pub fn from_policy(compiled: &CompiledPolicy, rootfs: &Path) -> AuditRules {
+    pub fn from_policy(
+        compiled: &CompiledPolicy,
+        rootfs: &Path,
+        spec: &serde_json::Value,
+    ) -> AuditRules {
         let mut tools = compiled.audit_plan.tools.clone();
         for t in &compiled.audit_plan.tools {
             if let Some(resolved) = resolve_in_root(rootfs, t) {
@@ -150,7 +157,20 @@ impl AuditRules {
         AuditRules {
             tools,
             on_violation: compiled.audit_plan.on_violation,
+            init_binary: init_binary(rootfs, spec),
         }
+    }
+
+    /// The executable an exec event ran, if the policy does not allow it.
+    pub fn offending_binary(&self, event: &AuditEvent) -> Option<String> {
+        let reported = event.executed_binary()?;
+        let binary = match (&event.point, &event.process) {
+            (Some(point), Some(p)) if point == "container/start" && p.binary.is_none() => {
+                self.init_binary.as_deref().unwrap_or(reported)
+            }
+            _ => reported,
+        };
+        (!self.allows(binary)).then(|| binary.to_string())
     }
 
     /// Whether an exec of `binary` (the resolved executable gVisor reports) is allowed. argv[0]
@@ -158,6 +178,27 @@ impl AuditRules {
     pub fn allows(&self, binary: &str) -> bool {
         self.tools.is_empty() || self.tools.iter().any(|t| t.as_os_str() == binary)
     }
+}
+
+/// The init's executable: `process.args[0]`, searched in the spec's PATH inside `rootfs`.
+fn init_binary(rootfs: &Path, spec: &serde_json::Value) -> Option<String> {
+    let arg0 = spec["process"]["args"][0].as_str()?;
+    if arg0.starts_with('/') {
+        return resolve_in_root(rootfs, Path::new(arg0)).map(|p| p.display().to_string());
+    }
+    let path_var = spec["process"]["env"]
+        .as_array()
+        .and_then(|env| {
+            env.iter()
+                .filter_map(|e| e.as_str())
+                .find_map(|e| e.strip_prefix("PATH="))
+        })
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    path_var
+        .split(':')
+        .filter(|d| d.starts_with('/'))
+        .find_map(|d| resolve_in_root(rootfs, &Path::new(d).join(arg0)))
+        .map(|p| p.display().to_string())
 }
 
 /// Resolves `path`'s symlinks as the container would see them, never leaving `root`.
@@ -293,10 +334,7 @@ pub fn spawn_pump(
     tokio::spawn(async move {
         let mut killed = false;
         while let Some(event) = events.recv().await {
-            let verdict = event
-                .executed_binary()
-                .filter(|binary| !rules.allows(binary))
-                .map(str::to_string);
+            let verdict = rules.offending_binary(&event);
             let container = event.container_id.clone().unwrap_or_default();
             output.submit(event);
             let Some(binary) = verdict else { continue };
@@ -331,6 +369,7 @@ mod tests {
         let rules = AuditRules {
             tools: vec![PathBuf::from("/bin/sh"), PathBuf::from("/usr/bin/python3")],
             on_violation: ViolationAction::Kill,
+            init_binary: None,
         };
         assert!(rules.allows("/usr/bin/python3"));
         assert!(!rules.allows("/bin/busybox"));
@@ -338,6 +377,7 @@ mod tests {
         let open = AuditRules {
             tools: vec![],
             on_violation: ViolationAction::Record,
+            init_binary: None,
         };
         assert!(open.allows("/anything"));
     }
@@ -366,5 +406,10 @@ mod tests {
         assert_eq!(resolve_in_root(r, Path::new("/missing")), None);
         std::os::unix::fs::symlink("loop", r.join("loop")).expect("symlink");
         assert_eq!(resolve_in_root(r, Path::new("/loop")), None);
+
+        let spec = serde_json::json!({"process": {"args": ["sh", "-c", "x"], "env": ["PATH=/usr/bin:/bin"]}});
+        assert_eq!(init_binary(r, &spec).as_deref(), Some("/bin/busybox"));
+        let spec = serde_json::json!({"process": {"args": ["nope"]}});
+        assert_eq!(init_binary(r, &spec), None);
     }
 }

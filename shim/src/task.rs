@@ -389,7 +389,7 @@ impl TaskService {
             flags.extra.push(flag);
         }
         let root = spec["root"]["path"].as_str().unwrap_or("rootfs");
-        let rules = AuditRules::from_policy(compiled, &bundle.join(root));
+        let rules = AuditRules::from_policy(compiled, &bundle.join(root), spec);
         audit::spawn_pump(
             rx,
             sandbox_audit.clone(),

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# make demo: set this machine up and run an AI agent's task in a Safehouse sandbox, end to end:
+# a private containerd with the safehouse runtime, an agent policy, and the audit stream
+# printed as it happens. Needs root on Debian 12; touches nothing outside /tmp/safehouse-demo
+# except installing packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+SH_LAB=${SH_LAB:-/tmp/safehouse-demo}
+SH_NS=demo
+SH_SOCK="$SH_LAB/containerd.sock"
+[ "$(id -u)" -eq 0 ] || die "run as root: the demo starts containerd and gVisor sandboxes"
+
+log "1/5 installing what Safehouse needs (containerd, gVisor's runsc, image tools)"
+bash scripts/deps.sh >/dev/null
+log "2/5 building Safehouse (release)"
+cargo build --release --bins --quiet
+bin=$(pwd)/target/release
+
+log "3/5 starting a private containerd with the io.containerd.safehouse.v2 runtime"
+follower=
+cleanup() { [ -n "$follower" ] && kill "$follower" 2>/dev/null; stop_containerd; }
+trap cleanup EXIT
+stop_containerd
+start_containerd "$bin"
+import_image
+
+log "4/5 the agent's policy"
+jobs="$SH_LAB/jobs"
+mkdir -p "$jobs/in" "$jobs/out" "$SH_LAB/policies"
+rm -f "$jobs/out/"*
+printf 'summarise the quarterly numbers\n' > "$jobs/in/task.txt"
+cat > "$SH_LAB/policies/demo-agent.yaml" <<YAML
+apiVersion: safehouse.dev/v1alpha1
+kind: AgentPolicy
+metadata:
+  name: demo-agent
+spec:
+  filesystem:
+    rootfs: read-only
+    scratch: [{path: /tmp, size: 64Mi}]
+    inputs: [{source: $jobs/in, path: /input}]
+    outputs: [{source: $jobs/out, path: /output}]
+  network:
+    mode: none
+  process:
+    user: "65534:65534"
+    tools: [/bin/sh]
+    timeout: 60s
+  resources:
+    memory: 256Mi
+    pids: 64
+  audit:
+    record: [process, file, network]
+    onViolation: kill
+YAML
+cat > "$SH_LAB/config.toml" <<TOML
+[policy]
+default = "$SH_LAB/policies/demo-agent.yaml"
+dir = "$SH_LAB/policies"
+[audit]
+output = "$SH_LAB/audit.jsonl"
+TOML
+"$bin/safehouse" policy explain "$SH_LAB/policies/demo-agent.yaml" | sed 's/^/    /'
+
+log "5/5 running the agent (audit events stream below, one line each)"
+: > "$SH_LAB/audit.jsonl"
+"$bin/safehouse" audit follow --format short "$SH_LAB/audit.jsonl" | sed 's/^/    audit | /' &
+follower=$!
+
+run_agent() { # name script
+  ctr_ run --rm --runtime io.containerd.safehouse.v2 --runtime-config-path "$SH_LAB/config.toml" \
+    "$SH_IMAGE" "$1" sh -c "$2" 2>&1 | sed 's/^/    agent | /'
+  return "${PIPESTATUS[0]}"
+}
+
+echo "  -- task 1: a well-behaved agent"
+run_agent agent-task-1 '
+  echo "reading /input/task.txt: $(cat /input/task.txt)"
+  echo "REPORT: $(cat /input/task.txt)" > /output/report.txt && echo "wrote /output/report.txt"
+  touch /etc/backdoor 2>/dev/null || echo "could not write to its own image (read-only rootfs)"
+  echo "network interfaces: $(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d " " | tr "\n" " ")"
+  exit 0' && rc=0 || rc=$?
+sleep 0.5
+echo "  -> exit code $rc; on the host, $jobs/out/report.txt says: $(cat "$jobs/out/report.txt" 2>/dev/null || echo '(missing)')"
+
+echo "  -- task 2: an agent that runs a tool its policy does not list"
+run_agent agent-task-2 'echo "downloading with an unlisted tool..."; /usr/local/bin/fetch --help >/dev/null; sleep 5; echo "never printed"' && rc=0 || rc=$?
+sleep 0.5
+echo "  -> exit code $rc (killed by Safehouse for the violation)"
+
+kill "$follower" 2>/dev/null || true; follower=
+echo
+"$bin/safehouse" audit verify "$SH_LAB/audit.jsonl" | sed 's/^/    /'
+log "done: the full audit log is $SH_LAB/audit.jsonl"
