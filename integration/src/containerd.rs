@@ -49,7 +49,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How to set up a private containerd.
 #[derive(Debug, Clone, Default)]
 pub struct ContainerdOptions {
-    /// The Safehouse shim binary; linked into a directory that goes first on containerd's PATH.
+    /// The Safehouse shim binary; a snapshot of it goes into a directory first on containerd's
+    /// PATH.
     pub shim: Option<PathBuf>,
     /// A Safehouse config file, registered as the CRI runtime's `ConfigPath` option.
     pub shim_config: Option<PathBuf>,
@@ -89,8 +90,17 @@ impl Containerd {
             fs::create_dir_all(path.join(sub))?;
         }
         if let Some(shim) = &options.shim {
-            std::os::unix::fs::symlink(shim, path.join("bin").join(SAFEHOUSE_SHIM_NAME))
-                .context("cannot link the shim into containerd's PATH")?;
+            // A snapshot (hard link, else copy), not a symlink: a rebuild of the shim during
+            // the run must not change the binary containerd starts halfway through.
+            let dest = path.join("bin").join(SAFEHOUSE_SHIM_NAME);
+            if fs::hard_link(shim, &dest).is_err() {
+                fs::copy(shim, &dest).with_context(|| {
+                    format!(
+                        "cannot put the shim {} on containerd's PATH",
+                        shim.display()
+                    )
+                })?;
+            }
         }
         let mut options = options.clone();
         if options.shim_config.is_none() && options.private_runsc_root {
