@@ -126,6 +126,8 @@ pub struct Container {
     pub timeout: Option<std::time::Duration>,
     /// The sandbox's audit (shared by every container of a pod).
     pub audit: Arc<crate::audit::SandboxAudit>,
+    /// The host cgroup runsc put the sandbox in (`linux.cgroupsPath`).
+    pub cgroups_path: Option<String>,
     /// Why Safehouse ended the container, when it did (timeout, violation).
     pub exit_reason: Mutex<Option<safehouse_audit::ExitReason>>,
 }

@@ -2,6 +2,7 @@
 //! runtime; every container it serves runs in a gVisor sandbox.
 
 mod audit;
+mod cgroup;
 mod confine;
 mod container;
 mod error;

@@ -308,6 +308,7 @@ impl TaskService {
             policy_digest: compiled.digest.clone(),
             timeout: compiled.timeout,
             audit: sandbox_audit.clone(),
+            cgroups_path: spec["linux"]["cgroupsPath"].as_str().map(String::from),
             exit_reason: Mutex::new(None),
         });
         self.record(
@@ -471,6 +472,24 @@ impl TaskService {
             p.io.lock().await.drain(DRAIN).await;
             if !p.mark_exited(exit) {
                 return;
+            }
+            if p.exec_id.is_empty() && c.is_root() && exit.code == 137 {
+                // The sandbox was SIGKILLed: by the host's OOM killer, if its cgroup says so.
+                let ooms = c.cgroups_path.as_deref().and_then(crate::cgroup::oom_kills);
+                if ooms.unwrap_or(0) > 0 {
+                    warn!(container = %c.id, "out of memory: the kernel's OOM killer ended the sandbox");
+                    c.set_exit_reason(ExitReason::Oom);
+                    output.submit(c.audit.ctx.oom(&c.id).build());
+                    let mut e = ev::TaskOOM::new();
+                    e.container_id = c.id.clone();
+                    publish(
+                        &publisher,
+                        &namespace,
+                        topics::TASK_OOM_EVENT_TOPIC,
+                        Box::new(e),
+                    )
+                    .await;
+                }
             }
             let reason = c.exit_reason_for(&p, exit.code);
             info!(container = %c.id, exec = %p.exec_id, code = exit.code, ?reason, "exited");
