@@ -222,26 +222,43 @@ enum LogTarget {
 }
 
 impl LogTarget {
+    /// Parses containerd's stdio value: a fifo path, or `fifo://`, `file://` and
+    /// `binary://PATH?k=v&flag` URIs (query values percent-decoded, as containerd encodes them).
     fn parse(s: &str) -> Result<LogTarget> {
         if s.is_empty() {
             return Ok(LogTarget::None);
         }
-        let Ok(u) = url::Url::parse(s) else {
+        let Some((scheme, rest)) = s.split_once("://") else {
             return Ok(LogTarget::Fifo(s.to_string()));
         };
-        let path = PathBuf::from(u.path());
-        match u.scheme() {
-            "fifo" => Ok(LogTarget::Fifo(u.path().to_string())),
-            "file" => Ok(LogTarget::File(path)),
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let decode = |v: &str| {
+            percent_encoding::percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let path = decode(path);
+        if !path.starts_with('/') {
+            return Err(ShimError::InvalidArgument(format!(
+                "stdio URI {s:?}: the path must be absolute"
+            )));
+        }
+        match scheme {
+            "fifo" => Ok(LogTarget::Fifo(path)),
+            "file" => Ok(LogTarget::File(PathBuf::from(path))),
             "binary" => {
                 let mut args = Vec::new();
-                for (k, v) in u.query_pairs() {
-                    args.push(k.into_owned());
+                for pair in query.split('&').filter(|p| !p.is_empty()) {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    args.push(decode(k));
                     if !v.is_empty() {
-                        args.push(v.into_owned());
+                        args.push(decode(v));
                     }
                 }
-                Ok(LogTarget::Binary { path, args })
+                Ok(LogTarget::Binary {
+                    path: PathBuf::from(path),
+                    args,
+                })
             }
             other => Err(ShimError::InvalidArgument(format!(
                 "unsupported stdio URI scheme {other:?} in {s:?} (fifo path, file:// or binary://)"
@@ -431,5 +448,16 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(LogTarget::parse("http://example.invalid/x").is_err());
+        assert!(LogTarget::parse("file://relative/x").is_err());
+        match LogTarget::parse(
+            "binary:///usr/bin/nerdctl?_NERDCTL_INTERNAL_LOGGING=%2Fvar%2Flib%2Fnerdctl",
+        )
+        .unwrap()
+        {
+            LogTarget::Binary { args, .. } => {
+                assert_eq!(args, vec!["_NERDCTL_INTERNAL_LOGGING", "/var/lib/nerdctl"]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
