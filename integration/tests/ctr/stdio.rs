@@ -207,10 +207,12 @@ pub fn log_uri_file(env: &TestEnv) -> Result<()> {
             &["sh", "-c", "echo file-out; echo file-err >&2"],
         )?;
         ensure!(out.success(), "{}", out.describe());
+        let read = || fs::read_to_string(&path).unwrap_or_default();
         let text = wait_for("the log file", Duration::from_secs(10), || {
-            let text = fs::read_to_string(&path).unwrap_or_default();
+            let text = read();
             Ok((text.contains("file-out") && text.contains("file-err")).then_some(text))
-        })?;
+        })
+        .with_context(|| format!("{} holds {:?}", path.display(), read()))?;
         ensure!(
             text.lines().count() == 2,
             "log file has extra lines:\n{text}"
