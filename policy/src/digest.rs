@@ -23,13 +23,10 @@ pub fn canonical_json(policy: &AgentPolicy) -> String {
 }
 
 fn canonical_bytes(policy: &AgentPolicy) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1024);
-    match serde_json::to_value(policy) {
-        Ok(v) => write_canonical(&v, &mut out),
-        // Serialising plain data structs cannot fail; fall back to Debug to stay total.
-        Err(_) => out = format!("{policy:?}").into_bytes(),
-    }
-    out
+    // The manifest structs declare their fields in sorted order and their maps are BTreeMaps,
+    // so serde's compact output is already canonical (checked against `write_canonical` in
+    // the tests); this avoids building a `serde_json::Value` on every compile.
+    serde_json::to_vec(policy).unwrap_or_else(|_| format!("{policy:?}").into_bytes())
 }
 
 /// Writes `v` with sorted keys and no whitespace, whatever map order serde_json was built with.
@@ -81,5 +78,47 @@ pub fn sorted(v: serde_json::Value) -> serde_json::Value {
         }
         Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{HostZone, ScratchZone};
+    use crate::quantity::{ByteSize, DurationSpec};
+
+    fn slow_canonical(policy: &AgentPolicy) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_canonical(&serde_json::to_value(policy).unwrap(), &mut out);
+        out
+    }
+
+    #[test]
+    fn serde_output_is_key_sorted_canonical_json() {
+        let mut full = AgentPolicy::strict_default();
+        full.metadata.labels.insert("b".into(), "2".into());
+        full.metadata.labels.insert("a".into(), "1".into());
+        full.spec.filesystem.scratch.push(ScratchZone {
+            path: "/build".into(),
+            size: ByteSize::mib(3),
+            exec: true,
+        });
+        let zone = HostZone {
+            source: "/srv/x".into(),
+            path: "/x".into(),
+            exec: true,
+        };
+        full.spec.filesystem.inputs.push(zone.clone());
+        full.spec.filesystem.outputs.push(zone);
+        full.spec.network.egress.push("pypi.org:443".into());
+        full.spec.process.capabilities.push("CAP_KILL".into());
+        full.spec.process.tools.push("/bin/sh".into());
+        full.spec.process.timeout = Some(DurationSpec(std::time::Duration::from_millis(1500)));
+        for p in [AgentPolicy::strict_default(), full] {
+            assert_eq!(
+                String::from_utf8(canonical_bytes(&p)).unwrap(),
+                String::from_utf8(slow_canonical(&p)).unwrap()
+            );
+        }
     }
 }

@@ -1,5 +1,8 @@
 //! The `AgentPolicy` manifest as written by an operator (YAML or JSON), with its defaults.
 //! Only the shape and defaults live here: semantic checks are in `validate`, meaning in `compile`.
+//!
+//! Every struct declares its fields in the byte order of their serialised names: the policy
+//! digest hashes serde's output directly and relies on it being key-sorted (a test checks).
 
 use std::collections::BTreeMap;
 
@@ -33,20 +36,23 @@ pub struct AgentPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Metadata {
-    /// Policy name: lowercase letters, digits and `-`, at most 63 characters.
-    pub name: String,
     /// Free text for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// Free-form labels; not interpreted.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Policy name: lowercase letters, digits and `-`, at most 63 characters.
+    pub name: String,
 }
 
 /// The body of a policy.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicySpec {
+    /// What the audit stream records and what happens on a violation.
+    #[serde(default)]
+    pub audit: AuditPolicy,
     /// Root filesystem mode and the writable/readable zones.
     #[serde(default)]
     pub filesystem: FilesystemPolicy,
@@ -59,9 +65,6 @@ pub struct PolicySpec {
     /// Resource limits.
     #[serde(default)]
     pub resources: ResourcePolicy,
-    /// What the audit stream records and what happens on a violation.
-    #[serde(default)]
-    pub audit: AuditPolicy,
 }
 
 /// Whether the container's root filesystem is writable.
@@ -79,45 +82,45 @@ pub enum RootfsMode {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FilesystemPolicy {
-    /// `read-only` (default) or `read-write`.
-    #[serde(default)]
-    pub rootfs: RootfsMode,
-    /// Private tmpfs zones, gone when the sandbox ends.
-    #[serde(default)]
-    pub scratch: Vec<ScratchZone>,
     /// Host directories mounted read-only.
     #[serde(default)]
     pub inputs: Vec<HostZone>,
     /// Host directories mounted read-write.
     #[serde(default)]
     pub outputs: Vec<HostZone>,
+    /// `read-only` (default) or `read-write`.
+    #[serde(default)]
+    pub rootfs: RootfsMode,
+    /// Private tmpfs zones, gone when the sandbox ends.
+    #[serde(default)]
+    pub scratch: Vec<ScratchZone>,
 }
 
 /// A private in-memory (tmpfs) zone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ScratchZone {
+    /// Allow executing files from this zone (default false: mounted noexec).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub exec: bool,
     /// Absolute path inside the container.
     pub path: String,
     /// Size of the tmpfs (default 64Mi).
     #[serde(default = "default_scratch_size")]
     pub size: ByteSize,
-    /// Allow executing files from this zone (default false: mounted noexec).
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub exec: bool,
 }
 
 /// A host directory bind-mounted into the container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HostZone {
-    /// Absolute path on the host.
-    pub source: String,
-    /// Absolute path inside the container.
-    pub path: String,
     /// Allow executing files from this zone (default false: mounted noexec).
     #[serde(default, skip_serializing_if = "is_false")]
     pub exec: bool,
+    /// Absolute path inside the container.
+    pub path: String,
+    /// Absolute path on the host.
+    pub source: String,
 }
 
 /// How the agent may reach the network.
@@ -137,51 +140,51 @@ pub enum NetworkMode {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetworkPolicy {
-    /// `none` (default), `allowlist` or `open`.
-    #[serde(default)]
-    pub mode: NetworkMode,
     /// Allowlist entries: `host:port`, `cidr` or `cidr:port` (IPv6 as `[cidr]:port`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<String>,
+    /// `none` (default), `allowlist` or `open`.
+    #[serde(default)]
+    pub mode: NetworkMode,
 }
 
 /// Identity and privileges of the agent's processes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProcessPolicy {
-    /// `uid:gid`, numeric (default `65534:65534`, nobody).
-    #[serde(default = "default_user")]
-    pub user: String,
     /// Capabilities kept (e.g. `CAP_NET_BIND_SERVICE`); all others are dropped. Default none.
     #[serde(default)]
     pub capabilities: Vec<String>,
     /// Set the no_new_privs bit (default true).
     #[serde(default = "default_true")]
     pub no_new_privileges: bool,
-    /// Absolute paths of executables the agent may run; empty means unrestricted.
-    #[serde(default)]
-    pub tools: Vec<String>,
     /// Wall-clock limit, after which the container is killed. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<DurationSpec>,
+    /// Absolute paths of executables the agent may run; empty means unrestricted.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// `uid:gid`, numeric (default `65534:65534`, nobody).
+    #[serde(default = "default_user")]
+    pub user: String,
 }
 
 /// Resource limits, always bounded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResourcePolicy {
-    /// Memory limit (default 512Mi).
-    #[serde(default = "default_memory")]
-    pub memory: ByteSize,
     /// CPU limit in CPUs (default 1).
     #[serde(default = "default_cpus")]
     pub cpus: Cpus,
-    /// Maximum number of processes and threads (default 128).
-    #[serde(default = "default_pids")]
-    pub pids: u32,
+    /// Memory limit (default 512Mi).
+    #[serde(default = "default_memory")]
+    pub memory: ByteSize,
     /// Maximum number of open files, RLIMIT_NOFILE (default 1024).
     #[serde(default = "default_nofile")]
     pub nofile: u32,
+    /// Maximum number of processes and threads (default 128).
+    #[serde(default = "default_pids")]
+    pub pids: u32,
 }
 
 /// A class of audit events.
@@ -213,12 +216,12 @@ pub enum ViolationAction {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuditPolicy {
-    /// Event classes recorded (default all: process, file, network).
-    #[serde(default = "default_record")]
-    pub record: Vec<AuditCategory>,
     /// `kill` (default) or `record`.
     #[serde(default)]
     pub on_violation: ViolationAction,
+    /// Event classes recorded (default all: process, file, network).
+    #[serde(default = "default_record")]
+    pub record: Vec<AuditCategory>,
 }
 
 fn is_false(b: &bool) -> bool {

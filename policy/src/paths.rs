@@ -1,6 +1,8 @@
 //! Path rules shared by validation and the compiler: what a well-formed absolute path is, and
 //! whether one path lies within another (by components, never by string prefix).
 
+use std::borrow::Cow;
+
 /// Why a path is not a normalized absolute path, or `None` if it is one.
 pub fn absolute_path_problem(p: &str) -> Option<&'static str> {
     if !p.starts_with('/') {
@@ -35,20 +37,30 @@ pub fn is_within(child: &str, parent: &str) -> bool {
 }
 
 /// Normalize a path from an untrusted spec for comparison: collapse `//`, drop `.` and a
-/// trailing `/`. `None` when it has a `..` component or is not absolute.
-pub fn normalize(p: &str) -> Option<String> {
+/// trailing `/`. `None` when it has a `..` component or is not absolute. Borrows when the
+/// path is already normal (the usual case).
+pub fn normalize(p: &str) -> Option<Cow<'_, str>> {
     if !p.starts_with('/') {
         return None;
     }
-    let mut parts = Vec::new();
+    if absolute_path_problem(p).is_none() {
+        return Some(Cow::Borrowed(p));
+    }
+    let mut out = String::with_capacity(p.len());
     for c in p.split('/') {
         match c {
             "" | "." => {}
             ".." => return None,
-            c => parts.push(c),
+            c => {
+                out.push('/');
+                out.push_str(c);
+            }
         }
     }
-    Some(format!("/{}", parts.join("/")))
+    if out.is_empty() {
+        out.push('/');
+    }
+    Some(Cow::Owned(out))
 }
 
 /// Number of components: `/` → 0, `/a/b` → 2.
@@ -84,6 +96,9 @@ mod tests {
         assert_eq!(normalize("/./etc").as_deref(), Some("/etc"));
         assert_eq!(normalize("/etc/../root"), None);
         assert_eq!(normalize("etc"), None);
+        assert_eq!(normalize("/").as_deref(), Some("/"));
+        assert_eq!(normalize("//").as_deref(), Some("/"));
+        assert!(matches!(normalize("/etc/hosts"), Some(Cow::Borrowed(_))));
         assert_eq!(depth("/"), 0);
         assert_eq!(depth("/a/b"), 2);
     }

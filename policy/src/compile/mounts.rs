@@ -92,7 +92,7 @@ pub(super) fn confine(
                 ),
             ));
         };
-        if zone_dests.contains(&dest.as_str()) {
+        if zone_dests.contains(&&*dest) {
             // The policy's zone replaces whatever the spec put there.
             continue;
         }
