@@ -3,6 +3,7 @@
 //! `SAFEHOUSE_LOG` environment variable (tracing's filter syntax) overrides it.
 
 use std::fs::OpenOptions;
+use std::io::Write;
 use std::sync::Mutex;
 
 use tracing_subscriber::EnvFilter;
@@ -12,6 +13,28 @@ fn filter(debug: bool) -> EnvFilter {
         .unwrap_or_else(|_| EnvFilter::new(if debug { "debug" } else { "info" }))
 }
 
+/// Prefixes every log line with the shim's id (the container, or the pod's sandbox container),
+/// so lines from code that knows no container (the containerd-shim crate's own, shutdown) still
+/// say whose they are. Each event is one `write` from the formatter.
+struct Prefixed<W> {
+    prefix: String,
+    inner: W,
+}
+
+impl<W: Write> Write for Prefixed<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut line = Vec::with_capacity(self.prefix.len() + buf.len());
+        line.extend_from_slice(self.prefix.as_bytes());
+        line.extend_from_slice(buf);
+        self.inner.write_all(&line)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Logs to containerd's `log` fifo in the working directory (the bundle).
 pub fn init_for_serve(debug: bool, shim_id: &str) {
     let sink = OpenOptions::new().write(true).open("log");
@@ -19,9 +42,17 @@ pub fn init_for_serve(debug: bool, shim_id: &str) {
         .with_env_filter(filter(debug))
         .with_ansi(false)
         .with_target(false);
+    let prefix = format!("shim={shim_id} ");
     let res = match sink {
-        Ok(f) => builder.with_writer(Mutex::new(f)).try_init(),
-        Err(_) => builder.with_writer(std::io::stderr).try_init(),
+        Ok(f) => builder
+            .with_writer(Mutex::new(Prefixed { prefix, inner: f }))
+            .try_init(),
+        Err(_) => builder
+            .with_writer(Mutex::new(Prefixed {
+                prefix,
+                inner: std::io::stderr(),
+            }))
+            .try_init(),
     };
     if res.is_ok() {
         tracing::info!(

@@ -355,12 +355,12 @@ impl Runsc {
         })
     }
 
-    /// Spawns a foreground `runsc exec`; its exit status is the exec'd process's.
+    /// Spawns a foreground `runsc exec`; its exit status is the exec'd process's. For a
+    /// terminal, `stdio` is a pty the caller opened (runsc ignores --console-socket here).
     pub fn spawn_exec(
         &self,
         id: &str,
         process_file: &Path,
-        console_socket: Option<&Path>,
         internal_pid_file: &Path,
         stdio: ChildStdio,
         sb: &SandboxFlags,
@@ -370,9 +370,6 @@ impl Runsc {
             format!("--process={}", process_file.display()),
             format!("--internal-pid-file={}", internal_pid_file.display()),
         ];
-        if let Some(sock) = console_socket {
-            sub.push(format!("--console-socket={}", sock.display()));
-        }
         sub.push(id.into());
         self.spawn_long(id, sb, sub, stdio)
     }

@@ -60,6 +60,7 @@ impl Shim for SafehouseShim {
         // container (sandbox, runsc state, mounts) from what Create persisted.
         let bundle = std::env::current_dir().map_err(|e| ShimCrateError::Other(e.to_string()))?;
         let mut pid = 0;
+        remove_dead_shim_socket(&bundle);
         if let Some(st) = PersistedState::load(&bundle) {
             pid = st.pid;
             cleanup_after_dead_shim(&self.id, &bundle, &st);
@@ -131,6 +132,26 @@ fn cleanup_after_dead_shim(id: &str, bundle: &Path, st: &PersistedState) {
     }
     let _ = std::fs::remove_file(bundle.join(format!("{id}.runsc.log")));
     let _ = std::fs::remove_file(bundle.join(container::STATE_FILE));
+}
+
+/// Removes the ttrpc socket a killed shim left in /run/containerd/s (named in the bundle's
+/// `address` file), if nothing listens on it any more: a pod's other containers may still be
+/// served by a live shim on the same socket.
+fn remove_dead_shim_socket(bundle: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let path = Path::new(address.trim().trim_start_matches("unix://"));
+    let is_socket = std::fs::symlink_metadata(path)
+        .map(|m| m.file_type().is_socket())
+        .unwrap_or(false);
+    if is_socket && std::os::unix::net::UnixStream::connect(path).is_err() {
+        match std::fs::remove_file(path) {
+            Ok(()) => tracing::info!("removed the dead shim's socket {}", path.display()),
+            Err(e) => tracing::warn!("remove {}: {e}", path.display()),
+        }
+    }
 }
 
 /// Whether `pid` is still the runsc sandbox of container `id` (not a recycled pid).

@@ -679,52 +679,30 @@ impl TaskService {
         }
         let process_file = exec_file(&c.bundle, &p.exec_id, "process.json");
         let internal_pid_file = exec_file(&c.bundle, &p.exec_id, "pid");
-        let key = format!("{}/{}/{}", self.namespace, c.id, p.exec_id);
-        let (stdio, console) = if p.paths.terminal {
-            let sock = ConsoleSocket::bind(&self.node.console_dir(), &key)?;
-            let rx = sock.receive();
-            (crate::runsc::ChildStdio::null(), Some((sock, rx)))
+        // A foreground `runsc exec` ignores --console-socket and uses its own stdio as the
+        // process's terminal, so the shim opens the pty and keeps the master.
+        let (stdio, master) = if p.paths.terminal {
+            let pty = nix::pty::openpty(None, None)
+                .map_err(|e| ShimError::io("open a pty", std::io::Error::from(e)))?;
+            let dup =
+                |fd: &std::os::fd::OwnedFd| fd.try_clone().map_err(|e| ShimError::io("dup pty", e));
+            let stdio = crate::runsc::ChildStdio {
+                stdin: Some(dup(&pty.slave)?),
+                stdout: Some(dup(&pty.slave)?),
+                stderr: Some(pty.slave),
+            };
+            (stdio, Some(std::fs::File::from(pty.master)))
         } else {
             let (stdio, io) =
                 ProcessIo::plain(&p.paths, &c.id, &self.namespace, &self.reaper).await?;
             *p.io.lock().await = io;
             (stdio, None)
         };
-        let spawned = c.runsc.spawn_exec(
-            &c.id,
-            &process_file,
-            console.as_ref().map(|(s, _)| s.path()),
-            &internal_pid_file,
-            stdio,
-            &c.flags,
-        );
-        let (pid, exit) = match spawned {
-            Ok(x) => x,
-            Err(e) => {
-                if let Some((sock, _)) = &console {
-                    sock.cancel();
-                }
-                return Err(e);
-            }
-        };
-        if let Some((sock, rx)) = console {
-            let master = tokio::select! {
-                m = recv_console(rx) => m,
-                _ = tokio::time::sleep(Duration::from_secs(30)) => {
-                    sock.cancel();
-                    Err(ShimError::Internal("runsc exec sent no terminal within 30s".into()))
-                }
-            };
-            match master {
-                Ok(m) => p.io.lock().await.attach_console(&p.paths, m)?,
-                Err(e) => {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                    return Err(e);
-                }
-            }
+        let (pid, exit) =
+            c.runsc
+                .spawn_exec(&c.id, &process_file, &internal_pid_file, stdio, &c.flags)?;
+        if let Some(master) = master {
+            p.io.lock().await.attach_console(&p.paths, master)?;
         }
         p.mark_started(pid)?;
         self.watch_exit(c.clone(), p.clone(), exit);
