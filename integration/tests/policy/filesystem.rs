@@ -1,0 +1,213 @@
+//! Filesystem zones: a read-only rootfs, private noexec scratch, host outputs that persist and
+//! host inputs that cannot be written.
+
+use std::fs;
+
+use anyhow::{ensure, Result};
+use safehouse_integration::TestEnv;
+
+use crate::lab::{known_product_bug, says, Lab};
+
+/// The strict default (uid 65534) and a root policy both fail to write the rootfs; as root the
+/// error is the read-only mount's (EROFS), not a permission check.
+pub fn rootfs_is_read_only(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "rootfs")?;
+    lab.policy("root-ro", r#"{process: {user: "0:0"}}"#)?;
+    let strict = env.id("rofs-strict");
+    let root = env.id("rofs-root");
+    env.scenario(&[&strict, &root], || {
+        let check = "touch /written-by-agent && echo WROTE; id -u";
+        let out = lab.run(None, &["--rm"], &strict, &["sh", "-c", check])?;
+        ensure!(
+            out.success() && !says(&out, "WROTE") && out.stdout.trim() == "65534",
+            "strict default: the rootfs write should fail, as uid 65534: {}",
+            out.describe()
+        );
+        ensure!(
+            says(&out, "Read-only file system") || says(&out, "Permission denied"),
+            "strict default: no write error reported: {}",
+            out.describe()
+        );
+        let out = lab.run(Some("root-ro"), &["--rm"], &root, &["sh", "-c", check])?;
+        ensure!(
+            out.success() && !says(&out, "WROTE") && out.stdout.trim() == "0",
+            "root policy: the rootfs write should fail, as uid 0: {}",
+            out.describe()
+        );
+        ensure!(
+            out.stderr.contains("Read-only file system"),
+            "root policy: expected EROFS: {}",
+            out.describe()
+        );
+        Ok(())
+    })
+}
+
+/// `/tmp` (the strict default's scratch) is writable, and the next container does not see what
+/// the previous one wrote.
+pub fn scratch_is_writable_and_private(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "scratch")?;
+    let first = env.id("scratch-a");
+    let second = env.id("scratch-b");
+    env.scenario(&[&first, &second], || {
+        let out = lab.run(
+            None,
+            &["--rm"],
+            &first,
+            &["sh", "-c", "echo scratch-data > /tmp/note && cat /tmp/note"],
+        )?;
+        ensure!(
+            out.success() && out.stdout == "scratch-data\n",
+            "write to /tmp: {}",
+            out.describe()
+        );
+        let out = lab.run(
+            None,
+            &["--rm"],
+            &second,
+            &[
+                "sh",
+                "-c",
+                "ls -A /tmp; test -e /tmp/note && echo STILL-THERE; true",
+            ],
+        )?;
+        ensure!(
+            out.success() && out.stdout.trim().is_empty(),
+            "the next container's /tmp must be empty: {}",
+            out.describe()
+        );
+        Ok(())
+    })
+}
+
+/// A binary copied into noexec scratch cannot run (EACCES); with `exec: true` it can.
+pub fn scratch_is_noexec_unless_exec(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "noexec")?;
+    lab.policy(
+        "exec-scratch",
+        "{filesystem: {scratch: [{path: /tmp, exec: true}]}}",
+    )?;
+    let denied = env.id("noexec");
+    let allowed = env.id("execok");
+    env.scenario(&[&denied, &allowed], || {
+        let check = "cp /bin/busybox /tmp/busybox && /tmp/busybox echo RAN-FROM-TMP";
+        let out = lab.run(None, &["--rm"], &denied, &["sh", "-c", check])?;
+        ensure!(
+            out.code == Some(126) && !says(&out, "RAN-FROM-TMP"),
+            "exec from noexec /tmp should fail with 126: {}",
+            out.describe()
+        );
+        ensure!(
+            out.stderr.contains("Permission denied"),
+            "expected EACCES from noexec: {}",
+            out.describe()
+        );
+        let out = lab.run(
+            Some("exec-scratch"),
+            &["--rm"],
+            &allowed,
+            &["sh", "-c", check],
+        )?;
+        ensure!(
+            out.success() && out.stdout == "RAN-FROM-TMP\n",
+            "exec from /tmp with exec: true: {}",
+            out.describe()
+        );
+        Ok(())
+    })
+}
+
+/// An output zone's writes land on the host; an input zone is readable and not writable.
+pub fn outputs_persist_inputs_read_only(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "zones")?;
+    let input = lab.host_dir("in")?;
+    let output = lab.host_dir("out")?;
+    fs::write(input.join("task.txt"), "input-content\n")?;
+    // Root in the container, so only the read-only mount (not file modes) stops the write.
+    lab.policy(
+        "zones",
+        &format!(
+            r#"{{process: {{user: "0:0"}}, filesystem: {{inputs: [{{source: {:?}, path: /in}}], outputs: [{{source: {:?}, path: /out}}]}}}}"#,
+            input.display().to_string(),
+            output.display().to_string()
+        ),
+    )?;
+    let id = env.id("zones");
+    env.scenario(&[&id], || {
+        let check = "cat /in/task.txt; echo result-data > /out/result.txt && echo OUT-OK; \
+                     echo tamper >> /in/task.txt && echo IN-WRITTEN; \
+                     touch /in/new.txt && echo IN-CREATED; true";
+        let out = lab.run(Some("zones"), &["--rm"], &id, &["sh", "-c", check])?;
+        ensure!(
+            out.success() && out.stdout == "input-content\nOUT-OK\n",
+            "read input, write output, no input writes: {}",
+            out.describe()
+        );
+        ensure!(
+            out.stderr.matches("Read-only file system").count() == 2,
+            "both writes to /in should fail with EROFS: {}",
+            out.describe()
+        );
+        let written = fs::read_to_string(output.join("result.txt"))?;
+        ensure!(
+            written == "result-data\n",
+            "host output file holds {written:?}"
+        );
+        let kept = fs::read_to_string(input.join("task.txt"))?;
+        ensure!(
+            kept == "input-content\n",
+            "the host input file changed to {kept:?}: {}",
+            out.describe()
+        );
+        ensure!(
+            !input.join("new.txt").exists(),
+            "a file appeared in the host input dir"
+        );
+        Ok(())
+    })
+}
+
+/// A truncating open (`>`) of an input file fails with EROFS and leaves the host file whole.
+pub fn input_survives_truncating_open(env: &TestEnv) -> Result<()> {
+    known_product_bug(
+        "an input zone (bind mount rbind,ro) is truncated on the host by `echo x > /in/file`: \
+         the container gets EROFS (\"can't create /in/file: Read-only file system\") but the host \
+         file is left empty; plain runsc 20240729 does the same with a ro bind mount \
+         (--directfs=true and false), so Safehouse must not rely on gVisor's ro flag alone",
+    )?;
+    let lab = Lab::new(env, "truncate")?;
+    let input = lab.host_dir("in")?;
+    fs::write(input.join("task.txt"), "input-content\n")?;
+    lab.policy(
+        "input-only",
+        &format!(
+            r#"{{process: {{user: "0:0"}}, filesystem: {{inputs: [{{source: {:?}, path: /in}}]}}}}"#,
+            input.display().to_string()
+        ),
+    )?;
+    let id = env.id("truncate");
+    env.scenario(&[&id], || {
+        let out = lab.run(
+            Some("input-only"),
+            &["--rm"],
+            &id,
+            &[
+                "sh",
+                "-c",
+                "echo tamper > /in/task.txt && echo IN-WRITTEN; true",
+            ],
+        )?;
+        ensure!(
+            out.success() && out.stderr.contains("Read-only file system"),
+            "the truncating open should fail with EROFS: {}",
+            out.describe()
+        );
+        let kept = fs::read_to_string(input.join("task.txt"))?;
+        ensure!(
+            kept == "input-content\n",
+            "the host input file is now {kept:?} although the container got EROFS: {}",
+            out.describe()
+        );
+        Ok(())
+    })
+}

@@ -1,0 +1,86 @@
+//! End-to-end agent policy enforcement: each scenario writes its own Safehouse runtime config
+//! and policies (selected per container by the `safehouse.dev/policy` annotation), runs a
+//! busybox checker inside the container through the real containerd, shim and runsc, asserts
+//! what the policy promises, and ends with the harness's leak check. Only the Safehouse runtime
+//! has policies; the baselines report every scenario as ignored. Scenarios that show a known
+//! product bug are reported as ignored with the bug; `-- --include-ignored` runs them.
+
+mod filesystem;
+mod lab;
+mod network;
+mod process;
+mod refusals;
+mod resources;
+
+use std::process::ExitCode;
+
+use safehouse_integration::Scenario;
+
+fn main() -> ExitCode {
+    safehouse_integration::suite::main(&[
+        Scenario {
+            name: "filesystem::rootfs_is_read_only",
+            run: filesystem::rootfs_is_read_only,
+        },
+        Scenario {
+            name: "filesystem::scratch_is_writable_and_private",
+            run: filesystem::scratch_is_writable_and_private,
+        },
+        Scenario {
+            name: "filesystem::scratch_is_noexec_unless_exec",
+            run: filesystem::scratch_is_noexec_unless_exec,
+        },
+        Scenario {
+            name: "filesystem::outputs_persist_inputs_read_only",
+            run: filesystem::outputs_persist_inputs_read_only,
+        },
+        Scenario {
+            name: "filesystem::input_survives_truncating_open",
+            run: filesystem::input_survives_truncating_open,
+        },
+        Scenario {
+            name: "process::identity_and_privileges",
+            run: process::identity_and_privileges,
+        },
+        Scenario {
+            name: "process::timeout_kills",
+            run: process::timeout_kills,
+        },
+        Scenario {
+            name: "process::non_tool_exec_is_killed",
+            run: process::non_tool_exec_is_killed,
+        },
+        Scenario {
+            name: "process::relative_init_is_resolved",
+            run: process::relative_init_is_resolved,
+        },
+        Scenario {
+            name: "resources::fork_loop_is_bounded",
+            run: resources::fork_loop_is_bounded,
+        },
+        Scenario {
+            name: "resources::small_pids_limit_fails_forks_inside",
+            run: resources::small_pids_limit_fails_forks_inside,
+        },
+        Scenario {
+            name: "resources::memory_limit_ooms",
+            run: resources::memory_limit_ooms,
+        },
+        Scenario {
+            name: "network::none_blocks_test_host_open_reaches_it",
+            run: network::none_blocks_test_host_open_reaches_it,
+        },
+        Scenario {
+            name: "refusals::unnamed_host_bind_is_refused",
+            run: refusals::unnamed_host_bind_is_refused,
+        },
+        Scenario {
+            name: "refusals::allowlist_policy_is_refused",
+            run: refusals::allowlist_policy_is_refused,
+        },
+        Scenario {
+            name: "refusals::unknown_or_unlisted_policy_is_refused",
+            run: refusals::unknown_or_unlisted_policy_is_refused,
+        },
+    ])
+}

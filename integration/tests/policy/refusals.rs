@@ -1,0 +1,117 @@
+//! What Create refuses: a host bind mount the policy does not name, a policy with an egress
+//! allowlist (not enforced yet), and an annotation naming an unknown or unlisted policy. Each
+//! refusal is an exact error and leaves nothing behind.
+
+use anyhow::{ensure, Result};
+use safehouse_integration::command::Output;
+use safehouse_integration::env::LEAK_GRACE;
+use safehouse_integration::TestEnv;
+
+use crate::lab::{says, Lab};
+
+/// Runs `true` under `policy` with `flags`, expects Create to fail without a task, removes the
+/// container record and checks for leaks; returns `ctr run`'s output for the message checks.
+fn refused_run(
+    env: &TestEnv,
+    lab: &Lab,
+    policy: Option<&str>,
+    flags: &[&str],
+    id: &str,
+) -> Result<Output> {
+    let out = lab.run(policy, flags, id, &["sh", "-c", "echo STARTED"])?;
+    ensure!(!out.timed_out, "ctr run hung: {}", out.describe());
+    ensure!(
+        !out.success() && !says(&out, "STARTED"),
+        "create should have been refused: {}",
+        out.describe()
+    );
+    ensure!(
+        env.ctr.task(id)?.is_none(),
+        "a task exists after a refused create"
+    );
+    lab.remove_container(id)?;
+    // Leaks first, so a vague message does not hide them; the caller checks the message.
+    env.leaks.assert_clean(&[id], LEAK_GRACE)?;
+    Ok(out)
+}
+
+/// `--mount type=bind,src=/etc,dst=/host` under the strict default: refused, naming the mount,
+/// the field and the policy.
+pub fn unnamed_host_bind_is_refused(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "bind")?;
+    let id = env.id("hostbind");
+    env.scenario(&[&id], || {
+        let mount = "type=bind,src=/etc,dst=/host,options=rbind:ro";
+        let out = refused_run(env, &lab, None, &["--mount", mount], &id)?;
+        for needle in [
+            "(destination /host, source /etc): bind mount of a host path not named by policy \"strict-default\"",
+            "mounts[",
+        ] {
+            ensure!(
+                out.stderr.contains(needle),
+                "the error should say {needle:?}: {}",
+                out.describe()
+            );
+        }
+        Ok(())
+    })
+}
+
+/// `network.mode: allowlist` is refused at Create rather than run open.
+pub fn allowlist_policy_is_refused(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "allowlist")?;
+    lab.policy(
+        "egress-list",
+        r#"{network: {mode: allowlist, egress: ["10.201.0.1:8080"]}}"#,
+    )?;
+    let id = env.id("allowlist");
+    env.scenario(&[&id], || {
+        let out = refused_run(env, &lab, Some("egress-list"), &[], &id)?;
+        let needle = "policy \"egress-list\": network.mode allowlist is not enforced yet; \
+                      refusing to start rather than run with an open network";
+        ensure!(
+            out.stderr.contains(needle),
+            "the error should say {needle:?}: {}",
+            out.describe()
+        );
+        Ok(())
+    })
+}
+
+/// An annotation naming a policy that does not exist, or one not in `[policy] selectable`,
+/// fails Create; it never falls back to another policy.
+pub fn unknown_or_unlisted_policy_is_refused(env: &TestEnv) -> Result<()> {
+    let open_dir = Lab::new(env, "select-any")?;
+    let listed = Lab::with_selectable(env, "select-listed", &["listed"])?;
+    for lab in [&open_dir, &listed] {
+        lab.policy("listed", r#"{process: {user: "0:0"}}"#)?;
+        lab.policy("unlisted", r#"{process: {user: "0:0"}}"#)?;
+    }
+    let unknown = env.id("unknownpol");
+    let unlisted = env.id("unlistedpol");
+    let ok = env.id("listedpol");
+    env.scenario(&[&unknown, &unlisted, &ok], || {
+        let out = refused_run(env, &open_dir, Some("no-such-policy"), &[], &unknown)?;
+        let needle = "annotation safehouse.dev/policy=\"no-such-policy\": no policy no-such-policy.yaml or no-such-policy.json in";
+        ensure!(
+            out.stderr.contains(needle),
+            "the error should say {needle:?}: {}",
+            out.describe()
+        );
+        let out = refused_run(env, &listed, Some("unlisted"), &[], &unlisted)?;
+        let needle = "annotation safehouse.dev/policy=\"unlisted\": policy is not in [policy] selectable of";
+        ensure!(
+            out.stderr.contains(needle),
+            "the error should say {needle:?}: {}",
+            out.describe()
+        );
+        // The same config selects the listed one (so the refusal is about the list).
+        let out = listed.run(Some("listed"), &["--rm"], &ok, &["id", "-u"])?;
+        ensure!(
+            out.success() && out.stdout == "0\n",
+            "the listed policy should run as root: {}",
+            out.describe()
+        );
+        Ok(())
+    })
+}
