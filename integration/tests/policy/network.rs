@@ -42,8 +42,10 @@ pub fn none_blocks_test_host_open_reaches_it(env: &TestEnv) -> Result<()> {
             out.describe()
         );
         ensure!(
-            !rest.contains(&host.greeting) && !rest.contains("nc-exit=0"),
-            "network none: the test host was reached: {}",
+            !rest.contains(&host.greeting)
+                && rest.contains("nc-exit=1")
+                && out.stderr.contains("nc: can't connect to remote host"),
+            "network none: the connect to the test host should fail: {}",
             out.describe()
         );
 

@@ -107,7 +107,7 @@ pub fn identity_and_privileges(env: &TestEnv) -> Result<()> {
     })
 }
 
-/// `timeout: 3s` ends `sleep 1000` with 137 well before ten seconds, and the audit stream says
+/// `timeout: 3s` ends `sleep 1000` with 137 within seconds, and the audit stream says
 /// why (a `timeout` event and an exit with reason `timeout`).
 pub fn timeout_kills(env: &TestEnv) -> Result<()> {
     let lab = Lab::new(env, "timeout")?;
@@ -126,7 +126,9 @@ pub fn timeout_kills(env: &TestEnv) -> Result<()> {
             out.describe()
         );
         ensure!(
-            took >= Duration::from_secs(3) && took < Duration::from_secs(10),
+            // The kill usually lands within 0.1 s of the limit; the slack is for a loaded
+            // machine (once seen: 10 s from kill to exit while a memory hog ran beside it).
+            took >= Duration::from_secs(3) && took < Duration::from_secs(15),
             "killed after {took:?}, expected about 3 s"
         );
         lab.wait_audit(&id, "action timeout", |e| e["action"] == "timeout")?;
