@@ -14,7 +14,9 @@ fuzz_target!(|data: &[u8]| {
     };
     for format in [Format::Yaml, Format::Json] {
         let report = lint_str(text, format);
-        let Some(policy) = report.policy else { continue };
+        let Some(policy) = report.policy else {
+            continue;
+        };
         let Ok(spec) = serde_json::from_str::<oci_spec::runtime::Spec>(SPEC) else {
             return;
         };
