@@ -190,10 +190,10 @@ pub fn non_tool_exec_is_killed(env: &TestEnv) -> Result<()> {
                 &[
                     "/bin/sh",
                     "-c",
-                    "/opt/tools/other-tool echo RAN-OTHER; sleep 60; echo SURVIVED",
+                    "/opt/tools/other-tool echo RAN-OTHER; sleep 20; echo SURVIVED",
                 ],
             ),
-            Duration::from_secs(45),
+            Duration::from_secs(35),
         )?;
         ensure!(
             !out.timed_out && out.code == Some(137) && !says(&out, "SURVIVED"),
@@ -218,13 +218,13 @@ pub fn non_tool_exec_is_killed(env: &TestEnv) -> Result<()> {
 /// An init started as a bare `sh` (as `ctr run IMAGE ID sh` and most images' CMD do) is the
 /// same executable as `/bin/sh`, so a `tools: [/bin/sh]` policy must not kill it.
 pub fn relative_init_is_resolved(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "relinit")?;
     known_product_bug(
         "gVisor 20240729's container/start point reports binary.path as argv[0] as given \
          (\"sh\"), and AuditRules::offending_binary substitutes the PATH-resolved init binary only \
          when binary is absent: every container whose init argv[0] is relative is killed as \
          \"exec of sh, which is not in the policy's tools list\"",
     )?;
-    let lab = Lab::new(env, "relinit")?;
     lab.policy(
         "shell-only",
         "{process: {tools: [/bin/sh]}, audit: {onViolation: kill}}",

@@ -47,6 +47,7 @@ pub fn fork_loop_is_bounded(env: &TestEnv) -> Result<()> {
 /// inside (EAGAIN), the agent survives them. Today the limit is the host cgroup's, which also
 /// counts gVisor's own threads and stub processes: the sandbox cannot even start.
 pub fn small_pids_limit_fails_forks_inside(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "pids16")?;
     known_product_bug(
         "pids is applied as the host cgroup limit of the whole sandbox: with pids: 16 runsc \
          create fails (\"cannot read client sync file: waiting for sandbox to start: EOF\"); \
@@ -54,7 +55,6 @@ pub fn small_pids_limit_fails_forks_inside(env: &TestEnv) -> Result<()> {
          ... resource temporarily unavailable\", then \"panic: trying to use inactive address \
          space?\") and the container exits 2, reason normal",
     )?;
-    let lab = Lab::new(env, "pids16")?;
     lab.policy(
         "pids16",
         "{filesystem: {scratch: [{path: /tmp}]}, resources: {pids: 16}}",
