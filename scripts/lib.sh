@@ -71,8 +71,11 @@ stop_containerd() {
   [ -f "$SH_LAB/containerd.pid" ] || return 0
   local pid; pid=$(cat "$SH_LAB/containerd.pid")
   if [ -S "$SH_SOCK" ]; then
-    for t in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks kill -s SIGKILL "$t" >/dev/null 2>&1; ctr_ tasks delete -f "$t" >/dev/null 2>&1; done
-    for c in $(ctr_ containers ls -q 2>/dev/null); do ctr_ containers rm "$c" >/dev/null 2>&1; done
+    for t in $(ctr_ tasks ls -q 2>/dev/null || true); do
+      ctr_ tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
+      ctr_ tasks delete -f "$t" >/dev/null 2>&1 || true
+    done
+    for c in $(ctr_ containers ls -q 2>/dev/null || true); do ctr_ containers rm "$c" >/dev/null 2>&1 || true; done
   fi
   kill "$pid" 2>/dev/null || true
   for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done

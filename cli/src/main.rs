@@ -2,6 +2,7 @@
 //! uses so the CLI and the shim never disagree. This file is only the command tree; each
 //! command group lives in its own `*_cmd.rs`.
 
+mod audit_cmd;
 mod policy_cmd;
 
 use std::process::ExitCode;
@@ -11,13 +12,15 @@ use clap::{Parser, Subcommand};
 const LONG_ABOUT: &str = "\
 Safehouse runs every container inside gVisor, confined by an agent capability policy, with an
 audit stream. This tool lets an operator check and understand policies before the runtime
-applies them.
+applies them, and read and verify the audit stream the runtime writes.
 
 Examples:
   safehouse policy lint examples/policies/*.yaml
   safehouse policy explain examples/policies/code-interpreter.yaml
   safehouse policy compile examples/policies/code-interpreter.yaml --spec bundle/config.json --flags
-  safehouse policy schema > agent-policy.schema.json";
+  safehouse policy schema > agent-policy.schema.json
+  safehouse audit follow --container agent-7 --format short
+  safehouse audit verify /var/log/safehouse/audit.jsonl";
 
 /// Safehouse operator CLI.
 #[derive(Debug, Parser)]
@@ -33,12 +36,16 @@ enum Command {
     /// Lint, compile and explain agent capability policies; print their JSON Schema.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    /// Follow the audit stream and verify its hash chains.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Policy(cmd) => policy_cmd::run(cmd),
+        Command::Audit(cmd) => audit_cmd::run(cmd),
     };
     match result {
         Ok(code) => code,

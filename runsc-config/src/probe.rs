@@ -29,7 +29,9 @@ pub enum ProbeError {
 }
 
 /// A runsc release, as the date stamp Debian and gVisor use (`20240729`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct RunscVersion(pub u32);
 
 impl RunscVersion {
@@ -88,7 +90,11 @@ impl RunscProbe {
     }
 
     /// Builds a probe from what `runsc --version` and `runsc flags` printed.
-    pub fn from_outputs(path: &Path, version_out: &str, flags_out: &str) -> Result<RunscProbe, ProbeError> {
+    pub fn from_outputs(
+        path: &Path,
+        version_out: &str,
+        flags_out: &str,
+    ) -> Result<RunscProbe, ProbeError> {
         let version = RunscVersion::parse(version_out).ok_or_else(|| ProbeError::Output {
             path: path.to_path_buf(),
             args: "--version".into(),
@@ -184,7 +190,9 @@ mod tests {
         assert_eq!(p.version, RunscVersion(20240729));
         assert!(p.knows_flag("network"));
         assert!(RunscProbe::from_outputs(Path::new("/bin/true"), "", "").is_err());
-        assert!(RunscProbe::from_outputs(Path::new("/x"), "runsc version 0.0~20240729.0", "").is_err());
+        assert!(
+            RunscProbe::from_outputs(Path::new("/x"), "runsc version 0.0~20240729.0", "").is_err()
+        );
     }
 
     #[test]

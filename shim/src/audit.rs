@@ -164,8 +164,9 @@ impl AuditRules {
     /// The executable an exec event ran, if the policy does not allow it.
     pub fn offending_binary(&self, event: &AuditEvent) -> Option<String> {
         let reported = event.executed_binary()?;
-        let binary = match (&event.point, &event.process) {
-            (Some(point), Some(p)) if point == "container/start" && p.binary.is_none() => {
+        // container/start reports the spec's argv[0] ("sh"), not the file that runs.
+        let binary = match &event.point {
+            Some(point) if point == "container/start" => {
                 self.init_binary.as_deref().unwrap_or(reported)
             }
             _ => reported,
@@ -380,6 +381,29 @@ mod tests {
             init_binary: None,
         };
         assert!(open.allows("/anything"));
+
+        // The init is judged by the file it resolves to, not the argv[0] gVisor reports.
+        let rules = AuditRules {
+            tools: vec![PathBuf::from("/bin/busybox")],
+            on_violation: ViolationAction::Kill,
+            init_binary: Some("/bin/busybox".into()),
+        };
+        let mut start = AuditEvent {
+            category: safehouse_audit::Category::Process,
+            action: safehouse_audit::Action::Exec,
+            point: Some("container/start".into()),
+            process: Some(safehouse_audit::ProcessInfo {
+                binary: Some(safehouse_audit::BinaryInfo {
+                    path: "sh".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(rules.offending_binary(&start), None);
+        start.point = Some("sentry/execve".into());
+        assert_eq!(rules.offending_binary(&start).as_deref(), Some("sh"));
     }
 
     #[test]
