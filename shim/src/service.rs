@@ -130,6 +130,7 @@ fn cleanup_after_dead_shim(id: &str, bundle: &Path, st: &PersistedState) {
     if st.rootfs_mounted {
         container::unmount_rootfs(bundle);
     }
+    crate::hostbind::release(bundle);
     let _ = std::fs::remove_file(bundle.join(format!("{id}.runsc.log")));
     let _ = std::fs::remove_file(bundle.join(container::STATE_FILE));
 }

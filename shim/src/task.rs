@@ -238,7 +238,14 @@ impl TaskService {
             }
         };
 
-        let rootfs_mounted = container::mount_rootfs(&bundle, &req.rootfs).await?;
+        crate::hostbind::harden(&bundle).inspect_err(|_| crate::hostbind::release(&bundle))?;
+        let rootfs_mounted = match container::mount_rootfs(&bundle, &req.rootfs).await {
+            Ok(m) => m,
+            Err(e) => {
+                crate::hostbind::release(&bundle);
+                return Err(e);
+            }
+        };
         let mut flags = flags;
         let sandbox_audit = match self.start_audit(
             &env,
@@ -254,6 +261,7 @@ impl TaskService {
                 if rootfs_mounted {
                     container::unmount_rootfs(&bundle);
                 }
+                crate::hostbind::release(&bundle);
                 return Err(e);
             }
         };
@@ -276,6 +284,7 @@ impl TaskService {
                 if rootfs_mounted {
                     container::unmount_rootfs(&bundle);
                 }
+                crate::hostbind::release(&bundle);
                 if sandbox_id == id {
                     sandbox_audit.shutdown();
                 }
@@ -591,6 +600,7 @@ impl TaskService {
         if c.rootfs_mounted {
             container::unmount_rootfs(&c.bundle);
         }
+        crate::hostbind::release(&c.bundle);
         if !c.is_root() {
             // No sandbox process exit will come for a joined container: record one.
             p.mark_exited(Exit {
@@ -835,6 +845,7 @@ impl TaskService {
         if c.rootfs_mounted {
             container::unmount_rootfs(&c.bundle);
         }
+        crate::hostbind::release(&c.bundle);
         c.runsc.remove_log(&c.id);
         let _ = std::fs::remove_file(c.bundle.join(container::STATE_FILE));
         self.record(c.audit.ctx.delete(&c.id).build());

@@ -1,0 +1,141 @@
+//! Read-only bind mounts made read-only on the host as well.
+//!
+//! gVisor honours a read-only bind for writes, but an `open(O_TRUNC)` of a file in one still
+//! truncates the host file (seen with runsc 20240729, directfs on or off). So every bind mount
+//! the confined spec marks `ro` is given its own host bind mount under the bundle, remounted
+//! read-only, and the spec points at that: the host kernel then refuses any write, whatever
+//! gVisor does. Removed when the container is deleted.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, MsFlags};
+use serde_json::Value;
+
+use crate::error::{Result, ShimError};
+
+/// Directory in the bundle holding the read-only host binds.
+const DIR: &str = ".safehouse-ro";
+
+fn is_ro_bind(m: &Value) -> bool {
+    let opts: Vec<&str> = m["options"]
+        .as_array()
+        .map(|o| o.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let bind = m["type"] == "bind" || opts.iter().any(|o| *o == "bind" || *o == "rbind");
+    bind && opts.contains(&"ro")
+}
+
+/// Re-points every read-only bind mount of the bundle's spec at a read-only host bind.
+pub fn harden(bundle: &Path) -> Result<()> {
+    let path = bundle.join("config.json");
+    let text =
+        std::fs::read(&path).map_err(|e| ShimError::io(format!("read {}", path.display()), e))?;
+    let mut spec: Value = serde_json::from_slice(&text)
+        .map_err(|e| ShimError::Internal(format!("{}: {e}", path.display())))?;
+    let Some(mounts) = spec["mounts"].as_array_mut() else {
+        return Ok(());
+    };
+    let dir = bundle.join(DIR);
+    let mut changed = false;
+    for (i, m) in mounts.iter_mut().enumerate() {
+        if !is_ro_bind(m) {
+            continue;
+        }
+        let Some(source) = m["source"].as_str().map(PathBuf::from) else {
+            continue;
+        };
+        if !source.is_absolute() {
+            continue;
+        }
+        let meta = std::fs::metadata(&source).map_err(|e| {
+            ShimError::InvalidArgument(format!("mounts[{i}]: source {}: {e}", source.display()))
+        })?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ShimError::io(format!("create {}", dir.display()), e))?;
+        let target = dir.join(i.to_string());
+        let created = if meta.is_dir() {
+            std::fs::create_dir_all(&target)
+        } else {
+            std::fs::write(&target, b"")
+        };
+        created.map_err(|e| ShimError::io(format!("create {}", target.display()), e))?;
+        bind_read_only(&source, &target)?;
+        m["source"] = Value::String(target.display().to_string());
+        changed = true;
+    }
+    if changed {
+        let out =
+            serde_json::to_vec_pretty(&spec).map_err(|e| ShimError::Internal(e.to_string()))?;
+        let tmp = bundle.join(".config.json.safehouse");
+        std::fs::write(&tmp, out)
+            .map_err(|e| ShimError::io(format!("write {}", tmp.display()), e))?;
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| ShimError::io(format!("replace {}", path.display()), e))?;
+    }
+    Ok(())
+}
+
+fn bind_read_only(source: &Path, target: &Path) -> Result<()> {
+    let err = |what: &str, e: nix::Error| {
+        ShimError::io(
+            format!("{what} {} at {}", source.display(), target.display()),
+            std::io::Error::from(e),
+        )
+    };
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| err("bind", e))?;
+    let ro = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV;
+    if let Err(e) = mount(None::<&str>, target, None::<&str>, ro, None::<&str>) {
+        let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+        return Err(err("make read-only", e));
+    }
+    Ok(())
+}
+
+/// Unmounts and removes the read-only host binds of a bundle.
+pub fn release(bundle: &Path) {
+    let dir = bundle.join(DIR);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let p = entry.path();
+        if let Err(e) = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
+            if e != nix::errno::Errno::EINVAL {
+                tracing::warn!("unmount {}: {e}", p.display());
+            }
+        }
+        let _ = std::fs::remove_dir(&p).or_else(|_| std::fs::remove_file(&p));
+    }
+    let _ = std::fs::remove_dir(&dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_read_only_binds_are_hardened() {
+        assert!(is_ro_bind(
+            &json!({"type": "bind", "options": ["rbind", "ro"]})
+        ));
+        assert!(is_ro_bind(
+            &json!({"type": "none", "options": ["bind", "ro", "nosuid"]})
+        ));
+        assert!(!is_ro_bind(
+            &json!({"type": "bind", "options": ["rbind", "rw"]})
+        ));
+        assert!(!is_ro_bind(&json!({"type": "tmpfs", "options": ["ro"]})));
+    }
+}
