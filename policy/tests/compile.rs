@@ -3,6 +3,7 @@
 
 mod common;
 
+use safehouse_policy::compile::linux::SANDBOX_PIDS_HEADROOM;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -90,7 +91,19 @@ fn ctr_run_spec_is_confined_by_code_interpreter() {
 
     let r = s.linux().as_ref().unwrap().resources().as_ref().unwrap();
     assert_eq!(r.memory().unwrap().limit(), Some(512 << 20));
-    assert_eq!(r.pids().unwrap().limit(), 128);
+    // The host cgroup leaves room for gVisor's own threads; the agent's limit is RLIMIT_NPROC.
+    assert_eq!(r.pids().unwrap().limit(), 128 + SANDBOX_PIDS_HEADROOM);
+    let nproc = s
+        .process()
+        .as_ref()
+        .unwrap()
+        .rlimits()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|l| l.typ() == oci_spec::runtime::PosixRlimitType::RlimitNproc)
+        .expect("RLIMIT_NPROC set");
+    assert_eq!((nproc.hard(), nproc.soft()), (128, 128));
     let cpu = r.cpu().as_ref().unwrap();
     assert_eq!((cpu.quota(), cpu.period()), (Some(100_000), Some(100_000)));
     // containerd's default device allowlist passes untouched.
@@ -135,8 +148,8 @@ fn cri_spec_keeps_tighter_limits_and_forces_cri_mounts_read_only() {
     );
     assert_eq!(
         r.pids().unwrap().limit(),
-        128,
-        "the policy's lower pids limit wins"
+        128 + SANDBOX_PIDS_HEADROOM,
+        "the policy's lower pids limit (plus gVisor's headroom) wins"
     );
     for dest in [
         "/etc/hosts",

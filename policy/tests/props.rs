@@ -338,6 +338,11 @@ proptest! {
             prop_assert!(r.hard() <= nofile && r.soft() <= r.hard());
             if let Some((h, _)) = c.nofile { prop_assert!(r.hard() <= h); }
         }
+        // Processes: RLIMIT_NPROC is exactly the policy's pids, enforced inside the sandbox.
+        let nproc: Vec<_> = out.spec.process().as_ref().unwrap().rlimits().as_ref().unwrap().iter()
+            .filter(|r| r.typ() == oci_spec::runtime::PosixRlimitType::RlimitNproc).collect();
+        prop_assert_eq!(nproc.len(), 1);
+        prop_assert!(nproc[0].hard() <= u64::from(policy.spec.resources.pids));
 
         // Root filesystem: read-only if either side says so.
         let ro = out.spec.root().as_ref().unwrap().readonly() == Some(true);
@@ -353,7 +358,11 @@ proptest! {
         prop_assert!(mem > 0 && mem as u64 <= policy.spec.resources.memory.bytes());
         if let Some(m) = positive(c.memory) { prop_assert!(mem <= m); }
         let pids = r.pids().unwrap().limit();
-        prop_assert!(pids > 0 && pids <= i64::from(policy.spec.resources.pids));
+        prop_assert!(
+            pids > 0
+                && pids <= i64::from(policy.spec.resources.pids)
+                    + safehouse_policy::compile::linux::SANDBOX_PIDS_HEADROOM
+        );
         if let Some(l) = positive(c.pids) { prop_assert!(pids <= l); }
         let cpu = r.cpu().as_ref().unwrap();
         let (quota, period) = (cpu.quota().unwrap(), cpu.period().unwrap());

@@ -6,7 +6,7 @@ use std::fs;
 use anyhow::{ensure, Result};
 use safehouse_integration::TestEnv;
 
-use crate::lab::{known_product_bug, says, Lab};
+use crate::lab::{says, Lab};
 
 /// The strict default (uid 65534) and a root policy both fail to write the rootfs; as root the
 /// error is the read-only mount's (EROFS), not a permission check.
@@ -170,12 +170,6 @@ pub fn outputs_persist_inputs_read_only(env: &TestEnv) -> Result<()> {
 /// A truncating open (`>`) of an input file fails with EROFS and leaves the host file whole.
 pub fn input_survives_truncating_open(env: &TestEnv) -> Result<()> {
     let lab = Lab::new(env, "truncate")?;
-    known_product_bug(
-        "an input zone (bind mount rbind,ro) is truncated on the host by `echo x > /in/file`: \
-         the container gets EROFS (\"can't create /in/file: Read-only file system\") but the host \
-         file is left empty; plain runsc 20240729 does the same with a ro bind mount \
-         (--directfs=true and false), so Safehouse must not rely on gVisor's ro flag alone",
-    )?;
     let input = lab.host_dir("in")?;
     fs::write(input.join("task.txt"), "input-content\n")?;
     lab.policy(

@@ -8,7 +8,7 @@ use anyhow::{ensure, Context, Result};
 use safehouse_integration::TestEnv;
 use serde_json::Value;
 
-use crate::lab::{known_product_bug, says, Lab};
+use crate::lab::{says, Lab};
 
 /// The `Cap*`/`NoNewPrivs` lines of /proc/self/status as (name, value).
 fn status_fields(text: &str) -> Vec<(String, String)> {
@@ -219,12 +219,6 @@ pub fn non_tool_exec_is_killed(env: &TestEnv) -> Result<()> {
 /// same executable as `/bin/sh`, so a `tools: [/bin/sh]` policy must not kill it.
 pub fn relative_init_is_resolved(env: &TestEnv) -> Result<()> {
     let lab = Lab::new(env, "relinit")?;
-    known_product_bug(
-        "gVisor 20240729's container/start point reports binary.path as argv[0] as given \
-         (\"sh\"), and AuditRules::offending_binary substitutes the PATH-resolved init binary only \
-         when binary is absent: every container whose init argv[0] is relative is killed as \
-         \"exec of sh, which is not in the policy's tools list\"",
-    )?;
     lab.policy(
         "shell-only",
         "{process: {tools: [/bin/sh]}, audit: {onViolation: kill}}",

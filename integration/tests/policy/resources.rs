@@ -7,7 +7,7 @@ use anyhow::{ensure, Result};
 use safehouse_integration::command::wait_for;
 use safehouse_integration::TestEnv;
 
-use crate::lab::{known_product_bug, Lab};
+use crate::lab::Lab;
 
 /// `pids: 64` and a loop starting 200 background sleeps: the loop does not get past the limit
 /// (without one, all 200 start and the checker prints `survived`). Counting uses only shell
@@ -32,7 +32,7 @@ pub fn fork_loop_is_bounded(env: &TestEnv) -> Result<()> {
         match procs {
             // Forks failed inside and the shell went on: the count must respect the limit.
             Some(n) => ensure!(n <= 64, "{n} processes under pids: 64: {}", out.describe()),
-            // The loop was ended (today: the sandbox itself dies, see the known-bug scenario).
+            // The loop was ended by a failed fork in the shell itself.
             None => ensure!(
                 !out.success(),
                 "the loop neither finished nor failed: {}",
@@ -44,17 +44,9 @@ pub fn fork_loop_is_bounded(env: &TestEnv) -> Result<()> {
 }
 
 /// What the policy promises for `pids: 16`: the container starts, forks past the limit fail
-/// inside (EAGAIN), the agent survives them. Today the limit is the host cgroup's, which also
-/// counts gVisor's own threads and stub processes: the sandbox cannot even start.
+/// inside (EAGAIN, from RLIMIT_NPROC in the Sentry), and the agent survives them.
 pub fn small_pids_limit_fails_forks_inside(env: &TestEnv) -> Result<()> {
     let lab = Lab::new(env, "pids16")?;
-    known_product_bug(
-        "pids is applied as the host cgroup limit of the whole sandbox: with pids: 16 runsc \
-         create fails (\"cannot read client sync file: waiting for sandbox to start: EOF\"); \
-         with a larger limit a fork loop crashes the Sentry (\"unable to create a stub process: \
-         ... resource temporarily unavailable\", then \"panic: trying to use inactive address \
-         space?\") and the container exits 2, reason normal",
-    )?;
     lab.policy(
         "pids16",
         "{filesystem: {scratch: [{path: /tmp}]}, resources: {pids: 16}}",

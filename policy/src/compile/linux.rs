@@ -135,11 +135,21 @@ pub(super) fn confine(policy: &AgentPolicy, spec: &mut Spec) -> Result<(), Compi
         ));
     }
 
+    // The host cgroup's pids limit counts the whole sandbox: the Sentry's threads, the gofer
+    // and one systrap stub per process inside. The agent's own limit is RLIMIT_NPROC (see
+    // process.rs); the cgroup is the backstop, with room for gVisor itself.
     let pids = resources.pids_mut().get_or_insert_with(LinuxPids::default);
     let spec_pids = Some(pids.limit());
-    pids.set_limit(tighter(spec_pids, i64::from(r.pids)));
+    pids.set_limit(tighter(
+        spec_pids,
+        i64::from(r.pids) + SANDBOX_PIDS_HEADROOM,
+    ));
     Ok(())
 }
+
+/// Host pids the sandbox's own machinery (Sentry threads, gofer, stubs) may use on top of the
+/// policy's `pids`, which RLIMIT_NPROC enforces inside.
+pub const SANDBOX_PIDS_HEADROOM: i64 = 256;
 
 /// The lower of the spec's limit (≤ 0 or absent means unlimited) and the policy's.
 fn tighter(spec: Option<i64>, policy: i64) -> i64 {

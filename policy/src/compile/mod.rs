@@ -2,7 +2,7 @@
 //! to (confined spec, runsc flags, audit plan). No I/O. The parts live in `mounts`, `process`
 //! and `linux`; this file holds the public types and the order of the passes.
 
-mod linux;
+pub mod linux;
 mod mounts;
 mod process;
 

@@ -1,4 +1,5 @@
-//! The container process: user and groups, capabilities, no_new_privs and RLIMIT_NOFILE.
+//! The container process: user and groups, capabilities, no_new_privs, RLIMIT_NOFILE and
+//! RLIMIT_NPROC.
 
 use std::collections::HashSet;
 
@@ -50,28 +51,53 @@ pub(super) fn confine(policy: &AgentPolicy, spec: &mut Spec) -> Result<(), Compi
     let nnp = p.no_new_privileges || process.no_new_privileges().unwrap_or(false);
     process.set_no_new_privileges(Some(nnp));
 
-    let limit = u64::from(policy.spec.resources.nofile);
-    let mut rlimits = Vec::new();
-    let mut found = false;
-    for r in process.rlimits().iter().flatten() {
-        if r.typ() == PosixRlimitType::RlimitNofile {
-            found = true;
-            let hard = r.hard().min(limit);
-            rlimits.push(rlimit(policy, hard, r.soft().min(hard))?);
-        } else {
-            rlimits.push(*r);
-        }
-    }
-    if !found {
-        rlimits.push(rlimit(policy, limit, limit)?);
-    }
+    let mut rlimits: Vec<PosixRlimit> = process.rlimits().clone().unwrap_or_default();
+    // Open files, and processes: gVisor's Sentry enforces RLIMIT_NPROC, so a fork past the
+    // policy's `pids` fails inside the sandbox (EAGAIN) instead of hitting the host cgroup,
+    // whose pids limit also counts gVisor's own threads (see `linux::SANDBOX_PIDS_HEADROOM`).
+    tighten_rlimit(
+        policy,
+        &mut rlimits,
+        PosixRlimitType::RlimitNofile,
+        u64::from(policy.spec.resources.nofile),
+    )?;
+    tighten_rlimit(
+        policy,
+        &mut rlimits,
+        PosixRlimitType::RlimitNproc,
+        u64::from(policy.spec.resources.pids),
+    )?;
     process.set_rlimits(Some(rlimits));
     Ok(())
 }
 
-fn rlimit(policy: &AgentPolicy, hard: u64, soft: u64) -> Result<PosixRlimit, CompileError> {
+/// Caps the `typ` rlimit at `limit` (adding it when the spec has none; a lower spec value stays).
+fn tighten_rlimit(
+    policy: &AgentPolicy,
+    rlimits: &mut Vec<PosixRlimit>,
+    typ: PosixRlimitType,
+    limit: u64,
+) -> Result<(), CompileError> {
+    let mut found = false;
+    for r in rlimits.iter_mut().filter(|r| r.typ() == typ) {
+        found = true;
+        let hard = r.hard().min(limit);
+        *r = rlimit(policy, typ, hard, r.soft().min(hard))?;
+    }
+    if !found {
+        rlimits.push(rlimit(policy, typ, limit, limit)?);
+    }
+    Ok(())
+}
+
+fn rlimit(
+    policy: &AgentPolicy,
+    typ: PosixRlimitType,
+    hard: u64,
+    soft: u64,
+) -> Result<PosixRlimit, CompileError> {
     PosixRlimitBuilder::default()
-        .typ(PosixRlimitType::RlimitNofile)
+        .typ(typ)
         .hard(hard)
         .soft(soft)
         .build()
@@ -79,7 +105,7 @@ fn rlimit(policy: &AgentPolicy, hard: u64, soft: u64) -> Result<PosixRlimit, Com
             refused(
                 policy,
                 "process.rlimits",
-                format!("cannot set RLIMIT_NOFILE: {e}"),
+                format!("cannot set {typ:?}: {e}"),
             )
         })
 }
