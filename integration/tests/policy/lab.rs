@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use safehouse_integration::command::{wait_for, Output, Running};
-use safehouse_integration::suite::{only_for, NotApplicable};
+use safehouse_integration::suite::only_for;
 use safehouse_integration::{RuntimeKind, TestEnv};
 use serde_json::Value;
 
@@ -199,16 +199,4 @@ impl<'a> Lab<'a> {
 /// True when `out` (stdout or stderr) contains `needle`.
 pub fn says(out: &Output, needle: &str) -> bool {
     out.stdout.contains(needle) || out.stderr.contains(needle)
-}
-
-/// Scenarios that show a known product bug fail today; they are reported as ignored with the
-/// bug unless the run asks for them with `-- --include-ignored`, so they
-/// stay runnable and turn green when the bug is fixed.
-pub fn known_product_bug(bug: &str) -> Result<()> {
-    let asked = std::env::args().any(|a| a == "--include-ignored");
-    if asked {
-        Ok(())
-    } else {
-        Err(NotApplicable(format!("known product bug: {bug}")).into())
-    }
 }

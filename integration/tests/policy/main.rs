@@ -2,8 +2,7 @@
 //! and policies (selected per container by the `safehouse.dev/policy` annotation), runs a
 //! busybox checker inside the container through the real containerd, shim and runsc, asserts
 //! what the policy promises, and ends with the harness's leak check. Only the Safehouse runtime
-//! has policies; the baselines report every scenario as ignored. Scenarios that show a known
-//! product bug are reported as ignored with the bug; `-- --include-ignored` runs them.
+//! has policies; the baselines report every scenario as ignored.
 
 mod filesystem;
 mod lab;
