@@ -6,11 +6,39 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::sync::Mutex;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
-fn filter(debug: bool) -> EnvFilter {
-    EnvFilter::try_from_env("SAFEHOUSE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(if debug { "debug" } else { "info" }))
+/// `SAFEHOUSE_LOG` (`debug`, or `info,safehouse=debug`-style targets) or the `-debug` level.
+fn filter(debug: bool) -> Targets {
+    std::env::var("SAFEHOUSE_LOG")
+        .ok()
+        .and_then(|s| s.parse::<Targets>().ok())
+        .unwrap_or_else(|| {
+            Targets::new().with_default(if debug {
+                tracing::Level::DEBUG
+            } else {
+                tracing::Level::INFO
+            })
+        })
+}
+
+/// Installs the one formatting layer (no colours, no module paths) writing to `writer`.
+fn init<W>(writer: W, debug: bool) -> Result<(), tracing_subscriber::util::TryInitError>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::Layer;
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_target(false)
+                .with_writer(writer)
+                .with_filter(filter(debug)),
+        )
+        .try_init()
 }
 
 /// Prefixes every log line with the shim's id (the container, or the pod's sandbox container),
@@ -38,21 +66,16 @@ impl<W: Write> Write for Prefixed<W> {
 /// Logs to containerd's `log` fifo in the working directory (the bundle).
 pub fn init_for_serve(debug: bool, shim_id: &str) {
     let sink = OpenOptions::new().write(true).open("log");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter(debug))
-        .with_ansi(false)
-        .with_target(false);
     let prefix = format!("shim={shim_id} ");
     let res = match sink {
-        Ok(f) => builder
-            .with_writer(Mutex::new(Prefixed { prefix, inner: f }))
-            .try_init(),
-        Err(_) => builder
-            .with_writer(Mutex::new(Prefixed {
+        Ok(f) => init(Mutex::new(Prefixed { prefix, inner: f }), debug),
+        Err(_) => init(
+            Mutex::new(Prefixed {
                 prefix,
                 inner: std::io::stderr(),
-            }))
-            .try_init(),
+            }),
+            debug,
+        ),
     };
     if res.is_ok() {
         tracing::info!(
@@ -65,10 +88,5 @@ pub fn init_for_serve(debug: bool, shim_id: &str) {
 
 /// Logs to stderr (containerd shows it when `start` or `delete` fails).
 pub fn init_stderr(debug: bool) {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter(debug))
-        .with_ansi(false)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = init(std::io::stderr, debug);
 }
