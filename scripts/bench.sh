@@ -33,16 +33,35 @@ if [ ! -x "$bundle/rootfs/bin/true" ]; then
   (cd "$bundle" && runsc spec -- /bin/true)
 fi
 
+# "No policy" for Safehouse is an open policy that records nothing: no confinement beyond
+# gVisor itself, no trace session. The strict default is what a node with no config gets.
+mkdir -p "$SH_LAB/policies"
+cat > "$SH_LAB/policies/open.yaml" <<'YAML'
+apiVersion: safehouse.dev/v1alpha1
+kind: AgentPolicy
+metadata:
+  name: open
+spec:
+  filesystem: {rootfs: read-write}
+  network: {mode: open}
+  process: {user: "0:0", noNewPrivileges: false}
+  resources: {memory: 8Gi, pids: 4096}
+  audit: {record: []}
+YAML
+printf '[policy]\ndefault = "%s"\n[audit]\noutput = "%s"\n' "$SH_LAB/policies/open.yaml" "$SH_LAB/audit-open.jsonl" > "$SH_LAB/open.toml"
+printf '[audit]\noutput = "%s"\n' "$SH_LAB/audit.jsonl" > "$SH_LAB/strict.toml"
+
 variant_cmd() {
   case $1 in
-    safehouse) ctr_ run --rm --runtime io.containerd.safehouse.v2 "$SH_IMAGE" b-sh true ;;
+    safehouse) ctr_ run --rm --runtime io.containerd.safehouse.v2 --runtime-config-path "$SH_LAB/strict.toml" "$SH_IMAGE" b-sh true ;;
+    safehouse-open) ctr_ run --rm --runtime io.containerd.safehouse.v2 --runtime-config-path "$SH_LAB/open.toml" "$SH_IMAGE" b-so true ;;
     go-shim-runsc) ctr_ run --rm --runtime io.containerd.runc.v2 --runc-binary "$SH_LAB/runsc-wrap" "$SH_IMAGE" b-go true ;;
     runsc-direct) runsc --root="$SH_LAB/runsc-root" --network=none run --bundle "$bundle" b-rd ;;
     runc) ctr_ run --rm --runtime io.containerd.runc.v2 "$SH_IMAGE" b-rc true ;;
   esac
 }
 
-variants=(safehouse go-shim-runsc runsc-direct runc)
+variants=(safehouse safehouse-open go-shim-runsc runsc-direct runc)
 declare -A samples
 log "cold start: $RUNS runs of each, interleaved (ctr run --rm IMAGE ID true)"
 for v in "${variants[@]}"; do variant_cmd "$v" >/dev/null 2>&1 || die "$v does not run; see $SH_LAB/containerd.log"; done
@@ -67,6 +86,7 @@ echo
 echo "ratio safehouse / go-shim-runsc: $(ratio "${median[safehouse]}" "${median[go-shim-runsc]}")  (target <= 0.80)"
 echo "ratio safehouse / runsc-direct:  $(ratio "${median[safehouse]}" "${median[runsc-direct]}")"
 echo "ratio safehouse / runc:          $(ratio "${median[safehouse]}" "${median[runc]}")"
+echo "ratio strict default / open, unaudited policy: $(ratio "${median[safehouse]}" "${median[safehouse-open]}")  (target < 1.05)"
 
 # Shim memory: RSS, PSS and anonymous PSS of the shim processes, per container.
 mem_of() { awk '/^Rss:/{r=$2} /^Pss:/{p=$2} /^Pss_Anon:/{a=$2} END {print r+0, p+0, a+0}' "/proc/$1/smaps_rollup"; }
@@ -99,7 +119,7 @@ for n in 1 10; do
     for grouped in no yes; do
       [ "$n" = 1 ] && [ "$grouped" = yes ] && continue
       if [ "$kind" = safehouse ]; then
-        run_detached "m$kind$n$grouped" "$n" "$grouped" --runtime io.containerd.safehouse.v2
+        run_detached "m$kind$n$grouped" "$n" "$grouped" --runtime io.containerd.safehouse.v2 --runtime-config-path "$SH_LAB/strict.toml"
         pat="containerd-shim-safehouse-v2 -namespace $SH_NS"
       else
         run_detached "m$kind$n$grouped" "$n" "$grouped" --runtime io.containerd.runc.v2 --runc-binary "$SH_LAB/runsc-wrap"
