@@ -1,0 +1,248 @@
+//! The ttrpc Task service: each containerd call mapped onto the operations in this module
+//! tree, with errors converted to ttrpc statuses.
+
+use super::*;
+
+#[async_trait]
+impl Task for TaskService {
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> ttrpc::Result<api::CreateTaskResponse> {
+        Ok(self.do_create(req).await?)
+    }
+
+    #[instrument(skip_all, fields(id = %req.id, exec = %req.exec_id))]
+    async fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> ttrpc::Result<api::StartResponse> {
+        Ok(self.do_start(req).await?)
+    }
+
+    #[instrument(skip_all, fields(id = %req.id, exec = %req.exec_id))]
+    async fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> ttrpc::Result<api::StateResponse> {
+        let c = self.get(&req.id)?;
+        let p = c.process(&req.exec_id)?;
+        let exit = p.exit();
+        Ok(api::StateResponse {
+            id: if req.exec_id.is_empty() {
+                c.id.clone()
+            } else {
+                req.exec_id.clone()
+            },
+            bundle: c.bundle.display().to_string(),
+            pid: p.pid(),
+            status: p.status().to_proto().into(),
+            stdin: p.paths.stdin.clone(),
+            stdout: p.paths.stdout.clone(),
+            stderr: p.paths.stderr.clone(),
+            terminal: p.paths.terminal,
+            exit_status: exit.map(|e| e.code).unwrap_or(0),
+            exited_at: exit.map(|e| ts(e.at)).unwrap_or_default(),
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        })
+    }
+
+    #[instrument(skip_all, fields(id = %req.id, exec = %req.exec_id))]
+    async fn wait(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::WaitRequest,
+    ) -> ttrpc::Result<api::WaitResponse> {
+        let c = self.get(&req.id)?;
+        let p = c.process(&req.exec_id)?;
+        let exit = p.wait().await;
+        Ok(api::WaitResponse {
+            exit_status: exit.code,
+            exited_at: ts(exit.at),
+            ..Default::default()
+        })
+    }
+
+    #[instrument(skip_all, fields(id = %req.id, exec = %req.exec_id))]
+    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> ttrpc::Result<api::Empty> {
+        self.do_kill(req).await?;
+        Ok(api::Empty::new())
+    }
+
+    #[instrument(skip_all, fields(id = %req.id, exec = %req.exec_id))]
+    async fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> ttrpc::Result<api::DeleteResponse> {
+        Ok(self.do_delete(req).await?)
+    }
+
+    #[instrument(skip_all, fields(id = %req.id, exec = %req.exec_id))]
+    async fn exec(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ExecProcessRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        self.do_exec(req).await?;
+        Ok(api::Empty::new())
+    }
+
+    #[instrument(skip_all, fields(id = %req.id, exec = %req.exec_id))]
+    async fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        let c = self.get(&req.id)?;
+        let p = c.process(&req.exec_id)?;
+        p.io.lock().await.resize(req.width, req.height)?;
+        Ok(api::Empty::new())
+    }
+
+    #[instrument(skip_all, fields(id = %req.id, exec = %req.exec_id))]
+    async fn close_io(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CloseIORequest,
+    ) -> ttrpc::Result<api::Empty> {
+        let c = self.get(&req.id)?;
+        let p = c.process(&req.exec_id)?;
+        if req.stdin {
+            p.io.lock().await.close_stdin();
+        }
+        Ok(api::Empty::new())
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn pids(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::PidsRequest,
+    ) -> ttrpc::Result<api::PidsResponse> {
+        let c = self.get(&req.id)?;
+        self.running(&c)?;
+        let pids = c.runsc.ps(&c.id, &c.flags).await?;
+        Ok(api::PidsResponse {
+            processes: pids
+                .into_iter()
+                .map(|pid| api::ProcessInfo {
+                    pid,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn pause(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::PauseRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        self.do_pause(&req.id, false).await?;
+        Ok(api::Empty::new())
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn resume(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResumeRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        self.do_pause(&req.id, true).await?;
+        Ok(api::Empty::new())
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CheckpointTaskRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        Err(ShimError::Unimplemented(format!(
+            "checkpoint of {:?}: not supported by Safehouse yet (runsc checkpoint is experimental)",
+            req.id
+        ))
+        .into())
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn update(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::UpdateTaskRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        let c = self.get(&req.id)?;
+        self.running(&c)?;
+        Err(ShimError::Unimplemented(format!(
+            "update of {:?}: the installed runsc has no `update` command, so a running gVisor sandbox's resources cannot be changed",
+            req.id
+        ))
+        .into())
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> ttrpc::Result<api::StatsResponse> {
+        let c = self.get(&req.id)?;
+        self.running(&c)?;
+        let raw = c.runsc.stats(&c.id, &c.flags).await?;
+        let metrics = stats::metrics_from_runsc(&raw);
+        let value = metrics
+            .write_to_bytes()
+            .map_err(|e| ShimError::Internal(format!("encode metrics: {e}")))?;
+        Ok(api::StatsResponse {
+            stats: MessageField::some(Any {
+                type_url: "io.containerd.cgroups.v1.Metrics".into(),
+                value,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> ttrpc::Result<api::ConnectResponse> {
+        let task_pid = self.get(&req.id).map(|c| c.init.pid()).unwrap_or(0);
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        })
+    }
+
+    #[instrument(skip_all)]
+    async fn shutdown(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ShutdownRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        let left = self.map().len();
+        if left == 0 {
+            info!("no container left: shutting down");
+            self.audit.finish().await;
+            self.exit.signal();
+        } else {
+            info!(
+                left,
+                "shutdown requested while containers remain: staying up"
+            );
+        }
+        Ok(api::Empty::new())
+    }
+}
