@@ -1,0 +1,199 @@
+//! The audit lab of one scenario: its own Safehouse runtime config (handed to the shim with
+//! `ctr run --runtime-config-path`), a policy directory selected from by annotation, and the
+//! audit file the shim writes, all in a scratch directory of the run. Also the audit CLI.
+//! Nothing here asserts anything; the feature files do.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use safehouse_integration::command::{run, wait_for, Output, Running};
+use safehouse_integration::suite::only_for;
+use safehouse_integration::{RuntimeKind, TestEnv};
+use serde_json::Value;
+
+/// The annotation that selects a policy by name.
+const SELECT_ANNOTATION: &str = "safehouse.dev/policy";
+/// Deadline for one `ctr run`.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the shim may take to write an audit event.
+const AUDIT_WAIT: Duration = Duration::from_secs(10);
+
+/// A runtime config, its policy directory and its audit file.
+pub struct Lab<'a> {
+    env: &'a TestEnv,
+    dir: PathBuf,
+    config: PathBuf,
+    policies: PathBuf,
+    /// The audit file the shim writes.
+    pub audit: PathBuf,
+}
+
+impl<'a> Lab<'a> {
+    /// A lab whose every policy in the directory is selectable. Not applicable to the
+    /// baselines, which write no audit stream.
+    pub fn new(env: &'a TestEnv, tag: &str) -> Result<Lab<'a>> {
+        only_for(env, RuntimeKind::Safehouse)?;
+        let dir = env.scratch(&format!("audit-lab-{tag}"))?;
+        let policies = dir.join("policies");
+        fs::create_dir_all(&policies)?;
+        let audit = dir.join("audit.jsonl");
+        let config = dir.join("safehouse.toml");
+        // The runsc root the harness's leak check looks in (it appends the namespace).
+        let runsc_root = env
+            .leaks
+            .runtime_root
+            .parent()
+            .context("the harness's runtime root has no parent")?;
+        let toml = format!(
+            "root = {:?}\n\n[policy]\ndir = {:?}\nselectable = []\n\n[audit]\noutput = {:?}\n",
+            runsc_root.display().to_string(),
+            policies.display().to_string(),
+            audit.display().to_string(),
+        );
+        fs::write(&config, toml).with_context(|| format!("write {}", config.display()))?;
+        Ok(Lab {
+            env,
+            dir,
+            config,
+            policies,
+            audit,
+        })
+    }
+
+    /// Writes policy `name` (`policies/NAME.yaml`) with `spec` (YAML flow style).
+    pub fn policy(&self, name: &str, spec: &str) -> Result<()> {
+        let text = format!(
+            "apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: {name}\n  \
+             description: integration audit test\nspec: {spec}\n"
+        );
+        let path = self.policies.join(format!("{name}.yaml"));
+        fs::write(&path, text).with_context(|| format!("write {}", path.display()))
+    }
+
+    /// A path in this lab's scratch directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn argv(&self, policy: &str, flags: &[&str], id: &str, command: &[&str]) -> Vec<String> {
+        let mut argv = vec!["run".to_string()];
+        argv.extend(flags.iter().map(|s| s.to_string()));
+        argv.extend([
+            "--annotation".to_string(),
+            format!("{SELECT_ANNOTATION}={policy}"),
+            "--runtime".to_string(),
+            self.env.runtime.runtime_type().to_string(),
+            "--fifo-dir".to_string(),
+            self.env.containerd.fifo_dir().display().to_string(),
+            "--runtime-config-path".to_string(),
+            self.config.display().to_string(),
+            self.env.image.clone(),
+            id.to_string(),
+        ]);
+        argv.extend(command.iter().map(|s| s.to_string()));
+        argv
+    }
+
+    /// `ctr run FLAGS --annotation POLICY ... IMAGE ID COMMAND...` to completion.
+    pub fn run(&self, policy: &str, flags: &[&str], id: &str, command: &[&str]) -> Result<Output> {
+        self.env
+            .ctr
+            .run_timeout(&self.argv(policy, flags, id, command), RUN_TIMEOUT)
+    }
+
+    /// The same, in the background.
+    pub fn start(
+        &self,
+        policy: &str,
+        flags: &[&str],
+        id: &str,
+        command: &[&str],
+    ) -> Result<Running> {
+        Running::start(
+            self.env
+                .ctr
+                .command()
+                .args(self.argv(policy, flags, id, command)),
+        )
+    }
+
+    /// Every line of the audit file, parsed (a line that is not JSON fails).
+    pub fn events(&self) -> Result<Vec<Value>> {
+        let text = fs::read_to_string(&self.audit)
+            .with_context(|| format!("read {}", self.audit.display()))?;
+        text.lines()
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::from_str(l)
+                    .with_context(|| format!("{}:{}: not JSON: {l}", self.audit.display(), i + 1))
+            })
+            .collect()
+    }
+
+    /// The events whose `sandbox_id` is `id`.
+    pub fn events_of(&self, id: &str) -> Vec<Value> {
+        self.events()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e["sandbox_id"] == id)
+            .collect()
+    }
+
+    /// Waits for an event of sandbox `id` that `matches`; fails listing the events seen.
+    pub fn wait_event(
+        &self,
+        id: &str,
+        what: &str,
+        matches: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let found = wait_for(what, AUDIT_WAIT, || {
+            Ok(self.events_of(id).into_iter().find(|e| matches(e)))
+        });
+        found.with_context(|| format!("{}", Listing(&self.events_of(id))))
+    }
+}
+
+/// Events, one a line, for error messages.
+pub struct Listing<'e>(pub &'e [Value]);
+
+impl std::fmt::Display for Listing<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{} events:", self.0.len())?;
+        for e in self.0 {
+            let line: String = e.to_string().chars().take(400).collect();
+            writeln!(f, "  {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `category`/`action` of an event.
+pub fn is(event: &Value, category: &str, action: &str) -> bool {
+    event["category"] == category && event["action"] == action
+}
+
+/// The `safehouse` CLI next to the shim under test (target/{debug,release}).
+fn cli() -> Result<PathBuf> {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let candidates = [
+        target.join("debug/safehouse"),
+        target.join("release/safehouse"),
+    ];
+    candidates
+        .iter()
+        .filter_map(|p| Some((fs::metadata(p).ok()?.modified().ok()?, p)))
+        .max()
+        .map(|(_, p)| p.clone())
+        .context("no target/{debug,release}/safehouse: run cargo build -p safehouse-cli")
+}
+
+/// `safehouse audit verify FILE`.
+pub fn verify(file: &Path) -> Result<Output> {
+    run(
+        Command::new(cli()?).arg("audit").arg("verify").arg(file),
+        Duration::from_secs(30),
+    )
+}

@@ -1,0 +1,32 @@
+//! The audit stream end to end: a known workload in one sandbox produces exactly the expected
+//! events with an intact chain, `safehouse audit verify` finds tampering at the right line,
+//! and a hostile client of a sandbox's trace socket neither disturbs that sandbox nor another
+//! one. Each scenario writes its own Safehouse runtime config (`[audit] output` in its scratch
+//! directory) and ends with the harness's leak check. Only the Safehouse runtime writes an
+//! audit stream; the baselines report every scenario as ignored.
+
+mod hostile;
+mod lab;
+mod tamper;
+mod workload;
+
+use std::process::ExitCode;
+
+use safehouse_integration::Scenario;
+
+fn main() -> ExitCode {
+    safehouse_integration::suite::main(&[
+        Scenario {
+            name: "workload::known_workload_expected_events",
+            run: workload::known_workload_expected_events,
+        },
+        Scenario {
+            name: "tamper::verify_names_the_broken_line",
+            run: tamper::verify_names_the_broken_line,
+        },
+        Scenario {
+            name: "hostile::garbage_on_trace_socket_is_contained",
+            run: hostile::garbage_on_trace_socket_is_contained,
+        },
+    ])
+}

@@ -1,0 +1,95 @@
+//! `safehouse audit verify` finds tampering at the right line: an edited field (that line), a
+//! deleted line (the line after it, now at its place), a last line cut mid-way (truncated).
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use safehouse_integration::TestEnv;
+
+use crate::lab::{is, verify, Lab, Listing};
+use crate::workload::RECORD_ALL;
+
+/// The line of the audit file that gets tampered with (1-based).
+const N: usize = 3;
+
+/// Writes `lines` (each ending in a newline) to `path`, then runs verify on it and checks it
+/// exits 1 naming `line` and `kind`.
+fn expect_break(path: &Path, text: &str, line: usize, kind: &str) -> Result<()> {
+    fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
+    let out = verify(path)?;
+    let expected = format!("{}:{line}: chain broken ({kind})", path.display());
+    ensure!(
+        out.code == Some(1) && out.stdout.contains(&expected),
+        "verify should exit 1 with {expected:?}: {}",
+        out.describe()
+    );
+    Ok(())
+}
+
+/// Runs a short workload, then tampers with copies of its audit file three ways.
+pub fn verify_names_the_broken_line(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "tamper")?;
+    lab.policy("recorded", RECORD_ALL)?;
+    let id = env.id("tamper");
+    env.scenario(&[&id], || {
+        let script = "cat /etc/hostname; echo data > /tmp/out.txt; exit 0";
+        let out = lab.run("recorded", &["--rm"], &id, &["sh", "-c", script])?;
+        ensure!(out.success(), "workload: {}", out.describe());
+        lab.wait_event(&id, "lifecycle/delete", |e| is(e, "lifecycle", "delete"))?;
+        let original = fs::read_to_string(&lab.audit)?;
+        let lines: Vec<&str> = original.lines().collect();
+        ensure!(
+            lines.len() > N + 1 && original.ends_with('\n'),
+            "too few events to tamper with: {}",
+            Listing(&lab.events()?)
+        );
+        let intact = verify(&lab.audit)?;
+        ensure!(
+            intact.code == Some(0),
+            "the original should verify: {}",
+            intact.describe()
+        );
+
+        // (a) One field of line N edited (its `time`, keeping it valid JSON and a valid time).
+        let target = lines[N - 1];
+        let (before, after) = target
+            .split_once("\"time\":\"")
+            .with_context(|| format!("line {N} has no time: {target}"))?;
+        let digit = after.chars().next().context("empty time")?;
+        let other = if digit == '1' { '2' } else { '1' };
+        let edited_line = format!("{before}\"time\":\"{other}{}", &after[1..]);
+        let mut edited = lines.clone();
+        edited[N - 1] = &edited_line;
+        expect_break(
+            &lab.path("edited.jsonl"),
+            &(edited.join("\n") + "\n"),
+            N,
+            "Edited",
+        )?;
+
+        // (b) Line N deleted: the break is the next surviving line, now line N.
+        let mut deleted = lines.clone();
+        deleted.remove(N - 1);
+        expect_break(
+            &lab.path("deleted.jsonl"),
+            &(deleted.join("\n") + "\n"),
+            N,
+            "Deleted",
+        )?;
+
+        // (c) The last line cut half-way (no newline, not JSON).
+        let last = lines[lines.len() - 1];
+        let cut = &last[..last.len() / 2];
+        let mut truncated = lines[..lines.len() - 1].join("\n");
+        truncated.push('\n');
+        truncated.push_str(cut);
+        expect_break(
+            &lab.path("truncated.jsonl"),
+            &truncated,
+            lines.len(),
+            "Truncated",
+        )?;
+        Ok(())
+    })
+}
