@@ -242,6 +242,16 @@ pub fn garbage_on_trace_socket_is_contained(env: &TestEnv) -> Result<()> {
             is(e, "lifecycle", "delete")
         })?;
 
+        for id in [&a, &b] {
+            let path = trace_socket(id);
+            safehouse_integration::command::wait_for(
+                "the trace socket removed",
+                Duration::from_secs(5),
+                || Ok((!path.exists()).then_some(())),
+            )
+            .with_context(|| format!("{} of {id} is left after delete", path.display()))?;
+        }
+
         let verified = verify(&lab.audit)?;
         ensure!(
             verified.code == Some(0) && verified.stdout.contains("2 sandboxes (0 still open)"),
