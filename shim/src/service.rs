@@ -64,6 +64,19 @@ impl Shim for SafehouseShim {
         if let Some(st) = PersistedState::load(&bundle) {
             pid = st.pid;
             cleanup_after_dead_shim(&self.id, &bundle, &st);
+            // The sockets the dead shim hosted for this container: its sandbox's trace sink and
+            // its terminal (both named from the ids; absent ones are fine).
+            let trace = safehouse_audit::sink::short_socket_path(
+                &Path::new(crate::node::STATE_DIR).join("trace"),
+                &self.id,
+            );
+            let console = crate::stdio::ConsoleSocket::path_for(
+                &crate::node::Node::default().console_dir(),
+                &format!("{}/{}", self.namespace, self.id),
+            );
+            for sock in [trace, console] {
+                let _ = std::fs::remove_file(sock);
+            }
         } else {
             tracing::debug!(container = %self.id, "no Safehouse state in {}: nothing to clean", bundle.display());
         }

@@ -344,11 +344,16 @@ pub struct ConsoleSocket {
 }
 
 impl ConsoleSocket {
-    /// Binds a socket under `dir` (kept short: sun_path is 108 bytes).
+    /// The socket path for `key` under `dir` (kept short: sun_path is 108 bytes).
+    pub fn path_for(dir: &Path, key: &str) -> PathBuf {
+        let name = hex::encode(&sha2::Sha256::digest(key.as_bytes())[..8]);
+        dir.join(format!("{name}.sock"))
+    }
+
+    /// Binds a socket under `dir`.
     pub fn bind(dir: &Path, key: &str) -> Result<ConsoleSocket> {
         std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
-        let name = hex::encode(&sha2::Sha256::digest(key.as_bytes())[..8]);
-        let path = dir.join(format!("{name}.sock"));
+        let path = Self::path_for(dir, key);
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)
             .map_err(io_err(format!("bind console socket {}", path.display())))?;
