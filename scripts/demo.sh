@@ -5,8 +5,8 @@
 # except installing packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/lib.sh
 SH_LAB=${SH_LAB:-/tmp/safehouse-demo}
+. scripts/lib.sh
 SH_NS=demo
 SH_SOCK="$SH_LAB/containerd.sock"
 [ "$(id -u)" -eq 0 ] || die "run as root: the demo starts containerd and gVisor sandboxes"
@@ -29,6 +29,7 @@ log "4/5 the agent's policy"
 jobs="$SH_LAB/jobs"
 mkdir -p "$jobs/in" "$jobs/out" "$SH_LAB/policies"
 rm -f "$jobs/out/"*
+chown 65534:65534 "$jobs/out"   # the agent runs as nobody (uid 65534)
 printf 'summarise the quarterly numbers\n' > "$jobs/in/task.txt"
 cat > "$SH_LAB/policies/demo-agent.yaml" <<YAML
 apiVersion: safehouse.dev/v1alpha1
@@ -65,13 +66,16 @@ TOML
 
 log "5/5 running the agent (audit events stream below, one line each)"
 : > "$SH_LAB/audit.jsonl"
-"$bin/safehouse" audit follow --format short "$SH_LAB/audit.jsonl" | sed 's/^/    audit | /' &
+# $! must be the follower itself (not a pipe stage after it) so cleanup can end it by PID.
+"$bin/safehouse" audit follow --format short "$SH_LAB/audit.jsonl" > >(sed -u 's/^/    audit | /') &
 follower=$!
 
 run_agent() { # name script
   ctr_ run --rm --runtime io.containerd.safehouse.v2 --runtime-config-path "$SH_LAB/config.toml" \
-    "$SH_IMAGE" "$1" sh -c "$2" 2>&1 | sed 's/^/    agent | /'
-  return "${PIPESTATUS[0]}"
+    "$SH_IMAGE" "$1" sh -c "$2" 2>&1 | sed -u 's/^/    agent | /'
+  local rc=${PIPESTATUS[0]}
+  sleep 0.3   # let the follower print this task's last events
+  return "$rc"
 }
 
 echo "  -- task 1: a well-behaved agent"
@@ -85,7 +89,7 @@ sleep 0.5
 echo "  -> exit code $rc; on the host, $jobs/out/report.txt says: $(cat "$jobs/out/report.txt" 2>/dev/null || echo '(missing)')"
 
 echo "  -- task 2: an agent that runs a tool its policy does not list"
-run_agent agent-task-2 'echo "downloading with an unlisted tool..."; /usr/local/bin/fetch --help >/dev/null; sleep 5; echo "never printed"' && rc=0 || rc=$?
+run_agent agent-task-2 'echo "running /usr/local/bin/fetch, which the policy does not list..."; /usr/local/bin/fetch >/dev/null 2>&1; sleep 5; echo "never printed"' && rc=0 || rc=$?
 sleep 0.5
 echo "  -> exit code $rc (killed by Safehouse for the violation)"
 
