@@ -56,6 +56,10 @@ impl LeakCheck {
         if socket.exists() {
             leaks.push(format!("shim socket: {}", socket.display()));
         }
+        let trace = trace_socket_path(id);
+        if trace.exists() {
+            leaks.push(format!("audit trace socket: {}", trace.display()));
+        }
         for cgroup in cgroup_dirs(&self.namespace, id) {
             leaks.push(format!("cgroup: {}", cgroup.display()));
         }
@@ -112,6 +116,18 @@ pub fn shim_socket_path(address: &Path, namespace: &str, id: &str) -> PathBuf {
     PathBuf::from("/run/containerd/s").join(hex)
 }
 
+/// The Safehouse shim's audit trace socket for sandbox `id`: `/run/safehouse/trace/` + the
+/// first 16 hex digits of sha256(id) + `.sock` (the audit crate's `short_socket_path`).
+pub fn trace_socket_path(id: &str) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let hex: String = Sha256::digest(id.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    PathBuf::from("/run/safehouse/trace").join(format!("{hex}.sock"))
+}
+
 /// Entries under `dir` whose file name contains `id` (recursively when `deep`).
 fn entries_named(dir: &Path, id: &str, deep: bool) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -162,6 +178,15 @@ pub fn remove_namespace_cgroups(namespace: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trace_socket_is_named_like_the_audit_sink() {
+        // sha256("abc") = ba7816bf8f01cfea...
+        assert_eq!(
+            trace_socket_path("abc"),
+            PathBuf::from("/run/safehouse/trace/ba7816bf8f01cfea.sock")
+        );
+    }
 
     #[test]
     fn shim_socket_is_sha256_of_address_namespace_id() {
