@@ -4,6 +4,7 @@
 
 mod audit_cmd;
 mod policy_cmd;
+mod stop_cmd;
 
 use std::process::ExitCode;
 
@@ -20,7 +21,8 @@ Examples:
   safehouse policy compile examples/policies/code-interpreter.yaml --spec bundle/config.json --flags
   safehouse policy schema > agent-policy.schema.json
   safehouse audit follow --container agent-7 --format short
-  safehouse audit verify /var/log/safehouse/audit.jsonl";
+  safehouse audit verify /var/log/safehouse/audit.jsonl
+  safehouse stop --all";
 
 /// Safehouse operator CLI.
 #[derive(Debug, Parser)]
@@ -39,6 +41,8 @@ enum Command {
     /// Follow the audit stream and verify its hash chains.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
+    /// Kill every process of Safehouse sandboxes at once (the big red button).
+    Stop(stop_cmd::StopArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Audit(cmd) => audit_cmd::run(cmd),
+        Command::Stop(args) => stop_cmd::run(args),
     };
     match result {
         Ok(code) => code,

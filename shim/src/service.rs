@@ -77,6 +77,7 @@ impl Shim for SafehouseShim {
             for sock in [trace, console] {
                 let _ = std::fs::remove_file(sock);
             }
+            crate::task::unregister(&self.namespace, &self.id);
         } else {
             tracing::debug!(container = %self.id, "no Safehouse state in {}: nothing to clean", bundle.display());
         }

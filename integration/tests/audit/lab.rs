@@ -190,6 +190,11 @@ fn cli() -> Result<PathBuf> {
         .context("no target/{debug,release}/safehouse: run cargo build -p safehouse-cli")
 }
 
+/// `safehouse ARGS...` (the CLI built next to the shim under test).
+pub fn safehouse(args: &[&str]) -> Result<Output> {
+    run(Command::new(cli()?).args(args), Duration::from_secs(30))
+}
+
 /// `safehouse audit verify FILE`.
 pub fn verify(file: &Path) -> Result<Output> {
     run(

@@ -7,6 +7,7 @@
 
 mod hostile;
 mod lab;
+mod stop;
 mod tamper;
 mod workload;
 
@@ -27,6 +28,10 @@ fn main() -> ExitCode {
         Scenario {
             name: "hostile::garbage_on_trace_socket_is_contained",
             run: hostile::garbage_on_trace_socket_is_contained,
+        },
+        Scenario {
+            name: "stop::stop_kills_records_and_leaves_nothing",
+            run: stop::stop_kills_records_and_leaves_nothing,
         },
     ])
 }

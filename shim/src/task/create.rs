@@ -184,6 +184,7 @@ impl TaskService {
             "created"
         );
         self.map().insert(id.clone(), c);
+        register(&self.namespace, &id, &bundle);
 
         let mut e = ev::TaskCreate::new();
         e.container_id = id;

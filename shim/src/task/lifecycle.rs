@@ -279,7 +279,7 @@ impl TaskService {
         Ok(pid)
     }
 
-    pub(super) async fn do_kill(&self, req: api::KillRequest) -> Result<()> {
+    pub(super) async fn do_kill(&self, req: api::KillRequest, actor: &str) -> Result<()> {
         let c = self.get(&req.id)?;
         let p = c.process(&req.exec_id)?;
         if p.status() == Status::Stopped {
@@ -315,10 +315,7 @@ impl TaskService {
             .map_err(|e| ShimError::io("signal runsc exec", std::io::Error::from(e)))
         };
         info!(container = %c.id, exec = %req.exec_id, signal = req.signal, all = req.all, "kill");
-        let mut b = c
-            .audit
-            .ctx
-            .kill(&c.id, req.signal as i32, req.all, "containerd");
+        let mut b = c.audit.ctx.kill(&c.id, req.signal as i32, req.all, actor);
         if !req.exec_id.is_empty() {
             b = b.detail("exec_id", req.exec_id.clone());
         }
@@ -397,6 +394,7 @@ impl TaskService {
             let _ = std::fs::remove_file(c.bundle.join("safehouse-pod-init.json"));
         }
         self.map().remove(&c.id);
+        unregister(&self.namespace, &c.id);
         info!(container = %c.id, code = exit.code, "deleted");
         let mut e = ev::TaskDelete::new();
         e.container_id = c.id.clone();

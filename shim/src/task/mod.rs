@@ -216,6 +216,39 @@ async fn publish(
     }
 }
 
+/// ttrpc metadata key naming who asked for a Kill (set by `safehouse stop`).
+pub const ACTOR_METADATA: &str = "safehouse-actor";
+
+/// Where each running container's shim address is registered, for `safehouse stop`:
+/// `/run/safehouse/shims/<namespace>/<id>` holds the ttrpc address.
+pub fn registry_file(namespace: &str, id: &str) -> PathBuf {
+    Path::new(crate::node::STATE_DIR)
+        .join("shims")
+        .join(namespace)
+        .join(id)
+}
+
+/// Registers a created container (its bundle's `address` file names this shim's socket).
+fn register(namespace: &str, id: &str, bundle: &Path) {
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let file = registry_file(namespace, id);
+    let written = file
+        .parent()
+        .map(std::fs::create_dir_all)
+        .unwrap_or(Ok(()))
+        .and_then(|_| std::fs::write(&file, address.trim()));
+    if let Err(e) = written {
+        warn!(container = %id, "cannot register in {}: {e}", file.display());
+    }
+}
+
+/// Removes a deleted container's registration.
+pub fn unregister(namespace: &str, id: &str) {
+    let _ = std::fs::remove_file(registry_file(namespace, id));
+}
+
 /// The `ConfigPath` from containerd's runtime options (CRI's runtimeoptions.v1.Options), if any.
 pub fn options_config_path(options: Option<&Any>) -> Result<Option<PathBuf>> {
     let Some(any) = options else { return Ok(None) };

@@ -69,8 +69,15 @@ impl Task for TaskService {
     }
 
     #[instrument(skip_all, fields(id = %req.id, exec = %req.exec_id))]
-    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> ttrpc::Result<api::Empty> {
-        self.do_kill(req).await?;
+    async fn kill(&self, ctx: &TtrpcContext, req: api::KillRequest) -> ttrpc::Result<api::Empty> {
+        // `safehouse stop` says who asked; anything else is containerd acting for a client.
+        let actor = ctx
+            .metadata
+            .get(ACTOR_METADATA)
+            .and_then(|v| v.first())
+            .map(|a| a.chars().take(200).collect::<String>())
+            .unwrap_or_else(|| "containerd".into());
+        self.do_kill(req, &actor).await?;
         Ok(api::Empty::new())
     }
 

@@ -1,0 +1,86 @@
+//! `safehouse stop`: the big red button kills every process of the named sandboxes through
+//! their shims, the kill is in each sandbox's audit chain with who asked, and the command
+//! returns only when nothing of those sandboxes is left.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use safehouse_integration::TestEnv;
+
+use crate::lab::{is, safehouse, verify, Lab, Listing};
+
+/// Two running sandboxes, one `safehouse stop --namespace NS A B`: both gone, both recorded.
+pub fn stop_kills_records_and_leaves_nothing(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "stop")?;
+    lab.policy("recorded", "{audit: {record: [process]}}")?;
+    let a = env.id("stopa");
+    let b = env.id("stopb");
+    env.scenario(&[&a, &b], || {
+        let first = lab.start("recorded", &["--rm"], &a, &["sleep", "1000"])?;
+        let second = lab.start(
+            "recorded",
+            &["--rm"],
+            &b,
+            &["sh", "-c", "sleep 1000 & sleep 1000"],
+        )?;
+        for id in [&a, &b] {
+            env.ctr
+                .wait_status(id, "RUNNING", Duration::from_secs(20))?;
+        }
+        let out = safehouse(&["stop", "--namespace", &env.ctr.namespace, &a, &b])?;
+        ensure!(out.success(), "safehouse stop: {}", out.describe());
+        for id in [&a, &b] {
+            ensure!(
+                out.stdout
+                    .contains(&format!("stopped {}/{id} (exit 137)", env.ctr.namespace)),
+                "stop should report {id} killed: {}",
+                out.describe()
+            );
+            // It returned only when the sandbox's processes were gone.
+            let left = safehouse_integration::host::processes_mentioning(id)
+                .into_iter()
+                .filter(|p| p.command_line().starts_with("runsc"))
+                .count();
+            ensure!(left == 0, "{left} runsc processes of {id} left after stop");
+        }
+        for run in [first, second] {
+            let done = run.wait(Duration::from_secs(20))?;
+            ensure!(
+                done.code == Some(137),
+                "ctr run should end with 137: {}",
+                done.describe()
+            );
+        }
+        for id in [&a, &b] {
+            let kill = lab.wait_event(id, "the kill by safehouse stop", |e| {
+                is(e, "lifecycle", "kill")
+                    && e["actor"]
+                        .as_str()
+                        .is_some_and(|s| s.starts_with("safehouse stop (uid 0"))
+            })?;
+            ensure!(
+                kill["detail"]["signal"] == 9 && kill["detail"]["all"] == true,
+                "kill event: {kill}"
+            );
+            lab.wait_event(id, "the exit after the stop", |e| {
+                is(e, "lifecycle", "exit") && e["exit"]["signal"] == 9
+            })?;
+        }
+        let v = verify(&lab.path("audit.jsonl"))?;
+        ensure!(
+            v.success(),
+            "the chains must verify after the stop: {}\n{}",
+            v.describe(),
+            Listing(&lab.events()?)
+        );
+        // An unknown id is an error, not a silent success.
+        let out = safehouse(&[
+            "stop",
+            "--namespace",
+            &env.ctr.namespace,
+            "no-such-container",
+        ])?;
+        ensure!(out.code == Some(2), "unknown id: {}", out.describe());
+        Ok(())
+    })
+}
