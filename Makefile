@@ -47,10 +47,11 @@ lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-bench: build ## Benchmarks: cold start vs the Go shim, runsc and runc; shim memory; policy compile; audit pipeline
+bench: build ## Benchmarks: cold start vs the Go shim, runsc and runc; shim memory; violation-to-kill; policy compile; audit pipeline and openat storm
 	bash scripts/bench.sh
 	$(CARGO) bench -p safehouse-policy --bench compile -- --warm-up-time 1 --measurement-time 3
 	$(CARGO) bench -p safehouse-audit --bench pipeline -- --warm-up-time 1 --measurement-time 3
+	$(CARGO) bench -p safehouse-audit --bench openat_storm
 
 demo: ## Set up this machine and run an agent task in a sandbox, end to end
 	bash scripts/demo.sh

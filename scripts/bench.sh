@@ -88,6 +88,49 @@ echo "ratio safehouse / runsc-direct:  $(ratio "${median[safehouse]}" "${median[
 echo "ratio safehouse / runc:          $(ratio "${median[safehouse]}" "${median[runc]}")"
 echo "ratio strict default / open, unaudited policy: $(ratio "${median[safehouse]}" "${median[safehouse-open]}")  (target < 1.05)"
 
+# Violation to kill: an agent execs a binary its tools list leaves out. From the audit
+# timestamps: the Sentry's exec event -> the shim's kill event (decision) and -> the exit.
+cat > "$SH_LAB/policies/tools.yaml" <<'YAML'
+apiVersion: safehouse.dev/v1alpha1
+kind: AgentPolicy
+metadata:
+  name: tools
+spec:
+  process: {tools: [/bin/sh]}
+  audit: {record: [process], onViolation: kill}
+YAML
+printf '[policy]\ndefault = "%s"\n[audit]\noutput = "%s"\n' "$SH_LAB/policies/tools.yaml" "$SH_LAB/audit-kill.jsonl" > "$SH_LAB/tools.toml"
+: > "$SH_LAB/audit-kill.jsonl"
+log "violation to kill: $RUNS runs (exec of an unlisted binary under onViolation: kill)"
+for i in $(seq 1 "$RUNS"); do
+  ctr_ run --rm --runtime io.containerd.safehouse.v2 --runtime-config-path "$SH_LAB/tools.toml" \
+    "$SH_IMAGE" "b-kill-$i" sh -c 'sleep 0.2; /usr/local/bin/fetch; sleep 10' >/dev/null 2>&1 || true
+done
+python3 - "$SH_LAB/audit-kill.jsonl" <<'PY'
+import json, sys
+from datetime import datetime
+def t(s):  # RFC 3339 with ns -> seconds
+    base, frac = s.rstrip("Z").split(".")
+    return datetime.fromisoformat(base).timestamp() + float("0." + frac)
+runs = {}
+for line in open(sys.argv[1]):
+    e = json.loads(line)
+    r = runs.setdefault(e["sandbox_id"], {})
+    if e["category"] == "process" and e["action"] == "exec" and \
+            (e.get("process", {}).get("binary") or {}).get("path") == "/usr/local/bin/fetch":
+        r["exec"] = t(e["time"])
+    elif e["category"] == "lifecycle" and e["action"] == "kill":
+        r["kill"] = t(e["time"])
+    elif e["category"] == "lifecycle" and e["action"] == "exit":
+        r["exit"] = t(e["time"])
+def med(xs):
+    xs = sorted(xs); return xs[len(xs) // 2] if xs else float("nan")
+k = [(r["kill"] - r["exec"]) * 1000 for r in runs.values() if {"exec", "kill"} <= r.keys()]
+x = [(r["exit"] - r["exec"]) * 1000 for r in runs.values() if {"exec", "exit"} <= r.keys()]
+print(f"exec -> kill decision: median {med(k):.2f} ms over {len(k)} runs (max {max(k) if k else float('nan'):.2f})")
+print(f"exec -> sandbox exited: median {med(x):.1f} ms over {len(x)} runs (max {max(x) if x else float('nan'):.1f})")
+PY
+
 # Shim memory: RSS, PSS and anonymous PSS of the shim processes, per container.
 mem_of() { awk '/^Rss:/{r=$2} /^Pss:/{p=$2} /^Pss_Anon:/{a=$2} END {print r+0, p+0, a+0}' "/proc/$1/smaps_rollup"; }
 measure_mem() { # runtime-args... ; prints "rss pss anon" summed over shim processes, KiB
