@@ -246,7 +246,12 @@ fn register(namespace: &str, id: &str, bundle: &Path) {
 
 /// Removes a deleted container's registration.
 pub fn unregister(namespace: &str, id: &str) {
-    let _ = std::fs::remove_file(registry_file(namespace, id));
+    let file = registry_file(namespace, id);
+    let _ = std::fs::remove_file(&file);
+    // The namespace's directory goes with its last container (remove_dir fails if not empty).
+    if let Some(dir) = file.parent() {
+        let _ = std::fs::remove_dir(dir);
+    }
 }
 
 /// The `ConfigPath` from containerd's runtime options (CRI's runtimeoptions.v1.Options), if any.
