@@ -96,12 +96,7 @@ pub fn confine_bundle(
     let compiled = compile(policy, &spec, &CompileContext::default()).map_err(|e| {
         ShimError::InvalidArgument(format!("refused by policy {:?}: {e}", e.policy()))
     })?;
-    let out = serde_json::to_vec_pretty(&compiled.spec)
-        .map_err(|e| ShimError::Internal(format!("serialise confined spec: {e}")))?;
-    let tmp = bundle.join(".config.json.safehouse");
-    std::fs::write(&tmp, out).map_err(|e| ShimError::io(format!("write {}", tmp.display()), e))?;
-    std::fs::rename(&tmp, &path)
-        .map_err(|e| ShimError::io(format!("replace {}", path.display()), e))?;
+    crate::container::write_spec(bundle, &compiled.spec)?;
     Ok(compiled)
 }
 

@@ -202,6 +202,26 @@ pub async fn mount_rootfs(
     Ok(true)
 }
 
+/// Releases what the shim mounted on the host for a bundle: the rootfs (if it mounted it) and
+/// the read-only host binds.
+pub fn release_host_mounts(bundle: &Path, rootfs_mounted: bool) {
+    if rootfs_mounted {
+        unmount_rootfs(bundle);
+    }
+    crate::hostbind::release(bundle);
+}
+
+/// Replaces the bundle's `config.json` atomically (write aside, then rename).
+pub fn write_spec(bundle: &Path, spec: &impl Serialize) -> Result<()> {
+    let path = bundle.join("config.json");
+    let out = serde_json::to_vec_pretty(spec)
+        .map_err(|e| ShimError::Internal(format!("serialise {}: {e}", path.display())))?;
+    let tmp = bundle.join(".config.json.safehouse");
+    std::fs::write(&tmp, out).map_err(|e| ShimError::io(format!("write {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, &path)
+        .map_err(|e| ShimError::io(format!("replace {}", path.display()), e))
+}
+
 /// Unmounts everything under `bundle/rootfs` (lazily: a busy mount must not block delete).
 pub fn unmount_rootfs(bundle: &Path) {
     let target = bundle.join("rootfs");

@@ -64,13 +64,7 @@ pub fn harden(bundle: &Path) -> Result<()> {
         changed = true;
     }
     if changed {
-        let out =
-            serde_json::to_vec_pretty(&spec).map_err(|e| ShimError::Internal(e.to_string()))?;
-        let tmp = bundle.join(".config.json.safehouse");
-        std::fs::write(&tmp, out)
-            .map_err(|e| ShimError::io(format!("write {}", tmp.display()), e))?;
-        std::fs::rename(&tmp, &path)
-            .map_err(|e| ShimError::io(format!("replace {}", path.display()), e))?;
+        crate::container::write_spec(bundle, &spec)?;
     }
     Ok(())
 }

@@ -290,17 +290,22 @@ impl Runsc {
     }
 
     /// `runsc delete --force`: stops the container (and the sandbox, for its root container).
+    /// Idempotent: a container runsc no longer knows is already deleted.
     pub async fn delete(&self, id: &str, sb: &SandboxFlags) -> Result<()> {
-        self.run(
-            id,
-            sb,
-            "delete",
-            vec!["delete".into(), "--force".into(), id.into()],
-            CommandIo::Discard,
-            SHORT,
-        )
-        .await
-        .map(drop)
+        let res = self
+            .run(
+                id,
+                sb,
+                "delete",
+                vec!["delete".into(), "--force".into(), id.into()],
+                CommandIo::Discard,
+                SHORT,
+            )
+            .await;
+        match res {
+            Err(e) if e.code() == Code::NOT_FOUND => Ok(()),
+            other => other.map(drop),
+        }
     }
 
     /// `runsc pause` / `runsc resume`.

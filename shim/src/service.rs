@@ -14,6 +14,7 @@ use containerd_shim_protos::protobuf::MessageField;
 use crate::container::{self, PersistedState};
 use crate::node::Node;
 use crate::reaper::Reaper;
+use crate::runsc::{Runsc, SandboxFlags};
 use crate::task::TaskService;
 
 /// The runtime type containerd knows this shim by.
@@ -63,7 +64,7 @@ impl Shim for SafehouseShim {
         remove_dead_shim_socket(&bundle);
         if let Some(st) = PersistedState::load(&bundle) {
             pid = st.pid;
-            cleanup_after_dead_shim(&self.id, &bundle, &st);
+            cleanup_after_dead_shim(&self.id, &bundle, &st).await;
             // The sockets the dead shim hosted for this container: its sandbox's trace sink and
             // its terminal (both named from the ids; absent ones are fine).
             let trace = safehouse_audit::sink::short_socket_path(
@@ -115,23 +116,26 @@ impl Shim for SafehouseShim {
     }
 }
 
-fn cleanup_after_dead_shim(id: &str, bundle: &Path, st: &PersistedState) {
-    let mut cmd = std::process::Command::new(&st.binary);
-    cmd.arg(format!("--root={}", st.root.display()))
-        .arg(format!("--network={}", st.network))
-        .args(&st.global)
-        .args(["delete", "--force", id])
-        .stdin(std::process::Stdio::null());
-    match cmd.output() {
-        Ok(out) if out.status.success() => {
-            tracing::info!(container = %id, "deleted sandbox left by a dead shim")
-        }
-        Ok(out) => tracing::warn!(
-            container = %id,
-            "runsc delete --force: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Err(e) => tracing::warn!(container = %id, "run {}: {e}", st.binary.display()),
+async fn cleanup_after_dead_shim(id: &str, bundle: &Path, st: &PersistedState) {
+    // The same runsc wrapper the live shim used, with the flags it persisted (and its own
+    // reaper: nothing else waits for children in this short-lived process).
+    let reaper = Reaper::default();
+    tokio::spawn(reaper.clone().run());
+    let runsc = Runsc::new(
+        st.binary.clone(),
+        st.root.clone(),
+        st.global.clone(),
+        bundle.to_path_buf(),
+        reaper,
+    );
+    let flags = SandboxFlags {
+        network: st.network.clone(),
+        netns: st.netns.clone(),
+        extra: Vec::new(),
+    };
+    match runsc.delete(id, &flags).await {
+        Ok(()) => tracing::info!(container = %id, "deleted sandbox left by a dead shim"),
+        Err(e) => tracing::warn!(container = %id, "{e}"),
     }
     // The sandbox process may outlive the runsc state if it was never registered; it is not
     // ours to wait for, but it is ours to end.
@@ -141,11 +145,8 @@ fn cleanup_after_dead_shim(id: &str, bundle: &Path, st: &PersistedState) {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
-    if st.rootfs_mounted {
-        container::unmount_rootfs(bundle);
-    }
-    crate::hostbind::release(bundle);
-    let _ = std::fs::remove_file(bundle.join(format!("{id}.runsc.log")));
+    container::release_host_mounts(bundle, st.rootfs_mounted);
+    runsc.remove_log(id);
     let _ = std::fs::remove_file(bundle.join(container::STATE_FILE));
 }
 

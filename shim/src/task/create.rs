@@ -96,10 +96,7 @@ impl TaskService {
         ) {
             Ok(a) => a,
             Err(e) => {
-                if rootfs_mounted {
-                    container::unmount_rootfs(&bundle);
-                }
-                crate::hostbind::release(&bundle);
+                container::release_host_mounts(&bundle, rootfs_mounted);
                 return Err(e);
             }
         };
@@ -114,15 +111,10 @@ impl TaskService {
             Err(e) => {
                 // Leave nothing behind: runsc state, sandbox, mounts, stdio.
                 if let Err(de) = runsc.delete(&id, &flags).await {
-                    if de.code() != ttrpc::Code::NOT_FOUND {
-                        warn!(container = %id, "cleanup after failed create: {de}");
-                    }
+                    warn!(container = %id, "cleanup after failed create: {de}");
                 }
                 init.io.lock().await.shutdown().await;
-                if rootfs_mounted {
-                    container::unmount_rootfs(&bundle);
-                }
-                crate::hostbind::release(&bundle);
+                container::release_host_mounts(&bundle, rootfs_mounted);
                 if sandbox_id == id {
                     sandbox_audit.shutdown();
                 }

@@ -135,14 +135,9 @@ impl TaskService {
             return;
         }
         if let Err(e) = c.runsc.delete(&c.id, &c.flags).await {
-            if e.code() != ttrpc::Code::NOT_FOUND {
-                warn!(container = %c.id, "runsc delete after failed start: {e}");
-            }
+            warn!(container = %c.id, "runsc delete after failed start: {e}");
         }
-        if c.rootfs_mounted {
-            container::unmount_rootfs(&c.bundle);
-        }
-        crate::hostbind::release(&c.bundle);
+        container::release_host_mounts(&c.bundle, c.rootfs_mounted);
         if !c.is_root() {
             // No sandbox process exit will come for a joined container: record one.
             p.mark_exited(Exit {
@@ -362,11 +357,7 @@ impl TaskService {
                 warn!(container = %c.id, "deleting pod sandbox while containers remain: {members:?}");
             }
         }
-        if let Err(e) = c.runsc.delete(&c.id, &c.flags).await {
-            if e.code() != ttrpc::Code::NOT_FOUND {
-                return Err(e);
-            }
-        }
+        c.runsc.delete(&c.id, &c.flags).await?;
         // A created-but-never-started container has no exit yet: deleting it is its end.
         p.settle();
         let exit = match p.exit() {
@@ -381,10 +372,7 @@ impl TaskService {
             }
         };
         p.io.lock().await.shutdown().await;
-        if c.rootfs_mounted {
-            container::unmount_rootfs(&c.bundle);
-        }
-        crate::hostbind::release(&c.bundle);
+        container::release_host_mounts(&c.bundle, c.rootfs_mounted);
         c.runsc.remove_log(&c.id);
         let _ = std::fs::remove_file(c.bundle.join(container::STATE_FILE));
         self.record(c.audit.ctx.delete(&c.id).build());
