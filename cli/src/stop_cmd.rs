@@ -132,15 +132,23 @@ pub fn run(args: StopArgs) -> Result<ExitCode> {
     let actor = actor();
     let deadline = Instant::now() + args.timeout;
     let results = runtime.block_on(async {
-        // Every kill first (each takes milliseconds), then the waits.
-        let mut killed = Vec::with_capacity(targets.len());
+        // Each Wait is asked for before its Kill, so the exit is known even if the
+        // container's owner (`ctr run --rm`, kubelet) deletes it right after it dies.
+        let mut pending = Vec::with_capacity(targets.len());
         for t in &targets {
-            killed.push(kill(t, &actor, deadline).await);
+            pending.push(match connect(t).await {
+                Ok(tasks) => {
+                    let waiting = tokio::spawn(wait_exit(tasks.clone(), t.id.clone()));
+                    tokio::task::yield_now().await;
+                    kill(&tasks, t, &actor, deadline).await.map(|()| waiting)
+                }
+                Err(e) => Err(e),
+            });
         }
         let mut results = Vec::with_capacity(targets.len());
-        for (t, k) in targets.iter().zip(killed) {
-            results.push(match k {
-                Ok(tasks) => wait_gone(t, &tasks, deadline).await,
+        for (t, p) in targets.iter().zip(pending) {
+            results.push(match p {
+                Ok(waiting) => wait_gone(t, waiting, deadline).await,
                 Err(e) => Err(e),
             });
         }
@@ -149,7 +157,11 @@ pub fn run(args: StopArgs) -> Result<ExitCode> {
     let mut failed = 0;
     for (t, r) in targets.iter().zip(results) {
         match r {
-            Ok(code) => println!("stopped {}/{} (exit {code})", t.namespace, t.id),
+            Ok(Some(code)) => println!("stopped {}/{} (exit {code})", t.namespace, t.id),
+            Ok(None) => println!(
+                "stopped {}/{} (exit not known: its owner deleted it first)",
+                t.namespace, t.id
+            ),
             Err(e) => {
                 failed += 1;
                 eprintln!("safehouse stop: {}/{}: {e:#}", t.namespace, t.id);
@@ -163,13 +175,30 @@ pub fn run(args: StopArgs) -> Result<ExitCode> {
     })
 }
 
-/// Sends SIGKILL to every process of the container through its shim, naming the actor.
-async fn kill(t: &Target, actor: &str, deadline: Instant) -> Result<TaskClient> {
-    let left = deadline.saturating_duration_since(Instant::now());
+/// A ttrpc client of the container's shim.
+async fn connect(t: &Target) -> Result<TaskClient> {
     let client = Client::connect(&t.address)
         .await
         .with_context(|| format!("connect to its shim at {}", t.address))?;
-    let tasks = TaskClient::new(client);
+    Ok(TaskClient::new(client))
+}
+
+/// The container's exit status, or None when it was deleted before the shim could answer.
+async fn wait_exit(tasks: TaskClient, id: String) -> Result<Option<u32>> {
+    let req = WaitRequest {
+        id,
+        ..Default::default()
+    };
+    match tasks.wait(TtrpcContext::default(), &req).await {
+        Ok(exit) => Ok(Some(exit.exit_status)),
+        Err(e) if e.to_string().contains("NOT_FOUND") => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("wait: {e}")),
+    }
+}
+
+/// Sends SIGKILL to every process of the container through its shim, naming the actor.
+async fn kill(tasks: &TaskClient, t: &Target, actor: &str, deadline: Instant) -> Result<()> {
+    let left = deadline.saturating_duration_since(Instant::now());
     let mut ctx = TtrpcContext::default();
     ctx.add(ACTOR_METADATA.to_string(), actor.to_string());
     let req = KillRequest {
@@ -187,27 +216,27 @@ async fn kill(t: &Target, actor: &str, deadline: Instant) -> Result<TaskClient> 
             bail!("kill: {e}");
         }
     }
-    Ok(tasks)
+    Ok(())
 }
 
 /// Waits for the container's exit, then for its runsc processes to be gone from the host.
-async fn wait_gone(t: &Target, tasks: &TaskClient, deadline: Instant) -> Result<u32> {
+async fn wait_gone(
+    t: &Target,
+    waiting: tokio::task::JoinHandle<Result<Option<u32>>>,
+    deadline: Instant,
+) -> Result<Option<u32>> {
     let left = || deadline.saturating_duration_since(Instant::now());
-    let req = WaitRequest {
-        id: t.id.clone(),
-        ..Default::default()
-    };
-    let exit = tokio::time::timeout(left(), tasks.wait(TtrpcContext::default(), &req))
+    let exit = tokio::time::timeout(left(), waiting)
         .await
         .context("the container did not exit in time")?
-        .map_err(|e| anyhow::anyhow!("wait: {e}"))?;
+        .context("wait task")??;
     while !sandbox_processes(&t.id).is_empty() {
         if left().is_zero() {
             bail!("processes still running: {:?}", sandbox_processes(&t.id));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(exit.exit_status)
+    Ok(exit)
 }
 
 /// runsc processes (sandbox, gofer, exec) whose command line names container `id`.

@@ -16,13 +16,14 @@ pub fn stop_kills_records_and_leaves_nothing(env: &TestEnv) -> Result<()> {
     let a = env.id("stopa");
     let b = env.id("stopb");
     env.scenario(&[&a, &b], || {
-        let first = lab.start("recorded", &["--rm"], &a, &["sleep", "1000"])?;
-        let second = lab.start(
-            "recorded",
-            &["--rm"],
-            &b,
-            &["sh", "-c", "sleep 1000 & sleep 1000"],
-        )?;
+        // Detached: nobody but `safehouse stop` and this test touches their tasks.
+        for (id, cmd) in [
+            (&a, vec!["sleep", "1000"]),
+            (&b, vec!["sh", "-c", "sleep 1000 & sleep 1000"]),
+        ] {
+            let out = lab.run("recorded", &["-d"], id, &cmd)?;
+            ensure!(out.success(), "start {id}: {}", out.describe());
+        }
         for id in [&a, &b] {
             env.ctr
                 .wait_status(id, "RUNNING", Duration::from_secs(20))?;
@@ -43,12 +44,11 @@ pub fn stop_kills_records_and_leaves_nothing(env: &TestEnv) -> Result<()> {
                 .count();
             ensure!(left == 0, "{left} runsc processes of {id} left after stop");
         }
-        for run in [first, second] {
-            let done = run.wait(Duration::from_secs(20))?;
+        for id in [&a, &b] {
+            let row = env.ctr.task(id)?;
             ensure!(
-                done.code == Some(137),
-                "ctr run should end with 137: {}",
-                done.describe()
+                row.as_ref().is_some_and(|r| r.status == "STOPPED"),
+                "{id} should be STOPPED after safehouse stop: {row:?}"
             );
         }
         for id in [&a, &b] {
@@ -81,6 +81,10 @@ pub fn stop_kills_records_and_leaves_nothing(env: &TestEnv) -> Result<()> {
             "no-such-container",
         ])?;
         ensure!(out.code == Some(2), "unknown id: {}", out.describe());
+        for id in [&a, &b] {
+            env.ctr.run(&["tasks", "delete", id])?.ok()?;
+            env.ctr.run(&["containers", "rm", id])?.ok()?;
+        }
         Ok(())
     })
 }
