@@ -43,6 +43,10 @@ apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 log "installing runsc from ${codename}-backports"
 apt-get install -y -qq --no-install-recommends -t "${codename}-backports" runsc >/dev/null
 
+# containerd 1.7 (trixie) and 2.x (sid), unpacked privately for the compatibility matrix.
+log "unpacking the containerd versions of the test matrix"
+bash "$(dirname "$0")/containerd-matrix.sh"
+
 # Rust: the machine image ships rustup; make sure the components the checks need are there.
 if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
