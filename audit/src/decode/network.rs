@@ -1,8 +1,7 @@
 //! Decoding the network syscall points: socket, socketpair, connect, bind,
 //! accept (message types 10, 12, 24, 25, 33) and listen (37, newer gVisor).
 
-use super::sentry::parse;
-use super::syscalls::{base, context_only, detail};
+use super::syscalls::{context_only, detail, start};
 use super::DecodeError;
 use crate::event::{Action, AuditEvent, Category, NetworkInfo};
 use crate::names::message_type as mt;
@@ -15,37 +14,28 @@ pub fn decode(message_type: u16, p: &[u8]) -> Result<AuditEvent, DecodeError> {
     use Category as C;
     let ev = match message_type {
         mt::SYSCALL_CONNECT => {
-            let m = parse::<SyscallConnect>(message_type, p)?;
-            let mut ev = base(
-                C::Network,
-                A::Connect,
-                "connect",
-                m.sysno,
-                &m.context_data,
-                &m.exit,
-            );
+            let (m, mut ev) =
+                start::<SyscallConnect>(message_type, p, C::Network, A::Connect, "connect")?;
             ev.network = Some(sockaddr_info(m.fd, &m.address));
             ev
         }
         mt::SYSCALL_BIND | mt::SYSCALL_ACCEPT => {
-            let m = parse::<SyscallSockaddr>(message_type, p)?;
             let (action, name) = if message_type == mt::SYSCALL_BIND {
                 (A::Bind, "bind")
             } else {
                 (A::Accept, "accept")
             };
-            let mut ev = base(C::Network, action, name, m.sysno, &m.context_data, &m.exit);
+            let (m, mut ev) = start::<SyscallSockaddr>(message_type, p, C::Network, action, name)?;
             ev.network = Some(sockaddr_info(i64::from(m.fd), &m.address));
             ev
         }
         mt::SYSCALL_SOCKET | mt::SYSCALL_SOCKETPAIR => {
-            let m = parse::<SyscallSocket>(message_type, p)?;
             let (action, name) = if message_type == mt::SYSCALL_SOCKET {
                 (A::Socket, "socket")
             } else {
                 (A::Socketpair, "socketpair")
             };
-            let mut ev = base(C::Network, action, name, m.sysno, &m.context_data, &m.exit);
+            let (m, mut ev) = start::<SyscallSocket>(message_type, p, C::Network, action, name)?;
             ev.network = Some(NetworkInfo {
                 family: Some(family_name(m.domain)),
                 protocol: Some(m.protocol),

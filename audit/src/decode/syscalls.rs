@@ -17,7 +17,7 @@ use crate::proto::syscall::*;
 
 /// The event skeleton every syscall point shares: point name from the syscall
 /// number (falling back to `default_name`), context and result.
-pub(super) fn base(
+fn base(
     category: Category,
     action: Action,
     default_name: &str,
@@ -40,6 +40,64 @@ pub(super) fn base(
         });
     }
     ev
+}
+
+/// The fields every syscall message carries: number, context, result.
+pub(super) trait SyscallHead: protobuf::Message {
+    fn head(&self) -> (u64, &MessageField<ContextData>, &MessageField<SyscallExit>);
+}
+
+macro_rules! syscall_head {
+    ($($t:ty),* $(,)?) => {
+        $(impl SyscallHead for $t {
+            fn head(&self) -> (u64, &MessageField<ContextData>, &MessageField<SyscallExit>) {
+                (self.sysno, &self.context_data, &self.exit)
+            }
+        })*
+    };
+}
+
+syscall_head!(
+    SyscallChdir,
+    SyscallChroot,
+    SyscallClone,
+    SyscallClose,
+    SyscallCommon,
+    SyscallConnect,
+    SyscallDup,
+    SyscallEventfd,
+    SyscallExecve,
+    SyscallFcntl,
+    SyscallFork,
+    SyscallInotifyAddWatch,
+    SyscallInotifyInit,
+    SyscallInotifyRmWatch,
+    SyscallOpen,
+    SyscallPipe,
+    SyscallPrlimit,
+    SyscallReadWrite,
+    SyscallSetid,
+    SyscallSetresid,
+    SyscallSignalfd,
+    SyscallSockaddr,
+    SyscallSocket,
+    SyscallTimerfdCreate,
+    SyscallTimerfdGetTime,
+    SyscallTimerfdSetTime,
+);
+
+/// Parses a syscall message and builds its event skeleton (see [`base`]).
+pub(super) fn start<M: SyscallHead>(
+    message_type: u16,
+    p: &[u8],
+    category: Category,
+    action: Action,
+    default_name: &str,
+) -> Result<(M, AuditEvent), DecodeError> {
+    let m = parse::<M>(message_type, p)?;
+    let (sysno, ctx, exit) = m.head();
+    let ev = base(category, action, default_name, sysno, ctx, exit);
+    Ok((m, ev))
 }
 
 pub(super) fn detail(ev: &mut AuditEvent, key: &str, value: impl Into<serde_json::Value>) {
@@ -81,8 +139,7 @@ pub fn decode(message_type: u16, p: &[u8]) -> Result<AuditEvent, DecodeError> {
             ev
         }
         mt::SYSCALL_OPEN => {
-            let m = parse::<SyscallOpen>(message_type, p)?;
-            let mut ev = base(C::File, A::Open, "open", m.sysno, &m.context_data, &m.exit);
+            let (m, mut ev) = start::<SyscallOpen>(message_type, p, C::File, A::Open, "open")?;
             let cwd = ev.process.as_ref().and_then(|p| p.cwd.as_deref());
             let (path, raw_path) = resolve_path(&m.pathname, m.fd, &m.fd_path, cwd);
             ev.file = Some(FileInfo {
@@ -98,26 +155,17 @@ pub fn decode(message_type: u16, p: &[u8]) -> Result<AuditEvent, DecodeError> {
             ev
         }
         mt::SYSCALL_CLOSE => {
-            let m = parse::<SyscallClose>(message_type, p)?;
-            let mut ev = base(
-                C::File,
-                A::Close,
-                "close",
-                m.sysno,
-                &m.context_data,
-                &m.exit,
-            );
+            let (m, mut ev) = start::<SyscallClose>(message_type, p, C::File, A::Close, "close")?;
             ev.file = Some(fd_file(m.fd, &m.fd_path));
             ev
         }
         mt::SYSCALL_READ | mt::SYSCALL_WRITE => {
-            let m = parse::<SyscallReadWrite>(message_type, p)?;
             let (action, name) = if message_type == mt::SYSCALL_READ {
                 (A::Read, "read")
             } else {
                 (A::Write, "write")
             };
-            let mut ev = base(C::File, action, name, m.sysno, &m.context_data, &m.exit);
+            let (m, mut ev) = start::<SyscallReadWrite>(message_type, p, C::File, action, name)?;
             ev.file = Some(FileInfo {
                 count: Some(m.count),
                 flags: (m.flags != 0).then_some(m.flags),
@@ -127,15 +175,8 @@ pub fn decode(message_type: u16, p: &[u8]) -> Result<AuditEvent, DecodeError> {
             ev
         }
         mt::SYSCALL_EXECVE => {
-            let m = parse::<SyscallExecve>(message_type, p)?;
-            let mut ev = base(
-                C::Process,
-                A::Exec,
-                "execve",
-                m.sysno,
-                &m.context_data,
-                &m.exit,
-            );
+            let (m, mut ev) =
+                start::<SyscallExecve>(message_type, p, C::Process, A::Exec, "execve")?;
             let cwd = ev.process.as_ref().and_then(|p| p.cwd.clone());
             let (path, _) = resolve_path(&m.pathname, m.fd, &m.fd_path, cwd.as_deref());
             let (args, truncated) = argv(&m.argv);
@@ -149,15 +190,7 @@ pub fn decode(message_type: u16, p: &[u8]) -> Result<AuditEvent, DecodeError> {
             ev
         }
         mt::SYSCALL_CHDIR => {
-            let m = parse::<SyscallChdir>(message_type, p)?;
-            let mut ev = base(
-                C::File,
-                A::Chdir,
-                "chdir",
-                m.sysno,
-                &m.context_data,
-                &m.exit,
-            );
+            let (m, mut ev) = start::<SyscallChdir>(message_type, p, C::File, A::Chdir, "chdir")?;
             let cwd = ev.process.as_ref().and_then(|p| p.cwd.as_deref());
             let (path, raw_path) = if m.pathname.is_empty() {
                 (text(&m.fd_path), None)
@@ -173,15 +206,8 @@ pub fn decode(message_type: u16, p: &[u8]) -> Result<AuditEvent, DecodeError> {
             ev
         }
         mt::SYSCALL_CHROOT => {
-            let m = parse::<SyscallChroot>(message_type, p)?;
-            let mut ev = base(
-                C::File,
-                A::Chroot,
-                "chroot",
-                m.sysno,
-                &m.context_data,
-                &m.exit,
-            );
+            let (m, mut ev) =
+                start::<SyscallChroot>(message_type, p, C::File, A::Chroot, "chroot")?;
             let cwd = ev.process.as_ref().and_then(|p| p.cwd.as_deref());
             let (path, raw_path) = resolve_path(&m.pathname, -100, b"", cwd);
             ev.file = Some(FileInfo {
@@ -192,43 +218,22 @@ pub fn decode(message_type: u16, p: &[u8]) -> Result<AuditEvent, DecodeError> {
             ev
         }
         mt::SYSCALL_SETID => {
-            let m = parse::<SyscallSetid>(message_type, p)?;
-            let mut ev = base(
-                C::Process,
-                A::Setid,
-                "setuid",
-                m.sysno,
-                &m.context_data,
-                &m.exit,
-            );
+            let (m, mut ev) =
+                start::<SyscallSetid>(message_type, p, C::Process, A::Setid, "setuid")?;
             detail(&mut ev, "id", m.id);
             ev
         }
         mt::SYSCALL_SETRESID => {
-            let m = parse::<SyscallSetresid>(message_type, p)?;
-            let mut ev = base(
-                C::Process,
-                A::Setid,
-                "setresuid",
-                m.sysno,
-                &m.context_data,
-                &m.exit,
-            );
+            let (m, mut ev) =
+                start::<SyscallSetresid>(message_type, p, C::Process, A::Setid, "setresuid")?;
             detail(&mut ev, "real", m.rid);
             detail(&mut ev, "effective", m.eid);
             detail(&mut ev, "saved", m.sid);
             ev
         }
         mt::SYSCALL_PRLIMIT64 => {
-            let m = parse::<SyscallPrlimit>(message_type, p)?;
-            let mut ev = base(
-                C::Process,
-                A::Prlimit,
-                "prlimit64",
-                m.sysno,
-                &m.context_data,
-                &m.exit,
-            );
+            let (m, mut ev) =
+                start::<SyscallPrlimit>(message_type, p, C::Process, A::Prlimit, "prlimit64")?;
             detail(&mut ev, "target_pid", m.pid);
             detail(&mut ev, "resource", m.resource);
             if let Some(new) = m.new_limit.as_ref() {
@@ -238,8 +243,7 @@ pub fn decode(message_type: u16, p: &[u8]) -> Result<AuditEvent, DecodeError> {
             ev
         }
         mt::SYSCALL_PIPE => {
-            let m = parse::<SyscallPipe>(message_type, p)?;
-            let mut ev = base(C::File, A::Pipe, "pipe", m.sysno, &m.context_data, &m.exit);
+            let (m, mut ev) = start::<SyscallPipe>(message_type, p, C::File, A::Pipe, "pipe")?;
             detail(&mut ev, "fds", vec![m.reader, m.writer]);
             ev.file = Some(FileInfo {
                 flags: (m.flags != 0).then_some(m.flags),
@@ -248,23 +252,14 @@ pub fn decode(message_type: u16, p: &[u8]) -> Result<AuditEvent, DecodeError> {
             ev
         }
         mt::SYSCALL_FCNTL => {
-            let m = parse::<SyscallFcntl>(message_type, p)?;
-            let mut ev = base(
-                C::File,
-                A::Fcntl,
-                "fcntl",
-                m.sysno,
-                &m.context_data,
-                &m.exit,
-            );
+            let (m, mut ev) = start::<SyscallFcntl>(message_type, p, C::File, A::Fcntl, "fcntl")?;
             ev.file = Some(fd_file(i64::from(m.fd), &m.fd_path));
             detail(&mut ev, "cmd", m.cmd);
             detail(&mut ev, "arg", m.args);
             ev
         }
         mt::SYSCALL_DUP => {
-            let m = parse::<SyscallDup>(message_type, p)?;
-            let mut ev = base(C::File, A::Dup, "dup", m.sysno, &m.context_data, &m.exit);
+            let (m, mut ev) = start::<SyscallDup>(message_type, p, C::File, A::Dup, "dup")?;
             ev.file = Some(FileInfo {
                 flags: (m.flags != 0).then_some(m.flags),
                 ..fd_file(i64::from(m.old_fd), &m.fd_path)
@@ -273,116 +268,69 @@ pub fn decode(message_type: u16, p: &[u8]) -> Result<AuditEvent, DecodeError> {
             ev
         }
         mt::SYSCALL_SIGNALFD => {
-            let m = parse::<SyscallSignalfd>(message_type, p)?;
-            let mut ev = base(
-                C::File,
-                A::Signalfd,
-                "signalfd",
-                m.sysno,
-                &m.context_data,
-                &m.exit,
-            );
+            let (m, mut ev) =
+                start::<SyscallSignalfd>(message_type, p, C::File, A::Signalfd, "signalfd")?;
             ev.file = Some(fd_file(i64::from(m.fd), &m.fd_path));
             detail(&mut ev, "sigset", m.sigset);
             ev
         }
         mt::SYSCALL_EVENTFD => {
-            let m = parse::<SyscallEventfd>(message_type, p)?;
-            let mut ev = base(
-                C::File,
-                A::Eventfd,
-                "eventfd",
-                m.sysno,
-                &m.context_data,
-                &m.exit,
-            );
+            let (m, mut ev) =
+                start::<SyscallEventfd>(message_type, p, C::File, A::Eventfd, "eventfd")?;
             detail(&mut ev, "initval", m.val);
             ev
         }
         mt::SYSCALL_CLONE => {
-            let m = parse::<SyscallClone>(message_type, p)?;
-            let mut ev = base(
-                C::Process,
-                A::Clone,
-                "clone",
-                m.sysno,
-                &m.context_data,
-                &m.exit,
-            );
+            let (m, mut ev) =
+                start::<SyscallClone>(message_type, p, C::Process, A::Clone, "clone")?;
             detail(&mut ev, "clone_flags", m.flags);
             ev
         }
-        mt::SYSCALL_FORK => {
-            let m = parse::<SyscallFork>(message_type, p)?;
-            base(
-                C::Process,
-                A::Fork,
-                "fork",
-                m.sysno,
-                &m.context_data,
-                &m.exit,
-            )
-        }
+        mt::SYSCALL_FORK => start::<SyscallFork>(message_type, p, C::Process, A::Fork, "fork")?.1,
         mt::SYSCALL_TIMERFD_CREATE => {
-            let m = parse::<SyscallTimerfdCreate>(message_type, p)?;
-            let mut ev = base(
+            let (m, mut ev) = start::<SyscallTimerfdCreate>(
+                message_type,
+                p,
                 C::File,
                 A::Timerfd,
                 "timerfd_create",
-                m.sysno,
-                &m.context_data,
-                &m.exit,
-            );
+            )?;
             detail(&mut ev, "clock_id", m.clock_id);
             ev
         }
         mt::SYSCALL_TIMERFD_SETTIME => {
-            let m = parse::<SyscallTimerfdSetTime>(message_type, p)?;
-            let mut ev = base(
+            let (m, mut ev) = start::<SyscallTimerfdSetTime>(
+                message_type,
+                p,
                 C::File,
                 A::Timerfd,
                 "timerfd_settime",
-                m.sysno,
-                &m.context_data,
-                &m.exit,
-            );
+            )?;
             ev.file = Some(fd_file(i64::from(m.fd), &m.fd_path));
             ev
         }
         mt::SYSCALL_TIMERFD_GETTIME => {
-            let m = parse::<SyscallTimerfdGetTime>(message_type, p)?;
-            let mut ev = base(
+            let (m, mut ev) = start::<SyscallTimerfdGetTime>(
+                message_type,
+                p,
                 C::File,
                 A::Timerfd,
                 "timerfd_gettime",
-                m.sysno,
-                &m.context_data,
-                &m.exit,
-            );
+            )?;
             ev.file = Some(fd_file(i64::from(m.fd), &m.fd_path));
             ev
         }
         mt::SYSCALL_INOTIFY_INIT => {
-            let m = parse::<SyscallInotifyInit>(message_type, p)?;
-            base(
-                C::File,
-                A::Inotify,
-                "inotify_init",
-                m.sysno,
-                &m.context_data,
-                &m.exit,
-            )
+            start::<SyscallInotifyInit>(message_type, p, C::File, A::Inotify, "inotify_init")?.1
         }
         mt::SYSCALL_INOTIFY_ADD_WATCH => {
-            let m = parse::<SyscallInotifyAddWatch>(message_type, p)?;
-            let mut ev = base(
+            let (m, mut ev) = start::<SyscallInotifyAddWatch>(
+                message_type,
+                p,
                 C::File,
                 A::Inotify,
                 "inotify_add_watch",
-                m.sysno,
-                &m.context_data,
-                &m.exit,
-            );
+            )?;
             let cwd = ev.process.as_ref().and_then(|p| p.cwd.as_deref());
             let (path, raw_path) = resolve_path(&m.pathname, -100, b"", cwd);
             ev.file = Some(FileInfo {
@@ -395,15 +343,13 @@ pub fn decode(message_type: u16, p: &[u8]) -> Result<AuditEvent, DecodeError> {
             ev
         }
         mt::SYSCALL_INOTIFY_RM_WATCH => {
-            let m = parse::<SyscallInotifyRmWatch>(message_type, p)?;
-            let mut ev = base(
+            let (m, mut ev) = start::<SyscallInotifyRmWatch>(
+                message_type,
+                p,
                 C::File,
                 A::Inotify,
                 "inotify_rm_watch",
-                m.sysno,
-                &m.context_data,
-                &m.exit,
-            );
+            )?;
             ev.file = Some(fd_file(i64::from(m.fd), &m.fd_path));
             detail(&mut ev, "wd", m.wd);
             ev
@@ -424,13 +370,5 @@ pub(super) fn context_only(
     name: &str,
     p: &[u8],
 ) -> Result<AuditEvent, DecodeError> {
-    let m = parse::<SyscallCommon>(message_type, p)?;
-    Ok(base(
-        category,
-        action,
-        name,
-        m.sysno,
-        &m.context_data,
-        &m.exit,
-    ))
+    Ok(start::<SyscallCommon>(message_type, p, category, action, name)?.1)
 }
