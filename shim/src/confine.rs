@@ -80,9 +80,31 @@ fn load(path: &Path) -> Result<AgentPolicy> {
     safehouse_policy::load_file(path).map_err(|e| ShimError::InvalidArgument(e.to_string()))
 }
 
+/// Where CRI-managed bind mounts may come from: the usual containerd/kubelet directories, the
+/// operator's `[policy] cri_sources`, and the state directory of the containerd that made this
+/// bundle (`STATE/io.containerd.runtime.v2.task/NS/ID`), which holds the pod's `/dev/shm`.
+pub fn compile_context(section: &PolicySection, bundle: &Path) -> CompileContext {
+    let mut ctx = CompileContext::default();
+    ctx.cri_source_roots
+        .extend(section.cri_sources.iter().cloned());
+    let tasks_dir = bundle.parent().and_then(Path::parent);
+    if let Some(tasks_dir) = tasks_dir {
+        if tasks_dir
+            .file_name()
+            .is_some_and(|n| n == "io.containerd.runtime.v2.task")
+        {
+            if let Some(state) = tasks_dir.parent().filter(|s| s.is_absolute()) {
+                ctx.cri_source_roots.push(state.to_path_buf());
+            }
+        }
+    }
+    ctx
+}
+
 /// Compiles `policy` against the bundle's spec and writes the confined spec back.
 pub fn confine_bundle(
     policy: &AgentPolicy,
+    ctx: &CompileContext,
     bundle: &Path,
     spec_bytes: &[u8],
 ) -> Result<CompiledPolicy> {
@@ -93,7 +115,7 @@ pub fn confine_bundle(
             path.display()
         ))
     })?;
-    let compiled = compile(policy, &spec, &CompileContext::default()).map_err(|e| {
+    let compiled = compile(policy, &spec, ctx).map_err(|e| {
         ShimError::InvalidArgument(format!("refused by policy {:?}: {e}", e.policy()))
     })?;
     crate::container::write_spec(bundle, &compiled.spec)?;
@@ -170,6 +192,28 @@ mod tests {
     }
 
     #[test]
+    fn trusts_the_bundle_containerds_state_and_the_configured_sources() {
+        let mut section = PolicySection::default();
+        section.cri_sources = vec![PathBuf::from("/srv/containerd-root")];
+        let ctx = compile_context(
+            &section,
+            Path::new("/tmp/x/state/io.containerd.runtime.v2.task/k8s.io/abc"),
+        );
+        assert!(ctx
+            .cri_source_roots
+            .contains(&PathBuf::from("/tmp/x/state")));
+        assert!(ctx
+            .cri_source_roots
+            .contains(&PathBuf::from("/srv/containerd-root")));
+        assert!(ctx
+            .cri_source_roots
+            .contains(&PathBuf::from("/run/containerd")));
+        // A bundle elsewhere adds nothing of its own.
+        let ctx = compile_context(&PolicySection::default(), Path::new("/tmp/bundles/abc"));
+        assert_eq!(ctx, CompileContext::default());
+    }
+
+    #[test]
     fn confines_a_ctr_spec_and_refuses_a_host_mount() {
         let dir = tempfile::tempdir().expect("tempdir");
         let spec = json!({
@@ -181,8 +225,13 @@ mod tests {
         });
         let bytes = serde_json::to_vec(&spec).expect("json");
         std::fs::write(dir.path().join("config.json"), &bytes).expect("write");
-        let compiled =
-            confine_bundle(&AgentPolicy::strict_default(), dir.path(), &bytes).expect("confined");
+        let compiled = confine_bundle(
+            &AgentPolicy::strict_default(),
+            &CompileContext::default(),
+            dir.path(),
+            &bytes,
+        )
+        .expect("confined");
         let written: Value =
             serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).expect("read"))
                 .expect("json");
@@ -200,8 +249,13 @@ mod tests {
         let mut bad = spec.clone();
         bad["mounts"] = json!([{"destination": "/host", "source": "/etc", "type": "bind", "options": ["rbind"]}]);
         let bytes = serde_json::to_vec(&bad).expect("json");
-        let err = confine_bundle(&AgentPolicy::strict_default(), dir.path(), &bytes)
-            .expect_err("host mount refused");
+        let err = confine_bundle(
+            &AgentPolicy::strict_default(),
+            &CompileContext::default(),
+            dir.path(),
+            &bytes,
+        )
+        .expect_err("host mount refused");
         assert!(err.to_string().contains("/host"), "{err}");
     }
 }

@@ -50,7 +50,8 @@ impl TaskService {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "<built-in defaults>".into());
         let (policy, source) = confine::select(&env.config.policy, &spec, &config_name)?;
-        let compiled = confine::confine_bundle(&policy, &bundle, &spec_text)?;
+        let ctx = confine::compile_context(&env.config.policy, &bundle);
+        let compiled = confine::confine_bundle(&policy, &ctx, &bundle, &spec_text)?;
         info!(container = %id, policy = %compiled.name, digest = %compiled.digest, ?source, "policy applied");
         let (sandbox_id, flags) = match container::sandbox_role(&spec, &id) {
             SandboxRole::Root => {
