@@ -183,6 +183,40 @@ impl CriEnv {
         }
     }
 
+    /// Waits until container `id` has exited; returns its final status.
+    pub fn wait_exited(&self, id: &str, within: Duration) -> Result<cri::ContainerStatus> {
+        let mut last = None;
+        let found = crate::command::wait_for(&format!("container {id} to exit"), within, || {
+            let status = self.cri.container_status(id)?.status;
+            let exited = status
+                .as_ref()
+                .is_some_and(|s| s.state == cri::ContainerState::ContainerExited as i32);
+            last = status.clone();
+            Ok(if exited { status } else { None })
+        });
+        found.with_context(|| format!("last status: {last:?}"))
+    }
+
+    /// The host cgroup file `file` of controller `controller` (v1; ignored on v2) for the
+    /// cgroup CRI gave `id` in pod `pod_name` (cgroupfs: `PARENT/ID`).
+    pub fn cgroup_file(&self, pod_name: &str, id: &str, controller: &str, file: &str) -> PathBuf {
+        self.pod_cgroup_dir(pod_name, controller)
+            .join(id)
+            .join(file)
+    }
+
+    /// The pod's cgroup parent directory for `controller` (v1) or the unified one (v2).
+    pub fn pod_cgroup_dir(&self, pod_name: &str, controller: &str) -> PathBuf {
+        let base = Path::new("/sys/fs/cgroup");
+        let rel = format!("{}/{pod_name}", self.cgroup_root());
+        let rel = rel.trim_start_matches('/');
+        if base.join("cgroup.controllers").exists() {
+            base.join(rel)
+        } else {
+            base.join(controller).join(rel)
+        }
+    }
+
     /// The runsc state directory of CRI's namespace.
     pub fn runsc_state(&self) -> PathBuf {
         self.containerd.runsc_root().join(CRI_NAMESPACE)
@@ -332,6 +366,15 @@ impl CriEnv {
             .into_iter()
             .map(|p| format!("leftover runsc state {}", p.display()))
             .collect();
+        let log = crate::runtime::target_dir()
+            .join("safehouse-it")
+            .join("logs")
+            .join(format!(
+                "containerd-cri-{}-{}.log",
+                self.version,
+                std::process::id()
+            ));
+        let _ = self.containerd.save_log(&log);
         let cgroup_root = self.cgroup_root();
         let bridge = self.network.bridge.clone();
         drop(self.cri);

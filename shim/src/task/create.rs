@@ -53,7 +53,8 @@ impl TaskService {
         let ctx = confine::compile_context(&env.config.policy, &bundle);
         let compiled = confine::confine_bundle(&policy, &ctx, &bundle, &spec_text)?;
         info!(container = %id, policy = %compiled.name, digest = %compiled.digest, ?source, "policy applied");
-        let (sandbox_id, flags) = match container::sandbox_role(&spec, &id) {
+        let own_cgroup = spec["linux"]["cgroupsPath"].as_str().map(String::from);
+        let (sandbox_id, flags, sandbox_cgroup) = match container::sandbox_role(&spec, &id) {
             SandboxRole::Root => {
                 let mut flags = if confine::allows_network(&compiled) {
                     env.sandbox_flags(container::netns_path(&spec))?
@@ -65,7 +66,7 @@ impl TaskService {
                     }
                 };
                 flags.extra = confine::policy_flags(&compiled, &env.probe)?;
-                (id.clone(), flags)
+                (id.clone(), flags, own_cgroup.clone())
             }
             SandboxRole::Join(sb) => {
                 let root = self.get(&sb).map_err(|_| {
@@ -73,7 +74,9 @@ impl TaskService {
                         "container {id:?} joins pod sandbox {sb:?}, which this shim does not serve (create the sandbox container first)"
                     ))
                 })?;
-                (sb, root.flags.clone())
+                // The pod's processes all live in the sandbox's cgroup, not in this
+                // container's own (runsc only mirrors that one for tools).
+                (sb, root.flags.clone(), root.cgroups_path.clone())
             }
         };
 
@@ -148,7 +151,9 @@ impl TaskService {
             policy_digest: compiled.digest.clone(),
             timeout: compiled.timeout,
             audit: sandbox_audit.clone(),
-            cgroups_path: spec["linux"]["cgroupsPath"].as_str().map(String::from),
+            cgroups_path: sandbox_cgroup,
+            own_cgroups_path: own_cgroup,
+            resource_policy: policy.spec.resources.clone(),
             exit_reason: Mutex::new(None),
         });
         self.record(

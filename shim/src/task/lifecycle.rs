@@ -24,8 +24,10 @@ impl TaskService {
             if !p.mark_exited(exit) {
                 return;
             }
-            if p.exec_id.is_empty() && c.is_root() && exit.code == 137 {
-                // The sandbox was SIGKILLed: by the host's OOM killer, if its cgroup says so.
+            if p.exec_id.is_empty() && exit.code == 137 {
+                // SIGKILLed: by the host's OOM killer, if the sandbox's cgroup says so. In a
+                // pod every container dies with the sandbox, and each gets its TaskOOM (CRI
+                // reports OOMKilled per container).
                 let ooms = c.cgroups_path.as_deref().and_then(crate::cgroup::oom_kills);
                 if ooms.unwrap_or(0) > 0 {
                     warn!(container = %c.id, "out of memory: the kernel's OOM killer ended the sandbox");
@@ -156,6 +158,7 @@ impl TaskService {
             let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
                 .map_err(|e| ShimError::io("create pipe", std::io::Error::from(e)))?;
             let (_wpid, exit) = c.runsc.spawn_wait(&c.id, &c.flags, w)?;
+            let cgroup = c.cgroups_path.clone();
             let (tx, rx) = oneshot::channel();
             tokio::spawn(async move {
                 let out = tokio::task::spawn_blocking(move || {
@@ -172,11 +175,20 @@ impl TaskService {
                     .and_then(|v| v["exitStatus"].as_u64())
                     .map(|c| c as u32)
                     .unwrap_or_else(|| {
-                        warn!(
-                            "runsc wait gave no exit status ({:?}); reporting 255",
-                            out.trim()
-                        );
-                        255
+                        // No status because the whole sandbox died (OOM-killed, say): the
+                        // container was killed with it, as SIGKILL would.
+                        if sandbox_died(pid, cgroup.as_deref()) {
+                            warn!(
+                                "runsc wait gave no exit status: the sandbox died; reporting 137"
+                            );
+                            137
+                        } else {
+                            warn!(
+                                "runsc wait gave no exit status ({:?}); reporting 255",
+                                out.trim()
+                            );
+                            255
+                        }
                     });
                 let _ = tx.send(Exit {
                     code,
@@ -485,5 +497,54 @@ impl TaskService {
                 .await;
         }
         Ok(())
+    }
+
+    /// New cgroup limits for a running container. runsc (20240729) has no `update` command,
+    /// and the host kernel enforces gVisor's limits on the host cgroup anyway, so the shim
+    /// writes the container's cgroup itself, after tightening the request to the policy's
+    /// ceilings exactly as Create does (an Update never loosens the policy).
+    pub(super) async fn do_update(&self, req: api::UpdateTaskRequest) -> Result<()> {
+        let c = self.get(&req.id)?;
+        self.running(&c)?;
+        let any = req.resources.as_ref().ok_or_else(|| {
+            ShimError::InvalidArgument(format!("update of {:?}: no resources given", req.id))
+        })?;
+        let mut resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&any.value)
+            .map_err(|e| {
+            ShimError::InvalidArgument(format!(
+                "update of {:?}: resources ({}) are not Linux resources in JSON: {e}",
+                req.id, any.type_url
+            ))
+        })?;
+        safehouse_policy::compile::linux::tighten_resources(&c.resource_policy, &mut resources);
+        let cgroup = c.own_cgroups_path.as_deref().ok_or_else(|| {
+            ShimError::FailedPrecondition(format!(
+                "update of {:?}: its spec has no linux.cgroupsPath to apply limits to",
+                req.id
+            ))
+        })?;
+        let written =
+            crate::cgroup::apply_limits(std::path::Path::new("/sys/fs/cgroup"), cgroup, &resources)
+                .map_err(|e| {
+                    ShimError::FailedPrecondition(format!("update of {:?}: {e}", req.id))
+                })?;
+        info!(container = %c.id, cgroup, files = written.len(), policy = %c.policy, "resources updated");
+        Ok(())
+    }
+}
+
+/// True when the sandbox process `pid` is gone (or a zombie), or the OOM killer struck in the
+/// sandbox's cgroup.
+fn sandbox_died(pid: u32, cgroup: Option<&str>) -> bool {
+    if cgroup.and_then(crate::cgroup::oom_kills).unwrap_or(0) > 0 {
+        return true;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the command name's closing parenthesis.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state == 'Z' || state == 'X'),
+        Err(_) => true,
     }
 }
