@@ -338,9 +338,15 @@ impl CriEnv {
         let removed = self.cri.stop_and_remove_pod(&pod_id);
         let ids = result.as_ref().cloned().unwrap_or_default();
         let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let outcome = result
-            .and_then(|_| removed)
-            .and_then(|()| self.assert_pod_gone(&pod_id, &id_refs, netns.as_deref()));
+        let outcome = match (result, removed) {
+            (Ok(_), removed) => {
+                removed.and_then(|()| self.assert_pod_gone(&pod_id, &id_refs, netns.as_deref()))
+            }
+            (Err(e), Ok(())) => Err(e),
+            (Err(e), Err(removal)) => Err(e.context(format!(
+                "and removing the pod after that failure failed too: {removal:#}"
+            ))),
+        };
         outcome.map_err(|e| {
             let lines: Vec<String> = self
                 .containerd

@@ -108,7 +108,16 @@ impl TaskService {
         let init = Arc::new(Process::new("", paths.clone()));
         let pid_file = bundle.join("init.pid");
         let created = self
-            .create_in_runsc(&id, &bundle, &pid_file, &runsc, &flags, &init, &paths)
+            .create_in_runsc(
+                &id,
+                &bundle,
+                &pid_file,
+                &runsc,
+                &flags,
+                &init,
+                &paths,
+                sandbox_id != id,
+            )
             .await;
         let pid = match created {
             Ok(pid) => pid,
@@ -257,6 +266,7 @@ impl TaskService {
         flags: &SandboxFlags,
         init: &Arc<Process>,
         paths: &IoPaths,
+        joins_pod: bool,
     ) -> Result<u32> {
         let (stdio, console) = if paths.terminal {
             let sock = ConsoleSocket::bind(
@@ -268,7 +278,12 @@ impl TaskService {
         } else {
             let (stdio, io) = ProcessIo::plain(paths, id, &self.namespace, &self.reaper).await?;
             *init.io.lock().await = io;
-            (stdio, None)
+            if joins_pod {
+                *init.start_stdio.lock().unwrap_or_else(|p| p.into_inner()) = Some(stdio);
+                (crate::runsc::ChildStdio::null(), None)
+            } else {
+                (stdio, None)
+            }
         };
         let res = runsc
             .create(

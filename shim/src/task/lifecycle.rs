@@ -150,7 +150,12 @@ impl TaskService {
     }
 
     pub(super) async fn start_init(&self, c: &Arc<Container>, p: &Arc<Process>) -> Result<u32> {
-        c.runsc.start(&c.id, &c.flags).await?;
+        let stdio = p
+            .start_stdio
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        c.runsc.start(&c.id, &c.flags, stdio).await?;
         let pid = p.pid();
         p.mark_started(pid)?;
         if !c.is_root() {
