@@ -73,6 +73,26 @@ pub fn apply_limits(
     Ok(written)
 }
 
+/// Removes the (empty) cgroup `cgroups_path` from every hierarchy under `root` (rmdir only:
+/// a cgroup that still holds processes stays). runsc removes the cgroups it made when it
+/// deletes a container, except when the sandbox had already died (OOM-killed, say); returns
+/// the directories removed then.
+pub fn remove_leftover(root: &Path, cgroups_path: &str) -> Vec<PathBuf> {
+    if !cgroups_path.starts_with('/') || cgroups_path.contains("..") || cgroups_path == "/" {
+        return Vec::new();
+    }
+    let rel = cgroups_path.trim_start_matches('/');
+    let mut dirs = vec![root.join(rel)];
+    if !root.join("cgroup.controllers").exists() {
+        if let Ok(entries) = std::fs::read_dir(root) {
+            dirs.extend(entries.flatten().map(|e| e.path().join(rel)));
+        }
+    }
+    dirs.into_iter()
+        .filter(|d| d.is_dir() && std::fs::remove_dir(d).is_ok())
+        .collect()
+}
+
 fn v1_writes(root: &Path, rel: &str, res: &LinuxResources) -> Vec<(PathBuf, String)> {
     let mut w = Vec::new();
     if let Some(m) = res.memory() {
@@ -257,6 +277,23 @@ mod tests {
         assert!(err.contains("does not exist"), "{err}");
         let err = apply_limits(root.path(), "kubepods.slice:cri:x", &res).expect_err("systemd");
         assert!(err.contains("not an absolute"), "{err}");
+    }
+
+    #[test]
+    fn removes_only_empty_leftover_cgroups() {
+        let root = tempfile::tempdir().expect("tempdir");
+        for c in ["memory", "cpu"] {
+            std::fs::create_dir_all(root.path().join(c).join("k8s/pod1/c1")).expect("mkdir");
+        }
+        // A cgroup with a child (as one with processes) is not removable: rmdir fails.
+        std::fs::create_dir_all(root.path().join("cpu/k8s/pod1/c2/busy")).expect("mkdir");
+        let removed = remove_leftover(root.path(), "/k8s/pod1/c1");
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        assert!(!root.path().join("memory/k8s/pod1/c1").exists());
+        assert!(remove_leftover(root.path(), "/k8s/pod1/c2").is_empty());
+        assert!(root.path().join("cpu/k8s/pod1/c2").exists());
+        assert!(remove_leftover(root.path(), "/").is_empty());
+        assert!(remove_leftover(root.path(), "/k8s/../etc").is_empty());
     }
 
     #[test]

@@ -122,6 +122,35 @@ pub fn confine_bundle(
     Ok(compiled)
 }
 
+/// The process fields a policy decides: an exec into the container gets the container's
+/// (already confined) values for them, whatever the exec request asked.
+const CONFINED_PROCESS_FIELDS: &[&str] = &[
+    "user",
+    "capabilities",
+    "noNewPrivileges",
+    "rlimits",
+    "apparmorProfile",
+    "selinuxLabel",
+    "oomScoreAdj",
+];
+
+/// Confines an exec's process spec like the container it runs in: CRI (and `ctr task exec`)
+/// build it from containerd's copy of the spec, from before the policy was applied, so an
+/// exec would otherwise run as root with every capability under a policy that forbids it.
+/// Arguments, environment, working directory and terminal stay the exec's own.
+pub fn confine_exec(container_process: &Value, exec: &Value) -> Value {
+    let mut out = exec.clone();
+    if let (Some(out), Some(confined)) = (out.as_object_mut(), container_process.as_object()) {
+        for field in CONFINED_PROCESS_FIELDS {
+            match confined.get(*field) {
+                Some(v) => out.insert((*field).to_string(), v.clone()),
+                None => out.remove(*field),
+            };
+        }
+    }
+    out
+}
+
 /// The extra global runsc flags a compiled policy asks for (the network flag is decided with
 /// the container's namespace by the caller), checked against the installed runsc.
 pub fn policy_flags(compiled: &CompiledPolicy, probe: &RunscProbe) -> Result<Vec<String>> {
@@ -156,6 +185,7 @@ mod tests {
             default: None,
             dir: dir.map(Path::to_path_buf),
             selectable: selectable.iter().map(|s| s.to_string()).collect(),
+            cri_sources: Vec::new(),
         }
     }
 
@@ -189,6 +219,31 @@ mod tests {
         assert!(select(&section(Some(dir.path()), &[]), &missing, "c.toml").is_err());
         let traversal = json!({"annotations": {SELECT_ANNOTATION: "../etc/passwd"}});
         assert!(select(&section(Some(dir.path()), &[]), &traversal, "c.toml").is_err());
+    }
+
+    #[test]
+    fn an_exec_gets_the_containers_confined_user_and_capabilities() {
+        let container = json!({
+            "args": ["sleep", "1000"], "user": {"uid": 1234, "gid": 1234},
+            "noNewPrivileges": true, "capabilities": {"bounding": []},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]
+        });
+        let exec = json!({
+            "args": ["sh"], "env": ["A=1"], "cwd": "/work", "terminal": true,
+            "user": {"uid": 0, "gid": 0},
+            "capabilities": {"bounding": ["CAP_SYS_ADMIN"]},
+            "apparmorProfile": "unconfined"
+        });
+        let out = confine_exec(&container, &exec);
+        assert_eq!(out["user"]["uid"], 1234);
+        assert_eq!(out["capabilities"]["bounding"], json!([]));
+        assert_eq!(out["noNewPrivileges"], true);
+        assert_eq!(out["rlimits"][0]["hard"], 1024);
+        assert!(out.get("apparmorProfile").is_none());
+        assert_eq!(out["args"], json!(["sh"]));
+        assert_eq!(out["env"], json!(["A=1"]));
+        assert_eq!(out["cwd"], "/work");
+        assert_eq!(out["terminal"], true);
     }
 
     #[test]

@@ -42,22 +42,22 @@ const SCENARIOS: &[CriScenario] = &[
     CriScenario {
         name: "container_log_file",
         run: lifecycle::container_log_file,
-        core: false,
+        core: true,
     },
     CriScenario {
         name: "container_status_exit_code_and_reason",
         run: lifecycle::exit_code_and_reason,
-        core: false,
+        core: true,
     },
     CriScenario {
         name: "container_status_oom_killed",
         run: resources::oom_killed,
-        core: false,
+        core: true,
     },
     CriScenario {
         name: "stats_real_cpu_and_memory",
         run: resources::stats,
-        core: false,
+        core: true,
     },
     CriScenario {
         name: "update_container_resources",
@@ -67,7 +67,7 @@ const SCENARIOS: &[CriScenario] = &[
     CriScenario {
         name: "stop_container_grace_period",
         run: lifecycle::stop_grace_period,
-        core: false,
+        core: true,
     },
     CriScenario {
         name: "pod_annotation_selects_policy",
@@ -77,7 +77,7 @@ const SCENARIOS: &[CriScenario] = &[
     CriScenario {
         name: "pod_with_unusable_policy_fails_fast",
         run: policy::unusable_policy_fails,
-        core: false,
+        core: true,
     },
 ];
 

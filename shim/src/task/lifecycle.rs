@@ -391,6 +391,12 @@ impl TaskService {
         p.io.lock().await.shutdown().await;
         container::release_host_mounts(&c.bundle, c.rootfs_mounted);
         c.runsc.remove_log(&c.id);
+        if let Some(cgroup) = &c.own_cgroups_path {
+            let removed = crate::cgroup::remove_leftover(Path::new("/sys/fs/cgroup"), cgroup);
+            if !removed.is_empty() {
+                info!(container = %c.id, cgroup, "removed the cgroup runsc left (its sandbox had died)");
+            }
+        }
         let _ = std::fs::remove_file(c.bundle.join(container::STATE_FILE));
         self.record(c.audit.ctx.delete(&c.id).build());
         if c.is_root() {
@@ -444,6 +450,20 @@ impl TaskService {
                 "exec process spec has no args".into(),
             ));
         }
+        // The container's spec as the policy left it (Create rewrote config.json).
+        let spec_path = c.bundle.join("config.json");
+        let container_process = std::fs::read(&spec_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .map(|v| v["process"].clone())
+            .filter(Value::is_object)
+            .ok_or_else(|| {
+                ShimError::FailedPrecondition(format!(
+                    "exec in {:?}: cannot read the container's confined spec {}",
+                    c.id,
+                    spec_path.display()
+                ))
+            })?;
         {
             let mut execs = c.execs.lock().unwrap_or_else(|e| e.into_inner());
             if execs.contains_key(&req.exec_id) {
@@ -453,7 +473,10 @@ impl TaskService {
                 )));
             }
             let file = exec_file(&c.bundle, &req.exec_id, "process.json");
-            std::fs::write(&file, &spec.value)
+            let confined = confine::confine_exec(&container_process, &process);
+            let bytes = serde_json::to_vec(&confined)
+                .map_err(|e| ShimError::Internal(format!("encode exec process spec: {e}")))?;
+            std::fs::write(&file, bytes)
                 .map_err(|e| ShimError::io(format!("write {}", file.display()), e))?;
             let p = Process::new(
                 &req.exec_id,
