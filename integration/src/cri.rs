@@ -207,22 +207,28 @@ impl CriClient {
         .map_err(|s| status_error(s, &format!("PodSandboxStatus {id}")))
     }
 
-    /// StopPodSandbox then RemovePodSandbox.
+    /// StopPodSandbox then RemovePodSandbox. Both are idempotent, so each is tried once more
+    /// when the connection itself failed (as kubelet retries), never on an answer from CRI.
     pub fn stop_and_remove_pod(&self, id: &str) -> Result<()> {
-        let req = cri::StopPodSandboxRequest {
-            pod_sandbox_id: id.to_string(),
+        let stop = || {
+            let req = cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.to_string(),
+            };
+            self.runtime_call(CALL_TIMEOUT, |mut c| async move {
+                c.stop_pod_sandbox(req).await
+            })
         };
-        self.runtime_call(CALL_TIMEOUT, |mut c| async move {
-            c.stop_pod_sandbox(req).await
-        })
-        .map_err(|s| status_error(s, &format!("StopPodSandbox {id}")))?;
-        let req = cri::RemovePodSandboxRequest {
-            pod_sandbox_id: id.to_string(),
+        retry_on_transport(stop).map_err(|s| status_error(s, &format!("StopPodSandbox {id}")))?;
+        let remove = || {
+            let req = cri::RemovePodSandboxRequest {
+                pod_sandbox_id: id.to_string(),
+            };
+            self.runtime_call(CALL_TIMEOUT, |mut c| async move {
+                c.remove_pod_sandbox(req).await
+            })
         };
-        self.runtime_call(CALL_TIMEOUT, |mut c| async move {
-            c.remove_pod_sandbox(req).await
-        })
-        .map_err(|s| status_error(s, &format!("RemovePodSandbox {id}")))?;
+        retry_on_transport(remove)
+            .map_err(|s| status_error(s, &format!("RemovePodSandbox {id}")))?;
         Ok(())
     }
 
@@ -317,6 +323,19 @@ impl CriClient {
         self.image_call(|mut c| async move { c.image_status(req).await })
             .map(|r| r.image.is_some())
             .map_err(|s| status_error(s, &format!("ImageStatus {image}")))
+    }
+}
+
+/// Runs an idempotent call again once if the transport (not CRI) failed.
+fn retry_on_transport<R>(
+    mut call: impl FnMut() -> Result<R, tonic::Status>,
+) -> Result<R, tonic::Status> {
+    match call() {
+        Err(s) if s.code() == tonic::Code::Unknown && s.message().contains("transport error") => {
+            std::thread::sleep(Duration::from_millis(200));
+            call()
+        }
+        other => other,
     }
 }
 
