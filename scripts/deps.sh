@@ -35,6 +35,7 @@ pkgs=(
   busybox-static umoci skopeo                   # local OCI images without a registry
   iproute2 nftables procps psmisc util-linux    # netns test hosts, leak checks
   python3 jq hyperfine                          # test hosts, scripts, benchmarks
+  protobuf-compiler                             # protoc, for the CRI client's gRPC bindings (k8s-cri)
   build-essential pkg-config git curl ca-certificates
 )
 log "installing: ${pkgs[*]}"

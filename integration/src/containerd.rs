@@ -15,7 +15,14 @@ use nix::unistd::Pid;
 
 use crate::command::{self, wait_for};
 use crate::host;
-use crate::runtime::{SAFEHOUSE_RUNTIME_TYPE, SAFEHOUSE_SHIM_NAME};
+use crate::runtime::{RUNC_RUNTIME_TYPE, SAFEHOUSE_RUNTIME_TYPE, SAFEHOUSE_SHIM_NAME};
+
+/// The CRI sandbox (pause) image, fully qualified and imported under exactly this name.
+pub const PAUSE_IMAGE: &str = "docker.io/local/pause:latest";
+/// The CRI handler running containerd's Go runc shim with runsc (the baseline).
+pub const RUNSC_GO_HANDLER: &str = "runsc-go";
+/// The runsc wrapper the `runsc-go` handler uses as its runc binary.
+const RUNSC_CRI_WRAPPER: &str = "runsc-cri";
 
 /// The agent policy of the generated config: the runtime scenarios test the shim's plumbing
 /// (root user, writable rootfs, a given network namespace used), not policy enforcement, which
@@ -60,6 +67,75 @@ pub struct ContainerdOptions {
     /// Strings unique to this run (namespaces): at teardown, any process whose argv mentions
     /// one of them or the temp dir is a leftover of this run and is killed by pid.
     pub markers: Vec<String>,
+    /// A directory holding the `containerd` (and `ctr`, shims) to run instead of those on PATH
+    /// (the compatibility matrix's 1.7 and 2.x builds).
+    pub bin_dir: Option<PathBuf>,
+    /// Pod networking for the CRI plugin; without it CRI has no CNI network (ctr-only runs).
+    pub pod_network: Option<PodNetwork>,
+}
+
+/// A CNI bridge network private to one containerd: host-local IPAM on a /24, no masquerade,
+/// routes only for the pod subnet, so pods reach each other and nothing off the machine.
+#[derive(Debug, Clone)]
+pub struct PodNetwork {
+    /// The CNI network name (also host-local's state directory name).
+    pub name: String,
+    /// The Linux bridge (at most 15 bytes).
+    pub bridge: String,
+    /// The first three octets of the /24, e.g. `"172.29.7"`.
+    pub subnet_prefix: String,
+}
+
+/// A containerd version, from `containerd --version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ContainerdVersion {
+    /// Major version (1 or 2).
+    pub major: u32,
+    /// Minor version.
+    pub minor: u32,
+    /// Patch version.
+    pub patch: u32,
+}
+
+impl std::fmt::Display for ContainerdVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+impl ContainerdVersion {
+    /// Asks `binary --version`.
+    pub fn of(binary: &Path) -> Result<ContainerdVersion> {
+        let out = command::run(
+            Command::new(binary).arg("--version"),
+            Duration::from_secs(10),
+        )?
+        .ok()
+        .with_context(|| format!("{} --version", binary.display()))?;
+        ContainerdVersion::parse(&out.stdout).with_context(|| {
+            format!(
+                "cannot read a version in {:?} ({} --version)",
+                out.stdout.trim(),
+                binary.display()
+            )
+        })
+    }
+
+    /// Parses `containerd github.com/containerd/containerd/v2 2.1.9+unknown` or
+    /// `containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3`.
+    pub fn parse(text: &str) -> Option<ContainerdVersion> {
+        let word = text.split_whitespace().nth(2)?;
+        let word = word.trim_start_matches('v');
+        let end = word
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(word.len());
+        let mut parts = word[..end].split('.').map(|p| p.parse::<u32>().ok());
+        Some(ContainerdVersion {
+            major: parts.next()??,
+            minor: parts.next()??,
+            patch: parts.next().flatten().unwrap_or(0),
+        })
+    }
 }
 
 /// A running private containerd.
@@ -69,6 +145,8 @@ pub struct Containerd {
     path: PathBuf,
     markers: Vec<String>,
     shim_config: Option<PathBuf>,
+    bin_dir: Option<PathBuf>,
+    version: ContainerdVersion,
 }
 
 impl Containerd {
@@ -79,14 +157,32 @@ impl Containerd {
             .tempdir()
             .context("cannot create the containerd temp dir")?;
         let path = dir.path().to_path_buf();
+        let binary = options
+            .bin_dir
+            .as_ref()
+            .map(|d| d.join("containerd"))
+            .unwrap_or_else(|| PathBuf::from("containerd"));
+        let version = ContainerdVersion::of(&binary)?;
         let mut this = Containerd {
             child: None,
             dir: Some(dir),
             path: path.clone(),
             markers: options.markers.clone(),
             shim_config: None,
+            bin_dir: options.bin_dir.clone(),
+            version,
         };
-        for sub in ["root", "state", "bin", "opt", "cni", "fifo", "work"] {
+        for sub in [
+            "root",
+            "state",
+            "bin",
+            "opt",
+            "cni",
+            "cni-state",
+            "fifo",
+            "work",
+            "policies",
+        ] {
             fs::create_dir_all(path.join(sub))?;
         }
         if let Some(shim) = &options.shim {
@@ -110,23 +206,47 @@ impl Containerd {
             fs::write(
                 &config,
                 format!(
-                    "root = {:?}\n\n[policy]\ndefault = {:?}\n",
+                    "root = {:?}\n\n[policy]\ndefault = {:?}\ndir = {:?}\ncri_sources = [{:?}]\n",
                     this.runsc_root().display().to_string(),
-                    policy.display().to_string()
+                    policy.display().to_string(),
+                    this.policy_dir().display().to_string(),
+                    this.root().display().to_string(),
                 ),
             )?;
             options.shim_config = Some(config);
         }
         this.shim_config = options.shim_config.clone();
-        fs::write(this.config_path(), this.config_toml(&options))?;
+        // The Go runc shim driving runsc (a CRI baseline): the wrapper fixes runsc's network.
+        let wrapper = path.join("bin").join(RUNSC_CRI_WRAPPER);
+        fs::write(&wrapper, "#!/bin/sh\nexec runsc --network=none \"$@\"\n")?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))?;
+        }
+        if let Some(network) = &options.pod_network {
+            fs::write(
+                path.join("cni").join("10-safehouse-it.conflist"),
+                this.cni_conflist(network),
+            )?;
+        }
+        let config = if this.version.major >= 2 {
+            this.config_toml_v3(&options)
+        } else {
+            this.config_toml(&options)
+        };
+        fs::write(this.config_path(), config)?;
 
         let log = fs::File::create(this.log_path())?;
+        // Our bin first (the shim under test), then the matrix build's own shims, then PATH.
+        let bin_dirs = match &options.bin_dir {
+            Some(d) => format!("{}:{}", path.join("bin").display(), d.display()),
+            None => path.join("bin").display().to_string(),
+        };
         let search_path = format!(
-            "{}:{}",
-            path.join("bin").display(),
+            "{bin_dirs}:{}",
             std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
         );
-        let mut cmd = Command::new("containerd");
+        let mut cmd = Command::new(&binary);
         cmd.arg("--config")
             .arg(this.config_path())
             .env("PATH", search_path)
@@ -148,6 +268,36 @@ impl Containerd {
     /// The temp dir holding everything of this containerd.
     pub fn dir(&self) -> &Path {
         &self.path
+    }
+
+    /// The version of the containerd binary running.
+    pub fn version(&self) -> ContainerdVersion {
+        self.version
+    }
+
+    /// The `ctr` matching this containerd.
+    pub fn ctr_binary(&self) -> PathBuf {
+        self.bin_dir
+            .as_ref()
+            .map(|d| d.join("ctr"))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("ctr"))
+    }
+
+    /// The directory of policies a `safehouse.dev/policy` annotation may select (with the
+    /// private config; every file in it is selectable).
+    pub fn policy_dir(&self) -> PathBuf {
+        self.path.join("policies")
+    }
+
+    /// The runc root of the CRI `runc` handler.
+    pub fn cri_runc_root(&self) -> PathBuf {
+        self.path.join("cri-runc-root")
+    }
+
+    /// The runsc root of the CRI `runsc-go` handler (containerd's Go runc shim with runsc).
+    pub fn cri_runsc_go_root(&self) -> PathBuf {
+        self.path.join("cri-runsc-go-root")
     }
 
     /// The gRPC socket (`ctr -a`).
@@ -276,7 +426,10 @@ impl Containerd {
             }
             if address.exists() {
                 let out = command::run(
-                    Command::new("ctr").arg("-a").arg(&address).arg("version"),
+                    Command::new(self.ctr_binary())
+                        .arg("-a")
+                        .arg(&address)
+                        .arg("version"),
                     Duration::from_secs(5),
                 )?;
                 if out.success() {
@@ -296,15 +449,65 @@ impl Containerd {
 
     fn config_toml(&self, options: &ContainerdOptions) -> String {
         let p = |sub: &str| self.path.join(sub).display().to_string();
-        let config_path = options
-            .shim_config
-            .as_ref()
-            .map(|c| format!("    ConfigPath = {:?}\n", c.display().to_string()))
-            .unwrap_or_default();
+        // NRI's socket is node-wide (/var/run/nri): a private containerd must not take it.
+        let disabled = if self.version.minor >= 7 {
+            "disabled_plugins = [\"io.containerd.nri.v1.nri\"]\n"
+        } else {
+            ""
+        };
+        let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
         format!(
             r#"version = 2
 root = {root:?}
 state = {state:?}
+{disabled}
+[grpc]
+  address = {grpc:?}
+
+[ttrpc]
+  address = {ttrpc:?}
+
+[debug]
+  level = "debug"
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = {opt:?}
+
+[{cri}]
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  sandbox_image = "{PAUSE_IMAGE}"
+
+[{cri}.cni]
+  conf_dir = {cni:?}
+  bin_dir = "/usr/lib/cni"
+
+[{cri}.containerd]
+  default_runtime_name = "runc"
+{runtimes}"#,
+            root = p("root"),
+            state = p("state"),
+            grpc = self.address().display().to_string(),
+            ttrpc = p("containerd.sock.ttrpc"),
+            opt = p("opt"),
+            cni = p("cni"),
+            runtimes = self.runtimes_toml(&format!("{cri}.containerd.runtimes"), options),
+        )
+    }
+
+    /// containerd 2.x: config version 3, the CRI plugin split into runtime and images parts.
+    fn config_toml_v3(&self, options: &ContainerdOptions) -> String {
+        let p = |sub: &str| self.path.join(sub).display().to_string();
+        let rt = "plugins.\"io.containerd.cri.v1.runtime\"";
+        format!(
+            r#"version = 3
+root = {root:?}
+state = {state:?}
+disabled_plugins = ["io.containerd.nri.v1.nri"]
 
 [grpc]
   address = {grpc:?}
@@ -322,32 +525,90 @@ state = {state:?}
   path = {opt:?}
 
 [plugins."io.containerd.grpc.v1.cri"]
-  restrict_oom_score_adj = true
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
-  sandbox_image = "docker.io/local/pause:latest"
 
-[plugins."io.containerd.grpc.v1.cri".cni]
+[plugins."io.containerd.cri.v1.images".pinned_images]
+  sandbox = "{PAUSE_IMAGE}"
+
+[{rt}]
+  restrict_oom_score_adj = true
+  enable_cdi = false
+
+[{rt}.cni]
   conf_dir = {cni:?}
-  bin_dir = "/usr/lib/cni"
+  bin_dirs = ["/usr/lib/cni"]
 
-[plugins."io.containerd.grpc.v1.cri".containerd]
+[{rt}.containerd]
   default_runtime_name = "runc"
-
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-  runtime_type = "io.containerd.runc.v2"
-
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.safehouse]
-  runtime_type = "{SAFEHOUSE_RUNTIME_TYPE}"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.safehouse.options]
-{config_path}"#,
+{runtimes}"#,
             root = p("root"),
             state = p("state"),
             grpc = self.address().display().to_string(),
             ttrpc = p("containerd.sock.ttrpc"),
             opt = p("opt"),
             cni = p("cni"),
+            runtimes = self.runtimes_toml(&format!("{rt}.containerd.runtimes"), options),
         )
+    }
+
+    /// The CRI runtime handlers: `runc`, `safehouse` (the shim under test, letting
+    /// `safehouse.dev/*` annotations through) and `runsc-go` (containerd's Go runc shim
+    /// driving runsc, the baseline). Same keys in config versions 2 and 3.
+    fn runtimes_toml(&self, table: &str, options: &ContainerdOptions) -> String {
+        let config_path = options
+            .shim_config
+            .as_ref()
+            .map(|c| format!("    ConfigPath = {:?}\n", c.display().to_string()))
+            .unwrap_or_default();
+        let wrapper = self.path.join("bin").join(RUNSC_CRI_WRAPPER);
+        format!(
+            r#"
+[{table}.runc]
+  runtime_type = "{RUNC_RUNTIME_TYPE}"
+  [{table}.runc.options]
+    Root = {runc_root:?}
+
+[{table}.safehouse]
+  runtime_type = "{SAFEHOUSE_RUNTIME_TYPE}"
+  pod_annotations = ["safehouse.dev/*"]
+  container_annotations = ["safehouse.dev/*"]
+  [{table}.safehouse.options]
+{config_path}
+[{table}.{RUNSC_GO_HANDLER}]
+  runtime_type = "{RUNC_RUNTIME_TYPE}"
+  [{table}.{RUNSC_GO_HANDLER}.options]
+    BinaryName = {wrapper:?}
+    Root = {runsc_root:?}
+"#,
+            runc_root = self.cri_runc_root().display().to_string(),
+            runsc_root = self.cri_runsc_go_root().display().to_string(),
+            wrapper = wrapper.display().to_string(),
+        )
+    }
+
+    fn cni_conflist(&self, network: &PodNetwork) -> String {
+        let prefix = &network.subnet_prefix;
+        serde_json::json!({
+            "cniVersion": "0.4.0",
+            "name": network.name,
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": network.bridge,
+                    "isGateway": true,
+                    "ipMasq": false,
+                    "hairpinMode": true,
+                    "ipam": {
+                        "type": "host-local",
+                        "dataDir": self.path.join("cni-state").display().to_string(),
+                        "ranges": [[{"subnet": format!("{prefix}.0/24"), "gateway": format!("{prefix}.1")}]],
+                        "routes": [{"dst": format!("{prefix}.0/24")}]
+                    }
+                }
+            ]
+        })
+        .to_string()
     }
 }
 

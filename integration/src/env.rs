@@ -55,6 +55,7 @@ impl TestEnv {
             private_runsc_root: given_config.is_none(),
             shim_config: given_config.clone(),
             markers: vec![namespace.clone()],
+            ..Default::default()
         })?;
         let shim_config = containerd.shim_config().map(PathBuf::from);
         let ctr = Ctr {

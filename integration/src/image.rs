@@ -19,8 +19,42 @@ const BUSYBOX_BASE: &str = "docker.io/local/busybox";
 const LAYOUT_VERSION: &str = "v1";
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The CRI sandbox image: the same busybox rootfs, sleeping for ever (CRI stops it with
+/// SIGKILL).
+pub const PAUSE_IMAGE: &str = crate::containerd::PAUSE_IMAGE;
+const PAUSE_BASE: &str = "docker.io/local/pause";
+
 /// Returns the cached busybox image tarball, building it first if needed.
 pub fn busybox_tarball() -> Result<PathBuf> {
+    image_tarball("busybox", &["sh"])
+}
+
+/// Returns the cached pause image tarball, building it first if needed.
+pub fn pause_tarball() -> Result<PathBuf> {
+    image_tarball("pause", &["sleep", "2147483647"])
+}
+
+/// Imports busybox and pause into `namespace` with the given `ctr` (for CRI: `k8s.io`).
+pub fn import_cri_images(ctr: &Path, address: &Path, namespace: &str) -> Result<()> {
+    import(
+        ctr,
+        address,
+        namespace,
+        &busybox_tarball()?,
+        BUSYBOX_BASE,
+        BUSYBOX_IMAGE,
+    )?;
+    import(
+        ctr,
+        address,
+        namespace,
+        &pause_tarball()?,
+        PAUSE_BASE,
+        PAUSE_IMAGE,
+    )
+}
+
+fn image_tarball(name: &str, cmd: &[&str]) -> Result<PathBuf> {
     let busybox = Path::new("/bin/busybox");
     if !busybox.is_file() {
         bail!("/bin/busybox is missing: install busybox-static (make deps)");
@@ -28,7 +62,7 @@ pub fn busybox_tarball() -> Result<PathBuf> {
     let cache = target_dir().join("safehouse-it");
     fs::create_dir_all(&cache)?;
     let tarball = cache.join(format!(
-        "busybox-{}-{LAYOUT_VERSION}.tar",
+        "{name}-{}-{LAYOUT_VERSION}.tar",
         busybox_version()?
     ));
     if tarball.is_file() {
@@ -37,7 +71,7 @@ pub fn busybox_tarball() -> Result<PathBuf> {
     let scratch = tempfile::Builder::new()
         .prefix("busybox-image-")
         .tempdir_in(&cache)?;
-    let built = build(scratch.path())?;
+    let built = build(scratch.path(), cmd)?;
     // Rename is atomic: concurrent test binaries either see no tarball or a whole one.
     fs::rename(&built, &tarball)?;
     Ok(tarball)
@@ -45,27 +79,37 @@ pub fn busybox_tarball() -> Result<PathBuf> {
 
 /// Imports the busybox image into namespace `namespace` of the containerd at `address`.
 pub fn import_busybox(address: &Path, namespace: &str) -> Result<()> {
-    let tarball = busybox_tarball()?;
+    import(
+        Path::new("ctr"),
+        address,
+        namespace,
+        &busybox_tarball()?,
+        BUSYBOX_BASE,
+        BUSYBOX_IMAGE,
+    )
+}
+
+fn import(
+    ctr: &Path,
+    address: &Path,
+    namespace: &str,
+    tarball: &Path,
+    base: &str,
+    expected: &str,
+) -> Result<()> {
     let out = run(
-        Command::new("ctr")
+        Command::new(ctr)
             .arg("-a")
             .arg(address)
-            .args([
-                "-n",
-                namespace,
-                "images",
-                "import",
-                "--base-name",
-                BUSYBOX_BASE,
-            ])
-            .arg(&tarball),
+            .args(["-n", namespace, "images", "import", "--base-name", base])
+            .arg(tarball),
         STEP_TIMEOUT,
     )?
     .ok()
-    .context("importing the busybox image")?;
-    if !out.stdout.contains(BUSYBOX_IMAGE) {
+    .with_context(|| format!("importing the image {expected}"))?;
+    if !out.stdout.contains(expected) {
         bail!(
-            "ctr images import did not report {BUSYBOX_IMAGE}:\n{}",
+            "ctr images import did not report {expected}:\n{}",
             out.describe()
         );
     }
@@ -92,7 +136,7 @@ fn busybox_version() -> Result<String> {
     Ok(key)
 }
 
-fn build(scratch: &Path) -> Result<PathBuf> {
+fn build(scratch: &Path, cmd: &[&str]) -> Result<PathBuf> {
     let layout = scratch.join("layout");
     let bundle = scratch.join("bundle");
     let image = format!("{}:latest", layout.display());
@@ -107,14 +151,16 @@ fn build(scratch: &Path) -> Result<PathBuf> {
     step(&["unpack", "--image", &image, &bundle.display().to_string()])?;
     populate_rootfs(&bundle.join("rootfs"))?;
     step(&["repack", "--image", &image, &bundle.display().to_string()])?;
-    step(&[
-        "config",
-        "--image",
-        &image,
-        "--config.cmd=sh",
-        "--config.env=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "--config.workingdir=/",
-    ])?;
+    let image_arg = image.clone();
+    let mut config = vec![
+        "config".to_string(),
+        "--image".to_string(),
+        image_arg,
+        "--config.env=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        "--config.workingdir=/".into(),
+    ];
+    config.extend(cmd.iter().map(|c| format!("--config.cmd={c}")));
+    step(&config.iter().map(String::as_str).collect::<Vec<_>>())?;
     let tarball = scratch.join("busybox.tar");
     run(
         Command::new("tar")

@@ -9,6 +9,8 @@
 
 pub mod command;
 pub mod containerd;
+pub mod cri;
+pub mod cri_env;
 pub mod ctr;
 pub mod env;
 pub mod host;

@@ -130,6 +130,11 @@ pub struct PolicySection {
     /// Names in `dir` an annotation may select; empty = every policy in `dir`.
     #[serde(default)]
     pub selectable: Vec<String>,
+    /// Host directories, beyond the usual containerd/kubelet ones, that CRI-managed bind
+    /// mounts (`/etc/hosts`, `/dev/shm`, ...) may come from: containerd's `root` and `state`
+    /// when they are not the defaults.
+    #[serde(default)]
+    pub cri_sources: Vec<PathBuf>,
 }
 
 /// `[audit]`: where the audit stream goes.

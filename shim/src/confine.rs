@@ -80,9 +80,31 @@ fn load(path: &Path) -> Result<AgentPolicy> {
     safehouse_policy::load_file(path).map_err(|e| ShimError::InvalidArgument(e.to_string()))
 }
 
+/// Where CRI-managed bind mounts may come from: the usual containerd/kubelet directories, the
+/// operator's `[policy] cri_sources`, and the state directory of the containerd that made this
+/// bundle (`STATE/io.containerd.runtime.v2.task/NS/ID`), which holds the pod's `/dev/shm`.
+pub fn compile_context(section: &PolicySection, bundle: &Path) -> CompileContext {
+    let mut ctx = CompileContext::default();
+    ctx.cri_source_roots
+        .extend(section.cri_sources.iter().cloned());
+    let tasks_dir = bundle.parent().and_then(Path::parent);
+    if let Some(tasks_dir) = tasks_dir {
+        if tasks_dir
+            .file_name()
+            .is_some_and(|n| n == "io.containerd.runtime.v2.task")
+        {
+            if let Some(state) = tasks_dir.parent().filter(|s| s.is_absolute()) {
+                ctx.cri_source_roots.push(state.to_path_buf());
+            }
+        }
+    }
+    ctx
+}
+
 /// Compiles `policy` against the bundle's spec and writes the confined spec back.
 pub fn confine_bundle(
     policy: &AgentPolicy,
+    ctx: &CompileContext,
     bundle: &Path,
     spec_bytes: &[u8],
 ) -> Result<CompiledPolicy> {
@@ -93,11 +115,40 @@ pub fn confine_bundle(
             path.display()
         ))
     })?;
-    let compiled = compile(policy, &spec, &CompileContext::default()).map_err(|e| {
+    let compiled = compile(policy, &spec, ctx).map_err(|e| {
         ShimError::InvalidArgument(format!("refused by policy {:?}: {e}", e.policy()))
     })?;
     crate::container::write_spec(bundle, &compiled.spec)?;
     Ok(compiled)
+}
+
+/// The process fields a policy decides: an exec into the container gets the container's
+/// (already confined) values for them, whatever the exec request asked.
+const CONFINED_PROCESS_FIELDS: &[&str] = &[
+    "user",
+    "capabilities",
+    "noNewPrivileges",
+    "rlimits",
+    "apparmorProfile",
+    "selinuxLabel",
+    "oomScoreAdj",
+];
+
+/// Confines an exec's process spec like the container it runs in: CRI (and `ctr task exec`)
+/// build it from containerd's copy of the spec, from before the policy was applied, so an
+/// exec would otherwise run as root with every capability under a policy that forbids it.
+/// Arguments, environment, working directory and terminal stay the exec's own.
+pub fn confine_exec(container_process: &Value, exec: &Value) -> Value {
+    let mut out = exec.clone();
+    if let (Some(out), Some(confined)) = (out.as_object_mut(), container_process.as_object()) {
+        for field in CONFINED_PROCESS_FIELDS {
+            match confined.get(*field) {
+                Some(v) => out.insert((*field).to_string(), v.clone()),
+                None => out.remove(*field),
+            };
+        }
+    }
+    out
 }
 
 /// The extra global runsc flags a compiled policy asks for (the network flag is decided with
@@ -134,6 +185,7 @@ mod tests {
             default: None,
             dir: dir.map(Path::to_path_buf),
             selectable: selectable.iter().map(|s| s.to_string()).collect(),
+            cri_sources: Vec::new(),
         }
     }
 
@@ -170,6 +222,53 @@ mod tests {
     }
 
     #[test]
+    fn an_exec_gets_the_containers_confined_user_and_capabilities() {
+        let container = json!({
+            "args": ["sleep", "1000"], "user": {"uid": 1234, "gid": 1234},
+            "noNewPrivileges": true, "capabilities": {"bounding": []},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]
+        });
+        let exec = json!({
+            "args": ["sh"], "env": ["A=1"], "cwd": "/work", "terminal": true,
+            "user": {"uid": 0, "gid": 0},
+            "capabilities": {"bounding": ["CAP_SYS_ADMIN"]},
+            "apparmorProfile": "unconfined"
+        });
+        let out = confine_exec(&container, &exec);
+        assert_eq!(out["user"]["uid"], 1234);
+        assert_eq!(out["capabilities"]["bounding"], json!([]));
+        assert_eq!(out["noNewPrivileges"], true);
+        assert_eq!(out["rlimits"][0]["hard"], 1024);
+        assert!(out.get("apparmorProfile").is_none());
+        assert_eq!(out["args"], json!(["sh"]));
+        assert_eq!(out["env"], json!(["A=1"]));
+        assert_eq!(out["cwd"], "/work");
+        assert_eq!(out["terminal"], true);
+    }
+
+    #[test]
+    fn trusts_the_bundle_containerds_state_and_the_configured_sources() {
+        let mut section = PolicySection::default();
+        section.cri_sources = vec![PathBuf::from("/srv/containerd-root")];
+        let ctx = compile_context(
+            &section,
+            Path::new("/tmp/x/state/io.containerd.runtime.v2.task/k8s.io/abc"),
+        );
+        assert!(ctx
+            .cri_source_roots
+            .contains(&PathBuf::from("/tmp/x/state")));
+        assert!(ctx
+            .cri_source_roots
+            .contains(&PathBuf::from("/srv/containerd-root")));
+        assert!(ctx
+            .cri_source_roots
+            .contains(&PathBuf::from("/run/containerd")));
+        // A bundle elsewhere adds nothing of its own.
+        let ctx = compile_context(&PolicySection::default(), Path::new("/tmp/bundles/abc"));
+        assert_eq!(ctx, CompileContext::default());
+    }
+
+    #[test]
     fn confines_a_ctr_spec_and_refuses_a_host_mount() {
         let dir = tempfile::tempdir().expect("tempdir");
         let spec = json!({
@@ -181,8 +280,13 @@ mod tests {
         });
         let bytes = serde_json::to_vec(&spec).expect("json");
         std::fs::write(dir.path().join("config.json"), &bytes).expect("write");
-        let compiled =
-            confine_bundle(&AgentPolicy::strict_default(), dir.path(), &bytes).expect("confined");
+        let compiled = confine_bundle(
+            &AgentPolicy::strict_default(),
+            &CompileContext::default(),
+            dir.path(),
+            &bytes,
+        )
+        .expect("confined");
         let written: Value =
             serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).expect("read"))
                 .expect("json");
@@ -200,8 +304,13 @@ mod tests {
         let mut bad = spec.clone();
         bad["mounts"] = json!([{"destination": "/host", "source": "/etc", "type": "bind", "options": ["rbind"]}]);
         let bytes = serde_json::to_vec(&bad).expect("json");
-        let err = confine_bundle(&AgentPolicy::strict_default(), dir.path(), &bytes)
-            .expect_err("host mount refused");
+        let err = confine_bundle(
+            &AgentPolicy::strict_default(),
+            &CompileContext::default(),
+            dir.path(),
+            &bytes,
+        )
+        .expect_err("host mount refused");
         assert!(err.to_string().contains("/host"), "{err}");
     }
 }

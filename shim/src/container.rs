@@ -126,8 +126,13 @@ pub struct Container {
     pub timeout: Option<std::time::Duration>,
     /// The sandbox's audit (shared by every container of a pod).
     pub audit: Arc<crate::audit::SandboxAudit>,
-    /// The host cgroup runsc put the sandbox in (`linux.cgroupsPath`).
+    /// The host cgroup runsc put the sandbox in (the `linux.cgroupsPath` of the pod's sandbox
+    /// container, shared by every container of the pod).
     pub cgroups_path: Option<String>,
+    /// This container's own `linux.cgroupsPath` (the sandbox's for the root container).
+    pub own_cgroups_path: Option<String>,
+    /// The policy's resource ceilings: an Update may tighten limits, never pass these.
+    pub resource_policy: safehouse_policy::manifest::ResourcePolicy,
     /// Why Safehouse ended the container, when it did (timeout, violation).
     pub exit_reason: Mutex<Option<safehouse_audit::ExitReason>>,
 }

@@ -50,6 +50,9 @@ pub struct Process {
     pub io: tokio::sync::Mutex<ProcessIo>,
     /// The pid inside the sandbox (exec processes), for `runsc kill --pid`.
     pub internal_pid: Mutex<Option<i32>>,
+    /// A pod member's stdio between create and start: runsc gives a container joining a
+    /// sandbox the stdio of the `runsc start` command.
+    pub start_stdio: Mutex<Option<crate::runsc::ChildStdio>>,
     settled: watch::Sender<bool>,
 }
 
@@ -64,6 +67,7 @@ impl Process {
             exit_tx,
             io: tokio::sync::Mutex::new(ProcessIo::default()),
             internal_pid: Mutex::new(None),
+            start_stdio: Mutex::new(None),
             settled: watch::channel(false).0,
         }
     }

@@ -252,14 +252,20 @@ impl Runsc {
             .map(drop)
     }
 
-    /// `runsc start`.
-    pub async fn start(&self, id: &str, sb: &SandboxFlags) -> Result<()> {
+    /// `runsc start`. A container joining a pod gets the stdio of its `start` command (runsc
+    /// donates it to the sandbox then), so its stdio is given here, not at create.
+    pub async fn start(
+        &self,
+        id: &str,
+        sb: &SandboxFlags,
+        stdio: Option<ChildStdio>,
+    ) -> Result<()> {
         self.run(
             id,
             sb,
             "start",
             vec!["start".into(), id.into()],
-            CommandIo::Discard,
+            stdio.map(CommandIo::Donate).unwrap_or(CommandIo::Discard),
             SHORT,
         )
         .await

@@ -9,7 +9,7 @@ use oci_spec::runtime::{
 };
 
 use super::{refused, CompileError};
-use crate::manifest::AgentPolicy;
+use crate::manifest::{AgentPolicy, ResourcePolicy};
 use crate::paths::normalize;
 
 /// Namespaces whose absence from `linux.namespaces` means sharing the host's.
@@ -103,7 +103,14 @@ pub(super) fn confine(policy: &AgentPolicy, spec: &mut Spec) -> Result<(), Compi
         resources.set_devices(Some(kept));
     }
 
-    let r = &policy.spec.resources;
+    tighten_resources(&policy.spec.resources, resources);
+    Ok(())
+}
+
+/// Tightens cgroup limits to the policy's: memory (and memory+swap, no swap), CPU quota and
+/// the host pids limit are each the smaller of what was asked and what the policy allows. The
+/// same rule applies at create and when a running container's resources are updated.
+pub fn tighten_resources(r: &ResourcePolicy, resources: &mut LinuxResources) {
     let policy_mem = i64::try_from(r.memory.bytes()).unwrap_or(i64::MAX);
     let memory = resources
         .memory_mut()
@@ -144,7 +151,6 @@ pub(super) fn confine(policy: &AgentPolicy, spec: &mut Spec) -> Result<(), Compi
         spec_pids,
         i64::from(r.pids) + SANDBOX_PIDS_HEADROOM,
     ));
-    Ok(())
 }
 
 /// Host pids the sandbox's own machinery (Sentry threads, gofer, stubs) may use on top of the

@@ -50,9 +50,11 @@ impl TaskService {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "<built-in defaults>".into());
         let (policy, source) = confine::select(&env.config.policy, &spec, &config_name)?;
-        let compiled = confine::confine_bundle(&policy, &bundle, &spec_text)?;
+        let ctx = confine::compile_context(&env.config.policy, &bundle);
+        let compiled = confine::confine_bundle(&policy, &ctx, &bundle, &spec_text)?;
         info!(container = %id, policy = %compiled.name, digest = %compiled.digest, ?source, "policy applied");
-        let (sandbox_id, flags) = match container::sandbox_role(&spec, &id) {
+        let own_cgroup = spec["linux"]["cgroupsPath"].as_str().map(String::from);
+        let (sandbox_id, flags, sandbox_cgroup) = match container::sandbox_role(&spec, &id) {
             SandboxRole::Root => {
                 let mut flags = if confine::allows_network(&compiled) {
                     env.sandbox_flags(container::netns_path(&spec))?
@@ -64,7 +66,7 @@ impl TaskService {
                     }
                 };
                 flags.extra = confine::policy_flags(&compiled, &env.probe)?;
-                (id.clone(), flags)
+                (id.clone(), flags, own_cgroup.clone())
             }
             SandboxRole::Join(sb) => {
                 let root = self.get(&sb).map_err(|_| {
@@ -72,7 +74,9 @@ impl TaskService {
                         "container {id:?} joins pod sandbox {sb:?}, which this shim does not serve (create the sandbox container first)"
                     ))
                 })?;
-                (sb, root.flags.clone())
+                // The pod's processes all live in the sandbox's cgroup, not in this
+                // container's own (runsc only mirrors that one for tools).
+                (sb, root.flags.clone(), root.cgroups_path.clone())
             }
         };
 
@@ -104,7 +108,16 @@ impl TaskService {
         let init = Arc::new(Process::new("", paths.clone()));
         let pid_file = bundle.join("init.pid");
         let created = self
-            .create_in_runsc(&id, &bundle, &pid_file, &runsc, &flags, &init, &paths)
+            .create_in_runsc(
+                &id,
+                &bundle,
+                &pid_file,
+                &runsc,
+                &flags,
+                &init,
+                &paths,
+                sandbox_id != id,
+            )
             .await;
         let pid = match created {
             Ok(pid) => pid,
@@ -147,7 +160,9 @@ impl TaskService {
             policy_digest: compiled.digest.clone(),
             timeout: compiled.timeout,
             audit: sandbox_audit.clone(),
-            cgroups_path: spec["linux"]["cgroupsPath"].as_str().map(String::from),
+            cgroups_path: sandbox_cgroup,
+            own_cgroups_path: own_cgroup,
+            resource_policy: policy.spec.resources.clone(),
             exit_reason: Mutex::new(None),
         });
         self.record(
@@ -251,6 +266,7 @@ impl TaskService {
         flags: &SandboxFlags,
         init: &Arc<Process>,
         paths: &IoPaths,
+        joins_pod: bool,
     ) -> Result<u32> {
         let (stdio, console) = if paths.terminal {
             let sock = ConsoleSocket::bind(
@@ -262,7 +278,12 @@ impl TaskService {
         } else {
             let (stdio, io) = ProcessIo::plain(paths, id, &self.namespace, &self.reaper).await?;
             *init.io.lock().await = io;
-            (stdio, None)
+            if joins_pod {
+                *init.start_stdio.lock().unwrap_or_else(|p| p.into_inner()) = Some(stdio);
+                (crate::runsc::ChildStdio::null(), None)
+            } else {
+                (stdio, None)
+            }
         };
         let res = runsc
             .create(

@@ -24,8 +24,10 @@ impl TaskService {
             if !p.mark_exited(exit) {
                 return;
             }
-            if p.exec_id.is_empty() && c.is_root() && exit.code == 137 {
-                // The sandbox was SIGKILLed: by the host's OOM killer, if its cgroup says so.
+            if p.exec_id.is_empty() && exit.code == 137 {
+                // SIGKILLed: by the host's OOM killer, if the sandbox's cgroup says so. In a
+                // pod every container dies with the sandbox, and each gets its TaskOOM (CRI
+                // reports OOMKilled per container).
                 let ooms = c.cgroups_path.as_deref().and_then(crate::cgroup::oom_kills);
                 if ooms.unwrap_or(0) > 0 {
                     warn!(container = %c.id, "out of memory: the kernel's OOM killer ended the sandbox");
@@ -148,7 +150,12 @@ impl TaskService {
     }
 
     pub(super) async fn start_init(&self, c: &Arc<Container>, p: &Arc<Process>) -> Result<u32> {
-        c.runsc.start(&c.id, &c.flags).await?;
+        let stdio = p
+            .start_stdio
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        c.runsc.start(&c.id, &c.flags, stdio).await?;
         let pid = p.pid();
         p.mark_started(pid)?;
         if !c.is_root() {
@@ -156,6 +163,7 @@ impl TaskService {
             let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
                 .map_err(|e| ShimError::io("create pipe", std::io::Error::from(e)))?;
             let (_wpid, exit) = c.runsc.spawn_wait(&c.id, &c.flags, w)?;
+            let cgroup = c.cgroups_path.clone();
             let (tx, rx) = oneshot::channel();
             tokio::spawn(async move {
                 let out = tokio::task::spawn_blocking(move || {
@@ -172,11 +180,20 @@ impl TaskService {
                     .and_then(|v| v["exitStatus"].as_u64())
                     .map(|c| c as u32)
                     .unwrap_or_else(|| {
-                        warn!(
-                            "runsc wait gave no exit status ({:?}); reporting 255",
-                            out.trim()
-                        );
-                        255
+                        // No status because the whole sandbox died (OOM-killed, say): the
+                        // container was killed with it, as SIGKILL would.
+                        if sandbox_died(pid, cgroup.as_deref()) {
+                            warn!(
+                                "runsc wait gave no exit status: the sandbox died; reporting 137"
+                            );
+                            137
+                        } else {
+                            warn!(
+                                "runsc wait gave no exit status ({:?}); reporting 255",
+                                out.trim()
+                            );
+                            255
+                        }
                     });
                 let _ = tx.send(Exit {
                     code,
@@ -374,6 +391,12 @@ impl TaskService {
         p.io.lock().await.shutdown().await;
         container::release_host_mounts(&c.bundle, c.rootfs_mounted);
         c.runsc.remove_log(&c.id);
+        if let Some(cgroup) = &c.own_cgroups_path {
+            let removed = crate::cgroup::remove_leftover(Path::new("/sys/fs/cgroup"), cgroup);
+            if !removed.is_empty() {
+                info!(container = %c.id, cgroup, "removed the cgroup runsc left (its sandbox had died)");
+            }
+        }
         let _ = std::fs::remove_file(c.bundle.join(container::STATE_FILE));
         self.record(c.audit.ctx.delete(&c.id).build());
         if c.is_root() {
@@ -427,6 +450,20 @@ impl TaskService {
                 "exec process spec has no args".into(),
             ));
         }
+        // The container's spec as the policy left it (Create rewrote config.json).
+        let spec_path = c.bundle.join("config.json");
+        let container_process = std::fs::read(&spec_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .map(|v| v["process"].clone())
+            .filter(Value::is_object)
+            .ok_or_else(|| {
+                ShimError::FailedPrecondition(format!(
+                    "exec in {:?}: cannot read the container's confined spec {}",
+                    c.id,
+                    spec_path.display()
+                ))
+            })?;
         {
             let mut execs = c.execs.lock().unwrap_or_else(|e| e.into_inner());
             if execs.contains_key(&req.exec_id) {
@@ -436,7 +473,10 @@ impl TaskService {
                 )));
             }
             let file = exec_file(&c.bundle, &req.exec_id, "process.json");
-            std::fs::write(&file, &spec.value)
+            let confined = confine::confine_exec(&container_process, &process);
+            let bytes = serde_json::to_vec(&confined)
+                .map_err(|e| ShimError::Internal(format!("encode exec process spec: {e}")))?;
+            std::fs::write(&file, bytes)
                 .map_err(|e| ShimError::io(format!("write {}", file.display()), e))?;
             let p = Process::new(
                 &req.exec_id,
@@ -485,5 +525,54 @@ impl TaskService {
                 .await;
         }
         Ok(())
+    }
+
+    /// New cgroup limits for a running container. runsc (20240729) has no `update` command,
+    /// and the host kernel enforces gVisor's limits on the host cgroup anyway, so the shim
+    /// writes the container's cgroup itself, after tightening the request to the policy's
+    /// ceilings exactly as Create does (an Update never loosens the policy).
+    pub(super) async fn do_update(&self, req: api::UpdateTaskRequest) -> Result<()> {
+        let c = self.get(&req.id)?;
+        self.running(&c)?;
+        let any = req.resources.as_ref().ok_or_else(|| {
+            ShimError::InvalidArgument(format!("update of {:?}: no resources given", req.id))
+        })?;
+        let mut resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&any.value)
+            .map_err(|e| {
+            ShimError::InvalidArgument(format!(
+                "update of {:?}: resources ({}) are not Linux resources in JSON: {e}",
+                req.id, any.type_url
+            ))
+        })?;
+        safehouse_policy::compile::linux::tighten_resources(&c.resource_policy, &mut resources);
+        let cgroup = c.own_cgroups_path.as_deref().ok_or_else(|| {
+            ShimError::FailedPrecondition(format!(
+                "update of {:?}: its spec has no linux.cgroupsPath to apply limits to",
+                req.id
+            ))
+        })?;
+        let written =
+            crate::cgroup::apply_limits(std::path::Path::new("/sys/fs/cgroup"), cgroup, &resources)
+                .map_err(|e| {
+                    ShimError::FailedPrecondition(format!("update of {:?}: {e}", req.id))
+                })?;
+        info!(container = %c.id, cgroup, files = written.len(), policy = %c.policy, "resources updated");
+        Ok(())
+    }
+}
+
+/// True when the sandbox process `pid` is gone (or a zombie), or the OOM killer struck in the
+/// sandbox's cgroup.
+fn sandbox_died(pid: u32, cgroup: Option<&str>) -> bool {
+    if cgroup.and_then(crate::cgroup::oom_kills).unwrap_or(0) > 0 {
+        return true;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the command name's closing parenthesis.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state == 'Z' || state == 'X'),
+        Err(_) => true,
     }
 }

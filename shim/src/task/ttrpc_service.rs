@@ -186,13 +186,8 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::UpdateTaskRequest,
     ) -> ttrpc::Result<api::Empty> {
-        let c = self.get(&req.id)?;
-        self.running(&c)?;
-        Err(ShimError::Unimplemented(format!(
-            "update of {:?}: the installed runsc has no `update` command, so a running gVisor sandbox's resources cannot be changed",
-            req.id
-        ))
-        .into())
+        self.do_update(req).await?;
+        Ok(api::Empty::new())
     }
 
     #[instrument(skip_all, fields(id = %req.id))]
