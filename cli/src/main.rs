@@ -3,6 +3,7 @@
 //! command group lives in its own `*_cmd.rs`.
 
 mod audit_cmd;
+mod containerd_config;
 mod policy_cmd;
 mod stop_cmd;
 
