@@ -4,6 +4,7 @@
 
 mod audit_cmd;
 mod containerd_config;
+mod node_cmd;
 mod policy_cmd;
 mod stop_cmd;
 
@@ -44,6 +45,9 @@ enum Command {
     Audit(audit_cmd::AuditCommand),
     /// Kill every process of Safehouse sandboxes at once (the big red button).
     Stop(stop_cmd::StopArgs),
+    /// Install Safehouse on this node (or remove it): binaries, configs, containerd handlers.
+    #[command(subcommand)]
+    Node(node_cmd::NodeCommand),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Audit(cmd) => audit_cmd::run(cmd),
         Command::Stop(args) => stop_cmd::run(args),
+        Command::Node(cmd) => node_cmd::run(cmd),
     };
     match result {
         Ok(code) => code,
