@@ -33,11 +33,10 @@ pub struct Handler {
 
 /// The config version a containerd config text declares (1 when absent, as containerd reads it).
 pub fn config_version(text: &str) -> Result<i64> {
-    let doc: DocumentMut = text.parse().context("containerd config is not valid TOML")?;
-    Ok(doc
-        .get("version")
-        .and_then(Item::as_integer)
-        .unwrap_or(1))
+    let doc: DocumentMut = text
+        .parse()
+        .context("containerd config is not valid TOML")?;
+    Ok(doc.get("version").and_then(Item::as_integer).unwrap_or(1))
 }
 
 fn table_at<'a>(doc: &'a mut DocumentMut, path: &[&str]) -> Result<&'a mut Table> {
@@ -62,8 +61,18 @@ fn runtimes_path(plugin: &str) -> [&str; 4] {
     ["plugins", plugin, "containerd", "runtimes"]
 }
 
+/// Marks the runc table an edit adds (containerd 1.x drops its built-in runc runtime as soon as
+/// config.toml names any runtime, so the edit must name runc too; uninstall takes it out again).
+pub const RUNC_MARK: &str = "# Added by `safehouse node install`: containerd 1.x drops its built-in runc runtime once config.toml names any runtime.";
+
 fn add_handlers(doc: &mut DocumentMut, plugin: &str, handlers: &[Handler]) -> Result<()> {
     let runtimes = table_at(doc, &runtimes_path(plugin))?;
+    if plugin == CRI_V2 && runtimes.is_empty() {
+        let mut runc = Table::new();
+        runc["runtime_type"] = value("io.containerd.runc.v2");
+        runc.decor_mut().set_prefix(format!("\n{RUNC_MARK}\n"));
+        runtimes.insert("runc", Item::Table(runc));
+    }
     for h in handlers {
         if let Some(existing) = runtimes.get(&h.name) {
             let kind = existing
@@ -127,6 +136,16 @@ fn remove_handlers(doc: &mut DocumentMut, plugin: &str, handlers: &[Handler]) ->
                     removed = true;
                 }
             }
+            let added_runc = runtimes.len() == 1
+                && runtimes
+                    .get("runc")
+                    .and_then(Item::as_table)
+                    .and_then(|t| t.decor().prefix())
+                    .and_then(|p| p.as_str())
+                    .is_some_and(|p| p.contains(RUNC_MARK));
+            if removed && added_runc {
+                runtimes.remove("runc");
+            }
         }
     }
     // Prune from the deepest table up: empty and implicit means the install created it.
@@ -151,7 +170,9 @@ fn remove_handlers(doc: &mut DocumentMut, plugin: &str, handlers: &[Handler]) ->
 /// `config.toml` (version 1/2) with the handlers edited in; unchanged text when they already
 /// are.
 pub fn edit_in(text: &str, handlers: &[Handler]) -> Result<String> {
-    let mut doc: DocumentMut = text.parse().context("containerd config is not valid TOML")?;
+    let mut doc: DocumentMut = text
+        .parse()
+        .context("containerd config is not valid TOML")?;
     if config_version(text)? >= 3 {
         bail!("containerd config version 3: use a drop-in (imports), not an edit");
     }
@@ -169,7 +190,9 @@ pub fn edit_in(text: &str, handlers: &[Handler]) -> Result<String> {
 
 /// `config.toml` with the handlers taken out again.
 pub fn edit_out(text: &str, handlers: &[Handler]) -> Result<String> {
-    let mut doc: DocumentMut = text.parse().context("containerd config is not valid TOML")?;
+    let mut doc: DocumentMut = text
+        .parse()
+        .context("containerd config is not valid TOML")?;
     if !remove_handlers(&mut doc, CRI_V2, handlers) {
         return Ok(text.to_string());
     }
@@ -199,7 +222,9 @@ fn import_covers(entry: &str, dropin_path: &str) -> bool {
 
 /// `config.toml` (version 3) importing `dropin_path` (unchanged when an entry already covers it).
 pub fn import_in(text: &str, dropin_path: &str) -> Result<String> {
-    let mut doc: DocumentMut = text.parse().context("containerd config is not valid TOML")?;
+    let mut doc: DocumentMut = text
+        .parse()
+        .context("containerd config is not valid TOML")?;
     if text.trim().is_empty() {
         doc["version"] = value(3);
     }
@@ -221,7 +246,9 @@ pub fn import_in(text: &str, dropin_path: &str) -> Result<String> {
 /// `config.toml` without the exact `dropin_path` import (and without `imports` if that left it
 /// empty).
 pub fn import_out(text: &str, dropin_path: &str) -> Result<String> {
-    let mut doc: DocumentMut = text.parse().context("containerd config is not valid TOML")?;
+    let mut doc: DocumentMut = text
+        .parse()
+        .context("containerd config is not valid TOML")?;
     let Some(imports) = doc.get_mut("imports").and_then(Item::as_array_mut) else {
         return Ok(text.to_string());
     };
@@ -247,7 +274,9 @@ pub fn same_toml(a: &str, b: &str) -> bool {
 /// The handlers registered (with Safehouse's runtime type) in a config text, by name, under
 /// either CRI plugin id.
 pub fn registered_handlers(text: &str) -> Result<Vec<(String, Option<String>)>> {
-    let doc: toml::Table = text.parse().context("containerd config is not valid TOML")?;
+    let doc: toml::Table = text
+        .parse()
+        .context("containerd config is not valid TOML")?;
     let mut out = Vec::new();
     for plugin in [CRI_V2, CRI_V3] {
         let runtimes = doc
@@ -288,7 +317,8 @@ mod tests {
     }
 
     /// Debian's containerd 1.6 ships this (everything commented but the version).
-    const DEBIAN_16: &str = "# containerd config\nversion = 2\n\n# root = \"/var/lib/containerd\"\n";
+    const DEBIAN_16: &str =
+        "# containerd config\nversion = 2\n\n# root = \"/var/lib/containerd\"\n";
 
     /// An operator's 1.7 config with CRI settings and a runtime of their own.
     const OPERATOR_17: &str = r#"version = 2
@@ -329,7 +359,10 @@ root = "/var/lib/containerd"
             assert_eq!(
                 reg,
                 vec![
-                    ("safehouse".into(), Some("/etc/safehouse/config.toml".into())),
+                    (
+                        "safehouse".into(),
+                        Some("/etc/safehouse/config.toml".into())
+                    ),
                     (
                         "safehouse-net".into(),
                         Some("/etc/safehouse/config-net.toml".into())
@@ -344,10 +377,25 @@ root = "/var/lib/containerd"
             }
             assert_eq!(edit_out(&back, &handlers()).expect("again"), back);
         }
+        // A config naming no runtime gets runc named too (1.x would drop its built-in one).
+        let debian = edit_in(DEBIAN_16, &handlers()).expect("edit in");
+        let v: toml::Table = debian.parse().expect("toml");
+        assert_eq!(
+            v["plugins"][CRI_V2]["containerd"]["runtimes"]["runc"]["runtime_type"].as_str(),
+            Some("io.containerd.runc.v2"),
+            "{debian}"
+        );
         let once = edit_in(OPERATOR_17, &handlers()).expect("edit in");
+        assert!(
+            !once.contains(RUNC_MARK),
+            "the operator's runc is not touched"
+        );
         let v: toml::Table = once.parse().expect("toml");
         let cri = &v["plugins"][CRI_V2];
-        assert_eq!(cri["sandbox_image"].as_str(), Some("registry.local/pause:3.9"));
+        assert_eq!(
+            cri["sandbox_image"].as_str(),
+            Some("registry.local/pause:3.9")
+        );
         assert_eq!(
             cri["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"].as_bool(),
             Some(true)
@@ -398,7 +446,9 @@ root = "/var/lib/containerd"
     #[test]
     fn a_layout_it_cannot_edit_is_an_error_not_a_clobber() {
         let inline = "version = 2\nplugins = { \"io.containerd.grpc.v1.cri\" = { sandbox_image = \"x\" } }\n";
-        let e = edit_in(inline, &handlers()).expect_err("inline").to_string();
+        let e = edit_in(inline, &handlers())
+            .expect_err("inline")
+            .to_string();
         assert!(e.contains("not a plain table"), "{e}");
         assert!(edit_in("version = [", &handlers()).is_err());
     }

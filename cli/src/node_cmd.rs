@@ -97,8 +97,7 @@ pub struct UninstallArgs {
 impl NodeLayout {
     /// `path` (absolute on the node) under the host root.
     pub fn host(&self, path: &Path) -> PathBuf {
-        self.host_root
-            .join(path.strip_prefix("/").unwrap_or(path))
+        self.host_root.join(path.strip_prefix("/").unwrap_or(path))
     }
 
     fn bin(&self, name: &str) -> PathBuf {
@@ -147,7 +146,9 @@ fn put(dest: &Path, data: &[u8], mode: u32) -> Result<bool> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let tmp = dir.join(format!(
         ".{}.safehouse-new",
-        dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        dest.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
     ));
     std::fs::write(&tmp, data).with_context(|| format!("write {}", tmp.display()))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
@@ -343,7 +344,10 @@ fn uninstall(a: &UninstallArgs) -> Result<ExitCode> {
         new = cc::import_out(&new, &l.dropin.display().to_string())?;
         if new != text {
             changed |= put(&cfg_path, new.as_bytes(), 0o644)?;
-            println!("containerd: handlers removed from {}", l.containerd_config.display());
+            println!(
+                "containerd: handlers removed from {}",
+                l.containerd_config.display()
+            );
         }
     }
     let dropin = l.host(&l.dropin);
@@ -424,7 +428,13 @@ mod tests {
         let r = root.display().to_string();
         let f = from.display().to_string();
         let install = [
-            "install", "--host-root", &r, "--from", &f, "--restart-command", &restart,
+            "install",
+            "--host-root",
+            &r,
+            "--from",
+            &f,
+            "--restart-command",
+            &restart,
         ];
         run(cmd(&install)).expect("install");
         let after = std::fs::read_to_string(&cfg).expect("read");
@@ -435,19 +445,33 @@ mod tests {
             b"shim-v1"
         );
         assert!(root.join("etc/safehouse/config-net.toml").is_file());
-        assert!(root.join("etc/containerd/config.toml.before-safehouse").is_file());
+        assert!(root
+            .join("etc/containerd/config.toml.before-safehouse")
+            .is_file());
         run(cmd(&install)).expect("install again");
         assert_eq!(std::fs::read_to_string(&cfg).expect("read"), after);
         assert_eq!(
-            std::fs::read_to_string(&marker).expect("restarted").lines().count(),
+            std::fs::read_to_string(&marker)
+                .expect("restarted")
+                .lines()
+                .count(),
             1,
             "containerd restarted only when its config changed"
         );
-        run(cmd(&["uninstall", "--host-root", &r, "--restart-command", &restart]))
-            .expect("uninstall");
+        run(cmd(&[
+            "uninstall",
+            "--host-root",
+            &r,
+            "--restart-command",
+            &restart,
+        ]))
+        .expect("uninstall");
         assert_eq!(std::fs::read_to_string(&cfg).expect("read"), original);
         assert!(!root.join("usr/local/bin").join(SHIM).exists());
-        assert!(root.join("etc/safehouse/config.toml").exists(), "configs kept");
+        assert!(
+            root.join("etc/safehouse/config.toml").exists(),
+            "configs kept"
+        );
         assert_eq!(
             std::fs::read_to_string(&marker).expect("m").lines().count(),
             2
@@ -461,7 +485,8 @@ mod tests {
         let root = dir.path().join("root");
         let cfg = root.join("etc/containerd/config.toml");
         std::fs::create_dir_all(cfg.parent().expect("p")).expect("mkdir");
-        let original = "version = 3\n[plugins.\"io.containerd.cri.v1.runtime\"]\n  enable_selinux = false\n";
+        let original =
+            "version = 3\n[plugins.\"io.containerd.cri.v1.runtime\"]\n  enable_selinux = false\n";
         std::fs::write(&cfg, original).expect("w");
         let r = root.display().to_string();
         let f = from.display().to_string();
@@ -470,7 +495,10 @@ mod tests {
             .expect("dropin");
         assert_eq!(cc::registered_handlers(&dropin).expect("p").len(), 2);
         let main = std::fs::read_to_string(&cfg).expect("read");
-        assert!(main.contains("/etc/containerd/conf.d/safehouse.toml"), "{main}");
+        assert!(
+            main.contains("/etc/containerd/conf.d/safehouse.toml"),
+            "{main}"
+        );
         run(cmd(&["uninstall", "--host-root", &r, "--purge"])).expect("uninstall");
         assert_eq!(std::fs::read_to_string(&cfg).expect("read"), original);
         assert!(!root.join("etc/containerd/conf.d/safehouse.toml").exists());
@@ -485,9 +513,17 @@ mod tests {
         std::fs::remove_file(root.join("usr/bin/runsc")).expect("rm");
         let r = root.display().to_string();
         let f = from.display().to_string();
-        let e = run(cmd(&["install", "--host-root", &r, "--from", &f, "--config-version", "2"]))
-            .expect_err("must fail")
-            .to_string();
+        let e = run(cmd(&[
+            "install",
+            "--host-root",
+            &r,
+            "--from",
+            &f,
+            "--config-version",
+            "2",
+        ]))
+        .expect_err("must fail")
+        .to_string();
         assert!(e.contains("prerequisites"), "{e}");
         assert!(!root.join("etc/containerd/config.toml").exists());
     }
@@ -495,7 +531,10 @@ mod tests {
     #[test]
     fn parses_containerd_versions() {
         assert_eq!(
-            containerd_version("containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+b1").as_deref(),
+            containerd_version(
+                "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+b1"
+            )
+            .as_deref(),
             Some("1.6.20")
         );
         assert_eq!(
