@@ -166,8 +166,18 @@ pub fn check_runsc(layout: &NodeLayout, config: &Path) -> std::result::Result<St
 
 fn containerd_major(layout: &NodeLayout) -> Option<u32> {
     for bin in ["/usr/bin/containerd", "/usr/local/bin/containerd"] {
-        let path = layout.host(Path::new(bin));
-        if let Ok(out) = Command::new(&path).arg("--version").output() {
+        if !layout.host(Path::new(bin)).is_file() {
+            continue;
+        }
+        // containerd links the node's libc: run it in the node's root, not the installer's.
+        let mut cmd = if layout.host_root == Path::new("/") {
+            Command::new(bin)
+        } else {
+            let mut c = Command::new("chroot");
+            c.arg(&layout.host_root).arg(bin);
+            c
+        };
+        if let Ok(out) = cmd.arg("--version").output() {
             let text = String::from_utf8_lossy(&out.stdout);
             if let Some(v) = containerd_version(&text) {
                 return v.split('.').next().and_then(|m| m.parse().ok());
