@@ -23,6 +23,10 @@ fn main() -> ExitCode {
             run: every_kind_once_in_order,
         },
         Scenario {
+            name: "hooks::joining_a_pod_sandbox",
+            run: joining_a_pod_sandbox,
+        },
+        Scenario {
             name: "hooks::failing_create_container_fails_create",
             run: failing_create_container_fails_create,
         },
@@ -125,6 +129,18 @@ impl Lab {
 
     /// `ctr oci spec` with our rootfs, `args`, and `hooks`; written to the lab dir.
     fn spec(&self, env: &TestEnv, args: &[&str], hooks: Value) -> Result<PathBuf> {
+        self.spec_named(env, "config.json", args, hooks, json!({}))
+    }
+
+    /// Like [`Lab::spec`], written to `name`, with `annotations`.
+    fn spec_named(
+        &self,
+        env: &TestEnv,
+        name: &str,
+        args: &[&str],
+        hooks: Value,
+        annotations: Value,
+    ) -> Result<PathBuf> {
         let out = env.ctr.run(&["oci", "spec"])?.ok()?;
         let mut spec: Value = serde_json::from_str(&out.stdout).context("ctr oci spec")?;
         spec["root"] = json!({"path": self.rootfs, "readonly": false});
@@ -132,7 +148,8 @@ impl Lab {
         spec["process"]["terminal"] = json!(false);
         spec["process"]["env"] = json!(["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]);
         spec["hooks"] = hooks;
-        let path = self.dir.join("config.json");
+        spec["annotations"] = annotations;
+        let path = self.dir.join(name);
         fs::write(&path, serde_json::to_vec_pretty(&spec)?)?;
         Ok(path)
     }
@@ -290,6 +307,70 @@ fn every_kind_once_in_order(env: &TestEnv) -> Result<()> {
                 );
             }
         }
+        Ok(())
+    })
+}
+
+/// A container joining a pod sandbox (CRI annotations): its hooks run once each, in order,
+/// and the two the shim runs see the pod sandbox's pid and network namespace.
+fn joining_a_pod_sandbox(env: &TestEnv) -> Result<()> {
+    only_for(env, RuntimeKind::Safehouse)?;
+    let pod = env.id("hooks-pod");
+    let member = env.id("hooks-member");
+    // Two labs: each container needs a rootfs of its own.
+    let pod_lab = Lab::new(env, "pod")?;
+    let lab = Lab::new(env, "pod-member")?;
+    env.scenario(&[&member, &pod], || {
+        let sandbox = pod_lab.spec_named(
+            env,
+            "sandbox.json",
+            &["sleep", "600"],
+            json!({}),
+            json!({"io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri.sandbox-id": pod}),
+        )?;
+        let mut argv = vec!["run".to_string(), "-d".into(), "--config".into()];
+        argv.push(sandbox.display().to_string());
+        argv.extend(env.runtime_args());
+        argv.push(pod.clone());
+        env.ctr.run(&argv)?.ok()?;
+        env.ctr.wait_status(&pod, "RUNNING", Duration::from_secs(30))?;
+        let pod_pid = env.ctr.task(&pod)?.context("pod task")?.pid;
+        let config = lab.spec_named(
+            env,
+            "member.json",
+            &["sh", "-c", "exit 7"],
+            lab.every_kind(None),
+            json!({"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": pod}),
+        )?;
+        let out = run_config(env, &config, &member)?;
+        // Exit code 7 shows the member's process ran (its attached stdout is not checked here:
+        // see the report on joined containers' output).
+        ensure!(out.code == Some(7), "member: {}", out.describe());
+        let calls = lab.calls()?;
+        let kinds: Vec<&str> = calls.iter().map(|c| c.kind.as_str()).collect();
+        ensure!(kinds == KINDS, "member hooks ran as {kinds:?}");
+        let pod_netns = fs::read_link(format!("/proc/{pod_pid}/ns/net"))?
+            .display()
+            .to_string();
+        for c in calls.iter().filter(|c| c.kind == "createContainer" || c.kind == "startContainer") {
+            ensure!(c.state["id"] == member.as_str(), "{}: state {}", c.kind, c.state);
+            ensure!(
+                c.state["pid"].as_u64() == Some(pod_pid as u64),
+                "{}: pid {} is not the pod sandbox's {pod_pid}",
+                c.kind,
+                c.state
+            );
+            ensure!(
+                c.self_netns == pod_netns,
+                "{} ran in {}, the pod sandbox is in {pod_netns}",
+                c.kind,
+                c.self_netns
+            );
+        }
+        env.ctr.run(&["task", "kill", "-s", "SIGKILL", &pod])?.ok()?;
+        env.ctr.wait_status(&pod, "STOPPED", Duration::from_secs(30))?;
+        env.ctr.run(&["task", "delete", &pod])?.ok()?;
+        env.ctr.run(&["containers", "rm", &pod])?.ok()?;
         Ok(())
     })
 }
