@@ -41,6 +41,7 @@ for i in $(seq 1 "$N"); do
   [ -n "$shim" ] || die "no shim for idle-$i"
   procs[$i]=$(descendants "$shim" | tr '\n' ' ')
 done
+echo "processes of idle-1: $(for p in ${procs[1]}; do printf "%s " "$(cat /proc/$p/comm)"; done)"
 hz=$(getconf CLK_TCK)
 declare -A t0
 for i in $(seq 1 "$N"); do s=0; for p in ${procs[$i]}; do s=$((s + $(ticks_of "$p"))); done; t0[$i]=$s; done
