@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 IMAGE=docker.io/safehouse/node-installer:0.1.0
 bin_dir=${1:-target/release}
-out=target/safehouse-node-installer.tar
+out=${CARGO_TARGET_DIR:-target}/safehouse-node-installer.tar
 for b in containerd-shim-safehouse-v2 safehouse; do
   [ -x "$bin_dir/$b" ] || die "$bin_dir/$b missing: make build"
 done
@@ -39,6 +39,6 @@ install -m 0644 deploy/config/config.toml deploy/config/config-net.toml "$root/o
 install -m 0644 deploy/policies/*.yaml "$root/opt/safehouse/policies/"
 umoci repack --image "$work/oci:${IMAGE##*:}" "$work/bundle" >/dev/null
 umoci config --image "$work/oci:${IMAGE##*:}" --config.cmd=/opt/safehouse/bin/safehouse --config.env=PATH=/bin:/opt/safehouse/bin >/dev/null
-mkdir -p target
+mkdir -p "$(dirname "$out")"
 tar -C "$work/oci" -cf "$out" .
 log "built $out ($IMAGE): import it with ctr -n k8s.io images import --base-name ${IMAGE%:*} $out"

@@ -28,6 +28,10 @@ fn main() -> ExitCode {
             run: install_dropin_for_containerd_2,
         },
         Scenario {
+            name: "node::installer_image_installs_a_node",
+            run: installer_image_installs_a_node,
+        },
+        Scenario {
             name: "node::doctor_on_this_machine",
             run: doctor_on_this_machine,
         },
@@ -466,6 +470,90 @@ fn install_dropin_for_containerd_2(env: &TestEnv) -> Result<()> {
     );
     ensure!(!Path::new(&dropin).exists(), "drop-in left behind");
     Ok(())
+}
+
+/// The installer image (scripts/installer-image.sh, from the binaries under test) run under
+/// runc the way the DaemonSet runs it, against a node tree mounted at /host: the binaries it
+/// carries run (their libraries came along), and the node gets files and handlers.
+fn installer_image_installs_a_node(env: &TestEnv) -> Result<()> {
+    only_for(env, RuntimeKind::Safehouse)?;
+    let id = env.id("node-image");
+    let bin_dir = locate_shim()?.parent().context("shim dir")?.to_path_buf();
+    let repo = target_dir().parent().context("repo")?.to_path_buf();
+    let built = run(
+        Command::new("bash")
+            .arg(repo.join("scripts/installer-image.sh"))
+            .arg(&bin_dir)
+            .current_dir(&repo),
+        Duration::from_secs(300),
+    )?;
+    ensure!(built.success(), "installer-image.sh: {}", built.describe());
+    let tarball = target_dir().join("safehouse-node-installer.tar");
+    let image = "docker.io/safehouse/node-installer:0.1.0";
+    env.ctr
+        .run(&[
+            "images",
+            "import",
+            "--base-name",
+            "docker.io/safehouse/node-installer",
+            &tarball.display().to_string(),
+        ])?
+        .ok()?;
+    let r = env.scratch("node-image-host")?;
+    fs::create_dir_all(r.join("etc/containerd"))?;
+    fs::create_dir_all(r.join("usr/bin"))?;
+    fs::copy("/usr/bin/runsc", r.join("usr/bin/runsc"))?;
+    let original = "version = 2\n# the operator's\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  restrict_oom_score_adj = true\n";
+    fs::write(r.join("etc/containerd/config.toml"), original)?;
+    let runc_root = env.scratch("node-image-runc")?;
+    let result = env.scenario(&[&id], || {
+        let mount = format!("type=bind,src={},dst=/host,options=rbind:rw", r.display());
+        let out = env.ctr.run(&[
+            "run",
+            "--rm",
+            "--runtime",
+            "io.containerd.runc.v2",
+            "--runc-root",
+            &runc_root.display().to_string(),
+            "--fifo-dir",
+            &env.containerd.fifo_dir().display().to_string(),
+            "--mount",
+            &mount,
+            image,
+            &id,
+            "/opt/safehouse/bin/safehouse",
+            "node",
+            "install",
+            "--from",
+            "/opt/safehouse",
+            "--host-root",
+            "/host",
+        ])?;
+        ensure!(out.success(), "the installer image: {}", out.describe());
+        ensure!(
+            out.stdout
+                .contains("check: handler safehouse: runsc /usr/bin/runsc"),
+            "{}",
+            out.describe()
+        );
+        for f in [
+            "usr/local/bin/containerd-shim-safehouse-v2",
+            "usr/local/bin/safehouse",
+            "etc/safehouse/config.toml",
+            "etc/safehouse/config-net.toml",
+            "etc/safehouse/policies/network.yaml",
+        ] {
+            ensure!(r.join(f).is_file(), "{f} not installed: {}", out.describe());
+        }
+        let after = fs::read_to_string(r.join("etc/containerd/config.toml"))?;
+        ensure!(
+            after.starts_with(original) && after.contains("runtimes.safehouse-net.options]"),
+            "containerd config after the image ran:\n{after}"
+        );
+        Ok(())
+    });
+    let _ = env.ctr.run(&["images", "rm", image]);
+    result
 }
 
 fn doctor_json(out: &Output) -> Result<Vec<Value>> {
