@@ -8,7 +8,7 @@ RELEASE_DIR  := target/release
 DEBUG_DIR    := target/debug
 SHIM         := containerd-shim-safehouse-v2
 
-.PHONY: help deps build build-debug install uninstall test test-unit test-integration lint bench demo clean
+.PHONY: help deps build build-debug install uninstall installer-image overhead test test-unit test-integration lint bench demo clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -22,18 +22,26 @@ build: ## Release build of the shim and the safehouse CLI
 build-debug:
 	$(CARGO) build --workspace --bins
 
-install: build ## Install the shim and CLI on PATH, a default config and the containerd snippet
-	install -D -m 0755 $(RELEASE_DIR)/$(SHIM) $(PREFIX)/bin/$(SHIM)
-	if [ -f $(RELEASE_DIR)/safehouse ]; then install -D -m 0755 $(RELEASE_DIR)/safehouse $(PREFIX)/bin/safehouse; fi
-	install -d -m 0755 $(CONFIG_DIR) $(CONFIG_DIR)/policies
-	[ -f $(CONFIG_DIR)/config.toml ] || install -m 0644 deploy/config/config.toml $(CONFIG_DIR)/config.toml
+install: build ## Install the shim, CLI, configs and policies (safehouse node install); REGISTER=yes also registers the handlers with containerd
+	rm -rf target/stage && install -d target/stage/bin target/stage/config target/stage/policies
+	install -m 0755 $(RELEASE_DIR)/$(SHIM) $(RELEASE_DIR)/safehouse target/stage/bin/
+	install -m 0644 deploy/config/*.toml target/stage/config/
+	install -m 0644 deploy/policies/*.yaml target/stage/policies/
+	$(RELEASE_DIR)/safehouse node install --from target/stage --prefix $(PREFIX) --config-dir $(CONFIG_DIR) $(if $(filter yes,$(REGISTER)),,--no-register)
 	install -D -m 0644 deploy/containerd/safehouse.toml $(CONFIG_DIR)/containerd-snippet.toml
 	@echo
-	@echo "Installed $(PREFIX)/bin/$(SHIM). To register it with containerd, add"
-	@echo "$(CONFIG_DIR)/containerd-snippet.toml to /etc/containerd/config.toml (see README) and restart containerd."
+	@echo "Check the node with: safehouse doctor"
 
-uninstall: ## Remove what install put down (keeps $(CONFIG_DIR)/config.toml)
-	rm -f $(PREFIX)/bin/$(SHIM) $(PREFIX)/bin/safehouse $(CONFIG_DIR)/containerd-snippet.toml
+uninstall: ## Remove what install put down and unregister the handlers (keeps $(CONFIG_DIR))
+	if [ -x $(PREFIX)/bin/safehouse ]; then $(PREFIX)/bin/safehouse node uninstall --prefix $(PREFIX) --config-dir $(CONFIG_DIR); \
+	else rm -f $(PREFIX)/bin/$(SHIM) $(PREFIX)/bin/safehouse; fi
+	rm -f $(CONFIG_DIR)/containerd-snippet.toml
+
+installer-image: build ## The node installer image for deploy/kubernetes (an OCI tarball, no Docker)
+	bash scripts/installer-image.sh
+
+overhead: build ## Per-sandbox memory and idle CPU (the RuntimeClass overhead.podFixed figures)
+	bash scripts/overhead.sh
 
 test: build-debug test-unit test-integration ## Unit and integration tests (integration needs root, containerd and runsc)
 

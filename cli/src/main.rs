@@ -3,6 +3,9 @@
 //! command group lives in its own `*_cmd.rs`.
 
 mod audit_cmd;
+mod containerd_config;
+mod doctor_cmd;
+mod node_cmd;
 mod policy_cmd;
 mod stop_cmd;
 
@@ -22,7 +25,9 @@ Examples:
   safehouse policy schema > agent-policy.schema.json
   safehouse audit follow --container agent-7 --format short
   safehouse audit verify /var/log/safehouse/audit.jsonl
-  safehouse stop --all";
+  safehouse stop --all
+  safehouse doctor
+  safehouse node install --from /opt/safehouse --host-root /host";
 
 /// Safehouse operator CLI.
 #[derive(Debug, Parser)]
@@ -43,6 +48,12 @@ enum Command {
     Audit(audit_cmd::AuditCommand),
     /// Kill every process of Safehouse sandboxes at once (the big red button).
     Stop(stop_cmd::StopArgs),
+    /// Install Safehouse on this node (or remove it): binaries, configs, containerd handlers.
+    #[command(subcommand)]
+    Node(node_cmd::NodeCommand),
+    /// Check whether this node can run Safehouse (runsc, platform, containerd, kernel), with a
+    /// fix for each failure.
+    Doctor(doctor_cmd::DoctorArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +62,8 @@ fn main() -> ExitCode {
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Audit(cmd) => audit_cmd::run(cmd),
         Command::Stop(args) => stop_cmd::run(args),
+        Command::Node(cmd) => node_cmd::run(cmd),
+        Command::Doctor(args) => doctor_cmd::run(args),
     };
     match result {
         Ok(code) => code,

@@ -176,7 +176,7 @@ fn build(scratch: &Path, cmd: &[&str]) -> Result<PathBuf> {
 }
 
 /// busybox plus a symlink for every applet, and the few files a shell session expects.
-fn populate_rootfs(rootfs: &Path) -> Result<()> {
+pub fn populate_rootfs(rootfs: &Path) -> Result<()> {
     for dir in [
         "bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "proc", "sys", "dev", "root",
     ] {

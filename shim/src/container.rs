@@ -135,6 +135,10 @@ pub struct Container {
     pub resource_policy: safehouse_policy::manifest::ResourcePolicy,
     /// Why Safehouse ended the container, when it did (timeout, violation).
     pub exit_reason: Mutex<Option<safehouse_audit::ExitReason>>,
+    /// The spec's `startContainer` hooks (runsc skips them; the shim runs them before start).
+    pub start_hooks: Vec<crate::hooks::Hook>,
+    /// The spec's annotations, for the hooks' state.
+    pub annotations: Value,
 }
 
 impl Container {
@@ -155,6 +159,17 @@ impl Container {
             ExitReason::Killed
         } else {
             ExitReason::Normal
+        }
+    }
+
+    /// The state a hook reads on stdin.
+    pub fn hook_state(&self, status: &'static str, pid: u32) -> crate::hooks::HookState {
+        crate::hooks::HookState {
+            id: self.id.clone(),
+            status,
+            pid,
+            bundle: self.bundle.clone(),
+            annotations: self.annotations.clone(),
         }
     }
 

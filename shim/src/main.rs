@@ -6,6 +6,7 @@ mod cgroup;
 mod confine;
 mod container;
 mod error;
+mod hooks;
 mod hostbind;
 mod logging;
 mod node;

@@ -35,12 +35,25 @@ impl TaskService {
         let spec_path = bundle.join("config.json");
         let spec_text = std::fs::read(&spec_path)
             .map_err(|e| ShimError::io(format!("read {}", spec_path.display()), e))?;
-        let spec: Value = serde_json::from_slice(&spec_text).map_err(|e| {
+        let mut spec: Value = serde_json::from_slice(&spec_text).map_err(|e| {
             ShimError::InvalidArgument(format!(
                 "{}: not a valid OCI spec: {e}",
                 spec_path.display()
             ))
         })?;
+        // Hooks run on the host as root: they must be host binaries, not the image's. The kinds
+        // runsc skips leave the spec here and are run by the shim (crate::hooks).
+        crate::hooks::check_origin(
+            &crate::hooks::all_hooks(&spec)?,
+            &crate::hooks::container_dirs(&bundle, &spec, &req.rootfs),
+        )?;
+        let shim_hooks = crate::hooks::take_shim_hooks(&mut spec)?;
+        let spec_text = if shim_hooks.is_empty() {
+            spec_text
+        } else {
+            serde_json::to_vec(&spec)
+                .map_err(|e| ShimError::Internal(format!("serialise spec: {e}")))?
+        };
 
         let runsc = env.runsc(&self.namespace, &self.reaper, &bundle)?;
         let config_name = env
@@ -107,7 +120,7 @@ impl TaskService {
         let paths = io_paths(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         let init = Arc::new(Process::new("", paths.clone()));
         let pid_file = bundle.join("init.pid");
-        let created = self
+        let created = match self
             .create_in_runsc(
                 &id,
                 &bundle,
@@ -118,7 +131,29 @@ impl TaskService {
                 &paths,
                 sandbox_id != id,
             )
-            .await;
+            .await
+        {
+            // createContainer hooks: after runsc's createRuntime hooks, before Create returns.
+            Ok(pid) if !shim_hooks.create_container.is_empty() => {
+                let state = crate::hooks::HookState {
+                    id: id.clone(),
+                    status: "created",
+                    pid,
+                    bundle: bundle.clone(),
+                    annotations: spec["annotations"].clone(),
+                };
+                let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+                crate::hooks::run(
+                    "createContainer",
+                    &shim_hooks.create_container,
+                    &state,
+                    Some(&netns),
+                )
+                .await
+                .map(|()| pid)
+            }
+            other => other,
+        };
         let pid = match created {
             Ok(pid) => pid,
             Err(e) => {
@@ -164,6 +199,8 @@ impl TaskService {
             own_cgroups_path: own_cgroup,
             resource_policy: policy.spec.resources.clone(),
             exit_reason: Mutex::new(None),
+            start_hooks: shim_hooks.start_container,
+            annotations: spec["annotations"].clone(),
         });
         self.record(
             sandbox_audit

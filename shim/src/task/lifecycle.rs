@@ -150,6 +150,18 @@ impl TaskService {
     }
 
     pub(super) async fn start_init(&self, c: &Arc<Container>, p: &Arc<Process>) -> Result<u32> {
+        if !c.start_hooks.is_empty() {
+            // startContainer hooks: before the container's process runs; a failure fails Start
+            // (and the caller releases the sandbox, which runs runsc's poststop hooks).
+            let netns = PathBuf::from(format!("/proc/{}/ns/net", p.pid()));
+            crate::hooks::run(
+                "startContainer",
+                &c.start_hooks,
+                &c.hook_state("created", p.pid()),
+                Some(&netns),
+            )
+            .await?;
+        }
         let stdio = p
             .start_stdio
             .lock()
