@@ -206,8 +206,9 @@ fn every_example_compiles_idempotently_and_deterministically() {
     assert_eq!(web.network, NetworkPlan::Open);
     assert_eq!(
         web.runsc_flags.get("network").map(String::as_str),
-        Some("sandbox")
+        Some("host")
     );
+    assert!(web.filter.is_some(), "open keeps the safe defaults");
     let ci = compiled("ci-job", "ctr-run.json");
     assert_eq!(
         opts(mount_at(&ci.spec, "/build")),
