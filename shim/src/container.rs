@@ -80,6 +80,9 @@ pub struct PersistedState {
     pub pid: u32,
     /// Whether the shim mounted the rootfs.
     pub rootfs_mounted: bool,
+    /// The nftables table the shim installed in `netns` for this sandbox, if any.
+    #[serde(default)]
+    pub nft_table: Option<String>,
 }
 
 /// File name of [`PersistedState`] in the bundle.
@@ -130,6 +133,10 @@ pub struct Container {
     pub cgroups_path: Option<String>,
     /// Why Safehouse ended the container, when it did (timeout, violation).
     pub exit_reason: Mutex<Option<safehouse_audit::ExitReason>>,
+    /// The network filter its policy compiled to (a pod member must match its sandbox's).
+    pub filter: Option<safehouse_policy::NetFilter>,
+    /// The sandbox's network plumbing (table, DNS forwarder), held by the root container.
+    pub network: Option<Arc<crate::netfilter::SandboxNetwork>>,
 }
 
 impl Container {
