@@ -38,6 +38,9 @@ pub fn listed_names_resolve_and_connect_until_their_ttl(env: &TestEnv) -> Result
             ),
             ("lookup-unlisted", "nslookup evil.test".to_string()),
             ("unlisted", nc(&h2.ip)),
+            // Straight to the upstream, bypassing the forwarder: port 53 there is closed to the
+            // sandbox (only the forwarder's marked socket may reach it).
+            ("direct", format!("nslookup direct.test {}", h0.ip)),
             ("lookup-brief", "nslookup brief.test".to_string()),
             ("brief", nc(&h2.ip)),
             (
@@ -69,7 +72,9 @@ pub fn listed_names_resolve_and_connect_until_their_ttl(env: &TestEnv) -> Result
         refused(&r, "expired", "Connection refused", "hello", &out)?;
         let upstream = h0.log();
         ensure!(
-            upstream.contains("query api.test") && !upstream.contains("evil.test"),
+            upstream.contains("query api.test")
+                && !upstream.contains("evil.test")
+                && !upstream.contains("direct.test"),
             "the upstream should see the listed name only: {upstream}"
         );
         lab.wait_audit(&id, "the refused query", |e| {
