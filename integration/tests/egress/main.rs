@@ -47,6 +47,10 @@ fn main() -> ExitCode {
             run: sandboxes::two_sandboxes_keep_their_own_rules,
         },
         Scenario {
+            name: "sandboxes::killed_shim_leaves_no_table",
+            run: sandboxes::killed_shim_leaves_no_table,
+        },
+        Scenario {
             name: "sandboxes::no_namespace_of_its_own_is_refused",
             run: sandboxes::no_namespace_of_its_own_is_refused,
         },

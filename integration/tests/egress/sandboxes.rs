@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use safehouse_integration::command::wait_for;
+use safehouse_integration::host::{is_alive, kill_pid, processes};
 use safehouse_integration::netlab::{tables_in, NetLab};
 use safehouse_integration::TestEnv;
 
@@ -120,4 +121,85 @@ pub fn no_namespace_of_its_own_is_refused(env: &TestEnv) -> Result<()> {
         ensure!(root.is_empty(), "tables in the node's namespace: {root:?}");
         Ok(())
     })
+}
+
+/// The shim is SIGKILLed while its sandbox runs: containerd's clean-up (the shim binary's
+/// `delete` action) removes the table from the namespace as well, and the forwarder's socket
+/// died with the shim.
+pub fn killed_shim_leaves_no_table(env: &TestEnv) -> Result<()> {
+    let net = NetLab::start(1, &[], false)?;
+    let h0 = &net.hosts[0];
+    let lab = Lab::new(env, "egress-kill")?;
+    lab.config_keys(&format!("dns_upstreams = [{:?}]", h0.ip))?;
+    lab.policy(
+        "killed",
+        &format!(
+            r#"{{network: {{mode: allowlist, egress: ["{}:8080", "api.test:8080"]}}}}"#,
+            h0.ip
+        ),
+    )?;
+    let id = env.id("egress-kill");
+    env.scenario(&[&id], || {
+        let with_ns = format!("network:{}", net.pod_netns_path().display());
+        lab.run(
+            Some("killed"),
+            &["-d", "--with-ns", &with_ns],
+            &id,
+            &["sleep", "1000"],
+        )?
+        .ok()?;
+        env.ctr
+            .wait_status(&id, "RUNNING", Duration::from_secs(30))?;
+        ensure!(
+            net.leftovers()?.len() == 2,
+            "a running sandbox should have its table and forwarder socket: {:?}",
+            net.leftovers()?
+        );
+        let shims: Vec<u32> = processes()
+            .into_iter()
+            .filter(|p| p.program_name() == env.runtime.shim_name() && p.has_flag_value("-id", &id))
+            .map(|p| p.pid)
+            .collect();
+        ensure!(shims.len() == 1, "expected one shim for {id}: {shims:?}");
+        kill_pid(shims[0]);
+        wait_for("the shim to die", Duration::from_secs(10), || {
+            Ok((!is_alive(shims[0])).then_some(()))
+        })?;
+        wait_for(
+            "containerd to drop the task",
+            Duration::from_secs(30),
+            || {
+                Ok(env
+                    .ctr
+                    .task(&id)?
+                    .map_or(Some(()), |t| (t.status == "STOPPED").then_some(())))
+            },
+        )?;
+        if env.ctr.task(&id)?.is_some() {
+            let _ = env.ctr.run(&["task", "delete", &id])?;
+        }
+        env.ctr.run(&["containers", "rm", &id])?.ok()?;
+        remove_ctr_fifos(env, &id)?;
+        wait_for("the table to go", Duration::from_secs(10), || {
+            Ok(net.leftovers()?.is_empty().then_some(()))
+        })?;
+        no_leftovers(&net)
+    })
+}
+
+/// Removes the fifos `ctr run -d` made for `id` (ctr's, removed only by `ctr task delete`).
+fn remove_ctr_fifos(env: &TestEnv, id: &str) -> Result<()> {
+    for dir in std::fs::read_dir(env.containerd.fifo_dir())?.flatten() {
+        let mut mine = false;
+        for entry in std::fs::read_dir(dir.path())?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(id) {
+                std::fs::remove_file(entry.path())?;
+                mine = true;
+            }
+        }
+        if mine {
+            let _ = std::fs::remove_dir(dir.path());
+        }
+    }
+    Ok(())
 }
