@@ -47,6 +47,10 @@ fn main() -> ExitCode {
             run: sandboxes::two_sandboxes_keep_their_own_rules,
         },
         Scenario {
+            name: "sandboxes::pod_members_share_the_sandbox_filter",
+            run: sandboxes::pod_members_share_the_sandbox_filter,
+        },
+        Scenario {
             name: "sandboxes::killed_shim_leaves_no_table",
             run: sandboxes::killed_shim_leaves_no_table,
         },

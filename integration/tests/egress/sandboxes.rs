@@ -203,3 +203,87 @@ fn remove_ctr_fifos(env: &TestEnv, id: &str) -> Result<()> {
     }
     Ok(())
 }
+
+const CRI_TYPE: &str = "io.kubernetes.cri.container-type";
+const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// A CRI-style pod (annotations as CRI sets them, through ctr): a member container shares the
+/// sandbox's namespace, table and DNS forwarder (it resolves a listed name and reaches only
+/// what the pod's policy lists); a member whose policy asks for another network is refused.
+pub fn pod_members_share_the_sandbox_filter(env: &TestEnv) -> Result<()> {
+    let net = NetLab::start_named(2, |ips| vec![("api.test".into(), ips[1].clone(), 300)])?;
+    let (h0, h1) = (&net.hosts[0], &net.hosts[1]);
+    let lab = Lab::new(env, "egress-pod")?;
+    lab.config_keys(&format!("dns_upstreams = [{:?}]", h0.ip))?;
+    lab.policy(
+        "pod",
+        r#"{network: {mode: allowlist, egress: ["api.test:8080"]}}"#,
+    )?;
+    lab.policy(
+        "other",
+        &format!(
+            r#"{{network: {{mode: allowlist, egress: ["{}:8080"]}}}}"#,
+            h0.ip
+        ),
+    )?;
+    let pod = env.id("egress-pod");
+    let app = env.id("egress-app");
+    let odd = env.id("egress-odd");
+    env.scenario(&[&app, &odd, &pod], || {
+        let with_ns = format!("network:{}", net.pod_netns_path().display());
+        let role = |kind: &str| {
+            vec![
+                "--with-ns".to_string(),
+                with_ns.clone(),
+                "--annotation".to_string(),
+                format!("{CRI_TYPE}={kind}"),
+                "--annotation".to_string(),
+                format!("{CRI_SANDBOX_ID}={pod}"),
+            ]
+        };
+        let mut sandbox_flags = vec!["-d".to_string()];
+        sandbox_flags.extend(role("sandbox"));
+        let sandbox_flags: Vec<&str> = sandbox_flags.iter().map(String::as_str).collect();
+        lab.run(Some("pod"), &sandbox_flags, &pod, &["sleep", "1000"])?
+            .ok()?;
+        env.ctr
+            .wait_status(&pod, "RUNNING", Duration::from_secs(30))?;
+        let mut member_flags = vec!["-d".to_string()];
+        member_flags.extend(role("container"));
+        let member_flags: Vec<&str> = member_flags.iter().map(String::as_str).collect();
+        let check = format!(
+            "nslookup api.test; nc -w 3 {} 8080 </dev/null; echo listed=$?; nc -w 3 {} 8080 </dev/null 2>&1; echo other=$?",
+            h1.ip, h0.ip
+        );
+        // The member's output is read through an exec (as the ctr pod scenario does).
+        let member = lab
+            .run(Some("pod"), &member_flags, &app, &["sleep", "1000"])
+            .and_then(|o| o.ok())
+            .and_then(|_| env.ctr.wait_status(&app, "RUNNING", Duration::from_secs(30)))
+            .and_then(|_| env.ctr_exec(&app, "check", &["sh", "-c", &check]));
+        let odd_run = lab.run(Some("other"), &member_flags, &odd, &["sleep", "1000"]);
+        for id in [&app, &pod] {
+            let _ = env.ctr.run(&["task", "kill", "-s", "SIGKILL", id]);
+            let _ = env.ctr.wait_status(id, "STOPPED", Duration::from_secs(30));
+            let _ = env.ctr.run(&["task", "delete", id]);
+            let _ = env.ctr.run(&["containers", "rm", id]);
+        }
+        let _ = lab.remove_container(&odd);
+        let member = member?;
+        ensure!(
+            member.stdout.contains(&format!("{} port 8080", h1.greeting))
+                && member.stdout.contains("listed=0")
+                && member.stdout.contains("Connection refused")
+                && member.stdout.contains("other=1"),
+            "the member should resolve through the pod's forwarder and reach only the listed host: {}",
+            member.describe()
+        );
+        let odd_run = odd_run?;
+        ensure!(
+            !odd_run.success() && odd_run.stderr.contains("asks for a different network than pod sandbox"),
+            "a member with another network policy should be refused: {}",
+            odd_run.describe()
+        );
+        no_leftovers(&net)
+    })
+}
