@@ -111,6 +111,8 @@ pub enum Action {
     Accept,
     /// listen (newer gVisor only).
     Listen,
+    /// A DNS query the shim's per-sandbox forwarder answered or refused.
+    Dns,
     /// The shim created the container (with the policy applied).
     Create,
     /// The shim started the container.

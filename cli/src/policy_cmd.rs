@@ -208,6 +208,15 @@ fn compile_cmd(source: &PolicySource, spec_path: &Path, flags: bool) -> Result<E
             None => writeln!(err, "timeout: none")?,
         }
         writeln!(err, "policy: {} {}", compiled.name, compiled.digest)?;
+        if let Some(filter) = &compiled.filter {
+            // The node's own addresses and the DNS upstreams are added by the shim at create.
+            let table = safehouse_policy::netfilter::table_name("SANDBOX-ID");
+            let script = filter.render(&table, "SANDBOX-ID", &Default::default());
+            writeln!(
+                err,
+                "network filter (nft -f, in the container's network namespace; the shim adds the node's addresses and DNS upstreams):\n{script}"
+            )?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

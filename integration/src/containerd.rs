@@ -24,9 +24,12 @@ pub const RUNSC_GO_HANDLER: &str = "runsc-go";
 /// The runsc wrapper the `runsc-go` handler uses as its runc binary.
 const RUNSC_CRI_WRAPPER: &str = "runsc-cri";
 
+/// The harness policy with network access (`open`), for containers given a namespace:
+/// select it with `--annotation safehouse.dev/policy=integration-net`.
+pub const NET_POLICY_NAME: &str = "integration-net";
+
 /// The agent policy of the generated config: the runtime scenarios test the shim's plumbing
-/// (root user, writable rootfs, a given network namespace used), not policy enforcement, which
-/// has its own tests.
+/// (root user, writable rootfs), not policy enforcement, which has its own tests.
 const OPEN_POLICY: &str = "\
 apiVersion: safehouse.dev/v1alpha1
 kind: AgentPolicy
@@ -37,7 +40,7 @@ spec:
   filesystem:
     rootfs: read-write
   network:
-    mode: open
+    mode: none
   process:
     user: \"0:0\"
     noNewPrivileges: false
@@ -201,8 +204,21 @@ impl Containerd {
         let mut options = options.clone();
         if options.shim_config.is_none() && options.private_runsc_root {
             let config = path.join("safehouse.toml");
-            let policy = path.join("integration-open.yaml");
+            let policies = path.join("policies");
+            fs::create_dir_all(&policies)?;
+            let policy = policies.join("integration-open.yaml");
             fs::write(&policy, OPEN_POLICY)?;
+            // Network access needs the container's own namespace (Safehouse refuses `open`
+            // without one), so it is a separate policy a scenario selects by annotation.
+            fs::write(
+                policies.join(format!("{NET_POLICY_NAME}.yaml")),
+                OPEN_POLICY
+                    .replace(
+                        "name: integration-open",
+                        &format!("name: {NET_POLICY_NAME}"),
+                    )
+                    .replace("mode: none", "mode: open"),
+            )?;
             fs::write(
                 &config,
                 format!(

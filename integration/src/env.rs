@@ -268,6 +268,7 @@ impl TestEnv {
             remove_namespace_cgroups(&namespace);
             let _ = fs::remove_dir_all(&runtime_root);
             crate::testhost::remove_leftover_namespaces();
+            crate::netlab::remove_leftover_namespaces();
         }
     }
 

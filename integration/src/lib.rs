@@ -16,6 +16,7 @@ pub mod env;
 pub mod host;
 pub mod image;
 pub mod leaks;
+pub mod netlab;
 pub mod pty;
 pub mod runtime;
 pub mod suite;

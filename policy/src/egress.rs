@@ -1,5 +1,5 @@
-//! Network allowlist entries (`host:port`, `cidr`, `cidr:port`): parsing only. Enforcement
-//! belongs to a later issue; until then the compiler refuses `mode: allowlist`.
+//! Network allowlist entries: `egress` (`host:port`, `host`, `cidr`, `cidr:port`) and `ingress`
+//! sources (`cidr`, `cidr:port`). Parsing only; `netfilter` turns them into rules.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -7,12 +7,12 @@ use std::net::IpAddr;
 /// One parsed `network.egress` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EgressRule {
-    /// A DNS name (optionally `*.`-prefixed) and port.
+    /// A DNS name (optionally `*.`-prefixed), optionally with one port.
     Host {
         /// Lowercase host name.
         name: String,
-        /// Destination port.
-        port: u16,
+        /// Destination port; `None` means any.
+        port: Option<u16>,
     },
     /// An address range, optionally with one port.
     Cidr {
@@ -27,8 +27,12 @@ pub enum EgressRule {
 
 /// Why an egress entry is not valid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid egress entry {entry:?}: {reason} (expected host:port, cidr or cidr:port)")]
+#[error("invalid {kind} entry {entry:?}: {reason} (expected {expected})")]
 pub struct EgressError {
+    /// `egress` or `ingress`.
+    pub kind: &'static str,
+    /// What the entry may look like.
+    pub expected: &'static str,
     /// The entry as written.
     pub entry: String,
     /// What is wrong with it.
@@ -39,10 +43,15 @@ impl EgressRule {
     /// Parse one entry.
     pub fn parse(entry: &str) -> Result<Self, EgressError> {
         let err = |reason| EgressError {
+            kind: "egress",
+            expected: "host:port, host, cidr or cidr:port",
             entry: entry.to_string(),
             reason,
         };
         let e = entry.trim();
+        if e.is_empty() {
+            return Err(err("empty"));
+        }
         // `[v6cidr]:port`
         if let Some(rest) = e.strip_prefix('[') {
             let (cidr, port) = rest.split_once("]:").ok_or_else(|| err("unclosed '['"))?;
@@ -61,7 +70,16 @@ impl EgressRule {
                 port: None,
             });
         }
-        let (head, port) = e.rsplit_once(':').ok_or_else(|| err("missing port"))?;
+        let Some((head, port)) = e.rsplit_once(':') else {
+            return if valid_host(e) {
+                Ok(EgressRule::Host {
+                    name: e.to_ascii_lowercase(),
+                    port: None,
+                })
+            } else {
+                Err(err("bad host name"))
+            };
+        };
         let port = parse_port(port).ok_or_else(|| err("bad port"))?;
         if let Some((addr, prefix)) = parse_cidr(head) {
             if addr.is_ipv6() {
@@ -76,7 +94,7 @@ impl EgressRule {
         if valid_host(head) {
             Ok(EgressRule::Host {
                 name: head.to_ascii_lowercase(),
-                port,
+                port: Some(port),
             })
         } else {
             Err(err("bad host name"))
@@ -87,7 +105,11 @@ impl EgressRule {
 impl fmt::Display for EgressRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            EgressRule::Host { name, port } => write!(f, "{name}:{port}"),
+            EgressRule::Host { name, port: None } => write!(f, "{name}"),
+            EgressRule::Host {
+                name,
+                port: Some(port),
+            } => write!(f, "{name}:{port}"),
             EgressRule::Cidr {
                 addr,
                 prefix,
@@ -104,6 +126,47 @@ impl fmt::Display for EgressRule {
                 port: Some(p),
             } => write!(f, "{addr}/{prefix}:{p}"),
         }
+    }
+}
+
+/// One parsed `network.ingress` source: who may open connections to the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngressRule {
+    /// Source network address.
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+    /// Port in the sandbox the source may connect to; `None` means any.
+    pub port: Option<u16>,
+}
+
+impl IngressRule {
+    /// Parse one entry: `cidr`, `cidr:port` or `[v6cidr]:port`.
+    pub fn parse(entry: &str) -> Result<Self, EgressError> {
+        let err = |reason| EgressError {
+            kind: "ingress",
+            expected: "cidr or cidr:port",
+            entry: entry.to_string(),
+            reason,
+        };
+        match EgressRule::parse(entry) {
+            Ok(EgressRule::Cidr { addr, prefix, port }) => Ok(IngressRule { addr, prefix, port }),
+            Ok(EgressRule::Host { .. }) => {
+                Err(err("a source must be an address range, not a name"))
+            }
+            Err(e) => Err(err(e.reason)),
+        }
+    }
+}
+
+impl fmt::Display for IngressRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        EgressRule::Cidr {
+            addr: self.addr,
+            prefix: self.prefix,
+            port: self.port,
+        }
+        .fmt(f)
     }
 }
 
@@ -148,7 +211,14 @@ mod tests {
             EgressRule::parse("api.example.com:443"),
             Ok(EgressRule::Host {
                 name: "api.example.com".into(),
-                port: 443
+                port: Some(443)
+            })
+        );
+        assert_eq!(
+            EgressRule::parse("Example.com"),
+            Ok(EgressRule::Host {
+                name: "example.com".into(),
+                port: None
             })
         );
         assert!(matches!(
@@ -183,7 +253,6 @@ mod tests {
     #[test]
     fn rejects_malformed_entries() {
         for bad in [
-            "example.com",
             "example.com:0",
             "example.com:99999",
             "10.0.0.0/33",
@@ -194,5 +263,16 @@ mod tests {
         ] {
             assert!(EgressRule::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn ingress_takes_ranges_only() {
+        assert_eq!(
+            IngressRule::parse("10.0.0.0/8:8080").map(|r| r.to_string()),
+            Ok("10.0.0.0/8:8080".to_string())
+        );
+        assert!(IngressRule::parse("fd00::1").is_ok());
+        let err = IngressRule::parse("kubelet.local:80").expect_err("a name");
+        assert!(err.to_string().contains("invalid ingress entry"), "{err}");
     }
 }

@@ -1,6 +1,6 @@
 //! Plain-language summary of a policy: one sentence per thing the agent may or may not do.
 
-use crate::egress::EgressRule;
+use crate::egress::{EgressRule, IngressRule};
 use crate::manifest::{AgentPolicy, AuditCategory, NetworkMode, RootfsMode, ViolationAction};
 use crate::validate::{capability_name, parse_capability};
 
@@ -51,22 +51,7 @@ pub fn explain(policy: &AgentPolicy) -> Vec<String> {
     }
     out.push("It cannot see any other host path, host device, or the host's process, IPC or network namespace.".to_string());
 
-    out.push(match s.network.mode {
-        NetworkMode::None => "It has no network access: only a loopback interface.".to_string(),
-        NetworkMode::Open => "It may connect to any network address the node can reach, including cloud metadata and private ranges.".to_string(),
-        NetworkMode::Allowlist => {
-            let entries: Vec<String> = s
-                .network
-                .egress
-                .iter()
-                .map(|e| EgressRule::parse(e).map(|r| r.to_string()).unwrap_or_else(|_| e.clone()))
-                .collect();
-            format!(
-                "It asks for network access only to {}, but allowlists are not enforced yet: containers under this policy are refused.",
-                if entries.is_empty() { "nothing".to_string() } else { entries.join(", ") }
-            )
-        }
-    });
+    network_sentences(&s.network, &mut out);
 
     let p = &s.process;
     match p.user_ids() {
@@ -136,6 +121,87 @@ pub fn explain(policy: &AgentPolicy) -> Vec<String> {
     out
 }
 
+/// Plain sentences for `spec.network`: what the agent can reach and what stays closed.
+fn network_sentences(net: &crate::manifest::NetworkPolicy, out: &mut Vec<String>) {
+    let rules: Vec<EgressRule> = net
+        .egress
+        .iter()
+        .filter_map(|e| EgressRule::parse(e).ok())
+        .collect();
+    let mut reach = Vec::new();
+    for r in &rules {
+        reach.push(match r {
+            EgressRule::Host { name, port } => {
+                let who = match name.strip_prefix("*.") {
+                    Some(base) => format!("any name below {base}"),
+                    None => name.clone(),
+                };
+                match port {
+                    Some(p) => format!("{who} on port {p} (TCP or UDP)"),
+                    None => format!("{who} on any port and protocol"),
+                }
+            }
+            EgressRule::Cidr { addr, prefix, port } => {
+                let range = if (addr.is_ipv4() && *prefix == 32) || *prefix == 128 {
+                    format!("{addr}")
+                } else {
+                    format!("{addr}/{prefix}")
+                };
+                match port {
+                    Some(p) => format!("{range} on port {p} (TCP or UDP)"),
+                    None => format!("{range} on any port and protocol"),
+                }
+            }
+        });
+    }
+    let safe = "the cloud metadata service (169.254.169.254, fd00:ec2::254), link-local addresses and the node's own addresses";
+    match net.mode {
+        NetworkMode::None => {
+            out.push("It has no network access: only a loopback interface.".to_string());
+            return;
+        }
+        NetworkMode::Open => out.push(format!(
+            "It may connect to any address its network namespace can reach, except {safe}, unless listed below."
+        )),
+        NetworkMode::Allowlist => {
+            if reach.is_empty() {
+                out.push("It may connect to nothing outside the sandbox (the allowlist is empty).".to_string());
+            } else {
+                out.push(format!("It may connect only to: {}.", reach.join("; ")));
+            }
+            if rules.iter().any(|r| matches!(r, EgressRule::Host { .. })) {
+                out.push("Names are resolved by the sandbox's own DNS forwarder, which answers only the names listed; an address is reachable only while an answer for a listed name that returned it is valid (its TTL).".to_string());
+            }
+            out.push(format!(
+                "Everything else is refused at once (TCP reset or ICMP administratively prohibited), including {safe} unless an entry names them."
+            ));
+        }
+    }
+    if net.mode == NetworkMode::Open && !reach.is_empty() {
+        out.push(format!(
+            "Entries that open a protected range: {}.",
+            reach.join("; ")
+        ));
+    }
+    let sources: Vec<String> = net
+        .ingress
+        .iter()
+        .filter_map(|e| IngressRule::parse(e).ok())
+        .map(|r| match r.port {
+            Some(p) => format!("{}/{} to port {p}", r.addr, r.prefix),
+            None => format!("{}/{} to any port", r.addr, r.prefix),
+        })
+        .collect();
+    if sources.is_empty() {
+        out.push("No one may open a connection to it.".to_string());
+    } else {
+        out.push(format!(
+            "Only these sources may open connections to it: {}.",
+            sources.join("; ")
+        ));
+    }
+}
+
 fn exec_phrase(exec: bool) -> &'static str {
     if exec {
         "files there may be executed"
@@ -176,17 +242,22 @@ mod tests {
             exec: true,
         });
         let text = explain(&p).join("\n");
-        assert!(text.contains("including cloud metadata"), "{text}");
+        assert!(text.contains("except the cloud metadata service"), "{text}");
         assert!(
             text.contains("/srv/out at /out; files there may be executed"),
             "{text}"
         );
         p.spec.network.mode = NetworkMode::Allowlist;
-        p.spec.network.egress = vec!["pypi.org:443".into()];
+        p.spec.network.egress = vec!["pypi.org:443".into(), "10.0.0.0/8".into()];
+        p.spec.network.ingress = vec!["10.9.0.0/16:8080".into()];
         let text = explain(&p).join("\n");
-        assert!(
-            text.contains("only to pypi.org:443") && text.contains("refused"),
-            "{text}"
-        );
+        for want in [
+            "It may connect only to: pypi.org on port 443 (TCP or UDP); 10.0.0.0/8 on any port and protocol.",
+            "DNS forwarder, which answers only the names listed",
+            "Everything else is refused at once",
+            "Only these sources may open connections to it: 10.9.0.0/16 to port 8080.",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
     }
 }

@@ -130,9 +130,11 @@ pub enum NetworkMode {
     /// Loopback only (default).
     #[default]
     None,
-    /// Only the `egress` entries (not enforced yet: a policy asking for it is refused at compile).
+    /// Only the `egress` entries, enforced by an nftables table in the container's own network
+    /// namespace; host names through the shim's DNS forwarder.
     Allowlist,
-    /// Unrestricted network access through the sandbox's network stack.
+    /// Any destination except the protected ranges (cloud metadata, link-local, the node's own
+    /// addresses) unless an `egress` entry names them.
     Open,
 }
 
@@ -140,9 +142,13 @@ pub enum NetworkMode {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetworkPolicy {
-    /// Allowlist entries: `host:port`, `cidr` or `cidr:port` (IPv6 as `[cidr]:port`).
+    /// Allowlist entries: `host:port`, `host`, `cidr` or `cidr:port` (IPv6 as `[cidr]:port`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<String>,
+    /// Sources (`cidr` or `cidr:port`, the port being the sandbox's) that may open connections
+    /// to the sandbox; empty means no new inbound connection is accepted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<String>,
     /// `none` (default), `allowlist` or `open`.
     #[serde(default)]
     pub mode: NetworkMode,

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use oci_spec::runtime::Capability;
 
-use crate::egress::EgressRule;
+use crate::egress::{EgressRule, IngressRule};
 use crate::finding::Finding;
 use crate::manifest::{AgentPolicy, NetworkMode, API_VERSION, KIND};
 use crate::paths::{absolute_path_problem, is_within};
@@ -146,16 +146,33 @@ fn network(policy: &AgentPolicy, out: &mut Vec<Finding>) {
             ));
         }
     }
-    match net.mode {
-        NetworkMode::Allowlist => out.push(Finding::warning(
-            "spec.network.mode",
-            "allowlist is not enforced yet: containers under this policy are refused at create",
-        )),
-        _ if !net.egress.is_empty() => out.push(Finding::warning(
+    for (i, e) in net.ingress.iter().enumerate() {
+        if let Err(err) = IngressRule::parse(e) {
+            out.push(Finding::error(
+                format!("spec.network.ingress[{i}]"),
+                err.to_string(),
+            ));
+        }
+    }
+    if net.mode == NetworkMode::None {
+        if !net.egress.is_empty() {
+            out.push(Finding::warning(
+                "spec.network.egress",
+                "is ignored when mode is none",
+            ));
+        }
+        if !net.ingress.is_empty() {
+            out.push(Finding::warning(
+                "spec.network.ingress",
+                "is ignored when mode is none",
+            ));
+        }
+    }
+    if net.mode == NetworkMode::Allowlist && net.egress.is_empty() {
+        out.push(Finding::warning(
             "spec.network.egress",
-            "is ignored unless mode is allowlist",
-        )),
-        _ => {}
+            "is empty: an allowlist without entries reaches nothing (use mode none)",
+        ));
     }
 }
 

@@ -203,11 +203,13 @@ fn every_example_compiles_idempotently_and_deterministically() {
         }
     }
     let web = compiled("web-research", "ctr-run.json");
-    assert_eq!(web.network, NetworkPlan::Open);
+    assert_eq!(web.network, NetworkPlan::Allowlist);
     assert_eq!(
         web.runsc_flags.get("network").map(String::as_str),
-        Some("sandbox")
+        Some("host")
     );
+    let filter = web.filter.as_ref().expect("an allowlist has a filter");
+    assert_eq!(filter.ports_for("en.wikipedia.org"), Some(vec![443]));
     let ci = compiled("ci-job", "ctr-run.json");
     assert_eq!(
         opts(mount_at(&ci.spec, "/build")),

@@ -99,7 +99,7 @@ fn syntax_error_is_located() {
 
 #[test]
 fn semantic_findings_are_all_reported() {
-    let text = "apiVersion: safehouse.dev/v1\nkind: AgentPolicy\nmetadata: {name: Bad_Name}\nspec:\n  process: {user: root, capabilities: [CAP_NOPE, CAP_SYS_ADMIN]}\n  network: {mode: none, egress: [\"nope\"]}\n";
+    let text = "apiVersion: safehouse.dev/v1\nkind: AgentPolicy\nmetadata: {name: Bad_Name}\nspec:\n  process: {user: root, capabilities: [CAP_NOPE, CAP_SYS_ADMIN]}\n  network: {mode: none, egress: [\"no_pe\"]}\n";
     let report = lint_str(text, Format::Yaml);
     let paths: Vec<&str> = report.findings.iter().map(|f| f.path.as_str()).collect();
     for want in [

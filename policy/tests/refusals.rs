@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{
     LinuxDeviceBuilder, LinuxDeviceType, LinuxNamespaceType, Mount, MountBuilder, Spec,
 };
-use safehouse_policy::{compile, AgentPolicy, CompileContext, CompileError, Format};
+use safehouse_policy::{compile, AgentPolicy, CompileContext, Format};
 
 fn ctx() -> CompileContext {
     CompileContext::default()
@@ -237,15 +237,16 @@ fn non_standard_devices_are_refused_and_cgroup_rules_dropped() {
 }
 
 #[test]
-fn allowlist_is_refused_never_run_open() {
+fn allowlist_compiles_to_a_filter_never_an_open_network() {
     let text = "apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: allow}\nspec:\n  network: {mode: allowlist, egress: [\"pypi.org:443\"]}\n";
     let policy = safehouse_policy::parse_str(text, Format::Yaml).unwrap();
-    let err = compile(&policy, &common::spec("ctr-run.json"), &ctx()).unwrap_err();
-    assert!(matches!(err, CompileError::AllowlistNotEnforced { .. }));
-    assert!(
-        err.to_string()
-            .contains("network.mode allowlist is not enforced yet"),
-        "{err}"
+    let c = compile(&policy, &common::spec("ctr-run.json"), &ctx()).unwrap();
+    let filter = c.filter.expect("an allowlist always has a filter");
+    assert_eq!(filter.mode, safehouse_policy::FilterMode::Allowlist);
+    assert_eq!(filter.ports_for("pypi.org"), Some(vec![443]));
+    assert_eq!(
+        c.runsc_flags.get("network").map(String::as_str),
+        Some("host")
     );
 }
 

@@ -6,6 +6,8 @@
 //! platform = "auto"                  # auto | systrap | ptrace | kvm
 //! network = "auto"                   # auto | none | host | sandbox
 //! debug_log_dir = ""                 # runsc --debug-log directory; empty = off
+//! dns_upstreams = ["10.96.0.10"]     # resolvers the allowlist DNS forwarder asks (default: the
+//!                                    # container's /etc/resolv.conf mount, else the node's)
 //!
 //! [runsc]                            # extra global runsc flags, checked against `runsc flags`
 //! overlay2 = "root:memory"
@@ -177,6 +179,10 @@ pub struct RuntimeConfig {
     /// Directory for runsc's debug logs (`--debug --debug-log=DIR/`); unset = off.
     #[serde(default)]
     pub debug_log_dir: Option<PathBuf>,
+    /// Upstream resolvers of the per-sandbox DNS forwarder (`allowlist` policies with host
+    /// names). Empty: the container's `/etc/resolv.conf` mount, else the node's.
+    #[serde(default)]
+    pub dns_upstreams: Vec<std::net::IpAddr>,
     /// Extra global runsc flags, `name = value`.
     #[serde(default, rename = "runsc")]
     pub runsc_flags: BTreeMap<String, toml::Value>,
@@ -209,6 +215,7 @@ impl Default for RuntimeConfig {
             platform: default_platform(),
             network: NetworkMode::Auto,
             debug_log_dir: None,
+            dns_upstreams: Vec::new(),
             runsc_flags: BTreeMap::new(),
             policy: PolicySection::default(),
             audit: AuditSection::default(),

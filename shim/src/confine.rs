@@ -6,6 +6,7 @@
 //! policy crate's pure function; this module only does the I/O around it. A policy that cannot
 //! be applied fails Create: Safehouse never runs a container open instead.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use runsc_config::{PolicySection, RunscProbe};
@@ -13,6 +14,8 @@ use safehouse_policy::{compile, AgentPolicy, CompileContext, CompiledPolicy, Net
 use serde_json::Value;
 
 use crate::error::{Result, ShimError};
+use crate::node::RuntimeEnv;
+use crate::runsc::SandboxFlags;
 
 /// The annotation (pod or container) that selects a policy by name.
 pub const SELECT_ANNOTATION: &str = "safehouse.dev/policy";
@@ -172,8 +175,108 @@ pub fn policy_flags(compiled: &CompiledPolicy, probe: &RunscProbe) -> Result<Vec
 
 /// Whether the policy lets the sandbox use a network namespace it was given.
 pub fn allows_network(compiled: &CompiledPolicy) -> bool {
-    compiled.network == NetworkPlan::Open
+    compiled.network != NetworkPlan::None
 }
+
+/// The network flags of a new sandbox. A policy with network access (always filtered) needs
+/// the container's own namespace, entered with runsc `--network=host`: the filter lives in that
+/// namespace. Without one the container is refused, never run on the node's network or unfiltered.
+pub fn network_flags(
+    env: &RuntimeEnv,
+    compiled: &CompiledPolicy,
+    netns: Option<PathBuf>,
+) -> Result<SandboxFlags> {
+    let none = SandboxFlags {
+        network: "none".into(),
+        netns: None,
+        extra: Vec::new(),
+    };
+    if !allows_network(compiled) {
+        return Ok(none);
+    }
+    let mode = match compiled.network {
+        NetworkPlan::Open => "open",
+        _ => "allowlist",
+    };
+    let Some(netns) = netns else {
+        return Err(ShimError::FailedPrecondition(format!(
+            "policy {:?}: network.mode {mode} needs a container with a network namespace of its own (CRI, nerdctl, or `ctr run --with-ns network:PATH`); this container has none, and Safehouse never gives a sandbox the node's network",
+            compiled.name
+        )));
+    };
+    let flags = env.sandbox_flags(Some(netns))?;
+    if flags.network == "sandbox" {
+        return Err(ShimError::FailedPrecondition(format!(
+            "policy {:?}: network.mode {mode} is enforced by nftables in the container's namespace, which gVisor's own netstack (runtime config network = \"sandbox\") bypasses; use network = \"auto\" or \"host\"",
+            compiled.name
+        )));
+    }
+    Ok(flags)
+}
+
+/// Points the container's `/etc/resolv.conf` at the sandbox's DNS forwarder (a file written
+/// into the bundle, bind-mounted read-only) and returns the upstream resolvers: the runtime
+/// config's `dns_upstreams`, else the nameservers of the resolv.conf the container was given,
+/// else the node's.
+pub fn point_resolver(
+    env: &RuntimeEnv,
+    spec: &Value,
+    bundle: &Path,
+    compiled: &mut CompiledPolicy,
+) -> Result<Vec<IpAddr>> {
+    let given_path = spec["mounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["destination"] == "/etc/resolv.conf")
+        .and_then(|m| m["source"].as_str())
+        .map(PathBuf::from);
+    let given = given_path
+        .as_deref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    let node = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut upstreams = env.config.dns_upstreams.clone();
+    if upstreams.is_empty() {
+        upstreams = crate::dns::nameservers(&given);
+    }
+    if upstreams.is_empty() {
+        upstreams = crate::dns::nameservers(&node)
+            .into_iter()
+            .filter(|a| !a.is_loopback())
+            .collect();
+    }
+    upstreams.retain(|a| !a.is_loopback() && !a.is_unspecified());
+    if upstreams.is_empty() {
+        return Err(ShimError::FailedPrecondition(format!(
+            "policy {:?} names hosts, but no upstream DNS resolver is known: set dns_upstreams in the runtime config or give the container an /etc/resolv.conf",
+            compiled.name
+        )));
+    }
+    let ours = bundle.join(RESOLV_CONF);
+    std::fs::write(&ours, crate::dns::sandbox_resolv_conf(&given))
+        .map_err(|e| ShimError::io(format!("write {}", ours.display()), e))?;
+    let mount = oci_spec::runtime::MountBuilder::default()
+        .destination("/etc/resolv.conf")
+        .typ("bind")
+        .source(&ours)
+        .options(
+            ["rbind", "ro", "nosuid", "nodev", "noexec"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .build()
+        .map_err(|e| ShimError::Internal(format!("resolv.conf mount: {e}")))?;
+    let mounts = compiled.spec.mounts_mut().get_or_insert_with(Vec::new);
+    mounts.retain(|m| m.destination() != Path::new("/etc/resolv.conf"));
+    mounts.push(mount);
+    crate::container::write_spec(bundle, &compiled.spec)?;
+    Ok(upstreams)
+}
+
+/// The resolv.conf the shim writes into the bundle for a sandbox with a DNS forwarder.
+pub const RESOLV_CONF: &str = "safehouse-resolv.conf";
 
 #[cfg(test)]
 mod tests {

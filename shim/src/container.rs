@@ -80,6 +80,9 @@ pub struct PersistedState {
     pub pid: u32,
     /// Whether the shim mounted the rootfs.
     pub rootfs_mounted: bool,
+    /// The nftables table the shim installed in `netns` for this sandbox, if any.
+    #[serde(default)]
+    pub nft_table: Option<String>,
 }
 
 /// File name of [`PersistedState`] in the bundle.
@@ -139,6 +142,10 @@ pub struct Container {
     pub start_hooks: Vec<crate::hooks::Hook>,
     /// The spec's annotations, for the hooks' state.
     pub annotations: Value,
+    /// The network filter its policy compiled to (a pod member must match its sandbox's).
+    pub filter: Option<safehouse_policy::NetFilter>,
+    /// The sandbox's network plumbing (table, DNS forwarder), held by the root container.
+    pub network: Option<Arc<crate::netfilter::SandboxNetwork>>,
 }
 
 impl Container {

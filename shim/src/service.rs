@@ -121,6 +121,7 @@ async fn cleanup_after_dead_shim(id: &str, bundle: &Path, st: &PersistedState) {
     // reaper: nothing else waits for children in this short-lived process).
     let reaper = Reaper::default();
     tokio::spawn(reaper.clone().run());
+    let runsc_reaper = reaper.clone();
     let runsc = Runsc::new(
         st.binary.clone(),
         st.root.clone(),
@@ -144,6 +145,13 @@ async fn cleanup_after_dead_shim(id: &str, bundle: &Path, st: &PersistedState) {
             nix::unistd::Pid::from_raw(st.pid as i32),
             nix::sys::signal::Signal::SIGKILL,
         );
+    }
+    if let (Some(table), Some(netns)) = (&st.nft_table, &st.netns) {
+        let t = crate::netfilter::InstalledTable {
+            table: table.clone(),
+            netns: netns.clone(),
+        };
+        crate::netfilter::remove(&runsc_reaper, &t).await;
     }
     container::release_host_mounts(bundle, st.rootfs_mounted);
     runsc.remove_log(id);

@@ -19,7 +19,7 @@ use safehouse_integration::TestEnv;
 use sha2::{Digest, Sha256};
 
 use crate::lab::{is, verify, Lab, Listing, RUN_TIMEOUT};
-use crate::workload::RECORD_ALL;
+use crate::workload::RECORD_ALL_OFFLINE;
 
 /// Where the shim puts its sandboxes' trace sockets.
 const TRACE_DIR: &str = "/run/safehouse/trace";
@@ -131,7 +131,7 @@ fn attack(path: &Path) -> Result<u64> {
 /// Sandbox A runs; a fake Sentry sends garbage to A's sink; sandbox B runs and is audited.
 pub fn garbage_on_trace_socket_is_contained(env: &TestEnv) -> Result<()> {
     let lab = Lab::new(env, "hostile")?;
-    lab.policy("recorded", RECORD_ALL)?;
+    lab.policy("recorded", RECORD_ALL_OFFLINE)?;
     let a = env.id("victim");
     let b = env.id("bystander");
     env.scenario(&[&a, &b], || {

@@ -8,7 +8,7 @@ use anyhow::{ensure, Context, Result};
 use safehouse_integration::TestEnv;
 
 use crate::lab::{is, verify, Lab, Listing};
-use crate::workload::RECORD_ALL;
+use crate::workload::RECORD_ALL_OFFLINE;
 
 /// The line of the audit file that gets tampered with (1-based).
 const N: usize = 3;
@@ -30,7 +30,7 @@ fn expect_break(path: &Path, text: &str, line: usize, kind: &str) -> Result<()> 
 /// Runs a short workload, then tampers with copies of its audit file three ways.
 pub fn verify_names_the_broken_line(env: &TestEnv) -> Result<()> {
     let lab = Lab::new(env, "tamper")?;
-    lab.policy("recorded", RECORD_ALL)?;
+    lab.policy("recorded", RECORD_ALL_OFFLINE)?;
     let id = env.id("tamper");
     env.scenario(&[&id], || {
         let script = "cat /etc/hostname; echo data > /tmp/out.txt; exit 0";

@@ -15,6 +15,11 @@ use crate::lab::{is, verify, Lab, Listing};
 pub const RECORD_ALL: &str =
     "{process: {user: \"0:0\"}, network: {mode: open}, audit: {record: [process, file, network]}}";
 
+/// The same without network access: `open` needs the container's own network namespace
+/// (`--with-ns`), which only the workload scenario gives.
+pub const RECORD_ALL_OFFLINE: &str =
+    "{process: {user: \"0:0\"}, network: {mode: none}, audit: {record: [process, file, network]}}";
+
 /// True when `event` is a `file`/`open` of `path`.
 fn opens(event: &Value, path: &str) -> bool {
     is(event, "file", "open") && event["file"]["path"] == path

@@ -34,8 +34,12 @@ pub fn given_netns_is_used(env: &TestEnv) -> Result<()> {
     env.scenario(&[&id], || {
         let with_ns = format!("network:{}", host.pod_netns_path().display());
         let port = host.port.to_string();
+        let select = format!(
+            "safehouse.dev/policy={}",
+            safehouse_integration::containerd::NET_POLICY_NAME
+        );
         let out = env.ctr_run(
-            &["--rm", "--with-ns", &with_ns],
+            &["--rm", "--with-ns", &with_ns, "--annotation", &select],
             &id,
             &["nc", "-w", "5", &host.host_ip, &port],
         )?;

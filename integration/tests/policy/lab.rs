@@ -69,6 +69,14 @@ impl<'a> Lab<'a> {
         })
     }
 
+    /// Adds top-level keys (e.g. `dns_upstreams = [...]`) to the lab's runtime config.
+    #[allow(dead_code)]
+    pub fn config_keys(&self, toml: &str) -> Result<()> {
+        let old = fs::read_to_string(&self.config)?;
+        fs::write(&self.config, format!("{toml}\n{old}"))
+            .with_context(|| format!("write {}", self.config.display()))
+    }
+
     /// Writes policy `name` (`policies/NAME.yaml`) with `spec` (YAML, flow style is handy).
     pub fn policy(&self, name: &str, spec: &str) -> Result<()> {
         let text = format!(

@@ -1,5 +1,5 @@
 //! What Create refuses: a host bind mount the policy does not name, a policy with an egress
-//! allowlist (not enforced yet), and an annotation naming an unknown or unlisted policy. Each
+//! allowlist but no network namespace of its own, and an annotation naming an unknown or unlisted policy. Each
 //! refusal is an exact error and leaves nothing behind.
 
 use anyhow::{ensure, Result};
@@ -57,7 +57,8 @@ pub fn unnamed_host_bind_is_refused(env: &TestEnv) -> Result<()> {
     })
 }
 
-/// `network.mode: allowlist` is refused at Create rather than run open.
+/// `network.mode: allowlist` (and `open`) without a network namespace of the container's own is
+/// refused at Create rather than run on the node's network or unfiltered.
 pub fn allowlist_policy_is_refused(env: &TestEnv) -> Result<()> {
     let lab = Lab::new(env, "allowlist")?;
     lab.policy(
@@ -67,8 +68,8 @@ pub fn allowlist_policy_is_refused(env: &TestEnv) -> Result<()> {
     let id = env.id("allowlist");
     env.scenario(&[&id], || {
         let out = refused_run(env, &lab, Some("egress-list"), &[], &id)?;
-        let needle = "policy \"egress-list\": network.mode allowlist is not enforced yet; \
-                      refusing to start rather than run with an open network";
+        let needle = "policy \"egress-list\": network.mode allowlist needs a container with a \
+                      network namespace of its own";
         ensure!(
             out.stderr.contains(needle),
             "the error should say {needle:?}: {}",

@@ -13,8 +13,10 @@ use std::time::Duration;
 use oci_spec::runtime::Spec;
 
 use crate::digest::policy_digest;
+use crate::egress::{EgressRule, IngressRule};
 use crate::finding::{render_all, Finding};
 use crate::manifest::{AgentPolicy, AuditCategory, NetworkMode, ViolationAction};
+use crate::netfilter::{FilterMode, NetFilter};
 use crate::validate::validate;
 
 /// Annotation carrying the name of the policy a spec was compiled with (also the selector).
@@ -56,8 +58,11 @@ impl Default for CompileContext {
 pub enum NetworkPlan {
     /// Loopback only (runsc `--network=none`).
     None,
-    /// gVisor's own network stack on the container's network namespace (`--network=sandbox`).
+    /// The container's own network namespace (runsc `--network=host` run inside it), filtered
+    /// by the policy's [`NetFilter`] in `Open` mode: everything but the protected ranges.
     Open,
+    /// The container's own network namespace, filtered to the allowlist.
+    Allowlist,
 }
 
 /// What the audit stream must record for this container, and how to react to violations.
@@ -84,6 +89,9 @@ pub struct CompiledPolicy {
     pub timeout: Option<Duration>,
     /// Network plan (also reflected in `runsc_flags`).
     pub network: NetworkPlan,
+    /// The nftables filter the shim installs in the container's network namespace (`Some` for
+    /// `Open` and `Allowlist`).
+    pub filter: Option<NetFilter>,
     /// Executables the agent may run; empty means unrestricted.
     pub tools: Vec<PathBuf>,
     /// `metadata.name` of the policy.
@@ -115,15 +123,6 @@ pub enum CompileError {
         /// What is wrong, naming the policy.
         reason: String,
     },
-    /// The policy asks for a network mode that is not enforced yet.
-    #[error(
-        "policy {policy:?}: network.mode allowlist is not enforced yet; refusing to start rather than \
-         run with an open network (use mode none or open)"
-    )]
-    AllowlistNotEnforced {
-        /// Name of the policy.
-        policy: String,
-    },
     /// The policy itself does not validate.
     #[error("policy {policy:?} is invalid:\n{}", render_all("", .findings))]
     InvalidPolicy {
@@ -138,9 +137,9 @@ impl CompileError {
     /// Name of the policy that refused the spec.
     pub fn policy(&self) -> &str {
         match self {
-            CompileError::Refused { policy, .. }
-            | CompileError::AllowlistNotEnforced { policy }
-            | CompileError::InvalidPolicy { policy, .. } => policy,
+            CompileError::Refused { policy, .. } | CompileError::InvalidPolicy { policy, .. } => {
+                policy
+            }
         }
     }
 }
@@ -156,6 +155,29 @@ pub(crate) fn refused(
         field: field.into(),
         reason: reason.into(),
     }
+}
+
+/// The filter for `open` and `allowlist` (entries already validated).
+fn net_filter(policy: &AgentPolicy) -> Option<NetFilter> {
+    let net = &policy.spec.network;
+    let mode = match net.mode {
+        NetworkMode::None => return None,
+        NetworkMode::Open => FilterMode::Open,
+        NetworkMode::Allowlist => FilterMode::Allowlist,
+    };
+    Some(NetFilter {
+        mode,
+        egress: net
+            .egress
+            .iter()
+            .filter_map(|e| EgressRule::parse(e).ok())
+            .collect(),
+        ingress: net
+            .ingress
+            .iter()
+            .filter_map(|e| IngressRule::parse(e).ok())
+            .collect(),
+    })
 }
 
 /// Confine `spec` by `policy`. Pure, deterministic and idempotent: compiling the output spec
@@ -178,12 +200,9 @@ pub fn compile(
     let network = match policy.spec.network.mode {
         NetworkMode::None => NetworkPlan::None,
         NetworkMode::Open => NetworkPlan::Open,
-        NetworkMode::Allowlist => {
-            return Err(CompileError::AllowlistNotEnforced {
-                policy: policy.metadata.name.clone(),
-            })
-        }
+        NetworkMode::Allowlist => NetworkPlan::Allowlist,
     };
+    let filter = net_filter(policy);
 
     let mut out = spec.clone();
     let root = out.root_mut().as_mut().ok_or_else(|| {
@@ -209,7 +228,7 @@ pub fn compile(
     let mut runsc_flags = BTreeMap::new();
     let net_flag = match network {
         NetworkPlan::None => "none",
-        NetworkPlan::Open => "sandbox",
+        NetworkPlan::Open | NetworkPlan::Allowlist => "host",
     };
     runsc_flags.insert("network".to_string(), net_flag.to_string());
 
@@ -233,6 +252,7 @@ pub fn compile(
         },
         timeout: policy.spec.process.timeout.map(|t| t.0),
         network,
+        filter,
         tools,
         name,
         digest,

@@ -2,6 +2,32 @@
 //! (and leave nothing behind when any step fails).
 
 use super::*;
+use crate::netfilter::SandboxNetwork;
+use safehouse_audit::{Action, Category};
+
+/// The audit event for one query the sandbox's DNS forwarder handled.
+fn dns_event(
+    audit: &SandboxAudit,
+    container_id: &str,
+    v: crate::dns::QueryVerdict,
+) -> safehouse_audit::AuditEvent {
+    let addrs: Vec<String> = v.addrs.iter().map(|a| a.to_string()).collect();
+    let mut b = audit
+        .ctx
+        .event(Category::Network, Action::Dns)
+        .container(container_id)
+        .actor("safehouse-dns")
+        .message(format!("dns {} {} {}", v.qtype, v.name, v.verdict))
+        .detail("query", v.name)
+        .detail("qtype", v.qtype)
+        .detail("verdict", v.verdict)
+        .detail("addresses", addrs)
+        .detail("ttl", v.ttl);
+    if let Some(r) = v.reason {
+        b = b.detail("reason", r);
+    }
+    b.build()
+}
 
 impl TaskService {
     pub(super) async fn do_create(
@@ -64,20 +90,13 @@ impl TaskService {
             .unwrap_or_else(|| "<built-in defaults>".into());
         let (policy, source) = confine::select(&env.config.policy, &spec, &config_name)?;
         let ctx = confine::compile_context(&env.config.policy, &bundle);
-        let compiled = confine::confine_bundle(&policy, &ctx, &bundle, &spec_text)?;
+        let mut compiled = confine::confine_bundle(&policy, &ctx, &bundle, &spec_text)?;
         info!(container = %id, policy = %compiled.name, digest = %compiled.digest, ?source, "policy applied");
         let own_cgroup = spec["linux"]["cgroupsPath"].as_str().map(String::from);
         let (sandbox_id, flags, sandbox_cgroup) = match container::sandbox_role(&spec, &id) {
             SandboxRole::Root => {
-                let mut flags = if confine::allows_network(&compiled) {
-                    env.sandbox_flags(container::netns_path(&spec))?
-                } else {
-                    SandboxFlags {
-                        network: "none".into(),
-                        netns: None,
-                        extra: Vec::new(),
-                    }
-                };
+                let mut flags =
+                    confine::network_flags(&env, &compiled, container::netns_path(&spec))?;
                 flags.extra = confine::policy_flags(&compiled, &env.probe)?;
                 (id.clone(), flags, own_cgroup.clone())
             }
@@ -87,12 +106,31 @@ impl TaskService {
                         "container {id:?} joins pod sandbox {sb:?}, which this shim does not serve (create the sandbox container first)"
                     ))
                 })?;
-                // The pod's processes all live in the sandbox's cgroup, not in this
-                // container's own (runsc only mirrors that one for tools).
+                if root.filter != compiled.filter {
+                    return Err(ShimError::FailedPrecondition(format!(
+                        "container {id:?}: its policy {:?} asks for a different network than pod sandbox {sb:?} (policy {:?}); all containers of a pod share one network namespace and its filter, so their network sections must match",
+                        compiled.name, root.policy
+                    )));
+                }
                 (sb, root.flags.clone(), root.cgroups_path.clone())
             }
         };
 
+        let upstreams = if compiled
+            .filter
+            .as_ref()
+            .is_some_and(|f| f.hosts().next().is_some())
+            && flags.network == "host"
+        {
+            Some(confine::point_resolver(
+                &env,
+                &spec,
+                &bundle,
+                &mut compiled,
+            )?)
+        } else {
+            None
+        };
         crate::hostbind::harden(&bundle).inspect_err(|_| crate::hostbind::release(&bundle))?;
         let rootfs_mounted = match container::mount_rootfs(&bundle, &req.rootfs).await {
             Ok(m) => m,
@@ -116,6 +154,21 @@ impl TaskService {
                 container::release_host_mounts(&bundle, rootfs_mounted);
                 return Err(e);
             }
+        };
+        let network = if sandbox_id == id {
+            match self
+                .start_network(&id, &flags, &compiled, upstreams, &sandbox_audit)
+                .await
+            {
+                Ok(n) => n,
+                Err(e) => {
+                    container::release_host_mounts(&bundle, rootfs_mounted);
+                    sandbox_audit.shutdown();
+                    return Err(e);
+                }
+            }
+        } else {
+            None
         };
         let paths = io_paths(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         let init = Arc::new(Process::new("", paths.clone()));
@@ -162,6 +215,9 @@ impl TaskService {
                     warn!(container = %id, "cleanup after failed create: {de}");
                 }
                 init.io.lock().await.shutdown().await;
+                if let Some(n) = &network {
+                    n.teardown(&self.reaper).await;
+                }
                 container::release_host_mounts(&bundle, rootfs_mounted);
                 if sandbox_id == id {
                     sandbox_audit.shutdown();
@@ -179,6 +235,7 @@ impl TaskService {
             netns: flags.netns.clone(),
             pid,
             rootfs_mounted,
+            nft_table: network.as_ref().map(|n| n.table.table.clone()),
         }
         .save(&bundle)?;
 
@@ -201,6 +258,8 @@ impl TaskService {
             exit_reason: Mutex::new(None),
             start_hooks: shim_hooks.start_container,
             annotations: spec["annotations"].clone(),
+            filter: compiled.filter.clone(),
+            network,
         });
         self.record(
             sandbox_audit
@@ -247,6 +306,57 @@ impl TaskService {
             pid,
             ..Default::default()
         })
+    }
+
+    /// The sandbox's network filter (and DNS forwarder when `upstreams` is given), installed in
+    /// its namespace before runsc starts anything there.
+    async fn start_network(
+        &self,
+        id: &str,
+        flags: &SandboxFlags,
+        compiled: &safehouse_policy::CompiledPolicy,
+        upstreams: Option<Vec<std::net::IpAddr>>,
+        sandbox_audit: &Arc<SandboxAudit>,
+    ) -> Result<Option<Arc<SandboxNetwork>>> {
+        let (Some(filter), Some(netns)) = (&compiled.filter, &flags.netns) else {
+            return Ok(None);
+        };
+        if flags.network != "host" {
+            return Ok(None);
+        }
+        let facts = safehouse_policy::NodeFacts {
+            node_addrs: crate::netfilter::node_addrs(),
+            dns_upstreams: upstreams.clone().unwrap_or_default(),
+        };
+        let started = std::time::Instant::now();
+        let table = crate::netfilter::install(&self.reaper, netns, id, filter, &facts).await?;
+        info!(container = %id, table = %table.table, elapsed_ms = started.elapsed().as_millis() as u64, "network filter installed");
+        let dns = match upstreams {
+            Some(ups) => {
+                let audit = sandbox_audit.clone();
+                let output = self.audit.clone();
+                let cid = id.to_string();
+                let on_query: crate::dns::OnQuery = Arc::new(move |v| {
+                    output.submit(dns_event(&audit, &cid, v));
+                });
+                match crate::dns::DnsForwarder::start(
+                    netns,
+                    ups,
+                    filter.clone(),
+                    table.clone(),
+                    self.reaper.clone(),
+                    on_query,
+                ) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        crate::netfilter::remove(&self.reaper, &table).await;
+                        return Err(e);
+                    }
+                }
+            }
+            None => None,
+        };
+        Ok(Some(Arc::new(SandboxNetwork { table, dns })))
     }
 
     /// The sandbox's audit: a new sink and pump for a sandbox's first container (its runsc flags

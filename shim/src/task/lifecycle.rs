@@ -387,6 +387,9 @@ impl TaskService {
             }
         }
         c.runsc.delete(&c.id, &c.flags).await?;
+        if let Some(n) = &c.network {
+            n.teardown(&self.reaper).await;
+        }
         // A created-but-never-started container has no exit yet: deleting it is its end.
         p.settle();
         let exit = match p.exit() {

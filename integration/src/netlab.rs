@@ -1,0 +1,436 @@
+//! A small network for egress scenarios: one "pod" network namespace (what the container is
+//! given with `ctr run --with-ns network:PATH`, or what a CRI pod would get) joined by a veth
+//! pair to each of several "host" namespaces. Every host runs one python3 responder: a TCP
+//! greeting on [`TCP_PORTS`], a UDP echo on [`UDP_PORT`] and a DNS server on port 53 answering
+//! the test's own names with the test's TTLs; it logs every UDP datagram and DNS query it sees,
+//! so a scenario can tell "dropped" from "answered". Everything is created here and removed on
+//! drop; no traffic leaves these namespaces.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::command::{run_args, wait_for, Running};
+
+const IP_TIMEOUT: Duration = Duration::from_secs(10);
+static NEXT: AtomicU32 = AtomicU32::new(1);
+
+/// TCP ports every host answers on (with `<greeting> port <n>`).
+pub const TCP_PORTS: [u16; 2] = [8080, 9090];
+/// UDP port every host echoes on (`echo:<data>`).
+pub const UDP_PORT: u16 = 5353;
+/// The cloud metadata address; [`NetLab::start`] can give it to host 0.
+pub const METADATA: &str = "169.254.169.254";
+
+/// The responder: TCP greetings, UDP echo, DNS for the names in its config. Prints `ready`
+/// once every socket is bound, `udp <src> <data>` and `query <name> <type>` as they arrive.
+const RESPONDER: &str = r#"
+import json, socket, struct, sys, threading
+cfg = json.loads(sys.argv[1])
+def out(line):
+    print(line, flush=True)
+def tcp_sock(port):
+    s = socket.socket(socket.AF_INET6)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", port)); s.listen(64); return s
+def tcp_loop(s, port):
+    while True:
+        c, _ = s.accept()
+        try:
+            c.sendall(("%s port %d\n" % (cfg["greeting"], port)).encode())
+        except OSError:
+            pass
+        c.close()
+def udp_loop(s):
+    while True:
+        data, src = s.recvfrom(2048)
+        out("udp %s %s" % (src[0], data.decode(errors="replace").strip()))
+        s.sendto(b"echo:" + data, src)
+def dns_loop(s):
+    while True:
+        q, src = s.recvfrom(2048)
+        if len(q) < 17:
+            continue
+        pos, labels = 12, []
+        while pos < len(q) and q[pos] != 0:
+            n = q[pos]; labels.append(q[pos + 1:pos + 1 + n].decode(errors="replace")); pos += 1 + n
+        qtype = struct.unpack("!H", q[pos + 1:pos + 3])[0]
+        name = ".".join(labels).lower()
+        out("query %s %d" % (name, qtype))
+        question = q[12:pos + 5]
+        rec = cfg["names"].get(name)
+        if rec is None:
+            s.sendto(q[:2] + b"\x81\x83" + b"\x00\x01\x00\x00\x00\x00\x00\x00" + question, src); continue
+        answers = b""
+        count = 0
+        if qtype == 1:
+            answers = b"\xc0\x0c\x00\x01\x00\x01" + struct.pack("!IH", rec[1], 4) + socket.inet_aton(rec[0])
+            count = 1
+        s.sendto(q[:2] + b"\x81\x80" + struct.pack("!HHHH", 1, count, 0, 0) + question + answers, src)
+tcps = [(tcp_sock(p), p) for p in cfg["tcp"]]
+u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+u.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+u.bind(("::", cfg["udp"]))
+d = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); d.bind(("0.0.0.0", 53))
+for s, p in tcps:
+    threading.Thread(target=tcp_loop, args=(s, p), daemon=True).start()
+threading.Thread(target=udp_loop, args=(u,), daemon=True).start()
+threading.Thread(target=dns_loop, args=(d,), daemon=True).start()
+out("ready")
+threading.Event().wait()
+"#;
+
+/// One test host: its namespace, addresses and responder.
+pub struct LabHost {
+    /// Namespace name.
+    pub netns: String,
+    /// IPv4 address, reachable from the pod namespace.
+    pub ip: String,
+    /// IPv6 address, reachable from the pod namespace.
+    pub ip6: String,
+    /// What its TCP ports send.
+    pub greeting: String,
+    server: Option<Running>,
+}
+
+impl LabHost {
+    /// Everything the responder printed so far (`udp ...`, `query ...` lines).
+    pub fn log(&self) -> String {
+        self.server
+            .as_ref()
+            .map(Running::stdout_so_far)
+            .unwrap_or_default()
+    }
+
+    /// Runs `python3 -c CODE ARGS...` inside this host's namespace (e.g. an inbound connect).
+    pub fn python(&self, code: &str, args: &[&str]) -> Result<crate::command::Output> {
+        let mut argv = vec!["netns", "exec", self.netns.as_str(), python(), "-c", code];
+        argv.extend_from_slice(args);
+        run_args("ip", &argv, Duration::from_secs(20))
+    }
+}
+
+/// What one host answers in DNS: `name` → (IPv4 address, TTL seconds).
+pub type DnsNames<'a> = &'a [(&'a str, &'a str, u32)];
+
+/// The pod namespace and its hosts.
+pub struct NetLab {
+    /// The pod namespace name (`/var/run/netns/<name>`).
+    pub pod_netns: String,
+    /// The pod side IPv4 address towards host 0.
+    pub pod_ip: String,
+    /// The hosts, in creation order.
+    pub hosts: Vec<LabHost>,
+}
+
+fn python() -> &'static str {
+    if std::path::Path::new("/usr/bin/python3").is_file() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+impl NetLab {
+    /// A pod namespace with `hosts` test hosts; host 0 serves `names` in DNS and, with
+    /// `metadata`, also owns [`METADATA`] (routed from the pod namespace).
+    pub fn start(hosts: usize, names: DnsNames<'_>, metadata: bool) -> Result<NetLab> {
+        let names: Vec<(String, String, u32)> = names
+            .iter()
+            .map(|(n, a, t)| (n.to_string(), a.to_string(), *t))
+            .collect();
+        NetLab::build(hosts, move |_| names, metadata)
+    }
+
+    /// Like [`NetLab::start`] without metadata, with host 0's DNS names made from the hosts'
+    /// IPv4 addresses (known before they are created).
+    pub fn start_named(
+        hosts: usize,
+        names: impl FnOnce(&[String]) -> Vec<(String, String, u32)>,
+    ) -> Result<NetLab> {
+        NetLab::build(hosts, names, false)
+    }
+
+    fn build(
+        hosts: usize,
+        names: impl FnOnce(&[String]) -> Vec<(String, String, u32)>,
+        metadata: bool,
+    ) -> Result<NetLab> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}x{n}", std::process::id());
+        let subnet = 1 + (std::process::id() * 7 + n) % 250;
+        let ips: Vec<String> = (0..hosts)
+            .map(|i| format!("10.{}.{subnet}.1", 210 + i))
+            .collect();
+        let names = names(&ips);
+        let mut lab = NetLab {
+            pod_netns: format!("sfe-pod-{tag}"),
+            pod_ip: format!("10.210.{subnet}.2"),
+            hosts: Vec::new(),
+        };
+        run_args("ip", &["netns", "add", &lab.pod_netns], IP_TIMEOUT)?.ok()?;
+        run_args(
+            "ip",
+            &["-n", &lab.pod_netns, "link", "set", "lo", "up"],
+            IP_TIMEOUT,
+        )?
+        .ok()?;
+        for i in 0..hosts {
+            let host_names: &[(String, String, u32)] = if i == 0 { &names } else { &[] };
+            let host = lab
+                .add_host(i, &tag, subnet, host_names, metadata && i == 0)
+                .with_context(|| format!("creating test host {i}"))?;
+            lab.hosts.push(host);
+        }
+        Ok(lab)
+    }
+
+    /// `/var/run/netns/<pod>`, for `--with-ns network:PATH`.
+    pub fn pod_netns_path(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.pod_netns)
+    }
+
+    fn add_host(
+        &self,
+        i: usize,
+        tag: &str,
+        subnet: u32,
+        names: &[(String, String, u32)],
+        metadata: bool,
+    ) -> Result<LabHost> {
+        let netns = format!("sfe-h{i}-{tag}");
+        let pod_if = format!("sep{i}{tag}");
+        let host_if = format!("seh{i}{tag}");
+        let third = 210 + i as u32;
+        let ip = format!("10.{third}.{subnet}.1");
+        let pod_ip = format!("10.{third}.{subnet}.2");
+        let ip6 = format!("fd5a:{third}:{subnet}::1");
+        let pod_ip6 = format!("fd5a:{third}:{subnet}::2");
+        let pod = self.pod_netns.as_str();
+        let steps: Vec<Vec<String>> = vec![
+            vec!["netns".into(), "add".into(), netns.clone()],
+            vec![
+                "link".into(),
+                "add".into(),
+                pod_if.clone(),
+                "netns".into(),
+                pod.into(),
+                "type".into(),
+                "veth".into(),
+                "peer".into(),
+                "name".into(),
+                host_if.clone(),
+                "netns".into(),
+                netns.clone(),
+            ],
+            vec![
+                "-n".into(),
+                pod.into(),
+                "addr".into(),
+                "add".into(),
+                format!("{pod_ip}/24"),
+                "dev".into(),
+                pod_if.clone(),
+            ],
+            vec![
+                "-n".into(),
+                netns.clone(),
+                "addr".into(),
+                "add".into(),
+                format!("{ip}/24"),
+                "dev".into(),
+                host_if.clone(),
+            ],
+            vec![
+                "-n".into(),
+                pod.into(),
+                "addr".into(),
+                "add".into(),
+                format!("{pod_ip6}/64"),
+                "dev".into(),
+                pod_if.clone(),
+                "nodad".into(),
+            ],
+            vec![
+                "-n".into(),
+                netns.clone(),
+                "addr".into(),
+                "add".into(),
+                format!("{ip6}/64"),
+                "dev".into(),
+                host_if.clone(),
+                "nodad".into(),
+            ],
+            vec![
+                "-n".into(),
+                netns.clone(),
+                "link".into(),
+                "set".into(),
+                "lo".into(),
+                "up".into(),
+            ],
+            vec![
+                "-n".into(),
+                pod.into(),
+                "link".into(),
+                "set".into(),
+                pod_if.clone(),
+                "up".into(),
+            ],
+            vec![
+                "-n".into(),
+                netns.clone(),
+                "link".into(),
+                "set".into(),
+                host_if.clone(),
+                "up".into(),
+            ],
+        ];
+        let mut host = LabHost {
+            netns: netns.clone(),
+            ip,
+            ip6,
+            greeting: format!("hello-from-{netns}"),
+            server: None,
+        };
+        for step in steps {
+            run_args("ip", &step, IP_TIMEOUT)?.ok()?;
+        }
+        if metadata {
+            run_args(
+                "ip",
+                &[
+                    "-n",
+                    &netns,
+                    "addr",
+                    "add",
+                    &format!("{METADATA}/32"),
+                    "dev",
+                    &host_if,
+                ],
+                IP_TIMEOUT,
+            )?
+            .ok()?;
+            run_args(
+                "ip",
+                &[
+                    "-n",
+                    pod,
+                    "route",
+                    "add",
+                    &format!("{METADATA}/32"),
+                    "dev",
+                    &pod_if,
+                ],
+                IP_TIMEOUT,
+            )?
+            .ok()?;
+        }
+        let mut dns = serde_json::Map::new();
+        for (name, addr, ttl) in names {
+            addr.parse::<Ipv4Addr>()
+                .with_context(|| format!("DNS test name {name}: {addr} is not IPv4"))?;
+            dns.insert(name.clone(), serde_json::json!([addr, ttl]));
+        }
+        let cfg = serde_json::json!({
+            "greeting": host.greeting,
+            "tcp": TCP_PORTS,
+            "udp": UDP_PORT,
+            "names": dns,
+        });
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &netns, python(), "-c", RESPONDER])
+            .arg(cfg.to_string())
+            .stdin(std::process::Stdio::null());
+        let server = Running::start(&mut cmd)?;
+        let ready = wait_for("the test host responder", Duration::from_secs(10), || {
+            Ok(server.stdout_so_far().contains("ready").then_some(()))
+        });
+        host.server = Some(server);
+        if let Err(e) = ready {
+            bail!("test host responder did not start: {e:#}");
+        }
+        Ok(host)
+    }
+
+    /// The nftables tables in the pod namespace (`inet NAME` each).
+    pub fn tables(&self) -> Result<Vec<String>> {
+        tables_in(Some(&self.pod_netns))
+    }
+
+    /// What of a sandbox's network plumbing is left in the pod namespace: Safehouse tables and
+    /// a DNS forwarder socket (anything bound to 127.0.0.53).
+    pub fn leftovers(&self) -> Result<Vec<String>> {
+        let mut left: Vec<String> = self
+            .tables()?
+            .into_iter()
+            .filter(|t| t.contains("safehouse_"))
+            .map(|t| format!("nftables table {t} in {}", self.pod_netns))
+            .collect();
+        let ss = run_args(
+            "ip",
+            &["netns", "exec", &self.pod_netns, "ss", "-H", "-uatn"],
+            IP_TIMEOUT,
+        )?
+        .ok()?;
+        left.extend(
+            ss.stdout
+                .lines()
+                .filter(|l| l.contains("127.0.0.53"))
+                .map(|l| format!("socket in {}: {}", self.pod_netns, l.trim())),
+        );
+        Ok(left)
+    }
+}
+
+/// The nftables tables of a named namespace (`None`: the namespace this process runs in).
+pub fn tables_in(netns: Option<&str>) -> Result<Vec<String>> {
+    let out = match netns {
+        Some(ns) => run_args(
+            "ip",
+            &["netns", "exec", ns, "nft", "list", "tables"],
+            IP_TIMEOUT,
+        )?,
+        None => run_args("nft", &["list", "tables"], IP_TIMEOUT)?,
+    }
+    .ok()?;
+    Ok(out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("table "))
+        .map(str::to_string)
+        .collect())
+}
+
+impl Drop for NetLab {
+    fn drop(&mut self) {
+        for h in &mut self.hosts {
+            // Dropping `Running` kills the responder's process group (by the pid we started).
+            h.server.take();
+            let _ = run_args("ip", &["netns", "del", h.netns.as_str()], IP_TIMEOUT);
+        }
+        let _ = run_args("ip", &["netns", "del", self.pod_netns.as_str()], IP_TIMEOUT);
+    }
+}
+
+/// Deletes the namespaces labs of this process created (for an interrupted run).
+pub fn remove_leftover_namespaces() {
+    let mine = format!("{}x", std::process::id());
+    let Ok(list) = run_args("ip", &["netns", "list"], IP_TIMEOUT) else {
+        return;
+    };
+    for name in list
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+    {
+        if name.starts_with("sfe-") && name.contains(&format!("-{mine}")) {
+            let _ = run_args("ip", &["netns", "del", name], IP_TIMEOUT);
+        }
+    }
+}

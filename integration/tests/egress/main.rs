@@ -1,0 +1,147 @@
+//! Egress allowlists end to end: each scenario builds its own pod network namespace and test
+//! hosts (`safehouse_integration::netlab`), runs a busybox checker in a Safehouse container given
+//! that namespace (`ctr run --with-ns network:PATH`), asserts what reached which host (from the
+//! checker's output and the hosts' own logs), what the audit stream recorded, and that no
+//! table, set, forwarder socket or process of the sandbox is left. Only the Safehouse runtime
+//! has policies; the baselines report every scenario as ignored.
+//!
+//! CRI: the scenarios take the pod namespace from the lab, so a CRI variant only has to run the
+//! same checker in a pod whose namespace is the lab's (the CRI harness lands separately).
+
+#[path = "../policy/lab.rs"]
+#[allow(dead_code)]
+mod lab;
+
+mod filter;
+mod names;
+mod sandboxes;
+
+use std::process::ExitCode;
+
+use safehouse_integration::Scenario;
+
+fn main() -> ExitCode {
+    safehouse_integration::suite::main(&[
+        Scenario {
+            name: "filter::allowed_port_answers_the_rest_is_refused_at_once",
+            run: filter::allowed_port_answers_the_rest_is_refused_at_once,
+        },
+        Scenario {
+            name: "filter::udp_icmp_and_raw_to_unlisted_hosts_go_nowhere",
+            run: filter::udp_icmp_and_raw_to_unlisted_hosts_go_nowhere,
+        },
+        Scenario {
+            name: "filter::open_keeps_metadata_closed_unless_named",
+            run: filter::open_keeps_metadata_closed_unless_named,
+        },
+        Scenario {
+            name: "filter::inbound_refused_unless_ingress_lists_the_source",
+            run: filter::inbound_refused_unless_ingress_lists_the_source,
+        },
+        Scenario {
+            name: "names::listed_names_resolve_and_connect_until_their_ttl",
+            run: names::listed_names_resolve_and_connect_until_their_ttl,
+        },
+        Scenario {
+            name: "sandboxes::two_sandboxes_keep_their_own_rules",
+            run: sandboxes::two_sandboxes_keep_their_own_rules,
+        },
+        Scenario {
+            name: "sandboxes::pod_members_share_the_sandbox_filter",
+            run: sandboxes::pod_members_share_the_sandbox_filter,
+        },
+        Scenario {
+            name: "sandboxes::killed_shim_leaves_no_table",
+            run: sandboxes::killed_shim_leaves_no_table,
+        },
+        Scenario {
+            name: "sandboxes::no_namespace_of_its_own_is_refused",
+            run: sandboxes::no_namespace_of_its_own_is_refused,
+        },
+    ])
+}
+
+/// Shared by the scenarios: the checker script and what it printed.
+pub mod probe {
+    use std::collections::BTreeMap;
+
+    use anyhow::{ensure, Result};
+    use safehouse_integration::command::Output;
+    use safehouse_integration::netlab::{tables_in, NetLab};
+
+    /// A busybox `sh` script running each `(name, command)`, printing `== name`, the command's
+    /// stdout+stderr and `rc=<status>`.
+    pub fn script(checks: &[(&str, String)]) -> String {
+        checks
+            .iter()
+            .map(|(name, cmd)| format!("echo '== {name}'; {cmd} 2>&1; echo \"rc=$?\""))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// The checker's output split by check: name → (text, exit status).
+    pub fn results(out: &Output) -> BTreeMap<String, (String, i32)> {
+        let mut map = BTreeMap::new();
+        for section in out.stdout.split("== ").skip(1) {
+            let (name, body) = section.split_once('\n').unwrap_or((section, ""));
+            let rc = body
+                .lines()
+                .rev()
+                .find_map(|l| l.strip_prefix("rc="))
+                .and_then(|r| r.trim().parse().ok())
+                .unwrap_or(-1);
+            map.insert(name.trim().to_string(), (body.to_string(), rc));
+        }
+        map
+    }
+
+    /// Fails unless check `name` exited 0 and printed `needle`.
+    pub fn ok(
+        r: &BTreeMap<String, (String, i32)>,
+        name: &str,
+        needle: &str,
+        out: &Output,
+    ) -> Result<()> {
+        let (text, rc) = r.get(name).cloned().unwrap_or_default();
+        ensure!(
+            rc == 0 && text.contains(needle),
+            "{name}: expected success printing {needle:?}, got rc={rc}: {text:?}\n{}",
+            out.describe()
+        );
+        Ok(())
+    }
+
+    /// Fails unless check `name` failed with `reason` in its output (e.g. "Connection refused":
+    /// refused at once, not timed out) and without `absent`.
+    pub fn refused(
+        r: &BTreeMap<String, (String, i32)>,
+        name: &str,
+        reason: &str,
+        absent: &str,
+        out: &Output,
+    ) -> Result<()> {
+        let (text, rc) = r.get(name).cloned().unwrap_or_default();
+        ensure!(
+            rc != 0 && text.contains(reason) && !text.contains(absent),
+            "{name}: expected a failure saying {reason:?} (and no {absent:?}), got rc={rc}: {text:?}\n{}",
+            out.describe()
+        );
+        Ok(())
+    }
+
+    /// The leak check of the network part: no Safehouse table or forwarder socket left in the
+    /// pod namespace, no Safehouse table in the node's namespace.
+    pub fn no_leftovers(lab: &NetLab) -> Result<()> {
+        let left = lab.leftovers()?;
+        ensure!(left.is_empty(), "left behind: {left:?}");
+        let root: Vec<String> = tables_in(None)?
+            .into_iter()
+            .filter(|t| t.contains("safehouse_"))
+            .collect();
+        ensure!(
+            root.is_empty(),
+            "the node's own namespace has Safehouse tables: {root:?}"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,493 @@
+//! The network filter of a sandbox: what `network.mode` `allowlist` or `open` compile to, and
+//! its rendering as one nftables `inet` table (an `nft -f` script) for the container's own
+//! network namespace. Pure: the shim gathers the node's facts ([`NodeFacts`]), installs the
+//! script and feeds DNS-learned addresses into the table's sets ([`learn_script`]).
+//!
+//! Order of the output chain: loopback, established flows and IPv6 neighbour discovery pass;
+//! the shim's DNS forwarder (packets carrying [`FORWARDER_MARK`]) may reach its upstream on
+//! port 53; entries that name a protected range (cloud metadata, link-local, the node's own
+//! addresses) are accepted; every other packet to a protected range is refused; then the
+//! allowlist entries (or, for `open`, everything) are accepted; the rest is refused. Refused
+//! means a TCP reset for TCP and ICMP "administratively prohibited" for everything else, so a
+//! program sees ECONNREFUSED / EHOSTUNREACH at once instead of a timeout.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use sha2::{Digest, Sha256};
+
+use crate::egress::{EgressRule, IngressRule};
+
+/// Firewall mark the shim's DNS forwarder puts on its upstream sockets (`SO_MARK`); only
+/// packets carrying it may reach the upstream resolver's port 53.
+pub const FORWARDER_MARK: u32 = 0x5afe_0053;
+
+/// Prefix of every table the shim installs (followed by a digest of the sandbox id).
+pub const TABLE_PREFIX: &str = "safehouse_";
+
+/// Ranges closed unless an entry inside them names them explicitly.
+pub const PROTECTED: &[(&str, &str)] = &[
+    ("169.254.169.254/32", "cloud metadata service"),
+    ("169.254.0.0/16", "IPv4 link-local"),
+    ("fd00:ec2::254/128", "cloud metadata service (IPv6)"),
+    ("fe80::/10", "IPv6 link-local"),
+];
+
+/// Whether everything not protected is allowed (`open`) or only the entries (`allowlist`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterMode {
+    /// Only the egress entries.
+    Allowlist,
+    /// Everything except the protected ranges (unless named).
+    Open,
+}
+
+/// The compiled network filter of a policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetFilter {
+    /// `allowlist` or `open`.
+    pub mode: FilterMode,
+    /// Egress entries, in policy order.
+    pub egress: Vec<EgressRule>,
+    /// Sources allowed to open connections to the sandbox.
+    pub ingress: Vec<IngressRule>,
+}
+
+/// What the renderer needs to know about the node (the shim finds it out).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// The node's own addresses (from its root network namespace), closed by default.
+    pub node_addrs: Vec<IpAddr>,
+    /// Upstream resolvers the DNS forwarder may reach (with [`FORWARDER_MARK`]).
+    pub dns_upstreams: Vec<IpAddr>,
+}
+
+/// One answer the DNS forwarder let through: these addresses are allowed for `ttl` seconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Learned {
+    /// The addresses of the answer.
+    pub addrs: Vec<IpAddr>,
+    /// Ports the name is allowed on; empty means any port and protocol.
+    pub ports: Vec<u16>,
+    /// Seconds the answer may be used (at least 1).
+    pub ttl: u32,
+}
+
+/// The table name for a sandbox: recognisable prefix plus a digest of the id (ids may be long
+/// and contain characters nft does not accept in names).
+pub fn table_name(sandbox_id: &str) -> String {
+    let digest = Sha256::digest(sandbox_id.as_bytes());
+    format!("{TABLE_PREFIX}{}", hex::encode(&digest[..8]))
+}
+
+impl NetFilter {
+    /// Host-name entries (the DNS forwarder answers only these).
+    pub fn hosts(&self) -> impl Iterator<Item = (&str, Option<u16>)> {
+        self.egress.iter().filter_map(|r| match r {
+            EgressRule::Host { name, port } => Some((name.as_str(), *port)),
+            EgressRule::Cidr { .. } => None,
+        })
+    }
+
+    /// The ports `name` is allowed on, or `None` if no entry names it. An empty list means any
+    /// port. `*.example.com` matches names below example.com, not example.com itself.
+    pub fn ports_for(&self, name: &str) -> Option<Vec<u16>> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let mut ports = Vec::new();
+        let mut any = false;
+        let mut found = false;
+        for (pattern, port) in self.hosts() {
+            let hit = match pattern.strip_prefix("*.") {
+                Some(base) => name
+                    .strip_suffix(base)
+                    .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+                None => name == pattern,
+            };
+            if hit {
+                found = true;
+                match port {
+                    Some(p) => ports.push(p),
+                    None => any = true,
+                }
+            }
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        found.then(|| if any { Vec::new() } else { ports })
+    }
+
+    /// The `nft -f` script that (re)creates the sandbox's table atomically.
+    pub fn render(&self, table: &str, sandbox_id: &str, facts: &NodeFacts) -> String {
+        let mut s = String::new();
+        // Declare-then-delete makes the script idempotent; nft applies it as one transaction.
+        let _ = writeln!(s, "table inet {table} {{}}");
+        let _ = writeln!(s, "delete table inet {table}");
+        let _ = writeln!(s, "table inet {table} {{");
+        let _ = writeln!(
+            s,
+            "  comment \"safehouse sandbox {}\"",
+            comment_safe(sandbox_id)
+        );
+        for (name, kind) in [
+            ("host4_any", "ipv4_addr"),
+            ("host4_port", "ipv4_addr . inet_service"),
+            ("host6_any", "ipv6_addr"),
+            ("host6_port", "ipv6_addr . inet_service"),
+        ] {
+            let _ = writeln!(s, "  set {name} {{ type {kind}; flags timeout; }}");
+        }
+        s.push_str("  chain refuse {\n");
+        s.push_str("    meta l4proto tcp reject with tcp reset\n");
+        s.push_str("    reject with icmpx admin-prohibited\n");
+        s.push_str("  }\n");
+
+        s.push_str("  chain output {\n");
+        s.push_str("    type filter hook output priority filter; policy accept;\n");
+        s.push_str("    oifname \"lo\" accept\n");
+        s.push_str("    ct state established,related accept\n");
+        s.push_str("    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept\n");
+        for up in &facts.dns_upstreams {
+            let fam = family(up);
+            let _ = writeln!(
+                s,
+                "    meta mark {FORWARDER_MARK:#x} {fam} daddr {up} meta l4proto {{ tcp, udp }} th dport 53 accept"
+            );
+        }
+        let protected = protected_ranges(facts);
+        let (named, rest): (Vec<&EgressRule>, Vec<&EgressRule>) =
+            self.egress.iter().partition(|r| match r {
+                EgressRule::Cidr { addr, prefix, .. } => protected
+                    .iter()
+                    .any(|(p_addr, p_prefix)| contains(*p_addr, *p_prefix, *addr, *prefix)),
+                EgressRule::Host { .. } => false,
+            });
+        for rule in named {
+            s.push_str(&accept_line(rule));
+        }
+        for (addr, prefix) in &protected {
+            let _ = writeln!(s, "    {} daddr {addr}/{prefix} goto refuse", family(addr));
+        }
+        match self.mode {
+            FilterMode::Open => s.push_str("    accept\n"),
+            FilterMode::Allowlist => {
+                for rule in rest {
+                    s.push_str(&accept_line(rule));
+                }
+                if self.hosts().next().is_some() {
+                    s.push_str("    ip daddr @host4_any accept\n");
+                    s.push_str(
+                        "    meta l4proto { tcp, udp } ip daddr . th dport @host4_port accept\n",
+                    );
+                    s.push_str("    ip6 daddr @host6_any accept\n");
+                    s.push_str(
+                        "    meta l4proto { tcp, udp } ip6 daddr . th dport @host6_port accept\n",
+                    );
+                }
+                s.push_str("    goto refuse\n");
+            }
+        }
+        s.push_str("  }\n");
+
+        s.push_str("  chain input {\n");
+        s.push_str("    type filter hook input priority filter; policy accept;\n");
+        s.push_str("    iifname \"lo\" accept\n");
+        s.push_str("    ct state established,related accept\n");
+        s.push_str("    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert } accept\n");
+        for src in &self.ingress {
+            let fam = family(&src.addr);
+            let port = match src.port {
+                Some(p) => format!(" meta l4proto {{ tcp, udp }} th dport {p}"),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                s,
+                "    {fam} saddr {}/{}{port} accept",
+                src.addr, src.prefix
+            );
+        }
+        s.push_str("    goto refuse\n");
+        s.push_str("  }\n");
+        s.push_str("}\n");
+        s
+    }
+}
+
+/// The `nft -f` script adding one DNS answer's addresses to the table's sets.
+pub fn learn_script(table: &str, learned: &Learned) -> String {
+    let ttl = learned.ttl.max(1);
+    let mut s = String::new();
+    for addr in &learned.addrs {
+        let v = if addr.is_ipv4() { 4 } else { 6 };
+        if learned.ports.is_empty() {
+            let _ = writeln!(
+                s,
+                "add element inet {table} host{v}_any {{ {addr} timeout {ttl}s }}"
+            );
+        }
+        for port in &learned.ports {
+            let _ = writeln!(
+                s,
+                "add element inet {table} host{v}_port {{ {addr} . {port} timeout {ttl}s }}"
+            );
+        }
+    }
+    s
+}
+
+fn family(addr: &IpAddr) -> &'static str {
+    if addr.is_ipv4() {
+        "ip"
+    } else {
+        "ip6"
+    }
+}
+
+fn accept_line(rule: &EgressRule) -> String {
+    match rule {
+        EgressRule::Cidr { addr, prefix, port } => {
+            let fam = family(addr);
+            match port {
+                Some(p) => format!(
+                    "    {fam} daddr {addr}/{prefix} meta l4proto {{ tcp, udp }} th dport {p} accept\n"
+                ),
+                None => format!("    {fam} daddr {addr}/{prefix} accept\n"),
+            }
+        }
+        EgressRule::Host { .. } => String::new(),
+    }
+}
+
+/// The protected ranges plus the node's own addresses, in a fixed order.
+fn protected_ranges(facts: &NodeFacts) -> Vec<(IpAddr, u8)> {
+    let mut out: Vec<(IpAddr, u8)> = PROTECTED
+        .iter()
+        .filter_map(|(cidr, _)| {
+            let (a, p) = cidr.split_once('/')?;
+            Some((a.parse().ok()?, p.parse().ok()?))
+        })
+        .collect();
+    let mut node: Vec<IpAddr> = facts
+        .node_addrs
+        .iter()
+        .copied()
+        .filter(|a| !a.is_loopback() && !a.is_unspecified())
+        .collect();
+    node.sort();
+    node.dedup();
+    for a in node {
+        let full = if a.is_ipv4() { 32 } else { 128 };
+        if !out.iter().any(|(p, l)| contains(*p, *l, a, full)) {
+            out.push((a, full));
+        }
+    }
+    out
+}
+
+/// Whether range `inner/inner_len` lies inside `outer/outer_len`.
+fn contains(outer: IpAddr, outer_len: u8, inner: IpAddr, inner_len: u8) -> bool {
+    if inner_len < outer_len {
+        return false;
+    }
+    match (outer, inner) {
+        (IpAddr::V4(o), IpAddr::V4(i)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(outer_len)).unwrap_or(0);
+            u32::from(o) & mask == u32::from(i) & mask
+        }
+        (IpAddr::V6(o), IpAddr::V6(i)) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(outer_len))
+                .unwrap_or(0);
+            u128::from(o) & mask == u128::from(i) & mask
+        }
+        _ => false,
+    }
+}
+
+/// Keeps only characters that cannot end or break an nft string.
+fn comment_safe(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+        .take(100)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(mode: FilterMode, egress: &[&str], ingress: &[&str]) -> NetFilter {
+        NetFilter {
+            mode,
+            egress: egress
+                .iter()
+                .map(|e| EgressRule::parse(e).expect("entry"))
+                .collect(),
+            ingress: ingress
+                .iter()
+                .map(|e| IngressRule::parse(e).expect("entry"))
+                .collect(),
+        }
+    }
+
+    fn facts() -> NodeFacts {
+        NodeFacts {
+            node_addrs: vec![
+                "192.0.2.7".parse().expect("ip"),
+                "127.0.0.1".parse().expect("ip"),
+                "2001:db8::7".parse().expect("ip"),
+            ],
+            dns_upstreams: vec!["10.0.0.53".parse().expect("ip")],
+        }
+    }
+
+    fn position(script: &str, needle: &str) -> usize {
+        script
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} not in:\n{script}"))
+    }
+
+    #[test]
+    fn allowlist_accepts_entries_after_the_protected_ranges_and_refuses_the_rest() {
+        let f = filter(
+            FilterMode::Allowlist,
+            &["10.1.0.0/16:443", "fd00::/8", "api.example.com:443"],
+            &[],
+        );
+        let s = f.render("safehouse_t", "sb-1", &facts());
+        let metadata = position(&s, "ip daddr 169.254.169.254/32 goto refuse");
+        let node = position(&s, "ip daddr 192.0.2.7/32 goto refuse");
+        let node6 = position(&s, "ip6 daddr 2001:db8::7/128 goto refuse");
+        let entry = position(
+            &s,
+            "ip daddr 10.1.0.0/16 meta l4proto { tcp, udp } th dport 443 accept",
+        );
+        let v6 = position(&s, "ip6 daddr fd00::/8 accept");
+        let learned = position(&s, "ip daddr . th dport @host4_port accept");
+        let last = position(&s, "    goto refuse\n  }\n  chain input");
+        assert!(metadata < entry && node < entry && node6 < entry);
+        assert!(entry < v6 && v6 < learned && learned < last);
+        assert!(!s.contains("127.0.0.1"), "loopback is not a node address");
+        assert!(s.contains(
+            "meta mark 0x5afe0053 ip daddr 10.0.0.53 meta l4proto { tcp, udp } th dport 53 accept"
+        ));
+        assert!(s.contains("meta l4proto tcp reject with tcp reset"));
+        assert!(s.contains("reject with icmpx admin-prohibited"));
+        assert!(s.starts_with("table inet safehouse_t {}\ndelete table inet safehouse_t\n"));
+    }
+
+    #[test]
+    fn rendering_is_deterministic() {
+        let f = filter(
+            FilterMode::Allowlist,
+            &["a.example:80", "10.0.0.0/8"],
+            &["10.9.0.0/16:8080"],
+        );
+        assert_eq!(f.render("t", "id", &facts()), f.render("t", "id", &facts()));
+    }
+
+    #[test]
+    fn only_an_entry_inside_a_protected_range_opens_it() {
+        let named = filter(FilterMode::Allowlist, &["169.254.169.254:80"], &[]);
+        let s = named.render("t", "id", &NodeFacts::default());
+        assert!(
+            position(
+                &s,
+                "ip daddr 169.254.169.254/32 meta l4proto { tcp, udp } th dport 80 accept"
+            ) < position(&s, "ip daddr 169.254.169.254/32 goto refuse")
+        );
+        // A wide range does not name the metadata service.
+        let wide = filter(FilterMode::Allowlist, &["0.0.0.0/0"], &[]);
+        let s = wide.render("t", "id", &NodeFacts::default());
+        assert!(
+            position(&s, "ip daddr 169.254.169.254/32 goto refuse")
+                < position(&s, "ip daddr 0.0.0.0/0 accept")
+        );
+    }
+
+    #[test]
+    fn open_keeps_the_safe_defaults_and_refuses_inbound() {
+        let f = filter(FilterMode::Open, &[], &[]);
+        let s = f.render("t", "id", &facts());
+        assert!(
+            position(&s, "ip6 daddr fd00:ec2::254/128 goto refuse")
+                < position(&s, "    accept\n  }")
+        );
+        let input = &s[position(&s, "chain input")..];
+        assert!(input.contains("goto refuse"), "{input}");
+        assert!(!s.contains("@host4_any"), "no learned sets used by open");
+    }
+
+    #[test]
+    fn ingress_sources_are_accepted_in_the_input_chain() {
+        let f = filter(
+            FilterMode::Allowlist,
+            &[],
+            &["10.9.0.0/16:8080", "fd00::/8"],
+        );
+        let s = f.render("t", "id", &NodeFacts::default());
+        let input = &s[position(&s, "chain input")..];
+        assert!(
+            input.contains("ip saddr 10.9.0.0/16 meta l4proto { tcp, udp } th dport 8080 accept")
+        );
+        assert!(input.contains("ip6 saddr fd00::/8 accept"));
+    }
+
+    #[test]
+    fn host_names_match_exactly_or_below_a_wildcard() {
+        let f = filter(
+            FilterMode::Allowlist,
+            &[
+                "api.example.com:443",
+                "api.example.com:80",
+                "*.pypi.org",
+                "x.test:1",
+            ],
+            &[],
+        );
+        assert_eq!(f.ports_for("API.example.com."), Some(vec![80, 443]));
+        assert_eq!(f.ports_for("files.pypi.org"), Some(vec![]));
+        assert_eq!(f.ports_for("pypi.org"), None);
+        assert_eq!(f.ports_for("evilpypi.org"), None);
+        assert_eq!(f.ports_for("example.com"), None);
+    }
+
+    #[test]
+    fn learned_addresses_get_the_answer_ttl() {
+        let s = learn_script(
+            "t",
+            &Learned {
+                addrs: vec![
+                    "10.0.0.1".parse().expect("ip"),
+                    "fd00::1".parse().expect("ip"),
+                ],
+                ports: vec![443],
+                ttl: 0,
+            },
+        );
+        assert_eq!(
+            s,
+            "add element inet t host4_port { 10.0.0.1 . 443 timeout 1s }\n\
+             add element inet t host6_port { fd00::1 . 443 timeout 1s }\n"
+        );
+        let any = learn_script(
+            "t",
+            &Learned {
+                addrs: vec!["10.0.0.1".parse().expect("ip")],
+                ports: vec![],
+                ttl: 30,
+            },
+        );
+        assert_eq!(
+            any,
+            "add element inet t host4_any { 10.0.0.1 timeout 30s }\n"
+        );
+    }
+
+    #[test]
+    fn table_names_are_recognisable_and_bounded() {
+        let n = table_name(&"x".repeat(255));
+        assert!(n.starts_with(TABLE_PREFIX) && n.len() == TABLE_PREFIX.len() + 16);
+        assert_ne!(table_name("a"), table_name("b"));
+        assert_eq!(comment_safe("a\"b;c d"), "abcd");
+    }
+}
