@@ -53,6 +53,14 @@ impl ContainerdBuild {
             .collect()
     }
 
+    /// The containerd on PATH.
+    pub fn system() -> ContainerdBuild {
+        ContainerdBuild {
+            label: "system".into(),
+            bin_dir: None,
+        }
+    }
+
     /// Why this build cannot run here, if it cannot.
     pub fn missing(&self) -> Option<String> {
         let dir = self.bin_dir.as_ref()?;

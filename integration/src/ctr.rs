@@ -15,6 +15,8 @@ pub const CTR_TIMEOUT: Duration = Duration::from_secs(30);
 /// `ctr -a SOCKET -n NAMESPACE`.
 #[derive(Debug, Clone)]
 pub struct Ctr {
+    /// The `ctr` binary (the one of the containerd build under test).
+    pub binary: PathBuf,
     /// containerd's gRPC socket.
     pub address: PathBuf,
     /// The containerd namespace.
@@ -35,8 +37,12 @@ pub struct TaskRow {
 impl Ctr {
     /// A `ctr` command with the address and namespace set; add the rest.
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new("ctr");
-        cmd.arg("-a")
+        let mut cmd = Command::new(&self.binary);
+        // containerd's client gives up dialling after 10 s; a loaded CI machine can take longer
+        // to accept, and that is not what a scenario tests.
+        cmd.arg("--connect-timeout")
+            .arg("30s")
+            .arg("-a")
             .arg(&self.address)
             .arg("-n")
             .arg(&self.namespace);

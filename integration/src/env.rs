@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 
 use crate::command::Output;
 use crate::containerd::{Containerd, ContainerdOptions};
+use crate::cri_env::ContainerdBuild;
 use crate::ctr::Ctr;
 use crate::image::{import_busybox, BUSYBOX_IMAGE};
 use crate::leaks::{remove_namespace_cgroups, shim_socket_path, LeakCheck};
@@ -42,9 +43,19 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
-    /// Starts containerd for `runtime`, imports the busybox image into a fresh namespace.
+    /// Starts the system's containerd for `runtime`, imports the busybox image into a fresh
+    /// namespace.
     pub fn start(runtime: RuntimeKind) -> Result<TestEnv> {
-        let namespace = format!("safehouse-it-{}", std::process::id());
+        TestEnv::start_build(runtime, &ContainerdBuild::system(), 0)
+    }
+
+    /// Starts containerd `build` for `runtime` (`index` tells apart several in one run).
+    pub fn start_build(
+        runtime: RuntimeKind,
+        build: &ContainerdBuild,
+        index: u32,
+    ) -> Result<TestEnv> {
+        let namespace = format!("safehouse-it-{}-{index}", std::process::id());
         let shim = match runtime {
             RuntimeKind::Safehouse => Some(locate_shim()?),
             _ => None,
@@ -55,14 +66,16 @@ impl TestEnv {
             private_runsc_root: given_config.is_none(),
             shim_config: given_config.clone(),
             markers: vec![namespace.clone()],
+            bin_dir: build.bin_dir.clone(),
             ..Default::default()
         })?;
         let shim_config = containerd.shim_config().map(PathBuf::from);
         let ctr = Ctr {
+            binary: containerd.ctr_binary(),
             address: containerd.address(),
             namespace: namespace.clone(),
         };
-        import_busybox(&containerd.address(), &namespace)?;
+        import_busybox(&ctr.binary, &containerd.address(), &namespace)?;
         let runc_root = containerd.dir().join("runc-root");
         fs::create_dir_all(&runc_root)?;
         let wrapper = containerd.dir().join("bin").join("runsc-network-none");
@@ -217,7 +230,7 @@ impl TestEnv {
         let log = target_dir().join("safehouse-it").join("logs").join(format!(
             "containerd-{}-{}.log",
             self.runtime.name(),
-            std::process::id()
+            self.leaks.namespace
         ));
         let _ = self.containerd.save_log(&log);
         if let Some(dir) = log.parent() {

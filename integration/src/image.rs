@@ -78,9 +78,9 @@ fn image_tarball(name: &str, cmd: &[&str]) -> Result<PathBuf> {
 }
 
 /// Imports the busybox image into namespace `namespace` of the containerd at `address`.
-pub fn import_busybox(address: &Path, namespace: &str) -> Result<()> {
+pub fn import_busybox(ctr: &Path, address: &Path, namespace: &str) -> Result<()> {
     import(
-        Path::new("ctr"),
+        ctr,
         address,
         namespace,
         &busybox_tarball()?,

@@ -3,12 +3,13 @@
 //! skip-or-fail on missing prerequisites, and teardown before the process exits.
 
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Result;
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use nix::sys::signal::{SigSet, Signal};
 
+use crate::cri_env::ContainerdBuild;
 use crate::env::{describe_error, TestEnv};
 use crate::runtime::{which, RuntimeKind};
 
@@ -64,33 +65,61 @@ pub fn is_ci() -> bool {
         .unwrap_or(false)
 }
 
-/// Runs `scenarios` with libtest-mimic against one shared environment and returns the exit code.
+/// Runs `scenarios` with libtest-mimic against one shared environment (the system's
+/// containerd) and returns the exit code.
 pub fn main(scenarios: &[Scenario]) -> ExitCode {
+    run_matrix(scenarios, &[])
+}
+
+/// Like [`main`], and also runs the scenarios named in `core` against every other containerd
+/// build of the compatibility matrix (`SAFEHOUSE_IT_CONTAINERD`, default `system,1.7.24,2.1.9`;
+/// see [`ContainerdBuild::selected`]), one private containerd per build, started when its first
+/// scenario runs. Trial names of the other builds carry the version
+/// (`containerd-2.1.9::lifecycle::sigkill_is_137`). Only the Safehouse runtime has a matrix.
+pub fn run_matrix(scenarios: &[Scenario], core: &[&str]) -> ExitCode {
     let args = Arguments::from_args();
+    let runtime = RuntimeKind::from_env();
+    let mut builds = vec![ContainerdBuild::system()];
+    if matches!(runtime, Ok(RuntimeKind::Safehouse)) && !core.is_empty() {
+        builds = ContainerdBuild::selected();
+    }
+    let named: Vec<(String, usize, &Scenario)> = builds
+        .iter()
+        .enumerate()
+        .flat_map(|(i, build)| {
+            scenarios
+                .iter()
+                .filter(move |s| build.bin_dir.is_none() || core.contains(&s.name))
+                .map(move |s| {
+                    let name = if build.bin_dir.is_none() {
+                        s.name.to_string()
+                    } else {
+                        format!("containerd-{}::{}", build.label, s.name)
+                    };
+                    (name, i, s)
+                })
+        })
+        .collect();
     if args.list {
-        let trials = scenarios
+        let trials = named
             .iter()
-            .map(|s| Trial::test(s.name, || Ok(())))
+            .map(|(name, _, _)| Trial::test(name.clone(), || Ok(())))
             .collect();
         return libtest_mimic::run(&args, trials).exit_code();
     }
-    let runtime = match RuntimeKind::from_env() {
+    let runtime = match runtime {
         Ok(r) => r,
-        Err(e) => return fail_all(&args, scenarios, format!("{e:#}")),
+        Err(e) => return fail_all(&args, &named, format!("{e:#}")),
     };
     if let Some(reason) = missing_prerequisites(runtime) {
         if is_ci() {
-            return fail_all(
-                &args,
-                scenarios,
-                format!("{reason} (CI=true: not skipping)"),
-            );
+            return fail_all(&args, &named, format!("{reason} (CI=true: not skipping)"));
         }
-        let trials = scenarios
+        let trials = named
             .iter()
-            .map(|s| {
+            .map(|(name, _, _)| {
                 let reason = reason.clone();
-                Trial::ignorable_test(s.name, move || Ok(Completion::ignored_with(reason)))
+                Trial::ignorable_test(name.clone(), move || Ok(Completion::ignored_with(reason)))
             })
             .collect();
         return libtest_mimic::run(&args, trials).exit_code();
@@ -105,50 +134,114 @@ pub fn main(scenarios: &[Scenario]) -> ExitCode {
     if let Err(e) = signals.thread_block() {
         eprintln!("safehouse-integration: cannot block signals ({e}); Ctrl-C may leave leftovers");
     }
-    let env = match TestEnv::start(runtime) {
-        Ok(env) => Arc::new(env),
-        Err(e) => return fail_all(&args, scenarios, format!("environment setup failed: {e:#}")),
-    };
-    let cleanup = env.emergency_cleanup();
+    let cleanups: Arc<Mutex<Vec<Cleanup>>> = Arc::default();
+    let slots: Vec<Arc<Slot>> = builds
+        .into_iter()
+        .enumerate()
+        .map(|(i, build)| {
+            Arc::new(Slot {
+                build,
+                index: i as u32,
+                runtime,
+                env: OnceLock::new(),
+                cleanups: cleanups.clone(),
+            })
+        })
+        .collect();
+    let on_signal = cleanups.clone();
     std::thread::spawn(move || {
         if let Ok(signal) = signals.wait() {
             eprintln!("safehouse-integration: {signal:?}: cleaning up and exiting");
-            cleanup();
+            for cleanup in on_signal.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                cleanup();
+            }
             std::process::exit(130);
         }
     });
-    let trials = scenarios
-        .iter()
-        .map(|s| {
-            let env = env.clone();
+    let trials = named
+        .into_iter()
+        .map(|(name, i, s)| {
+            let slot = slots[i].clone();
             let run = s.run;
-            Trial::ignorable_test(s.name, move || match run(&env) {
-                Ok(()) => Ok(Completion::Completed),
-                Err(e) => match e.downcast_ref::<NotApplicable>() {
-                    Some(reason) => Ok(Completion::ignored_with(reason)),
-                    None => Err(Failed::from(describe_error(&e))),
-                },
+            Trial::ignorable_test(name, move || {
+                if let (Some(missing), false) = (slot.build.missing(), is_ci()) {
+                    return Ok(Completion::ignored_with(missing));
+                }
+                let env = slot.get().map_err(|e| Failed::from(format!("{e:#}")))?;
+                match run(&env) {
+                    Ok(()) => Ok(Completion::Completed),
+                    Err(e) => match e.downcast_ref::<NotApplicable>() {
+                        Some(reason) => Ok(Completion::ignored_with(reason)),
+                        None => Err(Failed::from(describe_error(&e))),
+                    },
+                }
             })
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
-    let Ok(env) = Arc::try_unwrap(env) else {
-        eprintln!("safehouse-integration: environment still shared at exit");
-        return ExitCode::FAILURE;
-    };
-    let teardown = env.shutdown();
-    for line in &teardown.forced {
-        eprintln!("safehouse-integration teardown: {line}");
+    let mut leftovers = false;
+    for slot in slots {
+        let Ok(slot) = Arc::try_unwrap(slot) else {
+            eprintln!("safehouse-integration: environment still shared at exit");
+            return ExitCode::FAILURE;
+        };
+        let Some(Ok(env)) = slot.env.into_inner() else {
+            continue;
+        };
+        let Ok(env) = Arc::try_unwrap(env) else {
+            eprintln!("safehouse-integration: environment still shared at exit");
+            return ExitCode::FAILURE;
+        };
+        let teardown = env.shutdown();
+        for line in &teardown.forced {
+            eprintln!("safehouse-integration teardown: {line}");
+        }
+        eprintln!(
+            "safehouse-integration: containerd log kept at {}",
+            teardown.log.display()
+        );
+        leftovers |= !teardown.forced.is_empty();
     }
-    eprintln!(
-        "safehouse-integration: containerd log kept at {}",
-        teardown.log.display()
-    );
-    if !teardown.forced.is_empty() && !conclusion.has_failed() {
+    if leftovers && !conclusion.has_failed() {
         eprintln!("safehouse-integration: FAILED: the teardown found leftovers the scenarios left");
         return ExitCode::FAILURE;
     }
     conclusion.exit_code()
+}
+
+type Cleanup = Box<dyn Fn() + Send + Sync>;
+
+/// One containerd build's environment, started by the first scenario that needs it.
+struct Slot {
+    build: ContainerdBuild,
+    index: u32,
+    runtime: RuntimeKind,
+    env: OnceLock<std::result::Result<Arc<TestEnv>, String>>,
+    cleanups: Arc<Mutex<Vec<Cleanup>>>,
+}
+
+impl Slot {
+    fn get(&self) -> Result<Arc<TestEnv>> {
+        let env = self.env.get_or_init(|| {
+            if let Some(missing) = self.build.missing() {
+                return Err(missing);
+            }
+            let env = TestEnv::start_build(self.runtime, &self.build, self.index)
+                .map(Arc::new)
+                .map_err(|e| {
+                    format!(
+                        "containerd {}: environment setup failed: {e:#}",
+                        self.build.label
+                    )
+                })?;
+            self.cleanups
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Box::new(env.emergency_cleanup()));
+            Ok(env)
+        });
+        env.clone().map_err(anyhow::Error::msg)
+    }
 }
 
 fn interrupt_signals() -> SigSet {
@@ -159,12 +252,12 @@ fn interrupt_signals() -> SigSet {
     set
 }
 
-fn fail_all(args: &Arguments, scenarios: &[Scenario], reason: String) -> ExitCode {
-    let trials = scenarios
+fn fail_all(args: &Arguments, named: &[(String, usize, &Scenario)], reason: String) -> ExitCode {
+    let trials = named
         .iter()
-        .map(|s| {
+        .map(|(name, _, _)| {
             let reason = reason.clone();
-            Trial::test(s.name, move || Err(Failed::from(reason)))
+            Trial::test(name.clone(), move || Err(Failed::from(reason)))
         })
         .collect();
     libtest_mimic::run(args, trials).exit_code()

@@ -257,7 +257,7 @@ fn install_run_uninstall_private_containerd(env: &TestEnv) -> Result<()> {
     let result = (|| -> Result<()> {
         let own = start_containerd(&cfg, &path_env, &r.join("containerd.log"), &sock)?;
         let ns = format!("safehouse-node-{}", std::process::id());
-        safehouse_integration::image::import_busybox(&sock, &ns)?;
+        safehouse_integration::image::import_busybox(std::path::Path::new("ctr"), &sock, &ns)?;
         let ctr = |args: &[&str]| {
             run(
                 Command::new("ctr")
