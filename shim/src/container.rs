@@ -134,6 +134,8 @@ pub struct Container {
     pub start_hooks: Vec<crate::hooks::Hook>,
     /// The spec's annotations, for the hooks' state.
     pub annotations: Value,
+    /// A container joining a pod sandbox: the stdio `runsc start` donates to it.
+    pub start_stdio: Mutex<Option<crate::runsc::ChildStdio>>,
 }
 
 impl Container {

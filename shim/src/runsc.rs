@@ -252,18 +252,21 @@ impl Runsc {
             .map(drop)
     }
 
-    /// `runsc start`.
-    pub async fn start(&self, id: &str, sb: &SandboxFlags) -> Result<()> {
-        self.run(
-            id,
-            sb,
-            "start",
-            vec!["start".into(), id.into()],
-            CommandIo::Discard,
-            SHORT,
-        )
-        .await
-        .map(drop)
+    /// `runsc start`. A container joining a pod sandbox gets its stdio here: runsc hands a
+    /// subcontainer the stdio of `runsc start`, not of `runsc create`.
+    pub async fn start(
+        &self,
+        id: &str,
+        sb: &SandboxFlags,
+        stdio: Option<ChildStdio>,
+    ) -> Result<()> {
+        let io = match stdio {
+            Some(s) => CommandIo::Donate(s),
+            None => CommandIo::Discard,
+        };
+        self.run(id, sb, "start", vec!["start".into(), id.into()], io, SHORT)
+            .await
+            .map(drop)
     }
 
     /// `runsc kill [--all] [--pid P] ID SIGNAL`.

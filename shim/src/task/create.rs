@@ -116,12 +116,15 @@ impl TaskService {
         let paths = io_paths(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         let init = Arc::new(Process::new("", paths.clone()));
         let pid_file = bundle.join("init.pid");
+        let joins = sandbox_id != id;
         let created = match self
-            .create_in_runsc(&id, &bundle, &pid_file, &runsc, &flags, &init, &paths)
+            .create_in_runsc(
+                &id, &bundle, &pid_file, &runsc, &flags, &init, &paths, joins,
+            )
             .await
         {
             // createContainer hooks: after runsc's createRuntime hooks, before Create returns.
-            Ok(pid) if !shim_hooks.create_container.is_empty() => {
+            Ok((pid, stdio)) if !shim_hooks.create_container.is_empty() => {
                 let state = crate::hooks::HookState {
                     id: id.clone(),
                     status: "created",
@@ -137,12 +140,12 @@ impl TaskService {
                     Some(&netns),
                 )
                 .await
-                .map(|()| pid)
+                .map(|()| (pid, stdio))
             }
             other => other,
         };
-        let pid = match created {
-            Ok(pid) => pid,
+        let (pid, start_stdio) = match created {
+            Ok(v) => v,
             Err(e) => {
                 // Leave nothing behind: runsc state, sandbox, mounts, stdio.
                 if let Err(de) = runsc.delete(&id, &flags).await {
@@ -186,6 +189,7 @@ impl TaskService {
             exit_reason: Mutex::new(None),
             start_hooks: shim_hooks.start_container,
             annotations: spec["annotations"].clone(),
+            start_stdio: Mutex::new(start_stdio),
         });
         self.record(
             sandbox_audit
@@ -288,7 +292,8 @@ impl TaskService {
         flags: &SandboxFlags,
         init: &Arc<Process>,
         paths: &IoPaths,
-    ) -> Result<u32> {
+        joins: bool,
+    ) -> Result<(u32, Option<crate::runsc::ChildStdio>)> {
         let (stdio, console) = if paths.terminal {
             let sock = ConsoleSocket::bind(
                 &self.node.console_dir(),
@@ -299,6 +304,13 @@ impl TaskService {
         } else {
             let (stdio, io) = ProcessIo::plain(paths, id, &self.namespace, &self.reaper).await?;
             *init.io.lock().await = io;
+            (stdio, None)
+        };
+        // runsc gives a container joining a pod sandbox the stdio of `runsc start`: keep it
+        // for Start (a terminal is set up at create through the console socket either way).
+        let (stdio, for_start) = if joins && console.is_none() {
+            (crate::runsc::ChildStdio::null(), Some(stdio))
+        } else {
             (stdio, None)
         };
         let res = runsc
@@ -332,6 +344,6 @@ impl TaskService {
                     pid_file.display()
                 ))
             })?;
-        Ok(pid)
+        Ok((pid, for_start))
     }
 }

@@ -131,6 +131,13 @@ impl TaskService {
     ) {
         warn!(container = %c.id, exec = %p.exec_id, "start failed, releasing its resources: {why}");
         p.io.lock().await.shutdown().await;
+        // The stdio a joining container never got (its readers see EOF now).
+        drop(
+            c.start_stdio
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         if !p.exec_id.is_empty() {
             return;
         }
@@ -160,7 +167,12 @@ impl TaskService {
             )
             .await?;
         }
-        c.runsc.start(&c.id, &c.flags).await?;
+        let stdio = c
+            .start_stdio
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        c.runsc.start(&c.id, &c.flags, stdio).await?;
         let pid = p.pid();
         p.mark_started(pid)?;
         if !c.is_root() {
