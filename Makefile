@@ -58,6 +58,7 @@ lint: ## rustfmt and clippy, warnings are errors
 bench: build ## Benchmarks: cold start vs the Go shim, runsc and runc; shim memory; violation-to-kill; policy compile; audit pipeline and openat storm; egress filter
 	bash scripts/bench.sh
 	bash scripts/bench-egress.sh
+	bash scripts/overhead.sh
 	$(CARGO) bench -p safehouse-policy --bench compile -- --warm-up-time 1 --measurement-time 3
 	$(CARGO) bench -p safehouse-audit --bench pipeline -- --warm-up-time 1 --measurement-time 3
 	$(CARGO) bench -p safehouse-audit --bench openat_storm

@@ -237,6 +237,7 @@ pub fn checks(a: &DoctorArgs) -> Vec<Check> {
     ));
     if version.is_some() {
         out.push(check("runtime-registered", true, registered(a)));
+        handler_configs(a, &mut out);
     }
     // Kernel and host.
     out.push(check("cgroup", false, cgroup_version()));
@@ -290,9 +291,35 @@ pub fn checks(a: &DoctorArgs) -> Vec<Check> {
     out
 }
 
-fn registered(a: &DoctorArgs) -> std::result::Result<String, (Status, String, String)> {
-    // The merged config (imports included) as containerd itself reads it; else the file.
-    let dumped = output_within(
+/// Each registered handler's own runtime config (other than the one checked above) must load:
+/// a handler whose ConfigPath is missing or invalid fails every container it is asked for.
+fn handler_configs(a: &DoctorArgs, out: &mut Vec<Check>) {
+    let Some(text) = merged_config(a) else { return };
+    let Ok(handlers) = cc::registered_handlers(&text) else {
+        return;
+    };
+    for (name, config) in handlers {
+        let Some(config) = config.map(PathBuf::from).filter(|c| *c != a.config) else {
+            continue;
+        };
+        let res = runsc_config::RuntimeConfig::load(Some(&config))
+            .map(|_| format!("handler {name}: {} is valid", config.display()))
+            .map_err(|e| {
+                fail(
+                    format!("handler {name}: {e}"),
+                    format!(
+                        "safehouse doctor --config {} for details; fix or reinstall it",
+                        config.display()
+                    ),
+                )
+            });
+        out.push(check("handler-config", true, res));
+    }
+}
+
+/// containerd's merged config (imports included) as it reads it itself; else the file.
+fn merged_config(a: &DoctorArgs) -> Option<String> {
+    output_within(
         Command::new(&a.containerd)
             .arg("--config")
             .arg(&a.containerd_config)
@@ -300,8 +327,12 @@ fn registered(a: &DoctorArgs) -> std::result::Result<String, (Status, String, St
         Duration::from_secs(10),
     )
     .filter(|o| o.status.success())
-    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    let text = match dumped.or_else(|| std::fs::read_to_string(&a.containerd_config).ok()) {
+    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    .or_else(|| std::fs::read_to_string(&a.containerd_config).ok())
+}
+
+fn registered(a: &DoctorArgs) -> std::result::Result<String, (Status, String, String)> {
+    let text = match merged_config(a) {
         Some(t) => t,
         None => {
             return Err(fail(

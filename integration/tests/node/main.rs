@@ -667,5 +667,34 @@ fn doctor_finds_a_broken_setup(env: &TestEnv) -> Result<()> {
         status_of(&checks, "platform") == "absent",
         "no platform probe without runsc"
     );
+
+    // A registered handler whose ConfigPath is gone fails too, named.
+    let containerd_config = dir.join("containerd.toml");
+    fs::write(
+        &containerd_config,
+        "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.gone]\nruntime_type = \"io.containerd.safehouse.v2\"\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.gone.options]\nConfigPath = \"/nonexistent/safehouse-test/gone.toml\"\n",
+    )?;
+    let out = safehouse(
+        &[
+            "doctor",
+            "--json",
+            "--containerd-config",
+            &containerd_config.display().to_string(),
+        ],
+        None,
+    )?;
+    let checks = doctor_json(&out)?;
+    let gone = checks
+        .iter()
+        .find(|c| c["name"] == "handler-config")
+        .context("handler-config check")?;
+    ensure!(
+        gone["status"] == "fail"
+            && gone["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("handler gone")),
+        "{gone}"
+    );
+    ensure!(out.code == Some(1), "doctor must fail: {}", out.describe());
     Ok(())
 }
