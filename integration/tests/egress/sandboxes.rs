@@ -106,12 +106,16 @@ pub fn no_namespace_of_its_own_is_refused(env: &TestEnv) -> Result<()> {
     lab.policy("open", "{network: {mode: open}}")?;
     let id = env.id("egress-nons");
     env.scenario(&[&id], || {
-        let out = lab.run(Some("open"), &["--rm"], &id, &["true"])?;
+        let out = lab.run(Some("open"), &[], &id, &["sh", "-c", "echo STARTED"])?;
         let needle = "policy \"open\": network.mode open needs a container with a network namespace of its own";
         ensure!(
-            !out.success() && out.stderr.contains(needle),
+            !out.success() && !out.stdout.contains("STARTED") && out.stderr.contains(needle),
             "expected a refusal saying {needle:?}: {}",
             out.describe()
+        );
+        ensure!(
+            env.ctr.task(&id)?.is_none(),
+            "a task exists after a refused create"
         );
         lab.remove_container(&id)?;
         let root: Vec<String> = tables_in(None)?
