@@ -358,13 +358,28 @@ impl NetLab {
         Ok(host)
     }
 
+    /// Runs `python3 -c CODE ARGS...` inside the pod namespace (beside the sandbox).
+    pub fn python_in_pod(&self, code: &str, args: &[&str]) -> Result<crate::command::Output> {
+        let mut argv = vec![
+            "netns",
+            "exec",
+            self.pod_netns.as_str(),
+            python(),
+            "-c",
+            code,
+        ];
+        argv.extend_from_slice(args);
+        run_args("ip", &argv, Duration::from_secs(20))
+    }
+
     /// The nftables tables in the pod namespace (`inet NAME` each).
     pub fn tables(&self) -> Result<Vec<String>> {
         tables_in(Some(&self.pod_netns))
     }
 
     /// What of a sandbox's network plumbing is left in the pod namespace: Safehouse tables and
-    /// a DNS forwarder socket (anything bound to 127.0.0.53).
+    /// a DNS forwarder socket (anything listening on 127.0.0.53; a closed connection lingering in
+    /// TIME-WAIT is not one).
     pub fn leftovers(&self) -> Result<Vec<String>> {
         let mut left: Vec<String> = self
             .tables()?
@@ -374,7 +389,7 @@ impl NetLab {
             .collect();
         let ss = run_args(
             "ip",
-            &["netns", "exec", &self.pod_netns, "ss", "-H", "-uatn"],
+            &["netns", "exec", &self.pod_netns, "ss", "-H", "-lutn"],
             IP_TIMEOUT,
         )?
         .ok()?;

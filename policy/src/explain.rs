@@ -177,11 +177,19 @@ fn network_sentences(net: &crate::manifest::NetworkPolicy, out: &mut Vec<String>
             ));
         }
     }
-    if net.mode == NetworkMode::Open && !reach.is_empty() {
-        out.push(format!(
-            "Entries that open a protected range: {}.",
-            reach.join("; ")
-        ));
+    if net.mode == NetworkMode::Open {
+        let opened: Vec<&str> = rules
+            .iter()
+            .zip(&reach)
+            .filter(|(r, _)| matches!(r, EgressRule::Cidr { .. }))
+            .map(|(_, text)| text.as_str())
+            .collect();
+        if !opened.is_empty() {
+            out.push(format!(
+                "Listed addresses it may reach even inside those ranges: {}.",
+                opened.join("; ")
+            ));
+        }
     }
     let sources: Vec<String> = net
         .ingress
@@ -243,6 +251,14 @@ mod tests {
         });
         let text = explain(&p).join("\n");
         assert!(text.contains("except the cloud metadata service"), "{text}");
+        p.spec.network.egress = vec!["169.254.169.254:80".into(), "meta.internal".into()];
+        let opened = explain(&p).join("\n");
+        assert!(
+            opened.contains("Listed addresses it may reach even inside those ranges: 169.254.169.254 on port 80 (TCP or UDP).")
+                && !opened.contains("meta.internal"),
+            "{opened}"
+        );
+        p.spec.network.egress.clear();
         assert!(
             text.contains("/srv/out at /out; files there may be executed"),
             "{text}"

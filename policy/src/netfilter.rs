@@ -212,23 +212,30 @@ impl NetFilter {
     }
 }
 
-/// The `nft -f` script adding one DNS answer's addresses to the table's sets.
+/// The `nft -f` script adding one DNS answer's addresses to the table's sets. An element that
+/// is already there gets the new answer's timeout: `add` alone would keep the old expiry, so
+/// each element is added (a no-op if present), deleted and added again in one transaction.
 pub fn learn_script(table: &str, learned: &Learned) -> String {
     let ttl = learned.ttl.max(1);
     let mut s = String::new();
+    let mut element = |set: String, key: String| {
+        let _ = writeln!(
+            s,
+            "add element inet {table} {set} {{ {key} timeout {ttl}s }}"
+        );
+        let _ = writeln!(s, "delete element inet {table} {set} {{ {key} }}");
+        let _ = writeln!(
+            s,
+            "add element inet {table} {set} {{ {key} timeout {ttl}s }}"
+        );
+    };
     for addr in &learned.addrs {
         let v = if addr.is_ipv4() { 4 } else { 6 };
         if learned.ports.is_empty() {
-            let _ = writeln!(
-                s,
-                "add element inet {table} host{v}_any {{ {addr} timeout {ttl}s }}"
-            );
+            element(format!("host{v}_any"), addr.to_string());
         }
         for port in &learned.ports {
-            let _ = writeln!(
-                s,
-                "add element inet {table} host{v}_port {{ {addr} . {port} timeout {ttl}s }}"
-            );
+            element(format!("host{v}_port"), format!("{addr} . {port}"));
         }
     }
     s
@@ -464,10 +471,17 @@ mod tests {
                 ttl: 0,
             },
         );
+        let lines: Vec<&str> = s.lines().collect();
         assert_eq!(
-            s,
-            "add element inet t host4_port { 10.0.0.1 . 443 timeout 1s }\n\
-             add element inet t host6_port { fd00::1 . 443 timeout 1s }\n"
+            lines,
+            [
+                "add element inet t host4_port { 10.0.0.1 . 443 timeout 1s }",
+                "delete element inet t host4_port { 10.0.0.1 . 443 }",
+                "add element inet t host4_port { 10.0.0.1 . 443 timeout 1s }",
+                "add element inet t host6_port { fd00::1 . 443 timeout 1s }",
+                "delete element inet t host6_port { fd00::1 . 443 }",
+                "add element inet t host6_port { fd00::1 . 443 timeout 1s }",
+            ]
         );
         let any = learn_script(
             "t",
@@ -478,8 +492,8 @@ mod tests {
             },
         );
         assert_eq!(
-            any,
-            "add element inet t host4_any { 10.0.0.1 timeout 30s }\n"
+            any.lines().last(),
+            Some("add element inet t host4_any { 10.0.0.1 timeout 30s }")
         );
     }
 

@@ -168,6 +168,16 @@ fn network(policy: &AgentPolicy, out: &mut Vec<Finding>) {
             ));
         }
     }
+    if net.mode == NetworkMode::Open {
+        for (i, e) in net.egress.iter().enumerate() {
+            if let Ok(EgressRule::Host { .. }) = EgressRule::parse(e) {
+                out.push(Finding::warning(
+                    format!("spec.network.egress[{i}]"),
+                    "a host name has no effect with mode open (everything but the protected ranges is reachable, and a name never opens a protected range: name an address)",
+                ));
+            }
+        }
+    }
     if net.mode == NetworkMode::Allowlist && net.egress.is_empty() {
         out.push(Finding::warning(
             "spec.network.egress",

@@ -191,3 +191,16 @@ fn parser_never_panics_on_garbage() {
         let _ = lint_str(&String::from_utf8_lossy(&bytes), Format::Yaml);
     }
 }
+
+#[test]
+fn host_names_under_open_are_flagged_as_without_effect() {
+    let text = "apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: web}\nspec:\n  network: {mode: open, egress: [\"metadata.internal:80\", \"169.254.169.254:80\"]}\n";
+    let report = lint_str(text, Format::Yaml);
+    let flagged: Vec<&str> = report
+        .findings
+        .iter()
+        .filter(|f| f.message.contains("no effect with mode open"))
+        .map(|f| f.path.as_str())
+        .collect();
+    assert_eq!(flagged, ["spec.network.egress[0]"], "{:?}", report.findings);
+}

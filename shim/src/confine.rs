@@ -324,6 +324,67 @@ mod tests {
         assert!(select(&section(Some(dir.path()), &[]), &traversal, "c.toml").is_err());
     }
 
+    fn env(network: runsc_config::NetworkMode) -> RuntimeEnv {
+        let probe = RunscProbe::from_outputs(
+            Path::new("/usr/bin/runsc"),
+            "runsc version release-20240729.0\n",
+            "  -network value\n    \tnetwork\n",
+        )
+        .expect("probe");
+        RuntimeEnv {
+            config: runsc_config::RuntimeConfig {
+                network,
+                ..Default::default()
+            },
+            probe,
+            global: Vec::new(),
+        }
+    }
+
+    fn compiled(mode: &str) -> CompiledPolicy {
+        let text = format!(
+            "apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {{name: net}}\nspec:\n  network: {{mode: {mode}, egress: [\"10.0.0.1:80\"]}}\n"
+        );
+        let policy =
+            safehouse_policy::parse_str(&text, safehouse_policy::Format::Yaml).expect("policy");
+        let spec: oci_spec::runtime::Spec = serde_json::from_value(json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "root": {"path": "rootfs"},
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "network"}]}
+        }))
+        .expect("spec");
+        compile(&policy, &spec, &CompileContext::default()).expect("compiles")
+    }
+
+    #[test]
+    fn network_modes_need_a_namespace_of_their_own_and_never_netstack() {
+        use runsc_config::NetworkMode as M;
+        let ns = Some(PathBuf::from("/var/run/netns/pod"));
+        for mode in ["allowlist", "open"] {
+            let c = compiled(mode);
+            let flags = network_flags(&env(M::Auto), &c, ns.clone()).expect("host in its netns");
+            assert_eq!(
+                (flags.network.as_str(), flags.netns.clone()),
+                ("host", ns.clone())
+            );
+            let err = network_flags(&env(M::Auto), &c, None).expect_err("no netns");
+            assert!(
+                err.to_string().contains(&format!(
+                    "network.mode {mode} needs a container with a network namespace of its own"
+                )),
+                "{err}"
+            );
+            let err = network_flags(&env(M::Sandbox), &c, ns.clone()).expect_err("netstack");
+            assert!(err.to_string().contains("bypasses"), "{err}");
+            // An operator's `network = "none"` is stricter than the policy: loopback only.
+            let flags = network_flags(&env(M::None), &c, ns.clone()).expect("none");
+            assert_eq!((flags.network.as_str(), flags.netns), ("none", None));
+        }
+        let flags = network_flags(&env(M::Auto), &compiled("none"), ns).expect("none");
+        assert_eq!(flags.network, "none");
+    }
+
     #[test]
     fn an_exec_gets_the_containers_confined_user_and_capabilities() {
         let container = json!({

@@ -1,7 +1,7 @@
 //! The per-sandbox DNS forwarder of an `allowlist` policy with host names.
 //!
 //! Its sockets live in the container's network namespace (bound by a short-lived thread that
-//! enters the namespace): it listens on [`LISTEN`] (UDP), the address the sandbox's
+//! enters the namespace): it listens on [`LISTEN`] (UDP and TCP), the address the sandbox's
 //! `/etc/resolv.conf` names, and asks the upstream resolvers from a socket carrying
 //! [`FORWARDER_MARK`], the only packets the sandbox's table lets reach port 53 upstream. It
 //! answers only names the policy lists (others get REFUSED), adds the addresses of each answer
@@ -18,7 +18,8 @@ use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::RData;
 use safehouse_policy::netfilter::FORWARDER_MARK;
 use safehouse_policy::{Learned, NetFilter};
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 
 use crate::error::{Result, ShimError};
@@ -27,6 +28,9 @@ use crate::reaper::Reaper;
 
 /// Where the forwarder listens inside the sandbox's namespace.
 pub const LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 53)), 53);
+
+/// How long a DNS-over-TCP connection may stay open.
+const TCP_IDLE: Duration = Duration::from_secs(10);
 
 /// How long one upstream may take to answer.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
@@ -53,7 +57,7 @@ pub type OnQuery = Arc<dyn Fn(QueryVerdict) + Send + Sync>;
 
 /// A running forwarder; stopped (its sockets closed) by [`DnsForwarder::stop`] or drop.
 pub struct DnsForwarder {
-    task: JoinHandle<()>,
+    tasks: [JoinHandle<()>; 2],
 }
 
 impl DnsForwarder {
@@ -71,35 +75,38 @@ impl DnsForwarder {
                 "the policy names hosts but no upstream DNS resolver is known (set dns_upstreams in the runtime config or give the container an /etc/resolv.conf)".into(),
             ));
         }
-        let (listen, up4, up6) = bind_in(netns, &upstreams)?;
-        let f = Forwarder {
+        let (listen, tcp, up4, up6) = bind_in(netns, &upstreams)?;
+        let f = Arc::new(Forwarder {
             listen,
             up4,
             up6,
+            ask: tokio::sync::Mutex::new(()),
             upstreams,
             filter,
             table,
             reaper,
             on_query,
-        };
-        Ok(DnsForwarder {
-            task: tokio::spawn(f.run()),
-        })
+        });
+        let udp = tokio::spawn(f.clone().run());
+        let tcp = tokio::spawn(f.serve_tcp(tcp));
+        Ok(DnsForwarder { tasks: [udp, tcp] })
     }
 
     /// Stops answering and closes the sockets.
     pub fn stop(&self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
 impl Drop for DnsForwarder {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop();
     }
 }
 
-type Sockets = (UdpSocket, Option<UdpSocket>, Option<UdpSocket>);
+type Sockets = (UdpSocket, TcpListener, Option<UdpSocket>, Option<UdpSocket>);
 
 /// Binds the listening socket and one marked upstream socket per address family, all inside
 /// `netns`, from a thread that enters it (the shim's own threads stay in the node's namespace).
@@ -110,12 +117,15 @@ fn bind_in(netns: &Path, upstreams: &[IpAddr]) -> Result<Sockets> {
     let want6 = upstreams.iter().any(IpAddr::is_ipv6);
     type Std = (
         std::net::UdpSocket,
+        std::net::TcpListener,
         Option<std::net::UdpSocket>,
         Option<std::net::UdpSocket>,
     );
     let bound = std::thread::spawn(move || -> std::io::Result<Std> {
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
         let listen = std::net::UdpSocket::bind(LISTEN)?;
+        let tcp = std::net::TcpListener::bind(LISTEN)?;
+        tcp.set_nonblocking(true)?;
         let marked = |addr: SocketAddr| -> std::io::Result<std::net::UdpSocket> {
             let s = std::net::UdpSocket::bind(addr)?;
             nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Mark, &FORWARDER_MARK)?;
@@ -129,7 +139,7 @@ fn bind_in(netns: &Path, upstreams: &[IpAddr]) -> Result<Sockets> {
             .then(|| marked(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0)))
             .transpose()?;
         listen.set_nonblocking(true)?;
-        Ok((listen, up4, up6))
+        Ok((listen, tcp, up4, up6))
     })
     .join()
     .map_err(|_| ShimError::Internal("the DNS forwarder's bind thread panicked".into()))?
@@ -144,8 +154,10 @@ fn bind_in(netns: &Path, upstreams: &[IpAddr]) -> Result<Sockets> {
     };
     Ok((
         tokio_sock(bound.0)?,
-        bound.1.map(tokio_sock).transpose()?,
+        TcpListener::from_std(bound.1)
+            .map_err(|e| ShimError::io("register the DNS forwarder's TCP socket", e))?,
         bound.2.map(tokio_sock).transpose()?,
+        bound.3.map(tokio_sock).transpose()?,
     ))
 }
 
@@ -153,6 +165,8 @@ struct Forwarder {
     listen: UdpSocket,
     up4: Option<UdpSocket>,
     up6: Option<UdpSocket>,
+    /// One upstream exchange at a time on the shared upstream sockets.
+    ask: tokio::sync::Mutex<()>,
     upstreams: Vec<IpAddr>,
     filter: NetFilter,
     table: InstalledTable,
@@ -161,8 +175,8 @@ struct Forwarder {
 }
 
 impl Forwarder {
-    /// Answers queries one at a time (a sandbox's resolver traffic is small).
-    async fn run(self) {
+    /// Answers UDP queries one at a time (a sandbox's resolver traffic is small).
+    async fn run(self: Arc<Self>) {
         let mut buf = vec![0u8; 4096];
         loop {
             let Ok((n, client)) = self.listen.recv_from(&mut buf).await else {
@@ -174,6 +188,37 @@ impl Forwarder {
                 let _ = self.listen.send_to(&reply, client).await;
                 (self.on_query)(verdict);
             }
+        }
+    }
+
+    /// Answers DNS over TCP (length-prefixed messages), one task per connection; the upstream
+    /// is still asked over UDP.
+    async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let f = self.clone();
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(TCP_IDLE, f.tcp_conn(conn)).await;
+            });
+        }
+    }
+
+    async fn tcp_conn(&self, mut conn: TcpStream) -> std::io::Result<()> {
+        loop {
+            let mut len = [0u8; 2];
+            conn.read_exact(&mut len).await?;
+            let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            conn.read_exact(&mut query).await?;
+            let Some((reply, verdict)) = self.answer(&query).await else {
+                return Ok(());
+            };
+            let n = u16::try_from(reply.len()).unwrap_or(u16::MAX);
+            conn.write_all(&n.to_be_bytes()).await?;
+            conn.write_all(&reply[..usize::from(n)]).await?;
+            (self.on_query)(verdict);
         }
     }
 
@@ -266,6 +311,7 @@ impl Forwarder {
 
     /// Forwards the query to each upstream in turn until one answers with the same id.
     async fn ask_upstream(&self, query: &[u8], id: u16) -> std::result::Result<Vec<u8>, String> {
+        let _one_at_a_time = self.ask.lock().await;
         let mut last = String::from("no upstream answered");
         for up in &self.upstreams {
             let sock = match up {

@@ -106,12 +106,16 @@ pub fn no_namespace_of_its_own_is_refused(env: &TestEnv) -> Result<()> {
     lab.policy("open", "{network: {mode: open}}")?;
     let id = env.id("egress-nons");
     env.scenario(&[&id], || {
-        let out = lab.run(Some("open"), &["--rm"], &id, &["true"])?;
+        let out = lab.run(Some("open"), &[], &id, &["sh", "-c", "echo STARTED"])?;
         let needle = "policy \"open\": network.mode open needs a container with a network namespace of its own";
         ensure!(
-            !out.success() && out.stderr.contains(needle),
+            !out.success() && !out.stdout.contains("STARTED") && out.stderr.contains(needle),
             "expected a refusal saying {needle:?}: {}",
             out.describe()
+        );
+        ensure!(
+            env.ctr.task(&id)?.is_none(),
+            "a task exists after a refused create"
         );
         lab.remove_container(&id)?;
         let root: Vec<String> = tables_in(None)?
@@ -150,10 +154,19 @@ pub fn killed_shim_leaves_no_table(env: &TestEnv) -> Result<()> {
         .ok()?;
         env.ctr
             .wait_status(&id, "RUNNING", Duration::from_secs(30))?;
+        let running = net.leftovers()?;
         ensure!(
-            net.leftovers()?.len() == 2,
-            "a running sandbox should have its table and forwarder socket: {:?}",
-            net.leftovers()?
+            running.iter().any(|l| l.contains("nftables table"))
+                && running.iter().filter(|l| l.contains("127.0.0.53")).count() == 2,
+            "a running sandbox should have its table and forwarder sockets (UDP, TCP): {running:?}"
+        );
+        // DNS over TCP reaches the forwarder too (asked from the pod namespace): an unlisted
+        // name is REFUSED (rcode 5).
+        let tcp = net.python_in_pod(TCP_QUERY, &["nope.test"])?;
+        ensure!(
+            tcp.stdout.trim() == "rcode=5",
+            "a TCP query for an unlisted name should be refused: {}",
+            tcp.describe()
         );
         let shims: Vec<u32> = processes()
             .into_iter()
@@ -186,6 +199,20 @@ pub fn killed_shim_leaves_no_table(env: &TestEnv) -> Result<()> {
         no_leftovers(&net)
     })
 }
+
+/// Sends a DNS query for argv[1] over TCP to the forwarder and prints its rcode.
+const TCP_QUERY: &str = r#"
+import socket, struct, sys
+q = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0)
+q += b"".join(bytes([len(l)]) + l.encode() for l in sys.argv[1].split(".")) + b"\0" + struct.pack("!HH", 1, 1)
+s = socket.create_connection(("127.0.0.53", 53), timeout=5)
+s.sendall(struct.pack("!H", len(q)) + q)
+n = struct.unpack("!H", s.recv(2))[0]
+r = b""
+while len(r) < n:
+    r += s.recv(n - len(r))
+print("rcode=%d" % (r[3] & 15))
+"#;
 
 /// Removes the fifos `ctr run -d` made for `id` (ctr's, removed only by `ctr task delete`).
 fn remove_ctr_fifos(env: &TestEnv, id: &str) -> Result<()> {

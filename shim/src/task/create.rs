@@ -116,11 +116,11 @@ impl TaskService {
             }
         };
 
-        let upstreams = if compiled
-            .filter
-            .as_ref()
-            .is_some_and(|f| f.hosts().next().is_some())
-            && flags.network == "host"
+        // Host names mean something only to an allowlist (in `open` everything but the
+        // protected ranges is reachable anyway, and a name never opens a protected range).
+        let upstreams = if compiled.filter.as_ref().is_some_and(|f| {
+            f.mode == safehouse_policy::FilterMode::Allowlist && f.hosts().next().is_some()
+        }) && flags.network == "host"
         {
             Some(confine::point_resolver(
                 &env,
