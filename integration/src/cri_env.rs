@@ -285,11 +285,9 @@ impl CriEnv {
         if socket.exists() {
             leaks.push(format!("shim socket: {}", socket.display()));
         }
-        if trace_socket_path(pod_id).exists() {
-            leaks.push(format!(
-                "audit trace socket: {}",
-                trace_socket_path(pod_id).display()
-            ));
+        let trace = trace_socket_path(CRI_NAMESPACE, pod_id);
+        if trace.exists() {
+            leaks.push(format!("audit trace socket: {}", trace.display()));
         }
         if let Some(netns) = netns {
             if netns.exists() {

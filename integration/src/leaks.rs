@@ -56,7 +56,7 @@ impl LeakCheck {
         if socket.exists() {
             leaks.push(format!("shim socket: {}", socket.display()));
         }
-        let trace = trace_socket_path(id);
+        let trace = trace_socket_path(&self.namespace, id);
         if trace.exists() {
             leaks.push(format!("audit trace socket: {}", trace.display()));
         }
@@ -116,11 +116,12 @@ pub fn shim_socket_path(address: &Path, namespace: &str, id: &str) -> PathBuf {
     PathBuf::from("/run/containerd/s").join(hex)
 }
 
-/// The Safehouse shim's audit trace socket for sandbox `id`: `/run/safehouse/trace/` + the
-/// first 16 hex digits of sha256(id) + `.sock` (the audit crate's `short_socket_path`).
-pub fn trace_socket_path(id: &str) -> PathBuf {
+/// The Safehouse shim's audit trace socket for sandbox `id` of containerd namespace
+/// `namespace`: `/run/safehouse/trace/` + the first 16 hex digits of sha256("NAMESPACE/ID") +
+/// `.sock` (the audit crate's `sandbox_socket_path`).
+pub fn trace_socket_path(namespace: &str, id: &str) -> PathBuf {
     use sha2::{Digest, Sha256};
-    let hex: String = Sha256::digest(id.as_bytes())
+    let hex: String = Sha256::digest(format!("{namespace}/{id}").as_bytes())
         .iter()
         .take(8)
         .map(|b| format!("{b:02x}"))
@@ -181,10 +182,10 @@ mod tests {
 
     #[test]
     fn trace_socket_is_named_like_the_audit_sink() {
-        // sha256("abc") = ba7816bf8f01cfea...
+        // sha256("k8s.io/abc") = dc8322dde99ae159... (the audit crate's test has the same)
         assert_eq!(
-            trace_socket_path("abc"),
-            PathBuf::from("/run/safehouse/trace/ba7816bf8f01cfea.sock")
+            trace_socket_path("k8s.io", "abc"),
+            PathBuf::from("/run/safehouse/trace/dc8322dde99ae159.sock")
         );
     }
 

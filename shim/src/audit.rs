@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use safehouse_audit::lifecycle::SandboxContext;
 use safehouse_audit::session::{PodInitConfig, SessionOptions, TraceCategory, TraceMetadata};
-use safehouse_audit::sink::{short_socket_path, SinkHandle, SinkOptions, TraceSink};
+use safehouse_audit::sink::{sandbox_socket_path, SinkHandle, SinkOptions, TraceSink};
 use safehouse_audit::writer::{open_append, AuditWriter, WriterConfig, WriterHandle};
 use safehouse_audit::AuditEvent;
 use safehouse_policy::{AuditCategory, CompiledPolicy, ViolationAction};
@@ -297,7 +297,11 @@ pub fn start_sandbox(
     let dir = Path::new(STATE_DIR).join("trace");
     std::fs::create_dir_all(&dir)
         .map_err(|e| ShimError::io(format!("create {}", dir.display()), e))?;
-    let path = short_socket_path(&dir, &ctx.sandbox_id);
+    let path = sandbox_socket_path(
+        &dir,
+        ctx.namespace.as_deref().unwrap_or_default(),
+        &ctx.sandbox_id,
+    );
     let _ = std::fs::remove_file(&path);
     let sink = TraceSink::bind(&path, SinkOptions::default())
         .map_err(|e| ShimError::Internal(format!("bind audit sink {}: {e}", path.display())))?;

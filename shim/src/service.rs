@@ -67,8 +67,9 @@ impl Shim for SafehouseShim {
             cleanup_after_dead_shim(&self.id, &bundle, &st).await;
             // The sockets the dead shim hosted for this container: its sandbox's trace sink and
             // its terminal (both named from the ids; absent ones are fine).
-            let trace = safehouse_audit::sink::short_socket_path(
+            let trace = safehouse_audit::sink::sandbox_socket_path(
                 &Path::new(crate::node::STATE_DIR).join("trace"),
+                &self.namespace,
                 &self.id,
             );
             let console = crate::stdio::ConsoleSocket::path_for(

@@ -63,6 +63,13 @@ pub fn short_socket_path(dir: &Path, sandbox_id: &str) -> PathBuf {
     dir.join(format!("{}.sock", &digest[..16]))
 }
 
+/// The trace socket of sandbox `sandbox_id` in containerd namespace `namespace`, under `dir`.
+/// Container ids are unique only within a namespace (two namespaces, or two containerds, may
+/// run a sandbox of the same id at once), so the name is made from both.
+pub fn sandbox_socket_path(dir: &Path, namespace: &str, sandbox_id: &str) -> PathBuf {
+    short_socket_path(dir, &format!("{namespace}/{sandbox_id}"))
+}
+
 /// Why the sink could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {

@@ -205,6 +205,21 @@ fn bind_outside_a_runtime_is_an_error() {
     assert!(TraceSink::bind(&dir.path().join("s"), SinkOptions::default()).is_err());
 }
 
+#[test]
+fn sandbox_sockets_are_named_by_namespace_and_id() {
+    let dir = Path::new("/run/safehouse/trace");
+    // sha256("k8s.io/abc") = dc8322dde99ae159... (the integration harness's leak check has it too)
+    assert_eq!(
+        sandbox_socket_path(dir, "k8s.io", "abc"),
+        dir.join("dc8322dde99ae159.sock")
+    );
+    // The same id in two namespaces: two sockets.
+    assert_ne!(
+        sandbox_socket_path(dir, "ns-a", "agent"),
+        sandbox_socket_path(dir, "ns-b", "agent")
+    );
+}
+
 #[tokio::test]
 async fn long_paths_are_refused_and_short_paths_offered() {
     let long = PathBuf::from(format!(

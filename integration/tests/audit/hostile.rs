@@ -15,24 +15,11 @@ use nix::sys::socket::{
     UnixAddr,
 };
 use nix::sys::time::TimeVal;
+use safehouse_integration::leaks::trace_socket_path;
 use safehouse_integration::TestEnv;
-use sha2::{Digest, Sha256};
 
 use crate::lab::{is, verify, Lab, Listing, RUN_TIMEOUT};
 use crate::workload::RECORD_ALL_OFFLINE;
-
-/// Where the shim puts its sandboxes' trace sockets.
-const TRACE_DIR: &str = "/run/safehouse/trace";
-
-/// The trace socket of `sandbox_id` (as the audit crate's `short_socket_path` names it).
-fn trace_socket(sandbox_id: &str) -> PathBuf {
-    let digest = hex(&Sha256::digest(sandbox_id.as_bytes()));
-    Path::new(TRACE_DIR).join(format!("{}.sock", &digest[..16]))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// A trace packet: the 8-byte little-endian header, then `payload` at `header_size`.
 fn packet(header_size: u16, message_type: u16, dropped: u32, payload: &[u8]) -> Vec<u8> {
@@ -141,7 +128,7 @@ pub fn garbage_on_trace_socket_is_contained(env: &TestEnv) -> Result<()> {
         lab.wait_event(&a, "container/start of A", |e| {
             is(e, "process", "exec") && e["point"] == "container/start"
         })?;
-        let socket = trace_socket(&a);
+        let socket = trace_socket_path(&env.leaks.namespace, &a);
         ensure!(
             socket.exists(),
             "no trace socket {} for {a}",
@@ -243,7 +230,7 @@ pub fn garbage_on_trace_socket_is_contained(env: &TestEnv) -> Result<()> {
         })?;
 
         for id in [&a, &b] {
-            let path = trace_socket(id);
+            let path = trace_socket_path(&env.leaks.namespace, id);
             safehouse_integration::command::wait_for(
                 "the trace socket removed",
                 Duration::from_secs(5),
