@@ -47,7 +47,7 @@ lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-bench: build ## Benchmarks: cold start vs the Go shim, runsc and runc; shim memory; violation-to-kill; policy compile; audit pipeline and openat storm
+bench: build ## Benchmarks: cold start vs the Go shim, runsc and runc; shim memory; violation-to-kill; policy compile; audit pipeline and openat storm; CRI pods
 	bash scripts/bench.sh
 	$(CARGO) bench -p safehouse-policy --bench compile -- --warm-up-time 1 --measurement-time 3
 	$(CARGO) bench -p safehouse-audit --bench pipeline -- --warm-up-time 1 --measurement-time 3

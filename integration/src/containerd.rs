@@ -253,7 +253,9 @@ impl Containerd {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        // If the test binary dies without running its teardown, containerd goes with it.
+        // If the test binary dies without running its teardown, containerd goes with it. The
+        // signal follows the thread that spawned containerd: call this from a thread that
+        // lives as long as containerd should.
         unsafe {
             cmd.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);

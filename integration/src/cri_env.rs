@@ -333,8 +333,16 @@ impl CriEnv {
         body: impl FnOnce(&str) -> Result<Vec<String>>,
     ) -> Result<()> {
         let pod_id = self.cri.run_pod(config, handler)?;
-        let netns = self.pod_netns(&pod_id).ok().flatten();
-        let result = body(&pod_id);
+        // The netns CRI made for the pod must be gone afterwards: find it now.
+        let netns = self.pod_netns(&pod_id).and_then(|n| {
+            n.with_context(|| {
+                format!("PodSandboxStatus {pod_id}: no network namespace path in its spec")
+            })
+        });
+        let (netns, result) = match netns {
+            Ok(n) => (Some(n), body(&pod_id)),
+            Err(e) => (None, Err(e)),
+        };
         let removed = self.cri.stop_and_remove_pod(&pod_id);
         let ids = result.as_ref().cloned().unwrap_or_default();
         let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();

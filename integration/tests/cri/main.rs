@@ -94,7 +94,21 @@ impl Slot {
             if let Some(missing) = self.build.missing() {
                 return Err(missing);
             }
-            let env = CriEnv::start(&self.build, self.index)
+            // containerd dies with the thread that started it (PR_SET_PDEATHSIG follows the
+            // thread, not the process), and libtest-mimic's worker threads end while other
+            // trials still run: start it from a thread that lives as long as the process.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (build, index) = (self.build.clone(), self.index);
+            std::thread::spawn(move || {
+                let _ = tx.send(CriEnv::start(&build, index));
+                loop {
+                    std::thread::park();
+                }
+            });
+            let started = rx
+                .recv()
+                .map_err(|_| "the containerd starter thread died".to_string())?;
+            let env = started
                 .map(Arc::new)
                 .map_err(|e| format!("containerd {}: setup failed: {e:#}", self.build.label))?;
             if let Ok(mut list) = cleanups.lock() {
