@@ -674,3 +674,26 @@ impl EmergencyCleanup {
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_versions_of_debian_and_upstream_builds() {
+        let v = |s: &str| ContainerdVersion::parse(s).map(|v| v.to_string());
+        assert_eq!(
+            v("containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3"),
+            Some("1.6.20".into())
+        );
+        assert_eq!(
+            v("containerd github.com/containerd/containerd/v2 2.1.9+unknown "),
+            Some("2.1.9".into())
+        );
+        assert_eq!(
+            v("containerd containerd.io v1.7.24 abc"),
+            Some("1.7.24".into())
+        );
+        assert_eq!(v("garbage"), None);
+    }
+}
