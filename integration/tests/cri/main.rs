@@ -81,6 +81,9 @@ const SCENARIOS: &[CriScenario] = &[
     },
 ];
 
+/// Clean-ups of the environments started so far, for an interrupted run.
+type Cleanups = Arc<Mutex<Vec<Box<dyn Fn() + Send + Sync>>>>;
+
 /// One containerd version's environment, started on first use.
 struct Slot {
     build: ContainerdBuild,
@@ -89,7 +92,7 @@ struct Slot {
 }
 
 impl Slot {
-    fn get(&self, cleanups: &Mutex<Vec<Box<dyn Fn() + Send + Sync>>>) -> Result<Arc<CriEnv>> {
+    fn get(&self, cleanups: &Cleanups) -> Result<Arc<CriEnv>> {
         let env = self.env.get_or_init(|| {
             if let Some(missing) = self.build.missing() {
                 return Err(missing);
@@ -139,7 +142,7 @@ fn main() -> ExitCode {
     } else {
         missing_prerequisites(RuntimeKind::Safehouse)
     };
-    let cleanups: Arc<Mutex<Vec<Box<dyn Fn() + Send + Sync>>>> = Arc::default();
+    let cleanups: Cleanups = Arc::default();
     interrupt_handler(cleanups.clone());
 
     let mut trials = Vec::new();
@@ -195,7 +198,7 @@ fn main() -> ExitCode {
 
 /// Blocks SIGINT/SIGTERM/SIGHUP in every thread and cleans up every started environment on
 /// one of them.
-fn interrupt_handler(cleanups: Arc<Mutex<Vec<Box<dyn Fn() + Send + Sync>>>>) {
+fn interrupt_handler(cleanups: Cleanups) {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
