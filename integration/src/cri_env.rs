@@ -205,6 +205,23 @@ impl CriEnv {
             .join(file)
     }
 
+    /// Creates the pod's cgroup parent ahead of RunPodSandbox, as kubelet does, and returns
+    /// it for `controller`. On cgroup v2 the run's own root first delegates the memory, cpu
+    /// and pids controllers to its children, or the pod cgroup would have no `memory.max`.
+    pub fn create_pod_cgroup(&self, pod_name: &str, controller: &str) -> Result<PathBuf> {
+        let dir = self.pod_cgroup_dir(pod_name, controller);
+        let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        if v2 {
+            let root = Path::new("/sys/fs/cgroup").join(self.cgroup_root().trim_start_matches('/'));
+            fs::create_dir_all(&root)?;
+            let control = root.join("cgroup.subtree_control");
+            fs::write(&control, "+memory +cpu +pids")
+                .with_context(|| format!("enable controllers in {}", control.display()))?;
+        }
+        fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+        Ok(dir)
+    }
+
     /// The pod's cgroup parent directory for `controller` (v1) or the unified one (v2).
     pub fn pod_cgroup_dir(&self, pod_name: &str, controller: &str) -> PathBuf {
         let base = Path::new("/sys/fs/cgroup");

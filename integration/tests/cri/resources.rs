@@ -23,8 +23,7 @@ pub fn oom_killed(env: &CriEnv) -> Result<()> {
     let name = env.unique("oom");
     // kubelet creates the pod cgroup with the pod's limit before RunPodSandbox.
     let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    let dir = env.pod_cgroup_dir(&name, "memory");
-    fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+    let dir = env.create_pod_cgroup(&name, "memory")?;
     let limit_file = dir.join(if v2 {
         "memory.max"
     } else {
