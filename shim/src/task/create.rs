@@ -54,7 +54,9 @@ impl TaskService {
         let compiled = confine::confine_bundle(&policy, &ctx, &bundle, &spec_text)?;
         info!(container = %id, policy = %compiled.name, digest = %compiled.digest, ?source, "policy applied");
         let own_cgroup = spec["linux"]["cgroupsPath"].as_str().map(String::from);
-        let (sandbox_id, flags, sandbox_cgroup) = match container::sandbox_role(&spec, &id) {
+        let (sandbox_id, flags, sandbox_cgroup, sandbox_oom) = match container::sandbox_role(
+            &spec, &id,
+        ) {
             SandboxRole::Root => {
                 let mut flags = if confine::allows_network(&compiled) {
                     env.sandbox_flags(container::netns_path(&spec))?
@@ -66,7 +68,7 @@ impl TaskService {
                     }
                 };
                 flags.extra = confine::policy_flags(&compiled, &env.probe)?;
-                (id.clone(), flags, own_cgroup.clone())
+                (id.clone(), flags, own_cgroup.clone(), Arc::default())
             }
             SandboxRole::Join(sb) => {
                 let root = self.get(&sb).map_err(|_| {
@@ -76,7 +78,12 @@ impl TaskService {
                 })?;
                 // The pod's processes all live in the sandbox's cgroup, not in this
                 // container's own (runsc only mirrors that one for tools).
-                (sb, root.flags.clone(), root.cgroups_path.clone())
+                (
+                    sb,
+                    root.flags.clone(),
+                    root.cgroups_path.clone(),
+                    root.sandbox_oom.clone(),
+                )
             }
         };
 
@@ -161,6 +168,7 @@ impl TaskService {
             timeout: compiled.timeout,
             audit: sandbox_audit.clone(),
             cgroups_path: sandbox_cgroup,
+            sandbox_oom,
             own_cgroups_path: own_cgroup,
             resource_policy: policy.spec.resources.clone(),
             exit_reason: Mutex::new(None),
