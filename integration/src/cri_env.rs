@@ -78,6 +78,9 @@ pub struct CriEnv {
     pub network: PodNetwork,
     tag: String,
     next: AtomicU32,
+    /// Every pod netns seen: the teardown removes those still there (a pod CRI could not
+    /// stop, a run interrupted), so none outlives the run.
+    netns_seen: std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>,
 }
 
 impl CriEnv {
@@ -125,6 +128,7 @@ impl CriEnv {
             network,
             tag,
             next: AtomicU32::new(1),
+            netns_seen: Default::default(),
         })
     }
 
@@ -251,12 +255,19 @@ impl CriEnv {
             .as_array()
             .cloned()
             .unwrap_or_default();
-        Ok(namespaces
+        let path = namespaces
             .iter()
             .find(|n| n["type"] == "network")
             .and_then(|n| n["path"].as_str())
             .filter(|p| !p.is_empty())
-            .map(PathBuf::from))
+            .map(PathBuf::from);
+        if let Some(path) = &path {
+            self.netns_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(path.clone());
+        }
+        Ok(path)
     }
 
     /// Everything of pod `pod_id` (and its containers `ids`) still on the host.
@@ -410,6 +421,7 @@ impl CriEnv {
         let bridge = self.network.bridge.clone();
         drop(self.cri);
         forced.extend(self.containerd.shutdown());
+        forced.extend(remove_netns(&self.netns_seen));
         remove_cgroup_tree(&cgroup_root);
         // The bridge CNI made lives in the node's namespace; it is this run's.
         let _ = std::process::Command::new("ip")
@@ -424,14 +436,37 @@ impl CriEnv {
         let containerd = self.containerd.emergency_cleanup();
         let cgroup_root = self.cgroup_root();
         let bridge = self.network.bridge.clone();
+        let netns = self.netns_seen.clone();
         move || {
             containerd.run();
+            remove_netns(&netns);
             remove_cgroup_tree(&cgroup_root);
             let _ = std::process::Command::new("ip")
                 .args(["link", "delete", &bridge])
                 .status();
         }
     }
+}
+
+/// Deletes the pod network namespaces in `seen` that still exist (`ip netns del`, which
+/// unmounts and removes the file; the pod's veth goes with it); returns what it removed.
+fn remove_netns(seen: &std::sync::Mutex<Vec<PathBuf>>) -> Vec<String> {
+    let paths = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut removed = Vec::new();
+    for path in paths.iter().filter(|p| p.exists()) {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            removed.push(format!("removed leftover pod network namespace {name}"));
+        }
+    }
+    removed
 }
 
 /// Cgroup directories under `root` (in any v1 controller or v2) whose name contains `id`.
