@@ -55,7 +55,7 @@ lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-bench: build ## Benchmarks: cold start vs the Go shim, runsc and runc; shim memory; violation-to-kill; policy compile; audit pipeline and openat storm; egress filter
+bench: build ## Benchmarks: cold start vs the Go shim, runsc and runc; shim memory; violation-to-kill; policy compile; audit pipeline and openat storm; egress filter; CRI pods
 	bash scripts/bench.sh
 	bash scripts/bench-egress.sh
 	bash scripts/overhead.sh

@@ -188,3 +188,12 @@ echo
 echo "ratio PSS per container safehouse / go-shim (1 container):   $(ratio "${pss[safehouse-1-no]}" "${pss[go-1-no]}")  (target <= 0.25)"
 echo "ratio PSS per container safehouse / go-shim (10 separate):   $(ratio "${pss[safehouse-10-no]}" "${pss[go-10-no]}")"
 echo "ratio PSS per container safehouse pod of 10 / go-shim 10 separate: $(ratio "${pss[safehouse-10-yes]}" "${pss[go-10-no]}")"
+
+# CRI pods through containerd's CRI plugin, on a private containerd of their own:
+# safehouse vs the runc handler vs containerd's Go runc shim driving runsc; shim PSS per pod;
+# 20 pods at once (integration/src/bin/cri-bench.rs). The bench client itself is a debug
+# build: it only waits on containerd.
+echo
+log "CRI pods: pod start, shim memory per pod, 20 pods at once"
+${CARGO:-cargo} build -q -p safehouse-integration --features bench --bin cri-bench
+SAFEHOUSE_SHIM="$shim_dir/containerd-shim-safehouse-v2" "$(pwd)/target/debug/cri-bench" "$RUNS"

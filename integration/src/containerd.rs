@@ -269,7 +269,9 @@ impl Containerd {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        // If the test binary dies without running its teardown, containerd goes with it.
+        // If the test binary dies without running its teardown, containerd goes with it. The
+        // signal follows the thread that spawned containerd: call this from a thread that
+        // lives as long as containerd should.
         unsafe {
             cmd.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
@@ -686,5 +688,28 @@ impl EmergencyCleanup {
         }
         host::unmount_under(&self.dir);
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_versions_of_debian_and_upstream_builds() {
+        let v = |s: &str| ContainerdVersion::parse(s).map(|v| v.to_string());
+        assert_eq!(
+            v("containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3"),
+            Some("1.6.20".into())
+        );
+        assert_eq!(
+            v("containerd github.com/containerd/containerd/v2 2.1.9+unknown "),
+            Some("2.1.9".into())
+        );
+        assert_eq!(
+            v("containerd containerd.io v1.7.24 abc"),
+            Some("1.7.24".into())
+        );
+        assert_eq!(v("garbage"), None);
     }
 }

@@ -86,6 +86,9 @@ pub struct CriEnv {
     pub network: PodNetwork,
     tag: String,
     next: AtomicU32,
+    /// Every pod netns seen: the teardown removes those still there (a pod CRI could not
+    /// stop, a run interrupted), so none outlives the run.
+    netns_seen: std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>,
 }
 
 impl CriEnv {
@@ -133,6 +136,7 @@ impl CriEnv {
             network,
             tag,
             next: AtomicU32::new(1),
+            netns_seen: Default::default(),
         })
     }
 
@@ -213,6 +217,23 @@ impl CriEnv {
             .join(file)
     }
 
+    /// Creates the pod's cgroup parent ahead of RunPodSandbox, as kubelet does, and returns
+    /// it for `controller`. On cgroup v2 the run's own root first delegates the memory, cpu
+    /// and pids controllers to its children, or the pod cgroup would have no `memory.max`.
+    pub fn create_pod_cgroup(&self, pod_name: &str, controller: &str) -> Result<PathBuf> {
+        let dir = self.pod_cgroup_dir(pod_name, controller);
+        let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        if v2 {
+            let root = Path::new("/sys/fs/cgroup").join(self.cgroup_root().trim_start_matches('/'));
+            fs::create_dir_all(&root)?;
+            let control = root.join("cgroup.subtree_control");
+            fs::write(&control, "+memory +cpu +pids")
+                .with_context(|| format!("enable controllers in {}", control.display()))?;
+        }
+        fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+        Ok(dir)
+    }
+
     /// The pod's cgroup parent directory for `controller` (v1) or the unified one (v2).
     pub fn pod_cgroup_dir(&self, pod_name: &str, controller: &str) -> PathBuf {
         let base = Path::new("/sys/fs/cgroup");
@@ -242,12 +263,19 @@ impl CriEnv {
             .as_array()
             .cloned()
             .unwrap_or_default();
-        Ok(namespaces
+        let path = namespaces
             .iter()
             .find(|n| n["type"] == "network")
             .and_then(|n| n["path"].as_str())
             .filter(|p| !p.is_empty())
-            .map(PathBuf::from))
+            .map(PathBuf::from);
+        if let Some(path) = &path {
+            self.netns_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(path.clone());
+        }
+        Ok(path)
     }
 
     /// Everything of pod `pod_id` (and its containers `ids`) still on the host.
@@ -339,8 +367,16 @@ impl CriEnv {
         body: impl FnOnce(&str) -> Result<Vec<String>>,
     ) -> Result<()> {
         let pod_id = self.cri.run_pod(config, handler)?;
-        let netns = self.pod_netns(&pod_id).ok().flatten();
-        let result = body(&pod_id);
+        // The netns CRI made for the pod must be gone afterwards: find it now.
+        let netns = self.pod_netns(&pod_id).and_then(|n| {
+            n.with_context(|| {
+                format!("PodSandboxStatus {pod_id}: no network namespace path in its spec")
+            })
+        });
+        let (netns, result) = match netns {
+            Ok(n) => (Some(n), body(&pod_id)),
+            Err(e) => (None, Err(e)),
+        };
         let removed = self.cri.stop_and_remove_pod(&pod_id);
         let ids = result.as_ref().cloned().unwrap_or_default();
         let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -391,6 +427,7 @@ impl CriEnv {
         let bridge = self.network.bridge.clone();
         drop(self.cri);
         forced.extend(self.containerd.shutdown());
+        forced.extend(remove_netns(&self.netns_seen));
         remove_cgroup_tree(&cgroup_root);
         // The bridge CNI made lives in the node's namespace; it is this run's.
         let _ = std::process::Command::new("ip")
@@ -405,14 +442,37 @@ impl CriEnv {
         let containerd = self.containerd.emergency_cleanup();
         let cgroup_root = self.cgroup_root();
         let bridge = self.network.bridge.clone();
+        let netns = self.netns_seen.clone();
         move || {
             containerd.run();
+            remove_netns(&netns);
             remove_cgroup_tree(&cgroup_root);
             let _ = std::process::Command::new("ip")
                 .args(["link", "delete", &bridge])
                 .status();
         }
     }
+}
+
+/// Deletes the pod network namespaces in `seen` that still exist (`ip netns del`, which
+/// unmounts and removes the file; the pod's veth goes with it); returns what it removed.
+fn remove_netns(seen: &std::sync::Mutex<Vec<PathBuf>>) -> Vec<String> {
+    let paths = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut removed = Vec::new();
+    for path in paths.iter().filter(|p| p.exists()) {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            removed.push(format!("removed leftover pod network namespace {name}"));
+        }
+    }
+    removed
 }
 
 /// Cgroup directories under `root` (in any v1 controller or v2) whose name contains `id`.

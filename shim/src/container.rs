@@ -132,6 +132,9 @@ pub struct Container {
     /// The host cgroup runsc put the sandbox in (the `linux.cgroupsPath` of the pod's sandbox
     /// container, shared by every container of the pod).
     pub cgroups_path: Option<String>,
+    /// Set once the kernel's OOM killer ended the sandbox; shared by every container of the
+    /// pod, so a member whose exit is handled after the sandbox's cgroup is gone still knows.
+    pub sandbox_oom: Arc<std::sync::atomic::AtomicBool>,
     /// This container's own `linux.cgroupsPath` (the sandbox's for the root container).
     pub own_cgroups_path: Option<String>,
     /// The policy's resource ceilings: an Update may tighten limits, never pass these.

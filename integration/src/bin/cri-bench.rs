@@ -282,6 +282,8 @@ fn start_pod(env: &CriEnv, handler: &str, containers: usize, label: &str) -> Res
         }
     }
     pod.took = started.elapsed();
+    // Untimed: remembers the pod's netns so that the teardown removes it should CRI not.
+    let _ = env.pod_netns(&id);
     Ok(pod)
 }
 

@@ -81,6 +81,9 @@ const SCENARIOS: &[CriScenario] = &[
     },
 ];
 
+/// Clean-ups of the environments started so far, for an interrupted run.
+type Cleanups = Arc<Mutex<Vec<Box<dyn Fn() + Send + Sync>>>>;
+
 /// One containerd version's environment, started on first use.
 struct Slot {
     build: ContainerdBuild,
@@ -89,12 +92,26 @@ struct Slot {
 }
 
 impl Slot {
-    fn get(&self, cleanups: &Mutex<Vec<Box<dyn Fn() + Send + Sync>>>) -> Result<Arc<CriEnv>> {
+    fn get(&self, cleanups: &Cleanups) -> Result<Arc<CriEnv>> {
         let env = self.env.get_or_init(|| {
             if let Some(missing) = self.build.missing() {
                 return Err(missing);
             }
-            let env = CriEnv::start(&self.build, self.index)
+            // containerd dies with the thread that started it (PR_SET_PDEATHSIG follows the
+            // thread, not the process), and libtest-mimic's worker threads end while other
+            // trials still run: start it from a thread that lives as long as the process.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (build, index) = (self.build.clone(), self.index);
+            std::thread::spawn(move || {
+                let _ = tx.send(CriEnv::start(&build, index));
+                loop {
+                    std::thread::park();
+                }
+            });
+            let started = rx
+                .recv()
+                .map_err(|_| "the containerd starter thread died".to_string())?;
+            let env = started
                 .map(Arc::new)
                 .map_err(|e| format!("containerd {}: setup failed: {e:#}", self.build.label))?;
             if let Ok(mut list) = cleanups.lock() {
@@ -125,7 +142,7 @@ fn main() -> ExitCode {
     } else {
         missing_prerequisites(RuntimeKind::Safehouse)
     };
-    let cleanups: Arc<Mutex<Vec<Box<dyn Fn() + Send + Sync>>>> = Arc::default();
+    let cleanups: Cleanups = Arc::default();
     interrupt_handler(cleanups.clone());
 
     let mut trials = Vec::new();
@@ -181,7 +198,7 @@ fn main() -> ExitCode {
 
 /// Blocks SIGINT/SIGTERM/SIGHUP in every thread and cleans up every started environment on
 /// one of them.
-fn interrupt_handler(cleanups: Arc<Mutex<Vec<Box<dyn Fn() + Send + Sync>>>>) {
+fn interrupt_handler(cleanups: Cleanups) {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {

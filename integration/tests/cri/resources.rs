@@ -23,8 +23,7 @@ pub fn oom_killed(env: &CriEnv) -> Result<()> {
     let name = env.unique("oom");
     // kubelet creates the pod cgroup with the pod's limit before RunPodSandbox.
     let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    let dir = env.pod_cgroup_dir(&name, "memory");
-    fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+    let dir = env.create_pod_cgroup(&name, "memory")?;
     let limit_file = dir.join(if v2 {
         "memory.max"
     } else {
@@ -119,9 +118,11 @@ pub fn stats(env: &CriEnv) -> Result<()> {
             .and_then(|m| m.working_set_bytes.as_ref())
             .map(|v| v.value)
             .unwrap_or(0);
+        // The container's CPU is the Sentry's accounting, the pod's the host cgroup's: both
+        // real, not comparable to the nanosecond.
         ensure!(
-            pod_cpu >= cpu / 2 && pod_cpu > 0,
-            "PodSandboxStats: CPU {pod_cpu} ns, the container alone used {cpu}: {pod_stats:?}"
+            pod_cpu > 10_000_000,
+            "PodSandboxStats: CPU {pod_cpu} ns after a busy loop (expected > 10 ms): {pod_stats:?}"
         );
         ensure!(
             pod_memory > 32 * MIB as u64,

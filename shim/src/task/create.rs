@@ -93,12 +93,14 @@ impl TaskService {
         let mut compiled = confine::confine_bundle(&policy, &ctx, &bundle, &spec_text)?;
         info!(container = %id, policy = %compiled.name, digest = %compiled.digest, ?source, "policy applied");
         let own_cgroup = spec["linux"]["cgroupsPath"].as_str().map(String::from);
-        let (sandbox_id, flags, sandbox_cgroup) = match container::sandbox_role(&spec, &id) {
+        let (sandbox_id, flags, sandbox_cgroup, sandbox_oom) = match container::sandbox_role(
+            &spec, &id,
+        ) {
             SandboxRole::Root => {
                 let mut flags =
                     confine::network_flags(&env, &compiled, container::netns_path(&spec))?;
                 flags.extra = confine::policy_flags(&compiled, &env.probe)?;
-                (id.clone(), flags, own_cgroup.clone())
+                (id.clone(), flags, own_cgroup.clone(), Arc::default())
             }
             SandboxRole::Join(sb) => {
                 let root = self.get(&sb).map_err(|_| {
@@ -112,7 +114,12 @@ impl TaskService {
                         compiled.name, root.policy
                     )));
                 }
-                (sb, root.flags.clone(), root.cgroups_path.clone())
+                (
+                    sb,
+                    root.flags.clone(),
+                    root.cgroups_path.clone(),
+                    root.sandbox_oom.clone(),
+                )
             }
         };
 
@@ -253,6 +260,7 @@ impl TaskService {
             timeout: compiled.timeout,
             audit: sandbox_audit.clone(),
             cgroups_path: sandbox_cgroup,
+            sandbox_oom,
             own_cgroups_path: own_cgroup,
             resource_policy: policy.spec.resources.clone(),
             exit_reason: Mutex::new(None),

@@ -28,8 +28,12 @@ impl TaskService {
                 // SIGKILLed: by the host's OOM killer, if the sandbox's cgroup says so. In a
                 // pod every container dies with the sandbox, and each gets its TaskOOM (CRI
                 // reports OOMKilled per container).
+                use std::sync::atomic::Ordering;
                 let ooms = c.cgroups_path.as_deref().and_then(crate::cgroup::oom_kills);
                 if ooms.unwrap_or(0) > 0 {
+                    c.sandbox_oom.store(true, Ordering::SeqCst);
+                }
+                if c.sandbox_oom.load(Ordering::SeqCst) {
                     warn!(container = %c.id, "out of memory: the kernel's OOM killer ended the sandbox");
                     c.set_exit_reason(ExitReason::Oom);
                     output.submit(c.audit.ctx.oom(&c.id).build());
