@@ -6,7 +6,7 @@
 //! is killed normally; a second sandbox started meanwhile gets all its events; both chains
 //! verify and are closed.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
