@@ -17,7 +17,7 @@ use anyhow::Result;
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use safehouse_integration::cri_env::{ContainerdBuild, CriEnv};
 use safehouse_integration::env::describe_error;
-use safehouse_integration::suite::{is_ci, missing_prerequisites};
+use safehouse_integration::suite::{is_ci, missing_prerequisites, on_lasting_thread};
 use safehouse_integration::RuntimeKind;
 
 /// A CRI scenario.
@@ -97,21 +97,9 @@ impl Slot {
             if let Some(missing) = self.build.missing() {
                 return Err(missing);
             }
-            // containerd dies with the thread that started it (PR_SET_PDEATHSIG follows the
-            // thread, not the process), and libtest-mimic's worker threads end while other
-            // trials still run: start it from a thread that lives as long as the process.
-            let (tx, rx) = std::sync::mpsc::channel();
             let (build, index) = (self.build.clone(), self.index);
-            std::thread::spawn(move || {
-                let _ = tx.send(CriEnv::start(&build, index));
-                loop {
-                    std::thread::park();
-                }
-            });
-            let started = rx
-                .recv()
-                .map_err(|_| "the containerd starter thread died".to_string())?;
-            let env = started
+            let env = on_lasting_thread(move || CriEnv::start(&build, index))
+                .ok_or_else(|| "the containerd starter thread died".to_string())?
                 .map(Arc::new)
                 .map_err(|e| format!("containerd {}: setup failed: {e:#}", self.build.label))?;
             if let Ok(mut list) = cleanups.lock() {

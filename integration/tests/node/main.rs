@@ -490,14 +490,19 @@ fn installer_image_installs_a_node(env: &TestEnv) -> Result<()> {
     ensure!(built.success(), "installer-image.sh: {}", built.describe());
     let tarball = target_dir().join("safehouse-node-installer.tar");
     let image = "docker.io/safehouse/node-installer:0.1.0";
+    // The image carries the debug binaries (about 90 MB): more than ctr's usual deadline on a
+    // loaded machine.
     env.ctr
-        .run(&[
-            "images",
-            "import",
-            "--base-name",
-            "docker.io/safehouse/node-installer",
-            &tarball.display().to_string(),
-        ])?
+        .run_timeout(
+            &[
+                "images",
+                "import",
+                "--base-name",
+                "docker.io/safehouse/node-installer",
+                &tarball.display().to_string(),
+            ],
+            Duration::from_secs(180),
+        )?
         .ok()?;
     let r = env.scratch("node-image-host")?;
     fs::create_dir_all(r.join("etc/containerd"))?;
