@@ -26,7 +26,8 @@ for suite in $SUITES; do
     -o APT::Sandbox::User=root
   )
   apt-get "${apt_opts[@]}" update -qq
-  version=$(apt-cache "${apt_opts[@]}" show containerd | sed -n 's/^Version: //p' | head -1)
+  # The first Version stanza is the suite's candidate (awk reads everything: no SIGPIPE).
+  version=$(apt-cache "${apt_opts[@]}" show containerd | awk '/^Version: / && !v {v=$2} END {print v}')
   short=${version%%~*}; short=${short%%+*}; short=${short%%-*}
   dest="$MATRIX_DIR/$short"
   if [ -x "$dest/usr/bin/containerd" ]; then

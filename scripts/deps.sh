@@ -58,6 +58,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 log "versions"
-runsc --version | head -1
+# (sed reads all of it: `head -1` would leave runsc a SIGPIPE, fatal under pipefail)
+runsc --version | sed -n 1p
 containerd --version
 ctr --version
