@@ -5,6 +5,7 @@
 //! scenarios so the matrix stays cheap. Choose versions with `SAFEHOUSE_IT_CONTAINERD`
 //! (comma-separated: `system`, `1.7.24`, `2.1.9`).
 
+mod egress;
 mod lifecycle;
 mod pods;
 mod policy;
@@ -78,6 +79,22 @@ const SCENARIOS: &[CriScenario] = &[
         name: "pod_with_unusable_policy_fails_fast",
         run: policy::unusable_policy_fails,
         core: true,
+    },
+    // Egress allowlists through CRI pods (issue #6): system containerd only, to keep CI fast.
+    CriScenario {
+        name: "egress_allowlist_through_pod",
+        run: egress::allowlist_through_pod,
+        core: false,
+    },
+    CriScenario {
+        name: "egress_names_through_pod_forwarder",
+        run: egress::names_through_pod,
+        core: false,
+    },
+    CriScenario {
+        name: "egress_two_pods_keep_their_own_rules",
+        run: egress::two_pods_keep_their_own_rules,
+        core: false,
     },
 ];
 
