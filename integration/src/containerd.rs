@@ -222,11 +222,12 @@ impl Containerd {
             fs::write(
                 &config,
                 format!(
-                    "root = {:?}\n\n[policy]\ndefault = {:?}\ndir = {:?}\ncri_sources = [{:?}]\n",
+                    "root = {:?}\n\n[policy]\ndefault = {:?}\ndir = {:?}\ncri_sources = [{:?}]\n\n[audit]\noutput = {:?}\n",
                     this.runsc_root().display().to_string(),
                     policy.display().to_string(),
                     this.policy_dir().display().to_string(),
                     this.root().display().to_string(),
+                    this.audit_path().display().to_string(),
                 ),
             )?;
             options.shim_config = Some(config);
@@ -334,6 +335,12 @@ impl Containerd {
     /// The runsc root used with `private_runsc_root` (the shim appends the namespace).
     pub fn runsc_root(&self) -> PathBuf {
         self.path.join("runsc-root")
+    }
+
+    /// The audit file of the Safehouse config this harness writes (private to this
+    /// containerd; without it the shim would write to the node's `/var/log/safehouse`).
+    pub fn audit_path(&self) -> PathBuf {
+        self.path.join("audit.jsonl")
     }
 
     /// The Safehouse config registered as `ConfigPath`, if any.

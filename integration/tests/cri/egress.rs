@@ -19,6 +19,7 @@ use safehouse_integration::cri_env::CriEnv;
 use safehouse_integration::netlab::{
     netns_holders, netns_inode, tables_in, DnsNames, LabPlan, NetLab, METADATA,
 };
+use serde_json::Value;
 
 use crate::pods::HANDLER;
 
@@ -127,6 +128,34 @@ fn check(env: &CriEnv, id: &str, checks: &[(&str, String)]) -> Result<Checked> {
     Ok(Checked {
         results: results(&out.stdout),
         raw: format!("{}{}", out.stdout, out.stderr),
+    })
+}
+
+/// Waits for an event in the CRI containerd's audit file that `matches`; fails listing the
+/// network events seen.
+fn wait_audit(env: &CriEnv, what: &str, matches: impl Fn(&Value) -> bool) -> Result<Value> {
+    let path = env.containerd.audit_path();
+    let events = || -> Vec<Value> {
+        fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect()
+    };
+    let found = wait_for(what, Duration::from_secs(10), || {
+        Ok(events().into_iter().find(|e| matches(e)))
+    });
+    found.with_context(|| {
+        let seen: Vec<String> = events()
+            .iter()
+            .filter(|e| e["category"] == "network")
+            .map(|e| e.to_string().chars().take(400).collect())
+            .collect();
+        format!(
+            "no audit event: {what} in {}; network events:\n  {}",
+            path.display(),
+            seen.join("\n  ")
+        )
     })
 }
 
@@ -340,6 +369,20 @@ pub fn allowlist_through_pod(env: &CriEnv) -> Result<()> {
                 out.describe()
             );
         }
+        // The refused connect is an audit event of the app container, in the pod's sandbox.
+        wait_audit(
+            env,
+            "a refused connect to port 9090 of the app container",
+            |e| {
+                e["category"] == "network"
+                    && e["action"] == "connect"
+                    && e["network"]["ip"] == h0.as_str()
+                    && e["network"]["port"] == 9090
+                    && e["result"]["errno_name"] == "ECONNREFUSED"
+                    && e["container_id"] == pod.app.as_str()
+                    && e["sandbox_id"] == pod.id.as_str()
+            },
+        )?;
         one_table_of(&pod.netns_name, &pod.id, &[&h0], &[&h1])?;
         node_namespace_clean()
     })
