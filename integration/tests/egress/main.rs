@@ -5,8 +5,8 @@
 //! table, set, forwarder socket or process of the sandbox is left. Only the Safehouse runtime
 //! has policies; the baselines report every scenario as ignored.
 //!
-//! CRI: the scenarios take the pod namespace from the lab, so a CRI variant only has to run the
-//! same checker in a pod whose namespace is the lab's (the CRI harness lands separately).
+//! CRI: the same checks through CRI pods (the lab's hosts attached to the pod's CNI namespace)
+//! are in `integration/tests/cri/egress.rs`.
 
 #[path = "../policy/lab.rs"]
 #[allow(dead_code)]
