@@ -98,6 +98,9 @@ const SCENARIOS: &[CriScenario] = &[
     },
 ];
 
+/// Clean-ups of the started environments, run on an interrupt.
+type Cleanups = Mutex<Vec<Box<dyn Fn() + Send + Sync>>>;
+
 /// One containerd version's environment, started on first use.
 struct Slot {
     build: ContainerdBuild,
@@ -106,7 +109,7 @@ struct Slot {
 }
 
 impl Slot {
-    fn get(&self, cleanups: &Mutex<Vec<Box<dyn Fn() + Send + Sync>>>) -> Result<Arc<CriEnv>> {
+    fn get(&self, cleanups: &Cleanups) -> Result<Arc<CriEnv>> {
         let env = self.env.get_or_init(|| {
             if let Some(missing) = self.build.missing() {
                 return Err(missing);
@@ -142,7 +145,7 @@ fn main() -> ExitCode {
     } else {
         missing_prerequisites(RuntimeKind::Safehouse)
     };
-    let cleanups: Arc<Mutex<Vec<Box<dyn Fn() + Send + Sync>>>> = Arc::default();
+    let cleanups: Arc<Cleanups> = Arc::default();
     interrupt_handler(cleanups.clone());
 
     let mut trials = Vec::new();
@@ -198,7 +201,7 @@ fn main() -> ExitCode {
 
 /// Blocks SIGINT/SIGTERM/SIGHUP in every thread and cleans up every started environment on
 /// one of them.
-fn interrupt_handler(cleanups: Arc<Mutex<Vec<Box<dyn Fn() + Send + Sync>>>>) {
+fn interrupt_handler(cleanups: Arc<Cleanups>) {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
