@@ -17,7 +17,7 @@ use k8s_cri::v1 as cri;
 use safehouse_integration::command::{run_args, wait_for};
 use safehouse_integration::cri_env::CriEnv;
 use safehouse_integration::netlab::{
-    netns_holders, netns_inode, tables_in, DnsNames, LabPlan, NetLab, METADATA,
+    netns_holders, netns_inode, tables_in, DnsNames, LabPlan, NetLab, METADATA, UDP_PORT,
 };
 use serde_json::Value;
 
@@ -67,6 +67,9 @@ fn results(stdout: &str) -> BTreeMap<String, (String, i32)> {
     map
 }
 
+/// Seconds a refused connect may take, `nc` start included (its timeout is 3 s).
+const REFUSED_WITHIN: f64 = 1.0;
+
 /// A connect with busybox `nc` (3 s timeout), timed by busybox `time` (`real 0m 0.01s`).
 fn nc(ip: &str, port: u16) -> String {
     format!("time nc -w 3 {ip} {port} </dev/null")
@@ -104,7 +107,9 @@ impl Checked {
     }
 
     /// Check `name` failed with "Connection refused" (a reset, not a timeout), printed no
-    /// greeting, and took less than 100 ms by busybox `time`.
+    /// greeting, and took well under the 3 s `nc` timeout by busybox `time` (a bound for "not
+    /// a timeout", not a latency figure: on a loaded 2-core machine starting `nc` in gVisor
+    /// alone can take 100 ms; `scripts/bench-egress.sh` measures the refusal latency).
     fn refused_fast(&self, name: &str) -> Result<()> {
         let (text, rc) = self.get(name);
         ensure!(
@@ -115,8 +120,8 @@ impl Checked {
         let took =
             real_seconds(&text).with_context(|| format!("{name}: no `real` time in {text:?}"))?;
         ensure!(
-            took < 0.1,
-            "{name}: the refusal took {took} s (expected under 100 ms)"
+            took < REFUSED_WITHIN,
+            "{name}: the refusal took {took} s (expected under {REFUSED_WITHIN} s: a reset, not a timeout)"
         );
         Ok(())
     }
@@ -326,7 +331,7 @@ const GREET: &str = "import socket,sys\nprint(socket.create_connection((sys.argv
 
 /// A pod whose policy lists `H0:8080`: the container reaches it; H0:9090, another host and the
 /// metadata address (routed to a test host that owns it) are refused at once (ECONNREFUSED,
-/// under 100 ms). The pod's namespace has the pod's one table; after the pod, nothing remains.
+/// not a timeout). The pod's namespace has the pod's one table; after the pod, nothing remains.
 pub fn allowlist_through_pod(env: &CriEnv) -> Result<()> {
     let plan = NetLab::plan(2);
     let (h0, h1) = (plan.ips[0].clone(), plan.ips[1].clone());
@@ -388,10 +393,14 @@ pub fn allowlist_through_pod(env: &CriEnv) -> Result<()> {
     })
 }
 
+/// TTL of the short-lived answer in the names scenario, seconds; the checker sleeps past it.
+const BRIEF_TTL: u32 = 2;
+
 /// A pod whose policy lists `api.test:8080`, with the test's DNS server (host 0) as its CRI
 /// DNS server: the container's resolv.conf points at the forwarder, `api.test` resolves to
 /// host 1 and connects on 8080 only, `evil.test` is not resolved (and never reaches the
-/// upstream) and host 2, which it would name, is refused. While the pod runs its namespace
+/// upstream) and host 2, which it would name, is refused; `brief.test` (host 2, a 2 s TTL)
+/// opens host 2 until its answer expires. While the pod runs its namespace
 /// has the forwarder's socket and the table; afterwards nothing of them remains.
 pub fn names_through_pod(env: &CriEnv) -> Result<()> {
     let plan = NetLab::plan(3);
@@ -404,11 +413,12 @@ pub fn names_through_pod(env: &CriEnv) -> Result<()> {
     install_policy(
         env,
         &policy,
-        r#"{mode: allowlist, egress: ["api.test:8080"]}"#,
+        r#"{mode: allowlist, egress: ["api.test:8080", "brief.test:8080"]}"#,
     )?;
     let names = [
         ("api.test", h1.as_str(), 300),
         ("evil.test", h2.as_str(), 300),
+        ("brief.test", h2.as_str(), BRIEF_TTL),
     ];
     let net = PodNet {
         label: "egress-names",
@@ -426,6 +436,12 @@ pub fn names_through_pod(env: &CriEnv) -> Result<()> {
             ("listed-other-port", nc(&h1, 9090)),
             ("lookup-unlisted", "nslookup evil.test".to_string()),
             ("unlisted", nc(&h2, 8080)),
+            ("lookup-brief", "nslookup brief.test".to_string()),
+            ("brief", nc(&h2, 8080)),
+            (
+                "expired",
+                format!("sleep {}; {}", BRIEF_TTL * 2 + 1, nc(&h2, 8080)),
+            ),
         ];
         let r = check(env, &pod.app, &checks)?;
         r.ok("resolv", "nameserver 127.0.0.53")?;
@@ -442,6 +458,10 @@ pub fn names_through_pod(env: &CriEnv) -> Result<()> {
             "an unlisted name was resolved: {unlisted:?}"
         );
         r.refused_fast("unlisted")?;
+        // An address learned from a short-lived answer is open until the answer expires.
+        r.ok("lookup-brief", &h2)?;
+        r.ok("brief", &format!("{} port 8080", pod.lab.hosts[2].greeting))?;
+        r.refused_fast("expired")?;
         let upstream = pod.lab.hosts[0].log();
         ensure!(
             upstream.contains("query api.test") && !upstream.contains("evil.test"),
@@ -521,5 +541,83 @@ pub fn two_pods_keep_their_own_rules(env: &CriEnv) -> Result<()> {
         ra.ok("own", &format!("{} port 8080", a.lab.hosts[0].greeting))?;
         ra.refused_fast("other")?;
         one_table_of(&a.netns_name, &a.id, &[&a0], &[&b1])
+    })
+}
+
+/// Connects to `argv[1]:7070` and prints `connected` or the exception's name.
+const INBOUND: &str = "import socket,sys\ntry:\n    socket.create_connection((sys.argv[1], 7070), timeout=3).close(); print('connected')\nexcept Exception as e:\n    print(type(e).__name__)\n";
+
+/// A pod whose policy lists UDP to `H0/32:5353` and inbound from `H0/32:7070`: a datagram to
+/// host 0 arrives, one to host 1 never does (host 1's own log), ping to host 1 fails; a
+/// listener in the container is reachable from host 0 and refused at once to host 1.
+pub fn udp_icmp_and_inbound_through_pod(env: &CriEnv) -> Result<()> {
+    let plan = NetLab::plan(2);
+    let (h0, h1) = (plan.ips[0].clone(), plan.ips[1].clone());
+    let policy = policy_name(env, "cri-egress-udp");
+    install_policy(
+        env,
+        &policy,
+        &format!(
+            r#"{{mode: allowlist, egress: ["{h0}/32:{UDP_PORT}"], ingress: ["{h0}/32:7070"]}}"#
+        ),
+    )?;
+    let net = PodNet {
+        label: "egress-udp",
+        policy: &policy,
+        dns_servers: &[],
+        names: &[],
+        metadata: false,
+    };
+    with_egress_pod(env, &net, plan, |pod| {
+        // busybox has no UDP nc: tftp sends one datagram naming the file (the responder logs
+        // it) and gives up on the echo it gets back.
+        let tftp = |ip: &str, file: &str| {
+            format!("timeout 4 tftp -g -r {file} -l /dev/null {ip} {UDP_PORT}")
+        };
+        let checks = [
+            ("udp-allowed", tftp(&h0, "cri-udp-allowed")),
+            ("udp-denied", tftp(&h1, "cri-udp-denied")),
+            ("icmp-denied", format!("ping -c 1 -W 2 {h1}")),
+        ];
+        let r = check(env, &pod.app, &checks)?;
+        let (icmp, icmp_rc) = r.get("icmp-denied");
+        ensure!(
+            icmp_rc != 0 && !icmp.contains(" 0% packet loss"),
+            "ping to an unlisted host succeeded: {icmp:?}"
+        );
+        let (h0_log, h1_log) = (pod.lab.hosts[0].log(), pod.lab.hosts[1].log());
+        ensure!(
+            h0_log.contains("cri-udp-allowed"),
+            "the listed host's log lacks the datagram: {h0_log:?}\nchecker:\n{}",
+            r.raw
+        );
+        ensure!(
+            !h1_log.contains("cri-udp-denied"),
+            "the unlisted host received the datagram: {h1_log:?}"
+        );
+
+        // Inbound: busybox httpd daemonises inside the sandbox and keeps listening.
+        let started = env
+            .cri
+            .exec_sync(&pod.app, &["httpd", "-p", "7070", "-h", "/"], 10)?;
+        ensure!(started.exit_code == 0, "httpd did not start: {started:?}");
+        // The pod's address on each host's link (`.2` of the host's /24).
+        let pod_on = |ip: &str| format!("{}.2", ip.rsplit_once('.').map_or(ip, |(n, _)| n));
+        let listed = &pod.lab.hosts[0];
+        wait_for(
+            "the ingress source to connect to the pod",
+            Duration::from_secs(20),
+            || {
+                let out = listed.python(INBOUND, &[&pod_on(&h0)])?;
+                Ok(out.stdout.contains("connected").then_some(()))
+            },
+        )?;
+        let other = pod.lab.hosts[1].python(INBOUND, &[&pod_on(&h1)])?;
+        ensure!(
+            other.stdout.contains("ConnectionRefusedError"),
+            "a source not in ingress should be refused at once: {}",
+            other.describe()
+        );
+        Ok(())
     })
 }

@@ -92,6 +92,11 @@ const SCENARIOS: &[CriScenario] = &[
         core: false,
     },
     CriScenario {
+        name: "egress_udp_icmp_and_inbound_through_pod",
+        run: egress::udp_icmp_and_inbound_through_pod,
+        core: false,
+    },
+    CriScenario {
         name: "egress_two_pods_keep_their_own_rules",
         run: egress::two_pods_keep_their_own_rules,
         core: false,
