@@ -351,8 +351,10 @@ mod tests {
 
     #[test]
     fn trusts_the_bundle_containerds_state_and_the_configured_sources() {
-        let mut section = PolicySection::default();
-        section.cri_sources = vec![PathBuf::from("/srv/containerd-root")];
+        let section = PolicySection {
+            cri_sources: vec![PathBuf::from("/srv/containerd-root")],
+            ..Default::default()
+        };
         let ctx = compile_context(
             &section,
             Path::new("/tmp/x/state/io.containerd.runtime.v2.task/k8s.io/abc"),
