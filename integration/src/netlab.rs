@@ -565,3 +565,29 @@ pub fn netns_holders(inode: u64) -> Vec<String> {
     }
     held
 }
+
+/// A busybox `sh` script running each `(name, command)` of a checker, printing `== name`, the
+/// command's stdout+stderr and `rc=<status>` (read back with [`check_results`]).
+pub fn check_script(checks: &[(&str, String)]) -> String {
+    checks
+        .iter()
+        .map(|(name, cmd)| format!("echo '== {name}'; {cmd} 2>&1; echo \"rc=$?\""))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// What a [`check_script`] printed, split by check: name → (text, exit status; -1 if none).
+pub fn check_results(stdout: &str) -> std::collections::BTreeMap<String, (String, i32)> {
+    let mut map = std::collections::BTreeMap::new();
+    for section in stdout.split("== ").skip(1) {
+        let (name, body) = section.split_once('\n').unwrap_or((section, ""));
+        let rc = body
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("rc="))
+            .and_then(|r| r.trim().parse().ok())
+            .unwrap_or(-1);
+        map.insert(name.trim().to_string(), (body.to_string(), rc));
+    }
+    map
+}

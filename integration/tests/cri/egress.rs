@@ -17,7 +17,8 @@ use k8s_cri::v1 as cri;
 use safehouse_integration::command::{run_args, wait_for};
 use safehouse_integration::cri_env::CriEnv;
 use safehouse_integration::netlab::{
-    netns_holders, netns_inode, tables_in, DnsNames, LabPlan, NetLab, METADATA, UDP_PORT,
+    check_results, check_script, netns_holders, netns_inode, tables_in, DnsNames, LabPlan, NetLab,
+    METADATA, UDP_PORT,
 };
 use serde_json::Value;
 
@@ -39,32 +40,6 @@ fn install_policy(env: &CriEnv, name: &str, network: &str) -> Result<()> {
 /// A policy name unique to this run (policy names: lower case, digits, dashes).
 fn policy_name(env: &CriEnv, label: &str) -> String {
     env.unique(label).to_lowercase()
-}
-
-/// A busybox `sh` script running each `(name, command)`, printing `== name`, the command's
-/// stdout+stderr and `rc=<status>`.
-fn script(checks: &[(&str, String)]) -> String {
-    checks
-        .iter()
-        .map(|(name, cmd)| format!("echo '== {name}'; {cmd} 2>&1; echo \"rc=$?\""))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// The checker's output split by check: name → (text, exit status).
-fn results(stdout: &str) -> BTreeMap<String, (String, i32)> {
-    let mut map = BTreeMap::new();
-    for section in stdout.split("== ").skip(1) {
-        let (name, body) = section.split_once('\n').unwrap_or((section, ""));
-        let rc = body
-            .lines()
-            .rev()
-            .find_map(|l| l.strip_prefix("rc="))
-            .and_then(|r| r.trim().parse().ok())
-            .unwrap_or(-1);
-        map.insert(name.trim().to_string(), (body.to_string(), rc));
-    }
-    map
 }
 
 /// Seconds a refused connect may take, `nc` start included (its timeout is 3 s).
@@ -129,9 +104,11 @@ impl Checked {
 
 /// Runs `checks` in container `id` through ExecSync.
 fn check(env: &CriEnv, id: &str, checks: &[(&str, String)]) -> Result<Checked> {
-    let out = env.cri.exec_sync(id, &["sh", "-c", &script(checks)], 60)?;
+    let out = env
+        .cri
+        .exec_sync(id, &["sh", "-c", &check_script(checks)], 60)?;
     Ok(Checked {
-        results: results(&out.stdout),
+        results: check_results(&out.stdout),
         raw: format!("{}{}", out.stdout, out.stderr),
     })
 }

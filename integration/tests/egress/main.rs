@@ -67,32 +67,16 @@ pub mod probe {
 
     use anyhow::{ensure, Result};
     use safehouse_integration::command::Output;
-    use safehouse_integration::netlab::{tables_in, NetLab};
+    use safehouse_integration::netlab::{check_results, check_script, tables_in, NetLab};
 
-    /// A busybox `sh` script running each `(name, command)`, printing `== name`, the command's
-    /// stdout+stderr and `rc=<status>`.
+    /// A busybox `sh` script running each `(name, command)` ([`check_script`]).
     pub fn script(checks: &[(&str, String)]) -> String {
-        checks
-            .iter()
-            .map(|(name, cmd)| format!("echo '== {name}'; {cmd} 2>&1; echo \"rc=$?\""))
-            .collect::<Vec<_>>()
-            .join("; ")
+        check_script(checks)
     }
 
     /// The checker's output split by check: name → (text, exit status).
     pub fn results(out: &Output) -> BTreeMap<String, (String, i32)> {
-        let mut map = BTreeMap::new();
-        for section in out.stdout.split("== ").skip(1) {
-            let (name, body) = section.split_once('\n').unwrap_or((section, ""));
-            let rc = body
-                .lines()
-                .rev()
-                .find_map(|l| l.strip_prefix("rc="))
-                .and_then(|r| r.trim().parse().ok())
-                .unwrap_or(-1);
-            map.insert(name.trim().to_string(), (body.to_string(), rc));
-        }
-        map
+        check_results(&out.stdout)
     }
 
     /// Fails unless check `name` exited 0 and printed `needle`.
