@@ -172,6 +172,8 @@ fn node_namespace_clean() -> Result<()> {
 /// One running pod of a scenario: its id, its CNI namespace and the test hosts joined to it.
 struct EgressPod {
     id: String,
+    /// The pod's CRI name.
+    name: String,
     /// The app container (busybox `sleep`).
     app: String,
     netns_name: String,
@@ -237,6 +239,7 @@ fn with_egress_pod(
         let netns_name = lab.pod_netns.clone();
         let run = EgressPod {
             id: pod_id.to_string(),
+            name: name.clone(),
             app: app.clone(),
             netns_name,
             lab,
@@ -351,7 +354,8 @@ pub fn allowlist_through_pod(env: &CriEnv) -> Result<()> {
                 out.describe()
             );
         }
-        // The refused connect is an audit event of the app container, in the pod's sandbox.
+        // The refused connect is an audit event of the app container, in the pod's sandbox,
+        // naming the pod.
         wait_audit(
             env,
             "a refused connect to port 9090 of the app container",
