@@ -488,20 +488,50 @@ impl Drop for NetLab {
     }
 }
 
-/// Deletes the namespaces labs of this process created (for an interrupted run).
+/// Deletes the namespaces labs of this process created, and kills the responders running in
+/// them (for an interrupted run).
 pub fn remove_leftover_namespaces() {
-    let mine = format!("{}x", std::process::id());
-    let Ok(list) = run_args("ip", &["netns", "list"], IP_TIMEOUT) else {
+    remove_namespaces_matching(|name| {
+        name.starts_with("sfe-") && name.contains(&format!("-{}x", std::process::id()))
+    });
+}
+
+/// Runs `ip ARGS` straight away and returns its stdout. For clean-up after an interrupt:
+/// [`crate::command::Running`] refuses new commands by then.
+fn ip_during_cleanup(args: &[&str]) -> Option<String> {
+    Command::new("ip")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// Deletes every named network namespace `matches` accepts, after killing the processes
+/// running in it (the test's own responders: nothing else runs in a namespace a test made).
+pub(crate) fn remove_namespaces_matching(matches: impl Fn(&str) -> bool) {
+    let Some(list) = ip_during_cleanup(&["netns", "list"]) else {
         return;
     };
     for name in list
-        .stdout
         .lines()
         .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| matches(n))
     {
-        if name.starts_with("sfe-") && name.contains(&format!("-{mine}")) {
-            let _ = run_args("ip", &["netns", "del", name], IP_TIMEOUT);
+        if let Some(pids) = ip_during_cleanup(&["netns", "pids", name]) {
+            for pid in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
+        let _ = ip_during_cleanup(&["netns", "del", name]);
     }
 }
 

@@ -367,6 +367,7 @@ pub fn allowlist_through_pod(env: &CriEnv) -> Result<()> {
                     && e["result"]["errno_name"] == "ECONNREFUSED"
                     && e["container_id"] == pod.app.as_str()
                     && e["sandbox_id"] == pod.id.as_str()
+                    && e["pod"]["name"] == pod.name.as_str()
             },
         )?;
         one_table_of(&pod.netns_name, &pod.id, &[&h0], &[&h1])?;

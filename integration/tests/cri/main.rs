@@ -182,6 +182,8 @@ fn main() -> ExitCode {
         }
     }
     let conclusion = libtest_mimic::run(&args, trials);
+    // An interrupt's clean-up in progress ends the process itself (exit 130); wait for it.
+    drop(CLEANING.lock());
     let mut forced = Vec::new();
     for slot in slots {
         let Ok(slot) = Arc::try_unwrap(slot) else {
@@ -204,6 +206,9 @@ fn main() -> ExitCode {
     conclusion.exit_code()
 }
 
+/// Held by the interrupt handler while it cleans up.
+static CLEANING: Mutex<()> = Mutex::new(());
+
 /// Blocks SIGINT/SIGTERM/SIGHUP in every thread and cleans up every started environment on
 /// one of them.
 fn interrupt_handler(cleanups: Arc<Cleanups>) {
@@ -218,12 +223,16 @@ fn interrupt_handler(cleanups: Arc<Cleanups>) {
     }
     std::thread::spawn(move || {
         if let Ok(signal) = set.wait() {
+            // Held until exit: main waits on it, so it cannot end the process mid-clean-up.
+            let _cleaning = CLEANING.lock();
             eprintln!("safehouse-integration: {signal:?}: cleaning up and exiting");
             if let Ok(list) = cleanups.lock() {
                 for cleanup in list.iter() {
                     cleanup();
                 }
             }
+            // The egress scenarios' test hosts (their own namespaces and responders).
+            safehouse_integration::netlab::remove_leftover_namespaces();
             std::process::exit(130);
         }
     });
