@@ -222,11 +222,12 @@ impl Containerd {
             fs::write(
                 &config,
                 format!(
-                    "root = {:?}\n\n[policy]\ndefault = {:?}\ndir = {:?}\ncri_sources = [{:?}]\n",
+                    "root = {:?}\n\n[policy]\ndefault = {:?}\ndir = {:?}\ncri_sources = [{:?}]\n\n[audit]\noutput = {:?}\n",
                     this.runsc_root().display().to_string(),
                     policy.display().to_string(),
                     this.policy_dir().display().to_string(),
                     this.root().display().to_string(),
+                    this.audit_path().display().to_string(),
                 ),
             )?;
             options.shim_config = Some(config);
@@ -278,7 +279,7 @@ impl Containerd {
                 Ok(())
             });
         }
-        this.child = Some(cmd.spawn().context("cannot start containerd")?);
+        this.child = Some(spawn_from_lasting_thread(cmd).context("cannot start containerd")?);
         this.wait_ready()?;
         Ok(this)
     }
@@ -336,6 +337,12 @@ impl Containerd {
     /// The runsc root used with `private_runsc_root` (the shim appends the namespace).
     pub fn runsc_root(&self) -> PathBuf {
         self.path.join("runsc-root")
+    }
+
+    /// The audit file of the Safehouse config this harness writes (private to this
+    /// containerd; without it the shim would write to the node's `/var/log/safehouse`).
+    pub fn audit_path(&self) -> PathBuf {
+        self.path.join("audit.jsonl")
     }
 
     /// The Safehouse config registered as `ConfigPath`, if any.
@@ -689,6 +696,39 @@ impl EmergencyCleanup {
         host::unmount_under(&self.dir);
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Spawns `cmd` from a thread that lives as long as the test process. `PR_SET_PDEATHSIG`
+/// fires when the *thread* that forked the child exits, not the process: a containerd started
+/// lazily by one scenario's thread (libtest-mimic's worker) got SIGTERM when that thread ran
+/// out of scenarios, under the scenarios other threads were still running.
+fn spawn_from_lasting_thread(cmd: Command) -> std::io::Result<std::process::Child> {
+    use std::sync::mpsc::{channel, Sender};
+    use std::sync::{Mutex, OnceLock};
+    type Request = (Command, Sender<std::io::Result<std::process::Child>>);
+    static SPAWNER: OnceLock<Mutex<Sender<Request>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = channel::<Request>();
+        std::thread::Builder::new()
+            .name("containerd-spawner".into())
+            .spawn(move || {
+                // Never returns while the process lives (the sender is in a static).
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("cannot start the containerd spawner thread");
+        Mutex::new(tx)
+    });
+    let (reply, answer) = channel();
+    spawner
+        .lock()
+        .map_err(|_| std::io::Error::other("the containerd spawner lock is poisoned"))?
+        .send((cmd, reply))
+        .map_err(|_| std::io::Error::other("the containerd spawner thread is gone"))?;
+    answer
+        .recv()
+        .map_err(|_| std::io::Error::other("the containerd spawner thread is gone"))?
 }
 
 #[cfg(test)]

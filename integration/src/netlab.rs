@@ -4,10 +4,12 @@
 //! greeting on [`TCP_PORTS`], a UDP echo on [`UDP_PORT`] and a DNS server on port 53 answering
 //! the test's own names with the test's TTLs; it logs every UDP datagram and DNS query it sees,
 //! so a scenario can tell "dropped" from "answered". Everything is created here and removed on
-//! drop; no traffic leaves these namespaces.
+//! drop; no traffic leaves these namespaces. [`NetLab::attach`] joins the hosts to a pod
+//! namespace someone else made (a CRI pod's, made by CNI) instead, and leaves that namespace
+//! to its owner.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -118,6 +120,79 @@ impl LabHost {
 /// What one host answers in DNS: `name` → (IPv4 address, TTL seconds).
 pub type DnsNames<'a> = &'a [(&'a str, &'a str, u32)];
 
+/// The addresses of a lab to be built ([`NetLab::plan`]).
+pub struct LabPlan {
+    tag: String,
+    subnet: u32,
+    /// The hosts' IPv4 addresses, in order.
+    pub ips: Vec<String>,
+}
+
+impl LabPlan {
+    /// The test hosts, joined to an existing named namespace `pod_netns`
+    /// (`/var/run/netns/NAME`, e.g. the one CNI made for a CRI pod): veth pairs, addresses and
+    /// routes are added to it, and the namespace itself is left alone on drop (its owner
+    /// removes it). Host 0 serves the DNS names `names` and, with `metadata`, owns
+    /// [`METADATA`].
+    pub fn attach(self, pod_netns: &Path, names: DnsNames<'_>, metadata: bool) -> Result<NetLab> {
+        let named = pod_netns
+            .parent()
+            .is_some_and(|d| d == Path::new("/var/run/netns") || d == Path::new("/run/netns"));
+        let name = pod_netns.file_name().and_then(|n| n.to_str());
+        let (true, Some(name)) = (named, name) else {
+            bail!(
+                "cannot attach test hosts to {}: not a named network namespace under /var/run/netns",
+                pod_netns.display()
+            );
+        };
+        if !pod_netns.exists() {
+            bail!(
+                "cannot attach test hosts to {}: no such namespace",
+                pod_netns.display()
+            );
+        }
+        let names: Vec<(String, String, u32)> = names
+            .iter()
+            .map(|(n, a, t)| (n.to_string(), a.to_string(), *t))
+            .collect();
+        self.build(move |_| names, metadata, Some(name.to_string()))
+    }
+
+    fn build(
+        self,
+        names: impl FnOnce(&[String]) -> Vec<(String, String, u32)>,
+        metadata: bool,
+        existing: Option<String>,
+    ) -> Result<NetLab> {
+        let LabPlan { tag, subnet, ips } = self;
+        let hosts = ips.len();
+        let names = names(&ips);
+        let mut lab = NetLab {
+            pod_netns: existing.clone().unwrap_or_else(|| format!("sfe-pod-{tag}")),
+            pod_ip: format!("10.210.{subnet}.2"),
+            hosts: Vec::new(),
+            owns_pod_netns: existing.is_none(),
+        };
+        if lab.owns_pod_netns {
+            run_args("ip", &["netns", "add", &lab.pod_netns], IP_TIMEOUT)?.ok()?;
+        }
+        run_args(
+            "ip",
+            &["-n", &lab.pod_netns, "link", "set", "lo", "up"],
+            IP_TIMEOUT,
+        )?
+        .ok()?;
+        for i in 0..hosts {
+            let host_names: &[(String, String, u32)] = if i == 0 { &names } else { &[] };
+            let host = lab
+                .add_host(i, &tag, subnet, host_names, metadata && i == 0)
+                .with_context(|| format!("creating test host {i}"))?;
+            lab.hosts.push(host);
+        }
+        Ok(lab)
+    }
+}
+
 /// The pod namespace and its hosts.
 pub struct NetLab {
     /// The pod namespace name (`/var/run/netns/<name>`).
@@ -126,6 +201,8 @@ pub struct NetLab {
     pub pod_ip: String,
     /// The hosts, in creation order.
     pub hosts: Vec<LabHost>,
+    /// Whether the pod namespace is the lab's (deleted on drop) or attached to.
+    owns_pod_netns: bool,
 }
 
 fn python() -> &'static str {
@@ -144,7 +221,7 @@ impl NetLab {
             .iter()
             .map(|(n, a, t)| (n.to_string(), a.to_string(), *t))
             .collect();
-        NetLab::build(hosts, move |_| names, metadata)
+        NetLab::build(hosts, move |_| names, metadata, None)
     }
 
     /// Like [`NetLab::start`] without metadata, with host 0's DNS names made from the hosts'
@@ -153,41 +230,31 @@ impl NetLab {
         hosts: usize,
         names: impl FnOnce(&[String]) -> Vec<(String, String, u32)>,
     ) -> Result<NetLab> {
-        NetLab::build(hosts, names, false)
+        NetLab::build(hosts, names, false, None)
+    }
+
+    /// The addresses of a lab not built yet, for what must name them before the pod namespace
+    /// exists (a CRI pod's policy and DNS servers are fixed at RunPodSandbox); build it with
+    /// [`LabPlan::attach`].
+    pub fn plan(hosts: usize) -> LabPlan {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let subnet = 1 + (std::process::id() * 7 + n) % 250;
+        LabPlan {
+            tag: format!("{}x{n}", std::process::id()),
+            subnet,
+            ips: (0..hosts)
+                .map(|i| format!("10.{}.{subnet}.1", 210 + i))
+                .collect(),
+        }
     }
 
     fn build(
         hosts: usize,
         names: impl FnOnce(&[String]) -> Vec<(String, String, u32)>,
         metadata: bool,
+        existing: Option<String>,
     ) -> Result<NetLab> {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let tag = format!("{}x{n}", std::process::id());
-        let subnet = 1 + (std::process::id() * 7 + n) % 250;
-        let ips: Vec<String> = (0..hosts)
-            .map(|i| format!("10.{}.{subnet}.1", 210 + i))
-            .collect();
-        let names = names(&ips);
-        let mut lab = NetLab {
-            pod_netns: format!("sfe-pod-{tag}"),
-            pod_ip: format!("10.210.{subnet}.2"),
-            hosts: Vec::new(),
-        };
-        run_args("ip", &["netns", "add", &lab.pod_netns], IP_TIMEOUT)?.ok()?;
-        run_args(
-            "ip",
-            &["-n", &lab.pod_netns, "link", "set", "lo", "up"],
-            IP_TIMEOUT,
-        )?
-        .ok()?;
-        for i in 0..hosts {
-            let host_names: &[(String, String, u32)] = if i == 0 { &names } else { &[] };
-            let host = lab
-                .add_host(i, &tag, subnet, host_names, metadata && i == 0)
-                .with_context(|| format!("creating test host {i}"))?;
-            lab.hosts.push(host);
-        }
-        Ok(lab)
+        NetLab::plan(hosts).build(names, metadata, existing)
     }
 
     /// `/var/run/netns/<pod>`, for `--with-ns network:PATH`.
@@ -427,25 +494,145 @@ impl Drop for NetLab {
         for h in &mut self.hosts {
             // Dropping `Running` kills the responder's process group (by the pid we started).
             h.server.take();
+            // Deleting the host's namespace also deletes the veth's end in the pod namespace.
             let _ = run_args("ip", &["netns", "del", h.netns.as_str()], IP_TIMEOUT);
         }
-        let _ = run_args("ip", &["netns", "del", self.pod_netns.as_str()], IP_TIMEOUT);
+        if self.owns_pod_netns {
+            let _ = run_args("ip", &["netns", "del", self.pod_netns.as_str()], IP_TIMEOUT);
+        }
     }
 }
 
-/// Deletes the namespaces labs of this process created (for an interrupted run).
+/// Deletes the namespaces labs of this process created, and kills the responders running in
+/// them (for an interrupted run).
 pub fn remove_leftover_namespaces() {
-    let mine = format!("{}x", std::process::id());
-    let Ok(list) = run_args("ip", &["netns", "list"], IP_TIMEOUT) else {
+    remove_namespaces_matching(|name| {
+        name.starts_with("sfe-") && name.contains(&format!("-{}x", std::process::id()))
+    });
+}
+
+/// Runs `ip ARGS` straight away and returns its stdout. For clean-up after an interrupt:
+/// [`crate::command::Running`] refuses new commands by then.
+fn ip_during_cleanup(args: &[&str]) -> Option<String> {
+    Command::new("ip")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// Deletes every named network namespace `matches` accepts, after killing the processes
+/// running in it (the test's own responders: nothing else runs in a namespace a test made).
+pub(crate) fn remove_namespaces_matching(matches: impl Fn(&str) -> bool) {
+    let Some(list) = ip_during_cleanup(&["netns", "list"]) else {
         return;
     };
     for name in list
-        .stdout
         .lines()
         .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| matches(n))
     {
-        if name.starts_with("sfe-") && name.contains(&format!("-{mine}")) {
-            let _ = run_args("ip", &["netns", "del", name], IP_TIMEOUT);
+        if let Some(pids) = ip_during_cleanup(&["netns", "pids", name]) {
+            for pid in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let _ = ip_during_cleanup(&["netns", "del", name]);
+    }
+}
+
+/// The inode of the network namespace at `path` (what `/proc/PID/ns/net` reads as
+/// `net:[INODE]`), to recognise it after its name is gone.
+pub fn netns_inode(path: &Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(path)
+        .with_context(|| format!("network namespace {}", path.display()))?
+        .ino())
+}
+
+/// What still keeps network namespace `inode` alive where this process can see it: processes
+/// running in it, file descriptors open on it (an nsfs handle kept for `setns`) and mounts of
+/// it. With none of these (and no process of its owner left to hold a socket made in it), the
+/// namespace, its nftables tables and its sockets are gone.
+pub fn netns_holders(inode: u64) -> Vec<String> {
+    let link = format!("net:[{inode}]");
+    let mut held = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return vec!["cannot read /proc".to_string()];
+    };
+    for p in procs.flatten() {
+        let name = p.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if pid == std::process::id().to_string() {
+            continue;
+        }
+        let dir = p.path();
+        let argv = std::fs::read(dir.join("cmdline"))
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .replace('\0', " ")
+                    .trim()
+                    .to_string()
+            })
+            .unwrap_or_default();
+        if std::fs::read_link(dir.join("ns/net")).is_ok_and(|l| l.as_os_str() == link.as_str()) {
+            held.push(format!("process {pid} runs in it: {argv}"));
+        }
+        if let Ok(fds) = std::fs::read_dir(dir.join("fd")) {
+            for fd in fds.flatten() {
+                if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == link.as_str()) {
+                    held.push(format!("process {pid} holds it open: {argv}"));
+                }
+            }
         }
     }
+    if let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") {
+        held.extend(
+            mountinfo
+                .lines()
+                .filter(|l| l.contains(&link))
+                .map(|l| format!("mount: {l}")),
+        );
+    }
+    held
+}
+
+/// A busybox `sh` script running each `(name, command)` of a checker, printing `== name`, the
+/// command's stdout+stderr and `rc=<status>` (read back with [`check_results`]).
+pub fn check_script(checks: &[(&str, String)]) -> String {
+    checks
+        .iter()
+        .map(|(name, cmd)| format!("echo '== {name}'; {cmd} 2>&1; echo \"rc=$?\""))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// What a [`check_script`] printed, split by check: name → (text, exit status; -1 if none).
+pub fn check_results(stdout: &str) -> std::collections::BTreeMap<String, (String, i32)> {
+    let mut map = std::collections::BTreeMap::new();
+    for section in stdout.split("== ").skip(1) {
+        let (name, body) = section.split_once('\n').unwrap_or((section, ""));
+        let rc = body
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("rc="))
+            .and_then(|r| r.trim().parse().ok())
+            .unwrap_or(-1);
+        map.insert(name.trim().to_string(), (body.to_string(), rc));
+    }
+    map
 }

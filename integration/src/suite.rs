@@ -211,23 +211,6 @@ pub fn run_matrix(scenarios: &[Scenario], core: &[&str]) -> ExitCode {
 
 type Cleanup = Box<dyn Fn() + Send + Sync>;
 
-/// Runs `start` on a thread that lives as long as the process and returns what it returned
-/// (`None` if it panicked). A private containerd dies with the thread that started it
-/// (PR_SET_PDEATHSIG follows the thread, not the process), and libtest-mimic's worker threads
-/// end while other trials still run: environments shared by trials start here.
-pub fn on_lasting_thread<T: Send + 'static>(
-    start: impl FnOnce() -> T + Send + 'static,
-) -> Option<T> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(start());
-        loop {
-            std::thread::park();
-        }
-    });
-    rx.recv().ok()
-}
-
 /// One containerd build's environment, started by the first scenario that needs it.
 struct Slot {
     build: ContainerdBuild,
@@ -243,9 +226,9 @@ impl Slot {
             if let Some(missing) = self.build.missing() {
                 return Err(missing);
             }
-            let (runtime, build, index) = (self.runtime, self.build.clone(), self.index);
-            let env = on_lasting_thread(move || TestEnv::start_build(runtime, &build, index))
-                .ok_or_else(|| "the containerd starter thread died".to_string())?
+            // (containerd is spawned from a thread that outlives this trial's worker: see
+            // `containerd::spawn_from_lasting_thread`.)
+            let env = TestEnv::start_build(self.runtime, &self.build, self.index)
                 .map(Arc::new)
                 .map_err(|e| {
                     format!(

@@ -136,22 +136,14 @@ impl Drop for TestHost {
     }
 }
 
-/// Deletes the namespaces test hosts of this process created (for an interrupted run).
+/// Deletes the namespaces test hosts of this process created (for an interrupted run), after
+/// killing their servers.
 pub fn remove_leftover_namespaces() {
     let prefixes = [
         format!("sfh-pod-{}x", std::process::id()),
         format!("sfh-host-{}x", std::process::id()),
     ];
-    let Ok(list) = run_args("ip", &["netns", "list"], IP_TIMEOUT) else {
-        return;
-    };
-    for name in list
-        .stdout
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-    {
-        if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
-            let _ = run_args("ip", &["netns", "del", name], IP_TIMEOUT);
-        }
-    }
+    crate::netlab::remove_namespaces_matching(|name| {
+        prefixes.iter().any(|p| name.starts_with(p.as_str()))
+    });
 }

@@ -5,6 +5,7 @@
 //! scenarios so the matrix stays cheap. Choose versions with `SAFEHOUSE_IT_CONTAINERD`
 //! (comma-separated: `system`, `1.7.24`, `2.1.9`).
 
+mod egress;
 mod lifecycle;
 mod pods;
 mod policy;
@@ -17,7 +18,7 @@ use anyhow::Result;
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use safehouse_integration::cri_env::{ContainerdBuild, CriEnv};
 use safehouse_integration::env::describe_error;
-use safehouse_integration::suite::{is_ci, missing_prerequisites, on_lasting_thread};
+use safehouse_integration::suite::{is_ci, missing_prerequisites};
 use safehouse_integration::RuntimeKind;
 
 /// A CRI scenario.
@@ -79,10 +80,31 @@ const SCENARIOS: &[CriScenario] = &[
         run: policy::unusable_policy_fails,
         core: true,
     },
+    // Egress allowlists through CRI pods (issue #6): system containerd only, to keep CI fast.
+    CriScenario {
+        name: "egress_allowlist_through_pod",
+        run: egress::allowlist_through_pod,
+        core: false,
+    },
+    CriScenario {
+        name: "egress_names_through_pod_forwarder",
+        run: egress::names_through_pod,
+        core: false,
+    },
+    CriScenario {
+        name: "egress_udp_icmp_and_inbound_through_pod",
+        run: egress::udp_icmp_and_inbound_through_pod,
+        core: false,
+    },
+    CriScenario {
+        name: "egress_two_pods_keep_their_own_rules",
+        run: egress::two_pods_keep_their_own_rules,
+        core: false,
+    },
 ];
 
-/// Clean-ups of the environments started so far, for an interrupted run.
-type Cleanups = Arc<Mutex<Vec<Box<dyn Fn() + Send + Sync>>>>;
+/// Clean-ups of the started environments, run on an interrupt.
+type Cleanups = Mutex<Vec<Box<dyn Fn() + Send + Sync>>>;
 
 /// One containerd version's environment, started on first use.
 struct Slot {
@@ -97,9 +119,7 @@ impl Slot {
             if let Some(missing) = self.build.missing() {
                 return Err(missing);
             }
-            let (build, index) = (self.build.clone(), self.index);
-            let env = on_lasting_thread(move || CriEnv::start(&build, index))
-                .ok_or_else(|| "the containerd starter thread died".to_string())?
+            let env = CriEnv::start(&self.build, self.index)
                 .map(Arc::new)
                 .map_err(|e| format!("containerd {}: setup failed: {e:#}", self.build.label))?;
             if let Ok(mut list) = cleanups.lock() {
@@ -130,7 +150,7 @@ fn main() -> ExitCode {
     } else {
         missing_prerequisites(RuntimeKind::Safehouse)
     };
-    let cleanups: Cleanups = Arc::default();
+    let cleanups: Arc<Cleanups> = Arc::default();
     interrupt_handler(cleanups.clone());
 
     let mut trials = Vec::new();
@@ -162,6 +182,8 @@ fn main() -> ExitCode {
         }
     }
     let conclusion = libtest_mimic::run(&args, trials);
+    // An interrupt's clean-up in progress ends the process itself (exit 130); wait for it.
+    drop(CLEANING.lock());
     let mut forced = Vec::new();
     for slot in slots {
         let Ok(slot) = Arc::try_unwrap(slot) else {
@@ -184,9 +206,12 @@ fn main() -> ExitCode {
     conclusion.exit_code()
 }
 
+/// Held by the interrupt handler while it cleans up.
+static CLEANING: Mutex<()> = Mutex::new(());
+
 /// Blocks SIGINT/SIGTERM/SIGHUP in every thread and cleans up every started environment on
 /// one of them.
-fn interrupt_handler(cleanups: Cleanups) {
+fn interrupt_handler(cleanups: Arc<Cleanups>) {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
@@ -198,12 +223,16 @@ fn interrupt_handler(cleanups: Cleanups) {
     }
     std::thread::spawn(move || {
         if let Ok(signal) = set.wait() {
+            // Held until exit: main waits on it, so it cannot end the process mid-clean-up.
+            let _cleaning = CLEANING.lock();
             eprintln!("safehouse-integration: {signal:?}: cleaning up and exiting");
             if let Ok(list) = cleanups.lock() {
                 for cleanup in list.iter() {
                     cleanup();
                 }
             }
+            // The egress scenarios' test hosts (their own namespaces and responders).
+            safehouse_integration::netlab::remove_leftover_namespaces();
             std::process::exit(130);
         }
     });

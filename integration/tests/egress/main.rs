@@ -5,8 +5,8 @@
 //! table, set, forwarder socket or process of the sandbox is left. Only the Safehouse runtime
 //! has policies; the baselines report every scenario as ignored.
 //!
-//! CRI: the scenarios take the pod namespace from the lab, so a CRI variant only has to run the
-//! same checker in a pod whose namespace is the lab's (the CRI harness lands separately).
+//! CRI: the same checks through CRI pods (the lab's hosts attached to the pod's CNI namespace)
+//! are in `integration/tests/cri/egress.rs`.
 
 #[path = "../policy/lab.rs"]
 #[allow(dead_code)]
@@ -67,32 +67,16 @@ pub mod probe {
 
     use anyhow::{ensure, Result};
     use safehouse_integration::command::Output;
-    use safehouse_integration::netlab::{tables_in, NetLab};
+    use safehouse_integration::netlab::{check_results, check_script, tables_in, NetLab};
 
-    /// A busybox `sh` script running each `(name, command)`, printing `== name`, the command's
-    /// stdout+stderr and `rc=<status>`.
+    /// A busybox `sh` script running each `(name, command)` ([`check_script`]).
     pub fn script(checks: &[(&str, String)]) -> String {
-        checks
-            .iter()
-            .map(|(name, cmd)| format!("echo '== {name}'; {cmd} 2>&1; echo \"rc=$?\""))
-            .collect::<Vec<_>>()
-            .join("; ")
+        check_script(checks)
     }
 
     /// The checker's output split by check: name → (text, exit status).
     pub fn results(out: &Output) -> BTreeMap<String, (String, i32)> {
-        let mut map = BTreeMap::new();
-        for section in out.stdout.split("== ").skip(1) {
-            let (name, body) = section.split_once('\n').unwrap_or((section, ""));
-            let rc = body
-                .lines()
-                .rev()
-                .find_map(|l| l.strip_prefix("rc="))
-                .and_then(|r| r.trim().parse().ok())
-                .unwrap_or(-1);
-            map.insert(name.trim().to_string(), (body.to_string(), rc));
-        }
-        map
+        check_results(&out.stdout)
     }
 
     /// Fails unless check `name` exited 0 and printed `needle`.
