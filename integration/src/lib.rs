@@ -15,6 +15,7 @@ pub mod ctr;
 pub mod env;
 pub mod host;
 pub mod image;
+pub mod lab;
 pub mod leaks;
 pub mod netlab;
 pub mod pty;

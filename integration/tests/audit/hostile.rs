@@ -122,7 +122,7 @@ pub fn garbage_on_trace_socket_is_contained(env: &TestEnv) -> Result<()> {
     let a = env.id("victim");
     let b = env.id("bystander");
     env.scenario(&[&a, &b], || {
-        let victim = lab.start("recorded", &["--rm"], &a, &["sleep", "60"])?;
+        let victim = lab.start(Some("recorded"), &["--rm"], &a, &["sleep", "60"])?;
         env.ctr
             .wait_status(&a, "RUNNING", Duration::from_secs(20))?;
         lab.wait_event(&a, "container/start of A", |e| {
@@ -186,7 +186,12 @@ pub fn garbage_on_trace_socket_is_contained(env: &TestEnv) -> Result<()> {
                 && e["file"]["path"] == "/proc/version"
         })?;
 
-        let out = lab.run("recorded", &["--rm"], &b, &["sh", "-c", "echo ok; exit 0"])?;
+        let out = lab.run(
+            Some("recorded"),
+            &["--rm"],
+            &b,
+            &["sh", "-c", "echo ok; exit 0"],
+        )?;
         ensure!(
             out.success() && out.stdout.trim() == "ok",
             "B should run normally: {}",

@@ -6,7 +6,7 @@
 //! audit stream; the baselines report every scenario as ignored.
 
 mod hostile;
-mod lab;
+use safehouse_integration::lab;
 mod stop;
 mod tamper;
 mod workload;

@@ -21,7 +21,7 @@ pub fn stop_kills_records_and_leaves_nothing(env: &TestEnv) -> Result<()> {
             (&a, vec!["sleep", "1000"]),
             (&b, vec!["sh", "-c", "sleep 1000 & sleep 1000"]),
         ] {
-            let out = lab.run("recorded", &["-d"], id, &cmd)?;
+            let out = lab.run(Some("recorded"), &["-d"], id, &cmd)?;
             ensure!(out.success(), "start {id}: {}", out.describe());
         }
         for id in [&a, &b] {

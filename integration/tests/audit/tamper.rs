@@ -34,7 +34,7 @@ pub fn verify_names_the_broken_line(env: &TestEnv) -> Result<()> {
     let id = env.id("tamper");
     env.scenario(&[&id], || {
         let script = "cat /etc/hostname; echo data > /tmp/out.txt; exit 0";
-        let out = lab.run("recorded", &["--rm"], &id, &["sh", "-c", script])?;
+        let out = lab.run(Some("recorded"), &["--rm"], &id, &["sh", "-c", script])?;
         ensure!(out.success(), "workload: {}", out.describe());
         lab.wait_event(&id, "lifecycle/delete", |e| is(e, "lifecycle", "delete"))?;
         let original = fs::read_to_string(&lab.audit)?;

@@ -82,7 +82,7 @@ pub fn known_workload_expected_events(env: &TestEnv) -> Result<()> {
             host.host_ip, host.port
         );
         let flags = ["--rm", "--with-ns", with_ns.as_str()];
-        let out = lab.run("recorded", &flags, &id, &["sh", "-c", &script])?;
+        let out = lab.run(Some("recorded"), &flags, &id, &["sh", "-c", &script])?;
         ensure!(
             out.code == Some(7),
             "workload should exit 7: {}",

@@ -8,9 +8,7 @@
 //! CRI: the same checks through CRI pods (the lab's hosts attached to the pod's CNI namespace)
 //! are in `integration/tests/cri/egress.rs`.
 
-#[path = "../policy/lab.rs"]
-#[allow(dead_code)]
-mod lab;
+use safehouse_integration::lab;
 
 mod filter;
 mod names;

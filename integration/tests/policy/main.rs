@@ -5,7 +5,7 @@
 //! has policies; the baselines report every scenario as ignored.
 
 mod filesystem;
-mod lab;
+use safehouse_integration::lab;
 mod network;
 mod process;
 mod refusals;

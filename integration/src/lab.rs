@@ -1,17 +1,19 @@
-//! The policy lab of one scenario: its own Safehouse runtime config (handed to the shim with
-//! `ctr run --runtime-config-path`), a policy directory the config selects from by annotation,
-//! and an audit file, all in a scratch directory of the run. Nothing here asserts anything;
-//! the feature files do.
+//! The lab of one policy or audit scenario: its own Safehouse runtime config (handed to the
+//! shim with `ctr run --runtime-config-path`), a policy directory the config selects from by
+//! annotation, and the audit file the shim writes, all in a scratch directory of the run; plus
+//! the `safehouse` CLI built next to the shim. Nothing here asserts anything; the scenarios do.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use safehouse_integration::command::{wait_for, Output, Running};
-use safehouse_integration::suite::only_for;
-use safehouse_integration::{RuntimeKind, TestEnv};
 use serde_json::Value;
+
+use crate::command::{run, wait_for, Output, Running};
+use crate::suite::only_for;
+use crate::{RuntimeKind, TestEnv};
 
 /// The annotation that selects a policy by name.
 pub const SELECT_ANNOTATION: &str = "safehouse.dev/policy";
@@ -26,7 +28,8 @@ pub struct Lab<'a> {
     dir: PathBuf,
     config: PathBuf,
     policies: PathBuf,
-    audit: PathBuf,
+    /// The audit file the shim writes.
+    pub audit: PathBuf,
 }
 
 impl<'a> Lab<'a> {
@@ -40,7 +43,7 @@ impl<'a> Lab<'a> {
     /// Not applicable to the baselines, which have no policies.
     pub fn with_selectable(env: &'a TestEnv, tag: &str, selectable: &[&str]) -> Result<Lab<'a>> {
         only_for(env, RuntimeKind::Safehouse)?;
-        let dir = env.scratch(&format!("policy-lab-{tag}"))?;
+        let dir = env.scratch(&format!("lab-{tag}"))?;
         let policies = dir.join("policies");
         fs::create_dir_all(&policies)?;
         let audit = dir.join("audit.jsonl");
@@ -70,7 +73,6 @@ impl<'a> Lab<'a> {
     }
 
     /// Adds top-level keys (e.g. `dns_upstreams = [...]`) to the lab's runtime config.
-    #[allow(dead_code)]
     pub fn config_keys(&self, toml: &str) -> Result<()> {
         let old = fs::read_to_string(&self.config)?;
         fs::write(&self.config, format!("{toml}\n{old}"))
@@ -81,10 +83,15 @@ impl<'a> Lab<'a> {
     pub fn policy(&self, name: &str, spec: &str) -> Result<()> {
         let text = format!(
             "apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: {name}\n  \
-             description: integration policy test\nspec: {spec}\n"
+             description: integration test\nspec: {spec}\n"
         );
         let path = self.policies.join(format!("{name}.yaml"));
         fs::write(&path, text).with_context(|| format!("write {}", path.display()))
+    }
+
+    /// A path in this lab's scratch directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
     }
 
     /// A fresh host directory of this lab (for inputs and outputs zones).
@@ -185,6 +192,41 @@ impl<'a> Lab<'a> {
         })
     }
 
+    /// Every line of the audit file, parsed (a line that is not JSON fails).
+    pub fn events(&self) -> Result<Vec<Value>> {
+        let text = fs::read_to_string(&self.audit)
+            .with_context(|| format!("read {}", self.audit.display()))?;
+        text.lines()
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::from_str(l)
+                    .with_context(|| format!("{}:{}: not JSON: {l}", self.audit.display(), i + 1))
+            })
+            .collect()
+    }
+
+    /// The events whose `sandbox_id` is `id`.
+    pub fn events_of(&self, id: &str) -> Vec<Value> {
+        self.events()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e["sandbox_id"] == id)
+            .collect()
+    }
+
+    /// Waits for an event of sandbox `id` that `matches`; fails listing the events seen.
+    pub fn wait_event(
+        &self,
+        id: &str,
+        what: &str,
+        matches: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let found = wait_for(what, AUDIT_WAIT, || {
+            Ok(self.events_of(id).into_iter().find(|e| matches(e)))
+        });
+        found.with_context(|| format!("{}", Listing(&self.events_of(id))))
+    }
+
     /// The bundle containerd made for `id` (its `config.json` is what the shim confined).
     pub fn bundle(&self, id: &str) -> PathBuf {
         self.env
@@ -207,4 +249,51 @@ impl<'a> Lab<'a> {
 /// True when `out` (stdout or stderr) contains `needle`.
 pub fn says(out: &Output, needle: &str) -> bool {
     out.stdout.contains(needle) || out.stderr.contains(needle)
+}
+
+/// Events, one a line, for error messages.
+pub struct Listing<'e>(pub &'e [Value]);
+
+impl std::fmt::Display for Listing<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{} events:", self.0.len())?;
+        for e in self.0 {
+            let line: String = e.to_string().chars().take(400).collect();
+            writeln!(f, "  {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `category`/`action` of an event.
+pub fn is(event: &Value, category: &str, action: &str) -> bool {
+    event["category"] == category && event["action"] == action
+}
+
+/// The `safehouse` CLI next to the shim under test (target/{debug,release}).
+fn cli() -> Result<PathBuf> {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let candidates = [
+        target.join("debug/safehouse"),
+        target.join("release/safehouse"),
+    ];
+    candidates
+        .iter()
+        .filter_map(|p| Some((fs::metadata(p).ok()?.modified().ok()?, p)))
+        .max()
+        .map(|(_, p)| p.clone())
+        .context("no target/{debug,release}/safehouse: run cargo build -p safehouse-cli")
+}
+
+/// `safehouse ARGS...` (the CLI built next to the shim under test).
+pub fn safehouse(args: &[&str]) -> Result<Output> {
+    run(Command::new(cli()?).args(args), Duration::from_secs(30))
+}
+
+/// `safehouse audit verify FILE`.
+pub fn verify(file: &Path) -> Result<Output> {
+    run(
+        Command::new(cli()?).arg("audit").arg("verify").arg(file),
+        Duration::from_secs(30),
+    )
 }
