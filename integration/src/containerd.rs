@@ -270,16 +270,7 @@ impl Containerd {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        // If the test binary dies without running its teardown, containerd goes with it. The
-        // signal follows the thread that spawned containerd: call this from a thread that
-        // lives as long as containerd should.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        this.child = Some(spawn_from_lasting_thread(cmd).context("cannot start containerd")?);
+        this.child = Some(spawn_bound_to_tests(cmd).context("cannot start containerd")?);
         this.wait_ready()?;
         Ok(this)
     }
@@ -698,11 +689,19 @@ impl EmergencyCleanup {
     }
 }
 
-/// Spawns `cmd` from a thread that lives as long as the test process. `PR_SET_PDEATHSIG`
-/// fires when the *thread* that forked the child exits, not the process: a containerd started
-/// lazily by one scenario's thread (libtest-mimic's worker) got SIGTERM when that thread ran
-/// out of scenarios, under the scenarios other threads were still running.
-fn spawn_from_lasting_thread(cmd: Command) -> std::io::Result<std::process::Child> {
+/// Spawns `cmd` (a containerd) so that it gets SIGTERM if the test process dies without its
+/// teardown, and not before: `PR_SET_PDEATHSIG` fires when the *thread* that forked the child
+/// exits, not the process, so the fork happens on a thread that lives as long as the process
+/// (a containerd started lazily by one scenario's libtest-mimic worker got SIGTERM when that
+/// worker ran out of scenarios, under the scenarios other threads were still running).
+pub fn spawn_bound_to_tests(mut cmd: Command) -> std::io::Result<std::process::Child> {
+    // SAFETY: prctl(2) is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
     use std::sync::mpsc::{channel, Sender};
     use std::sync::{Mutex, OnceLock};
     type Request = (Command, Sender<std::io::Result<std::process::Child>>);

@@ -175,21 +175,7 @@ impl<'a> Lab<'a> {
         what: &str,
         matches: impl Fn(&Value) -> bool,
     ) -> Result<Value> {
-        let found = wait_for(what, AUDIT_WAIT, || {
-            Ok(self.audit_events(id).into_iter().find(|e| matches(e)))
-        });
-        found.with_context(|| {
-            let seen: Vec<String> = self
-                .audit_events(id)
-                .iter()
-                .map(|e| e.to_string().chars().take(500).collect())
-                .collect();
-            format!(
-                "no audit event: {what} in {}; events of {id}:\n  {}",
-                self.audit.display(),
-                seen.join("\n  ")
-            )
-        })
+        self.wait_among(what, || self.audit_events(id), matches)
     }
 
     /// Every line of the audit file, parsed (a line that is not JSON fails).
@@ -221,10 +207,20 @@ impl<'a> Lab<'a> {
         what: &str,
         matches: impl Fn(&Value) -> bool,
     ) -> Result<Value> {
-        let found = wait_for(what, AUDIT_WAIT, || {
-            Ok(self.events_of(id).into_iter().find(|e| matches(e)))
-        });
-        found.with_context(|| format!("{}", Listing(&self.events_of(id))))
+        self.wait_among(what, || self.events_of(id), matches)
+    }
+
+    /// Waits until one of `events()` `matches`; fails listing the events seen.
+    fn wait_among(
+        &self,
+        what: &str,
+        events: impl Fn() -> Vec<Value>,
+        matches: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        wait_for(what, AUDIT_WAIT, || {
+            Ok(events().into_iter().find(|e| matches(e)))
+        })
+        .with_context(|| format!("in {}: {}", self.audit.display(), Listing(&events())))
     }
 
     /// The bundle containerd made for `id` (its `config.json` is what the shim confined).

@@ -88,7 +88,6 @@ fn start_containerd(
     log: &Path,
     sock: &Path,
 ) -> Result<OwnContainerd> {
-    use std::os::unix::process::CommandExt;
     let log = fs::File::create(log)?;
     let mut cmd = Command::new("containerd");
     cmd.arg("--config")
@@ -97,14 +96,9 @@ fn start_containerd(
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
     let mut own = OwnContainerd {
-        child: cmd.spawn().context("start containerd")?,
+        child: safehouse_integration::containerd::spawn_bound_to_tests(cmd)
+            .context("start containerd")?,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
