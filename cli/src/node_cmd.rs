@@ -405,13 +405,21 @@ mod tests {
         // runsc "installed" on the fake node: a script answering --version and flags.
         let runsc = dir.join("root/usr/bin/runsc");
         std::fs::create_dir_all(runsc.parent().expect("p")).expect("mkdir");
+        // Written by `install`, not by this process: a concurrently forked test child would
+        // otherwise hold our write descriptor and running the script would fail with ETXTBSY.
+        let draft = dir.join("runsc.draft");
         std::fs::write(
-            &runsc,
+            &draft,
             "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'runsc version 0.0~20240729.0'; else echo '-network string'; echo '-platform string'; fi\n",
         )
         .expect("w");
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&runsc, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let ok = std::process::Command::new("install")
+            .args(["-m", "0755"])
+            .arg(&draft)
+            .arg(&runsc)
+            .status()
+            .expect("install");
+        assert!(ok.success(), "install runsc: {ok}");
         for name in ["config.toml", "config-net.toml"] {
             std::fs::write(from.join("config").join(name), "platform = \"ptrace\"\n").expect("w");
         }

@@ -235,11 +235,7 @@ impl Containerd {
         this.shim_config = options.shim_config.clone();
         // The Go runc shim driving runsc (a CRI baseline): the wrapper fixes runsc's network.
         let wrapper = path.join("bin").join(RUNSC_CRI_WRAPPER);
-        fs::write(&wrapper, "#!/bin/sh\nexec runsc --network=none \"$@\"\n")?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))?;
-        }
+        crate::host::write_executable(&wrapper, "#!/bin/sh\nexec runsc --network=none \"$@\"\n")?;
         if let Some(network) = &options.pod_network {
             fs::write(
                 path.join("cni").join("10-safehouse-it.conflist"),

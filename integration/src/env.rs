@@ -79,8 +79,8 @@ impl TestEnv {
         let runc_root = containerd.dir().join("runc-root");
         fs::create_dir_all(&runc_root)?;
         let wrapper = containerd.dir().join("bin").join("runsc-network-none");
-        fs::write(&wrapper, "#!/bin/sh\nexec runsc --network=none \"$@\"\n")?;
-        set_executable(&wrapper)?;
+        crate::host::write_executable(&wrapper, "#!/bin/sh\nexec runsc --network=none \"$@\"\n")
+            .with_context(|| format!("writing {}", wrapper.display()))?;
         let runtime_root = match runtime {
             RuntimeKind::Safehouse if given_config.is_none() => {
                 containerd.runsc_root().join(&namespace)
@@ -288,12 +288,6 @@ impl TestEnv {
     fn runsc_wrapper(&self) -> PathBuf {
         self.containerd.dir().join("bin").join("runsc-network-none")
     }
-}
-
-fn set_executable(path: &std::path::Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
-        .with_context(|| format!("chmod {}", path.display()))
 }
 
 /// What the teardown found and where containerd's log was kept.

@@ -146,6 +146,35 @@ fn unescape_mountinfo(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Writes an executable script so that executing it can never fail with "Text file busy".
+///
+/// Tests run in parallel threads that spawn processes all the time; a file written by this
+/// process is held open for writing by any child forked in that instant until the child execs,
+/// and executing the file meanwhile fails with ETXTBSY. So the executable itself is written by
+/// a separate process (`install`), whose descriptor no fork of ours can inherit.
+pub fn write_executable(path: &Path, content: &str) -> std::io::Result<()> {
+    let draft = path.with_file_name(format!(
+        ".{}.draft",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("script")
+    ));
+    fs::write(&draft, content)?;
+    let status = std::process::Command::new("install")
+        .args(["-m", "0755"])
+        .arg(&draft)
+        .arg(path)
+        .status();
+    let _ = fs::remove_file(&draft);
+    match status? {
+        s if s.success() => Ok(()),
+        s => Err(std::io::Error::other(format!(
+            "install -m 0755 {} failed: {s}",
+            path.display()
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -310,7 +310,20 @@ async fn run_one(
             });
         }
     }
-    let mut child = cmd.spawn().map_err(|e| format!("cannot execute: {e}"))?;
+    // ETXTBSY means some process still holds the hook binary open for writing: typically a
+    // tool that wrote it a moment ago, or a writer's fd that a concurrent fork inherited for the
+    // instant before its exec. Both clear within milliseconds; a hook does not fail for them.
+    let mut attempt = 0u32;
+    let mut child = loop {
+        match cmd.spawn() {
+            Ok(child) => break child,
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempt < 8 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(5 << attempt.min(5))).await;
+            }
+            Err(e) => return Err(format!("cannot execute: {e}")),
+        }
+    };
     drop(ns);
     let pgid = child.id();
     if let Some(mut stdin) = child.stdin.take() {

@@ -1,7 +1,6 @@
 //! Terminals and the `binary://` / `file://` log URIs nerdctl uses.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -155,8 +154,7 @@ pub fn log_uri_binary(env: &TestEnv) -> Result<()> {
              wait\n",
             dir = dir.display()
         );
-        fs::write(&recorder, script)?;
-        fs::set_permissions(&recorder, fs::Permissions::from_mode(0o755))?;
+        safehouse_integration::host::write_executable(&recorder, &script)?;
         let uri = format!("binary://{}", recorder.display());
         let out = env.ctr_run(
             &["--rm", "--log-uri", &uri],

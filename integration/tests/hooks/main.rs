@@ -5,7 +5,6 @@
 //! whole spec (from `ctr oci spec`) with a rootfs directory of its own.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -103,8 +102,7 @@ impl Lab {
         }
         safehouse_integration::image::populate_rootfs(&rootfs)?;
         let recorder = hooks.join("record.sh");
-        fs::write(&recorder, RECORDER)?;
-        fs::set_permissions(&recorder, fs::Permissions::from_mode(0o755))?;
+        safehouse_integration::host::write_executable(&recorder, RECORDER)?;
         Ok(Lab {
             dir,
             log,
