@@ -61,7 +61,7 @@ impl Shim for SafehouseShim {
         // container (sandbox, runsc state, mounts) from what Create persisted.
         let bundle = std::env::current_dir().map_err(|e| ShimCrateError::Other(e.to_string()))?;
         let mut pid = 0;
-        remove_dead_shim_socket(&bundle);
+        let mut socket_gone = remove_dead_shim_socket(&bundle);
         if let Some(st) = PersistedState::load(&bundle) {
             pid = st.pid;
             cleanup_after_dead_shim(&self.id, &bundle, &st).await;
@@ -80,6 +80,14 @@ impl Shim for SafehouseShim {
                 let _ = std::fs::remove_file(sock);
             }
             crate::task::unregister(&self.namespace, &self.id);
+            // A listener still answering before the clean-up can have been a process of the
+            // dead shim's that the clean-up has just ended: look once more.
+            if !socket_gone {
+                socket_gone = remove_dead_shim_socket(&bundle);
+            }
+            if !socket_gone {
+                tracing::info!(container = %self.id, "the shim socket still answers: left to the live shim serving it");
+            }
         } else {
             tracing::debug!(container = %self.id, "no Safehouse state in {}: nothing to clean", bundle.display());
         }
@@ -162,19 +170,31 @@ async fn cleanup_after_dead_shim(id: &str, bundle: &Path, st: &PersistedState) {
 /// Removes the ttrpc socket a killed shim left in /run/containerd/s (named in the bundle's
 /// `address` file), if nothing listens on it any more: a pod's other containers may still be
 /// served by a live shim on the same socket.
-fn remove_dead_shim_socket(bundle: &Path) {
+/// True when no socket is left (removed now, or there was none).
+fn remove_dead_shim_socket(bundle: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
     let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
-        return;
+        return true;
     };
     let path = Path::new(address.trim().trim_start_matches("unix://"));
     let is_socket = std::fs::symlink_metadata(path)
         .map(|m| m.file_type().is_socket())
         .unwrap_or(false);
-    if is_socket && std::os::unix::net::UnixStream::connect(path).is_err() {
-        match std::fs::remove_file(path) {
-            Ok(()) => tracing::info!("removed the dead shim's socket {}", path.display()),
-            Err(e) => tracing::warn!("remove {}: {e}", path.display()),
+    if !is_socket {
+        return true;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return false;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            tracing::info!("removed the dead shim's socket {}", path.display());
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => {
+            tracing::warn!("remove {}: {e}", path.display());
+            false
         }
     }
 }
