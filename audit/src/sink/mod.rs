@@ -7,9 +7,11 @@
 //! pod and policy) to a channel.
 //!
 //! Bind before `runsc create`: runsc connects and handshakes synchronously
-//! while creating the sandbox. Each connection is its own task with its own
-//! bounded buffer; a slow channel pushes back onto the socket, where gVisor's
-//! retries and `dropped_count` take over (reported as `audit`/`dropped`).
+//! while creating the sandbox. Each connection is read by a thread of its own
+//! that drains the socket in batches (see `conn` for why it sleeps between
+//! drains instead of waiting on the socket); a slow channel pushes back onto
+//! the socket, where gVisor's retries and `dropped_count` take over (reported
+//! as `audit`/`dropped`).
 
 mod conn;
 mod socket;
@@ -17,14 +19,15 @@ mod socket;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use nix::fcntl::OFlag;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 use crate::event::AuditEvent;
 use crate::lifecycle::SandboxContext;
@@ -40,6 +43,9 @@ pub struct SinkOptions {
     pub handshake_timeout: Duration,
     /// Least time between two reports of malformed/unknown packets.
     pub report_interval: Duration,
+    /// While packets keep coming, how long the reader lets them gather in the socket between
+    /// two drains (the most a busy stream's events are delayed). Zero reads each at once.
+    pub batch_interval: Duration,
 }
 
 impl Default for SinkOptions {
@@ -49,6 +55,7 @@ impl Default for SinkOptions {
             max_connections: 4,
             handshake_timeout: Duration::from_secs(5),
             report_interval: Duration::from_secs(1),
+            batch_interval: Duration::from_millis(1),
         }
     }
 }
@@ -128,6 +135,9 @@ pub struct SinkHandle {
     path: PathBuf,
     task: JoinHandle<()>,
     stats: Arc<SinkStats>,
+    /// The write end of the stop pipe: closing it (on drop) ends every connection's reader.
+    _stop: Option<OwnedFd>,
+    live: Arc<AtomicUsize>,
 }
 
 impl TraceSink {
@@ -161,9 +171,32 @@ impl TraceSink {
     /// Starts accepting; decoded events of this sandbox go to `events`.
     pub fn spawn(self, ctx: SandboxContext, events: mpsc::Sender<AuditEvent>) -> SinkHandle {
         let stats = Arc::new(SinkStats::default());
+        let live = Arc::new(AtomicUsize::new(0));
         let path = self.path.clone();
-        let task = tokio::spawn(accept_loop(self, Arc::new(ctx), events, Arc::clone(&stats)));
-        SinkHandle { path, task, stats }
+        // Readers learn that the sink is gone from the pipe's read end hanging up. Without a
+        // pipe (descriptors exhausted) the sink accepts nothing: no reader it could not stop.
+        let (stop_rx, stop_tx) = match nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK) {
+            Ok((r, w)) => (Some(Arc::new(r)), Some(w)),
+            Err(e) => {
+                tracing::error!(error = %e, "trace sink: no stop pipe; accepting nothing");
+                (None, None)
+            }
+        };
+        let task = tokio::spawn(accept_loop(
+            self,
+            Arc::new(ctx),
+            events,
+            Arc::clone(&stats),
+            stop_rx,
+            Arc::clone(&live),
+        ));
+        SinkHandle {
+            path,
+            task,
+            stats,
+            _stop: stop_tx,
+            live,
+        }
     }
 }
 
@@ -176,6 +209,11 @@ impl SinkHandle {
     /// The socket path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Connections being read now.
+    pub fn live_connections(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
     }
 
     /// Stops accepting and closes every connection.
@@ -196,23 +234,20 @@ async fn accept_loop(
     ctx: Arc<SandboxContext>,
     events: mpsc::Sender<AuditEvent>,
     stats: Arc<SinkStats>,
+    stop: Option<Arc<OwnedFd>>,
+    live: Arc<AtomicUsize>,
 ) {
-    // Connection tasks live in this set: aborting the accept task drops the
-    // set, which aborts them all.
-    let mut conns = JoinSet::new();
+    let Some(stop) = stop else { return };
     loop {
-        let accepted = tokio::select! {
-            guard = sink.listener.readable() => match guard {
-                Ok(mut g) => match g.try_io(|fd| socket::accept(fd.get_ref())) {
-                    Ok(result) => result,
-                    Err(_would_block) => continue,
-                },
-                Err(e) => {
-                    tracing::error!(error = %e, "trace sink listener failed");
-                    return;
-                }
+        let accepted = match sink.listener.readable().await {
+            Ok(mut g) => match g.try_io(|fd| socket::accept(fd.get_ref())) {
+                Ok(result) => result,
+                Err(_would_block) => continue,
             },
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "trace sink listener failed");
+                return;
+            }
         };
         let fd = match accepted {
             Ok(fd) => fd,
@@ -222,28 +257,24 @@ async fn accept_loop(
                 continue;
             }
         };
-        if conns.len() >= sink.options.max_connections {
+        if live.load(Ordering::SeqCst) >= sink.options.max_connections {
             stats.connections_refused.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let fd = match socket::register(fd, Interest::READABLE | Interest::WRITABLE) {
-            Ok(fd) => fd,
-            Err(e) => {
-                tracing::warn!(error = %e, "trace sink connection not registered");
-                continue;
-            }
-        };
         stats.connections.fetch_add(1, Ordering::Relaxed);
-        conns.spawn(
-            conn::Connection {
-                fd,
-                ctx: Arc::clone(&ctx),
-                tx: events.clone(),
-                stats: Arc::clone(&stats),
-                options: sink.options.clone(),
-            }
-            .run(),
-        );
+        let spawned = conn::Connection {
+            fd,
+            stop: Arc::clone(&stop),
+            ctx: Arc::clone(&ctx),
+            tx: events.clone(),
+            stats: Arc::clone(&stats),
+            options: sink.options.clone(),
+            live: Arc::clone(&live),
+        }
+        .spawn();
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "trace sink: no thread for a connection");
+        }
     }
 }
 

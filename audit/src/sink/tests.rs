@@ -237,3 +237,50 @@ async fn long_paths_are_refused_and_short_paths_offered() {
         short_socket_path(Path::new("/run/safehouse/trace"), &"a".repeat(64))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_arrives_whole_and_in_order_and_dropping_the_sink_ends_its_reader() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let options = SinkOptions {
+        batch_interval: Duration::from_millis(5),
+        ..SinkOptions::default()
+    };
+    let (handle, mut rx, path) = start(dir.path(), "burst", options);
+    // More packets than one batch, sent faster than the reader drains: the socket holds them
+    // while the reader sleeps between drains.
+    const N: i64 = 1000;
+    let (tx_client, rx_client) = std::sync::mpsc::channel();
+    client(move || {
+        let (c, _) = SentryClient::handshake(&path).unwrap_or_else(|e| panic!("{e}"));
+        for i in 0..N {
+            let open = SyscallOpen {
+                context_data: ctx().to_proto(),
+                exit: exit(i, 0),
+                sysno: 257,
+                fd: -100,
+                pathname: format!("/tmp/{i}").into_bytes(),
+                ..Default::default()
+            };
+            c.send(&packet(mt::SYSCALL_OPEN, 0, &open))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let _ = tx_client.send(c);
+    })
+    .await;
+    for i in 0..N {
+        let ev = next(&mut rx).await;
+        assert_eq!(
+            ev.file.and_then(|f| f.path),
+            Some(format!("/tmp/{i}")),
+            "event {i} out of order or missing"
+        );
+    }
+    assert_eq!(handle.live_connections(), 1);
+    let c = rx_client.recv().unwrap_or_else(|e| panic!("{e}"));
+    handle.shutdown();
+    // The reader thread closes its end: the Sentry side reads EOF, not a hang.
+    let eof = tokio::task::spawn_blocking(move || c.recv())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(eof.map(|p| p.len()).ok(), Some(0), "sink reader still open");
+}
