@@ -129,6 +129,8 @@ pub enum Action {
     Oom,
     /// The container ran past its time limit.
     Timeout,
+    /// The shim ran one of the container's OCI hooks on the host.
+    Hook,
     /// The policy was violated.
     Violation,
     /// Events were lost; `dropped` says how many and where.

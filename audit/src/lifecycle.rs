@@ -161,6 +161,29 @@ impl SandboxContext {
             .detail("all", all)
     }
 
+    /// The shim ran OCI hook `path` (of `kind`, e.g. `createContainer`) for the container on
+    /// the host; `failure` says why it failed, if it did.
+    pub fn hook(
+        &self,
+        container_id: &str,
+        kind: &str,
+        path: &str,
+        duration: std::time::Duration,
+        failure: Option<&str>,
+    ) -> EventBuilder {
+        let b = self
+            .lifecycle(Action::Hook, container_id)
+            .actor("safehouse")
+            .detail("kind", kind)
+            .detail("path", path)
+            .detail("duration_ms", duration.as_millis() as u64)
+            .detail("ok", failure.is_none());
+        match failure {
+            Some(why) => b.message(why),
+            None => b,
+        }
+    }
+
     /// The container hit its memory limit.
     pub fn oom(&self, container_id: &str) -> EventBuilder {
         self.lifecycle(Action::Oom, container_id)

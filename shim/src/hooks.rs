@@ -246,27 +246,48 @@ pub fn check_origin(hooks: &[(&'static str, Hook)], container_dirs: &[PathBuf]) 
     Ok(())
 }
 
+/// One hook the shim ran, for the audit stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookRun {
+    /// `createContainer` or `startContainer`.
+    pub kind: String,
+    /// The hook's path.
+    pub path: PathBuf,
+    /// How long it ran.
+    pub duration: Duration,
+    /// Why it failed, if it did.
+    pub failure: Option<String>,
+}
+
 /// Runs `hooks` of `kind` in order, stopping at the first failure (an error naming the hook,
 /// its exit status and the end of its stderr). `netns` is the network namespace to run them in.
+/// `ran` hears of every hook that was started, failed or not.
 pub async fn run(
     kind: &str,
     hooks: &[Hook],
     state: &HookState,
     netns: Option<&Path>,
+    mut ran: impl FnMut(HookRun),
 ) -> Result<()> {
     let input = serde_json::to_vec(&state.to_json())
         .map_err(|e| ShimError::Internal(format!("hook state: {e}")))?;
     for (i, hook) in hooks.iter().enumerate() {
-        run_one(hook, &input, &state.bundle, netns)
-            .await
-            .map_err(|why| {
-                ShimError::FailedPrecondition(format!(
-                    "{kind} hook {} ({}[{i}]) of {}: {why}",
-                    hook.path.display(),
-                    kind,
-                    state.id
-                ))
-            })?;
+        let started = std::time::Instant::now();
+        let outcome = run_one(hook, &input, &state.bundle, netns).await;
+        ran(HookRun {
+            kind: kind.to_owned(),
+            path: hook.path.clone(),
+            duration: started.elapsed(),
+            failure: outcome.as_ref().err().cloned(),
+        });
+        outcome.map_err(|why| {
+            ShimError::FailedPrecondition(format!(
+                "{kind} hook {} ({}[{i}]) of {}: {why}",
+                hook.path.display(),
+                kind,
+                state.id
+            ))
+        })?;
         info!(container = %state.id, hook = %hook.path.display(), "{kind} hook ran");
     }
     Ok(())
@@ -514,9 +535,21 @@ mod tests {
             env: vec!["MARK=yes".into()],
             timeout: Some(Duration::from_secs(5)),
         };
-        run("createContainer", &[hook], &state(dir.path()), None)
-            .await
-            .expect("runs");
+        let mut runs = Vec::new();
+        run("createContainer", &[hook], &state(dir.path()), None, |r| {
+            runs.push(r)
+        })
+        .await
+        .expect("runs");
+        assert_eq!(runs.len(), 1);
+        assert_eq!(
+            (
+                runs[0].kind.as_str(),
+                runs[0].path.file_name(),
+                &runs[0].failure
+            ),
+            ("createContainer", Some(std::ffi::OsStr::new("rec")), &None)
+        );
         let text = std::fs::read_to_string(&out).expect("recorded");
         let lines: Vec<&str> = text.lines().collect();
         // A script sees its own path as $0 (the kernel runs it); args[1..] are its arguments.
@@ -546,15 +579,27 @@ mod tests {
             env: vec![],
             timeout: t.map(Duration::from_secs),
         };
+        let mut runs = Vec::new();
         let e = run(
             "startContainer",
             &[h(&fail, None), h(&second, None)],
             &state(dir.path()),
             None,
+            |r| runs.push(r),
         )
         .await
         .expect_err("fails")
         .to_string();
+        // The failing hook is reported (with its cause); the one after it never ran.
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        assert_eq!(runs[0].path, fail);
+        assert!(
+            runs[0]
+                .failure
+                .as_deref()
+                .is_some_and(|f| f.contains("exit status: 3")),
+            "{runs:?}"
+        );
         assert!(e.contains("exit status: 3"), "{e}");
         assert!(e.contains("broken network"), "{e}");
         assert!(e.contains("startContainer[0]"), "{e}");
@@ -566,6 +611,7 @@ mod tests {
             &[h(&slow, Some(1))],
             &state(dir.path()),
             None,
+            |_| {},
         )
         .await
         .expect_err("times out")

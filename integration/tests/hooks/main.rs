@@ -217,6 +217,25 @@ fn run_config(
     env.ctr.run(&argv)
 }
 
+/// Waits for `count` `lifecycle`/`hook` events of sandbox `id` in the audit file (in order).
+fn hook_events(env: &TestEnv, id: &str, count: usize) -> Result<Vec<Value>> {
+    let path = env.containerd.audit_path();
+    let read = || -> Vec<Value> {
+        fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["sandbox_id"] == id && e["action"] == "hook")
+            .collect()
+    };
+    safehouse_integration::command::wait_for(
+        "the hook runs in the audit stream",
+        Duration::from_secs(10),
+        || Ok(Some(read()).filter(|v| v.len() >= count)),
+    )
+    .with_context(|| format!("hook events of {id} in {}: {:?}", path.display(), read()))
+}
+
 fn host_netns() -> Result<String> {
     Ok(fs::read_link("/proc/self/ns/net")?.display().to_string())
 }
@@ -241,6 +260,31 @@ fn every_kind_once_in_order(env: &TestEnv) -> Result<()> {
         ensure!(
             kinds == KINDS,
             "hooks ran as {kinds:?}, want each once in order {KINDS:?}"
+        );
+        // The two hooks the shim ran are in the audit stream, with the recorder's path.
+        let runs = hook_events(env, &id, 2)?;
+        let audited: Vec<(&str, &str, bool)> = runs
+            .iter()
+            .map(|e| {
+                (
+                    e["detail"]["kind"].as_str().unwrap_or_default(),
+                    e["detail"]["path"].as_str().unwrap_or_default(),
+                    e["detail"]["ok"].as_bool().unwrap_or(false),
+                )
+            })
+            .collect();
+        let recorder = lab.recorder.display().to_string();
+        ensure!(
+            audited
+                == [
+                    ("createContainer", recorder.as_str(), true),
+                    ("startContainer", recorder.as_str(), true)
+                ],
+            "audited hook runs {audited:?}"
+        );
+        ensure!(
+            runs.iter().all(|e| e["container_id"] == id.as_str()),
+            "hook events of another container: {runs:?}"
         );
         let host = host_netns()?;
         let mut sandbox_pid = None;
@@ -439,6 +483,16 @@ fn failing_start_container_fails_start(env: &TestEnv) -> Result<()> {
             !out.stdout.contains("should-not-run"),
             "the process ran: {}",
             out.describe()
+        );
+        // The failed hook is audited with its cause.
+        let failed = hook_events(env, &id, 2)?;
+        ensure!(
+            failed[1]["detail"]["kind"] == "startContainer"
+                && failed[1]["detail"]["ok"] == false
+                && failed[1]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("startContainer refuses")),
+            "the failed startContainer run in the audit: {failed:?}"
         );
         if env.ctr.task(&id)?.is_some() {
             env.ctr.run(&["task", "delete", &id])?.ok()?;

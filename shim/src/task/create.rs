@@ -29,6 +29,22 @@ fn dns_event(
     b.build()
 }
 
+/// The audit event for one OCI hook the shim ran on the host.
+pub(super) fn hook_event(
+    ctx: &safehouse_audit::lifecycle::SandboxContext,
+    container_id: &str,
+    run: &crate::hooks::HookRun,
+) -> safehouse_audit::AuditEvent {
+    ctx.hook(
+        container_id,
+        &run.kind,
+        &run.path.display().to_string(),
+        run.duration,
+        run.failure.as_deref(),
+    )
+    .build()
+}
+
 impl TaskService {
     pub(super) async fn do_create(
         &self,
@@ -208,6 +224,7 @@ impl TaskService {
                     &shim_hooks.create_container,
                     &state,
                     Some(&netns),
+                    |r| self.record(hook_event(&sandbox_audit.ctx, &id, &r)),
                 )
                 .await
                 .map(|()| pid)

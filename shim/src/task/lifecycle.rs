@@ -163,6 +163,7 @@ impl TaskService {
                 &c.start_hooks,
                 &c.hook_state("created", p.pid()),
                 Some(&netns),
+                |r| self.record(super::create::hook_event(&c.audit.ctx, &c.id, &r)),
             )
             .await?;
         }
