@@ -22,7 +22,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use safehouse_audit::lifecycle::SandboxContext;
-use safehouse_audit::session::{PodInitConfig, SessionOptions, TraceCategory, TraceMetadata};
 use safehouse_audit::sink::{SinkOptions, TraceSink};
 use safehouse_audit::writer::{open_append, AuditWriter, WriterConfig};
 use safehouse_audit::Action;
@@ -56,30 +55,17 @@ async fn run(
     let mut pipeline = None;
     let mut raw = None;
     let variant = std::env::var("SAFEHOUSE_STORM_SINK").unwrap_or_default();
-    if audit && variant == "discard" {
+    if audit {
         let sock = work.join("trace.sock");
-        raw = Some(discard_sink(&sock)?);
-        let meta = std::process::Command::new(runsc)
-            .args(["trace", "metadata"])
-            .output()
-            .map_err(|e| e.to_string())?;
-        let metadata = TraceMetadata::parse(&String::from_utf8_lossy(&meta.stdout))
-            .map_err(|e| e.to_string())?;
-        let cfg = PodInitConfig::new(
-            &[
-                TraceCategory::Process,
-                TraceCategory::File,
-                TraceCategory::Network,
-            ],
-            &sock,
-            &metadata,
-            &SessionOptions::default(),
-        )
-        .map_err(|e| e.to_string())?;
+        if variant == "discard" {
+            raw = Some(discard_sink(&sock)?);
+        }
         let cfg_path = work.join("init.json");
-        std::fs::write(&cfg_path, cfg.to_json()).map_err(|e| e.to_string())?;
+        let session = support::default_session(runsc, &sock)?;
+        std::fs::write(&cfg_path, trimmed(&session)).map_err(|e| e.to_string())?;
         cmd.arg(format!("--pod-init-config={}", cfg_path.display()));
-    } else if audit {
+    }
+    if audit && variant != "discard" {
         let sock = work.join("trace.sock");
         let mut options = SinkOptions::default();
         if let Some(us) = std::env::var("SAFEHOUSE_STORM_BATCH_US")
@@ -89,26 +75,6 @@ async fn run(
             options.batch_interval = Duration::from_micros(us);
         }
         let sink = TraceSink::bind(&sock, options).map_err(|e| e.to_string())?;
-        let meta = std::process::Command::new(runsc)
-            .args(["trace", "metadata"])
-            .output()
-            .map_err(|e| e.to_string())?;
-        let metadata = TraceMetadata::parse(&String::from_utf8_lossy(&meta.stdout))
-            .map_err(|e| e.to_string())?;
-        let cfg = PodInitConfig::new(
-            &[
-                TraceCategory::Process,
-                TraceCategory::File,
-                TraceCategory::Network,
-            ],
-            &sock,
-            &metadata,
-            &SessionOptions::default(),
-        )
-        .map_err(|e| e.to_string())?;
-        let cfg_path = work.join("init.json");
-        std::fs::write(&cfg_path, trimmed(&cfg.to_json())).map_err(|e| e.to_string())?;
-        cmd.arg(format!("--pod-init-config={}", cfg_path.display()));
         let (tx, mut rx) = mpsc::channel(4096);
         let handle = sink.spawn(SandboxContext::new(&id), tx);
         let file = open_append(&work.join("audit.jsonl")).map_err(|e| e.to_string())?;

@@ -11,10 +11,9 @@ use std::time::Duration;
 
 mod support;
 
-use support::{cleanup, make_bundle, which};
+use support::{cleanup, default_session, make_bundle, which};
 
 use safehouse_audit::lifecycle::SandboxContext;
-use safehouse_audit::session::{PodInitConfig, SessionOptions, TraceCategory, TraceMetadata};
 use safehouse_audit::sink::{SinkOptions, TraceSink};
 use safehouse_audit::{Action, AuditEvent, Category};
 use tokio::sync::mpsc;
@@ -49,28 +48,8 @@ async fn run_once(runsc: &Path, dir: &Path) -> Result<Run, String> {
     let (tx, mut rx) = mpsc::channel(4096);
     let handle = sink.spawn(SandboxContext::new("sb-test"), tx);
 
-    let meta_out = std::process::Command::new(runsc)
-        .args(["trace", "metadata"])
-        .output()
-        .map_err(|e| e.to_string())?;
-    let metadata = TraceMetadata::parse(&String::from_utf8_lossy(&meta_out.stdout))
-        .map_err(|e| e.to_string())?;
-    let cfg = PodInitConfig::new(
-        &[
-            TraceCategory::Process,
-            TraceCategory::File,
-            TraceCategory::Network,
-        ],
-        &sock,
-        &metadata,
-        &SessionOptions {
-            binary_info: true,
-            ..SessionOptions::default()
-        },
-    )
-    .map_err(|e| e.to_string())?;
     let cfg_path = dir.join("pod-init.json");
-    std::fs::write(&cfg_path, cfg.to_json()).map_err(|e| e.to_string())?;
+    std::fs::write(&cfg_path, default_session(runsc, &sock)?).map_err(|e| e.to_string())?;
 
     let root = dir.join("runsc-root");
     let id = format!("sh-audit-{}", std::process::id());

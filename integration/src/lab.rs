@@ -160,10 +160,8 @@ impl<'a> Lab<'a> {
 
     /// The audit events of container `id` written so far.
     pub fn audit_events(&self, id: &str) -> Vec<Value> {
-        let text = fs::read_to_string(&self.audit).unwrap_or_default();
-        text.lines()
-            .filter(|l| l.contains(id))
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        audit_lines(&self.audit)
+            .into_iter()
             .filter(|e| e.to_string().contains(id))
             .collect()
     }
@@ -292,4 +290,13 @@ pub fn verify(file: &Path) -> Result<Output> {
         Command::new(cli()?).arg("audit").arg("verify").arg(file),
         Duration::from_secs(30),
     )
+}
+
+/// The events in an audit file so far (a missing file has none; a torn last line is skipped).
+pub fn audit_lines(path: &Path) -> Vec<Value> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect()
 }

@@ -1,5 +1,6 @@
 //! Shared by the real-runsc test and the openat storm benchmark: finding
-//! runsc, building a busybox bundle, cleaning up a container.
+//! runsc, building a busybox bundle, the default plan's trace session,
+//! cleaning up a container.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,30 @@ pub fn which(name: &str) -> Option<PathBuf> {
             .map(|p| p.join(name))
             .find(|p| p.is_file())
     })
+}
+
+/// The JSON for `runsc --pod-init-config`: the default plan's categories (process, file,
+/// network) as far as this runsc supports them, sending to the sink at `sock`.
+pub fn default_session(runsc: &Path, sock: &Path) -> Result<String, String> {
+    use safehouse_audit::session::{PodInitConfig, SessionOptions, TraceCategory, TraceMetadata};
+    let meta = std::process::Command::new(runsc)
+        .args(["trace", "metadata"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let metadata =
+        TraceMetadata::parse(&String::from_utf8_lossy(&meta.stdout)).map_err(|e| e.to_string())?;
+    PodInitConfig::new(
+        &[
+            TraceCategory::Process,
+            TraceCategory::File,
+            TraceCategory::Network,
+        ],
+        sock,
+        &metadata,
+        &SessionOptions::default(),
+    )
+    .map(|c| c.to_json())
+    .map_err(|e| e.to_string())
 }
 
 /// A bundle whose rootfs holds busybox and a few applet links.

@@ -117,13 +117,7 @@ fn check(env: &CriEnv, id: &str, checks: &[(&str, String)]) -> Result<Checked> {
 /// network events seen.
 fn wait_audit(env: &CriEnv, what: &str, matches: impl Fn(&Value) -> bool) -> Result<Value> {
     let path = env.containerd.audit_path();
-    let events = || -> Vec<Value> {
-        fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .collect()
-    };
+    let events = || safehouse_integration::lab::audit_lines(&path);
     let found = wait_for(what, Duration::from_secs(10), || {
         Ok(events().into_iter().find(|e| matches(e)))
     });

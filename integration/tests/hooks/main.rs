@@ -221,10 +221,8 @@ fn run_config(
 fn hook_events(env: &TestEnv, id: &str, count: usize) -> Result<Vec<Value>> {
     let path = env.containerd.audit_path();
     let read = || -> Vec<Value> {
-        fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        safehouse_integration::lab::audit_lines(&path)
+            .into_iter()
             .filter(|e| e["sandbox_id"] == id && e["action"] == "hook")
             .collect()
     };
