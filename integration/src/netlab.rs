@@ -28,8 +28,12 @@ pub const UDP_PORT: u16 = 5353;
 /// The cloud metadata address; [`NetLab::start`] can give it to host 0.
 pub const METADATA: &str = "169.254.169.254";
 
-/// The responder: TCP greetings, UDP echo, DNS for the names in its config. Prints `ready`
-/// once every socket is bound, `udp <src> <data>` and `query <name> <type>` as they arrive.
+/// The responder: TCP greetings, UDP echo, DNS (UDP and TCP) for the names in its config.
+/// Prints `ready` once every socket is bound, `udp <src> <data>` and
+/// `query <name> <type> <udp|tcp>` as they arrive. Two kinds of listed name behave specially:
+/// one whose first label is `hold` is never answered; one whose first label is `many` gets 40 A
+/// records (its address, then 198.51.100.1-39), too many for a 512-byte UDP answer, so over
+/// UDP it is answered truncated (TC set, no records) and only TCP gets it whole.
 const RESPONDER: &str = r#"
 import json, socket, struct, sys, threading
 cfg = json.loads(sys.argv[1])
@@ -53,36 +57,75 @@ def udp_loop(s):
         data, src = s.recvfrom(2048)
         out("udp %s %s" % (src[0], data.decode(errors="replace").strip()))
         s.sendto(b"echo:" + data, src)
+def respond(q, udp):
+    if len(q) < 17:
+        return None
+    pos, labels = 12, []
+    while pos < len(q) and q[pos] != 0:
+        n = q[pos]; labels.append(q[pos + 1:pos + 1 + n].decode(errors="replace")); pos += 1 + n
+    qtype = struct.unpack("!H", q[pos + 1:pos + 3])[0]
+    name = ".".join(labels).lower()
+    out("query %s %d %s" % (name, qtype, "udp" if udp else "tcp"))
+    question = q[12:pos + 5]
+    rec = cfg["names"].get(name)
+    if rec is None:
+        return q[:2] + b"\x81\x83" + b"\x00\x01\x00\x00\x00\x00\x00\x00" + question
+    if labels[0] == "hold":
+        return None
+    addrs = [rec[0]]
+    if labels[0] == "many":
+        addrs += ["198.51.100.%d" % i for i in range(1, 40)]
+    answers = b""
+    count = 0
+    if qtype == 1:
+        for a in addrs:
+            answers += b"\xc0\x0c\x00\x01\x00\x01" + struct.pack("!IH", rec[1], 4) + socket.inet_aton(a)
+        count = len(addrs)
+    reply = q[:2] + b"\x81\x80" + struct.pack("!HHHH", 1, count, 0, 0) + question + answers
+    if udp and len(reply) > 512:
+        reply = q[:2] + b"\x83\x80" + struct.pack("!HHHH", 1, 0, 0, 0) + question
+    return reply
 def dns_loop(s):
     while True:
         q, src = s.recvfrom(2048)
-        if len(q) < 17:
-            continue
-        pos, labels = 12, []
-        while pos < len(q) and q[pos] != 0:
-            n = q[pos]; labels.append(q[pos + 1:pos + 1 + n].decode(errors="replace")); pos += 1 + n
-        qtype = struct.unpack("!H", q[pos + 1:pos + 3])[0]
-        name = ".".join(labels).lower()
-        out("query %s %d" % (name, qtype))
-        question = q[12:pos + 5]
-        rec = cfg["names"].get(name)
-        if rec is None:
-            s.sendto(q[:2] + b"\x81\x83" + b"\x00\x01\x00\x00\x00\x00\x00\x00" + question, src); continue
-        answers = b""
-        count = 0
-        if qtype == 1:
-            answers = b"\xc0\x0c\x00\x01\x00\x01" + struct.pack("!IH", rec[1], 4) + socket.inet_aton(rec[0])
-            count = 1
-        s.sendto(q[:2] + b"\x81\x80" + struct.pack("!HHHH", 1, count, 0, 0) + question + answers, src)
+        r = respond(q, True)
+        if r is not None:
+            s.sendto(r, src)
+def dns_tcp_conn(c):
+    try:
+        while True:
+            n = c.recv(2)
+            if len(n) < 2:
+                break
+            want = struct.unpack("!H", n)[0]; q = b""
+            while len(q) < want:
+                more = c.recv(want - len(q))
+                if not more:
+                    return
+                q += more
+            r = respond(q, False)
+            if r is not None:
+                c.sendall(struct.pack("!H", len(r)) + r)
+    except OSError:
+        pass
+    finally:
+        c.close()
+def dns_tcp_loop(s):
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=dns_tcp_conn, args=(c,), daemon=True).start()
 tcps = [(tcp_sock(p), p) for p in cfg["tcp"]]
 u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
 u.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
 u.bind(("::", cfg["udp"]))
 d = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); d.bind(("0.0.0.0", 53))
+dt = socket.socket(socket.AF_INET); dt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+dt.bind(("0.0.0.0", 53)); dt.listen(16)
 for s, p in tcps:
     threading.Thread(target=tcp_loop, args=(s, p), daemon=True).start()
 threading.Thread(target=udp_loop, args=(u,), daemon=True).start()
 threading.Thread(target=dns_loop, args=(d,), daemon=True).start()
+threading.Thread(target=dns_tcp_loop, args=(dt,), daemon=True).start()
 out("ready")
 threading.Event().wait()
 "#;

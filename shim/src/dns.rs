@@ -8,10 +8,13 @@
 //! to the table's sets for the answer's TTL before the sandbox sees the answer, and reports
 //! every query and its verdict. It does no DNS parsing of its own (hickory-proto does).
 
+use std::collections::HashMap;
 use std::fs::File;
+use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
@@ -20,7 +23,8 @@ use safehouse_policy::netfilter::FORWARDER_MARK;
 use safehouse_policy::{Learned, NetFilter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::task::JoinHandle;
+use tokio::sync::{oneshot, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::error::{Result, ShimError};
 use crate::netfilter::{learn, InstalledTable};
@@ -55,9 +59,14 @@ pub struct QueryVerdict {
 /// Called for every query (the audit stream).
 pub type OnQuery = Arc<dyn Fn(QueryVerdict) + Send + Sync>;
 
-/// A running forwarder; stopped (its sockets closed) by [`DnsForwarder::stop`] or drop.
+/// Queries being answered at once at most; more wait for a slot (their packets wait in the
+/// socket).
+const MAX_IN_FLIGHT: usize = 64;
+
+/// A running forwarder; stopped (its sockets closed, its exchanges ended) by
+/// [`DnsForwarder::stop`] or drop.
 pub struct DnsForwarder {
-    tasks: [JoinHandle<()>; 2],
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl DnsForwarder {
@@ -76,20 +85,30 @@ impl DnsForwarder {
             ));
         }
         let (listen, tcp, up4, up6) = bind_in(netns, &upstreams)?;
+        let up4 = up4.map(Arc::new);
+        let up6 = up6.map(Arc::new);
         let f = Arc::new(Forwarder {
             listen,
-            up4,
-            up6,
-            ask: tokio::sync::Mutex::new(()),
+            up4: up4.clone(),
+            up6: up6.clone(),
+            pending: Mutex::new(HashMap::new()),
+            ids: RandomState::new(),
+            next: AtomicU64::new(0),
+            netns: netns.to_path_buf(),
             upstreams,
             filter,
             table,
             reaper,
             on_query,
         });
-        let udp = tokio::spawn(f.clone().run());
-        let tcp = tokio::spawn(f.serve_tcp(tcp));
-        Ok(DnsForwarder { tasks: [udp, tcp] })
+        let mut tasks = vec![
+            tokio::spawn(f.clone().run()),
+            tokio::spawn(f.clone().serve_tcp(tcp)),
+        ];
+        for sock in [up4, up6].into_iter().flatten() {
+            tasks.push(tokio::spawn(f.clone().dispatch(sock)));
+        }
+        Ok(DnsForwarder { tasks })
     }
 
     /// Stops answering and closes the sockets.
@@ -111,8 +130,6 @@ type Sockets = (UdpSocket, TcpListener, Option<UdpSocket>, Option<UdpSocket>);
 /// Binds the listening socket and one marked upstream socket per address family, all inside
 /// `netns`, from a thread that enters it (the shim's own threads stay in the node's namespace).
 fn bind_in(netns: &Path, upstreams: &[IpAddr]) -> Result<Sockets> {
-    let ns = File::open(netns)
-        .map_err(|e| ShimError::io(format!("open network namespace {}", netns.display()), e))?;
     let want4 = upstreams.iter().any(IpAddr::is_ipv4);
     let want6 = upstreams.iter().any(IpAddr::is_ipv6);
     type Std = (
@@ -121,8 +138,7 @@ fn bind_in(netns: &Path, upstreams: &[IpAddr]) -> Result<Sockets> {
         Option<std::net::UdpSocket>,
         Option<std::net::UdpSocket>,
     );
-    let bound = std::thread::spawn(move || -> std::io::Result<Std> {
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+    let bound = in_netns(netns, move || -> std::io::Result<Std> {
         let listen = std::net::UdpSocket::bind(LISTEN)?;
         let tcp = std::net::TcpListener::bind(LISTEN)?;
         tcp.set_nonblocking(true)?;
@@ -141,8 +157,6 @@ fn bind_in(netns: &Path, upstreams: &[IpAddr]) -> Result<Sockets> {
         listen.set_nonblocking(true)?;
         Ok((listen, tcp, up4, up6))
     })
-    .join()
-    .map_err(|_| ShimError::Internal("the DNS forwarder's bind thread panicked".into()))?
     .map_err(|e| {
         ShimError::io(
             format!("bind the DNS forwarder at {LISTEN} in {}", netns.display()),
@@ -161,12 +175,36 @@ fn bind_in(netns: &Path, upstreams: &[IpAddr]) -> Result<Sockets> {
     ))
 }
 
+/// Runs `make` on a short-lived thread inside the network namespace at `netns`: sockets it
+/// creates belong to that namespace wherever they are used afterwards.
+fn in_netns<T: Send + 'static>(
+    netns: &Path,
+    make: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let ns = File::open(netns)?;
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        make()
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the DNS forwarder's namespace thread panicked"))?
+}
+
+/// Upstream exchanges in flight on the shared UDP sockets, by (upstream, the id we gave the
+/// query), each waiting for its answer.
+type Pending = HashMap<(SocketAddr, u16), oneshot::Sender<Vec<u8>>>;
+
 struct Forwarder {
     listen: UdpSocket,
-    up4: Option<UdpSocket>,
-    up6: Option<UdpSocket>,
-    /// One upstream exchange at a time on the shared upstream sockets.
-    ask: tokio::sync::Mutex<()>,
+    up4: Option<Arc<UdpSocket>>,
+    up6: Option<Arc<UdpSocket>>,
+    pending: Mutex<Pending>,
+    /// Keys for the ids given to upstream queries (not guessable, never two alike in flight).
+    ids: RandomState,
+    next: AtomicU64,
+    /// The namespace TCP upstream connections are made from (opened per connection: holding
+    /// it open would keep the namespace alive after the sandbox).
+    netns: PathBuf,
     upstreams: Vec<IpAddr>,
     filter: NetFilter,
     table: InstalledTable,
@@ -174,33 +212,57 @@ struct Forwarder {
     on_query: OnQuery,
 }
 
+/// How a query reached the forwarder; the upstream is asked the same way (a truncated UDP
+/// answer goes back truncated, so the client asks again over TCP, and then gets it whole).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    Udp,
+    Tcp,
+}
+
 impl Forwarder {
-    /// Answers UDP queries one at a time (a sandbox's resolver traffic is small).
+    /// Answers UDP queries, each in a task of its own (at most [`MAX_IN_FLIGHT`] at once), so
+    /// a slow upstream answer does not hold up the others.
     async fn run(self: Arc<Self>) {
+        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        // Dropped with this task on stop: that aborts every query still being answered.
+        let mut queries = JoinSet::new();
         let mut buf = vec![0u8; 4096];
         loop {
+            while queries.try_join_next().is_some() {}
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let Ok((n, client)) = self.listen.recv_from(&mut buf).await else {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
             let query = buf[..n].to_vec();
-            if let Some((reply, verdict)) = self.answer(&query).await {
-                let _ = self.listen.send_to(&reply, client).await;
-                (self.on_query)(verdict);
-            }
+            let f = self.clone();
+            queries.spawn(async move {
+                let _slot = slot;
+                if let Some((reply, verdict)) = f.answer(&query, Transport::Udp).await {
+                    let _ = f.listen.send_to(&reply, client).await;
+                    (f.on_query)(verdict);
+                }
+            });
         }
     }
 
-    /// Answers DNS over TCP (length-prefixed messages), one task per connection; the upstream
-    /// is still asked over UDP.
+    /// Answers DNS over TCP (length-prefixed messages), one task per connection.
     async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
+        let mut conns = JoinSet::new();
         loop {
+            while conns.try_join_next().is_some() {}
             let Ok((conn, _)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
+            if conns.len() >= MAX_IN_FLIGHT {
+                continue;
+            }
             let f = self.clone();
-            tokio::spawn(async move {
+            conns.spawn(async move {
                 let _ = tokio::time::timeout(TCP_IDLE, f.tcp_conn(conn)).await;
             });
         }
@@ -208,21 +270,40 @@ impl Forwarder {
 
     async fn tcp_conn(&self, mut conn: TcpStream) -> std::io::Result<()> {
         loop {
-            let mut len = [0u8; 2];
-            conn.read_exact(&mut len).await?;
-            let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
-            conn.read_exact(&mut query).await?;
-            let Some((reply, verdict)) = self.answer(&query).await else {
+            let query = read_framed(&mut conn).await?;
+            let Some((reply, verdict)) = self.answer(&query, Transport::Tcp).await else {
                 return Ok(());
             };
-            let n = u16::try_from(reply.len()).unwrap_or(u16::MAX);
-            conn.write_all(&n.to_be_bytes()).await?;
-            conn.write_all(&reply[..usize::from(n)]).await?;
+            write_framed(&mut conn, &reply).await?;
             (self.on_query)(verdict);
         }
     }
 
-    async fn answer(&self, bytes: &[u8]) -> Option<(Vec<u8>, QueryVerdict)> {
+    /// Hands the answers arriving on one upstream socket to the exchanges waiting for them.
+    async fn dispatch(self: Arc<Self>, sock: Arc<UdpSocket>) {
+        let mut buf = vec![0u8; 65_535];
+        loop {
+            let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            if n < 12 {
+                continue;
+            }
+            let id = u16::from_be_bytes([buf[0], buf[1]]);
+            let waiting = self
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&(from, id));
+            // An answer nobody waits for (late, or not from the upstream asked) is dropped.
+            if let Some(tx) = waiting {
+                let _ = tx.send(buf[..n].to_vec());
+            }
+        }
+    }
+
+    async fn answer(&self, bytes: &[u8], how: Transport) -> Option<(Vec<u8>, QueryVerdict)> {
         // Not a DNS query at all: drop it silently (there is no one to answer).
         let msg = Message::from_vec(bytes).ok()?;
         if msg.message_type() != MessageType::Query {
@@ -251,7 +332,7 @@ impl Forwarder {
                 ),
             ));
         };
-        let reply = match self.ask_upstream(bytes, msg.id()).await {
+        let reply = match self.ask_upstream(bytes, how).await {
             Ok(r) => r,
             Err(why) => {
                 return Some((
@@ -309,33 +390,24 @@ impl Forwarder {
         Some((reply, v))
     }
 
-    /// Forwards the query to each upstream in turn until one answers with the same id.
-    async fn ask_upstream(&self, query: &[u8], id: u16) -> std::result::Result<Vec<u8>, String> {
-        let _one_at_a_time = self.ask.lock().await;
+    /// Forwards the query to each upstream in turn, the way it came, until one answers.
+    async fn ask_upstream(
+        &self,
+        query: &[u8],
+        how: Transport,
+    ) -> std::result::Result<Vec<u8>, String> {
         let mut last = String::from("no upstream answered");
         for up in &self.upstreams {
-            let sock = match up {
-                IpAddr::V4(_) => self.up4.as_ref(),
-                IpAddr::V6(_) => self.up6.as_ref(),
-            };
-            let Some(sock) = sock else { continue };
             let dest = SocketAddr::new(*up, 53);
-            if let Err(e) = sock.send_to(query, dest).await {
-                last = format!("send to {dest}: {e}");
-                continue;
-            }
-            let mut buf = vec![0u8; 4096];
-            let wait = async {
-                loop {
-                    let (n, from) = sock.recv_from(&mut buf).await?;
-                    if from == dest && n >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == id {
-                        return Ok::<usize, std::io::Error>(n);
-                    }
+            let asked = async {
+                match how {
+                    Transport::Udp => self.ask_udp(query, dest).await,
+                    Transport::Tcp => self.ask_tcp(query, dest).await,
                 }
             };
-            match tokio::time::timeout(UPSTREAM_TIMEOUT, wait).await {
-                Ok(Ok(n)) => return Ok(buf[..n].to_vec()),
-                Ok(Err(e)) => last = format!("{dest}: {e}"),
+            match tokio::time::timeout(UPSTREAM_TIMEOUT, asked).await {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(e)) => last = e,
                 Err(_) => {
                     last = format!(
                         "{dest} did not answer within {}s",
@@ -346,6 +418,126 @@ impl Forwarder {
         }
         Err(last)
     }
+
+    /// One exchange over the shared marked UDP socket of `dest`'s family. The query goes out
+    /// under an id of ours (clients' ids may collide, and ours are not guessable) and the
+    /// answer comes back under the client's.
+    async fn ask_udp(
+        &self,
+        query: &[u8],
+        dest: SocketAddr,
+    ) -> std::result::Result<Vec<u8>, String> {
+        let sock = match dest {
+            SocketAddr::V4(_) => self.up4.as_ref(),
+            SocketAddr::V6(_) => self.up6.as_ref(),
+        }
+        .ok_or_else(|| format!("no socket for {dest}"))?;
+        if query.len() < 12 {
+            return Err("query shorter than a DNS header".into());
+        }
+        let (tx, rx) = oneshot::channel();
+        let ours = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let mut id;
+            loop {
+                id = self.ids.hash_one(self.next.fetch_add(1, Ordering::Relaxed)) as u16;
+                if !pending.contains_key(&(dest, id)) {
+                    break;
+                }
+            }
+            pending.insert((dest, id), tx);
+            id
+        };
+        // Whatever happens next (error, timeout, abort), the entry goes.
+        let _forget = Forget {
+            pending: &self.pending,
+            key: (dest, ours),
+        };
+        let mut out = query.to_vec();
+        out[..2].copy_from_slice(&ours.to_be_bytes());
+        sock.send_to(&out, dest)
+            .await
+            .map_err(|e| format!("send to {dest}: {e}"))?;
+        let mut reply = rx.await.map_err(|_| format!("{dest}: forwarder stopped"))?;
+        reply[..2].copy_from_slice(&query[..2]);
+        Ok(reply)
+    }
+
+    /// One exchange over a new TCP connection made from the sandbox's namespace with the mark.
+    async fn ask_tcp(
+        &self,
+        query: &[u8],
+        dest: SocketAddr,
+    ) -> std::result::Result<Vec<u8>, String> {
+        let v4 = dest.is_ipv4();
+        let std = in_netns(
+            &self.netns,
+            move || -> std::io::Result<std::net::TcpStream> {
+                use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+                let family = if v4 {
+                    AddressFamily::Inet
+                } else {
+                    AddressFamily::Inet6
+                };
+                let fd = socket(
+                    family,
+                    SockType::Stream,
+                    SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+                    None,
+                )?;
+                nix::sys::socket::setsockopt(
+                    &fd,
+                    nix::sys::socket::sockopt::Mark,
+                    &FORWARDER_MARK,
+                )?;
+                Ok(std::net::TcpStream::from(fd))
+            },
+        )
+        .map_err(|e| format!("TCP socket for {dest}: {e}"))?;
+        let mut conn = tokio::net::TcpSocket::from_std_stream(std)
+            .connect(dest)
+            .await
+            .map_err(|e| format!("connect to {dest} over TCP: {e}"))?;
+        write_framed(&mut conn, query)
+            .await
+            .map_err(|e| format!("{dest} over TCP: {e}"))?;
+        read_framed(&mut conn)
+            .await
+            .map_err(|e| format!("{dest} over TCP: {e}"))
+    }
+}
+
+/// Removes a pending exchange when its asker is done with it, however that happened.
+struct Forget<'a> {
+    pending: &'a Mutex<Pending>,
+    key: (SocketAddr, u16),
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
+}
+
+/// Reads one length-prefixed DNS message (DNS over TCP).
+async fn read_framed(conn: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 2];
+    conn.read_exact(&mut len).await?;
+    let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    conn.read_exact(&mut msg).await?;
+    Ok(msg)
+}
+
+/// Writes one length-prefixed DNS message (cut at 65,535 bytes, the most TCP framing holds).
+async fn write_framed(conn: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    let n = u16::try_from(msg.len()).unwrap_or(u16::MAX);
+    let mut out = Vec::with_capacity(2 + usize::from(n));
+    out.extend_from_slice(&n.to_be_bytes());
+    out.extend_from_slice(&msg[..usize::from(n)]);
+    conn.write_all(&out).await
 }
 
 fn verdict(name: &str, qtype: &str, verdict: &'static str, reason: Option<String>) -> QueryVerdict {

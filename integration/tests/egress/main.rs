@@ -41,6 +41,10 @@ fn main() -> ExitCode {
             run: names::listed_names_resolve_and_connect_until_their_ttl,
         },
         Scenario {
+            name: "names::slow_upstream_answers_hold_up_nothing_and_tcp_gets_whole_answers",
+            run: names::slow_upstream_answers_hold_up_nothing_and_tcp_gets_whole_answers,
+        },
+        Scenario {
             name: "sandboxes::two_sandboxes_keep_their_own_rules",
             run: sandboxes::two_sandboxes_keep_their_own_rules,
         },

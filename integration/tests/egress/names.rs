@@ -1,7 +1,10 @@
 //! Host-name entries through the sandbox's DNS forwarder: a listed name resolves (the test's
 //! own DNS server on a test host is the upstream) and its address connects until the answer's
 //! TTL runs out; an unlisted name is refused by the forwarder and never reaches the upstream,
-//! and the address it would have given stays closed. Every query is an audit event.
+//! and the address it would have given stays closed. Every query is an audit event. The
+//! forwarder answers queries side by side (an upstream that never answers holds up none but its
+//! own) and asks the upstream over TCP what the sandbox asked over TCP (an answer too large for
+//! UDP arrives whole, and its addresses open).
 
 use anyhow::{ensure, Result};
 use safehouse_integration::netlab::NetLab;
@@ -87,6 +90,98 @@ pub fn listed_names_resolve_and_connect_until_their_ttl(env: &TestEnv) -> Result
                 && e["detail"]["query"] == "api.test"
                 && e["detail"]["verdict"] == "allowed"
                 && e["detail"]["addresses"][0] == h1.ip.as_str()
+        })?;
+        no_leftovers(&net)
+    })
+}
+
+pub fn slow_upstream_answers_hold_up_nothing_and_tcp_gets_whole_answers(
+    env: &TestEnv,
+) -> Result<()> {
+    // Host 0 answers api.test with host 1, many.test with host 2 first among 40 records (too
+    // many for UDP), and never answers hold.test.
+    let net = NetLab::start_named(3, |hosts| {
+        vec![
+            ("api.test".to_string(), hosts[1].clone(), 300),
+            ("many.test".to_string(), hosts[2].clone(), 300),
+            ("hold.test".to_string(), hosts[1].clone(), 300),
+        ]
+    })?;
+    let (h0, h1, h2) = (&net.hosts[0], &net.hosts[1], &net.hosts[2]);
+    let lab = Lab::new(env, "egress-dns")?;
+    lab.config_keys(&format!("dns_upstreams = [{:?}]", h0.ip))?;
+    lab.policy(
+        "dns",
+        r#"{network: {mode: allowlist, egress: ["api.test:8080", "many.test:8080", "hold.test:8080"]}}"#,
+    )?;
+    let id = env.id("egress-dns");
+    env.scenario(&[&id], || {
+        let with_ns = format!("network:{}", net.pod_netns_path().display());
+        // A DNS-over-TCP query for many.test (id 0x1234, RD), the stream kept open long enough
+        // for the answer; wc counts the bytes of the length-prefixed answer.
+        let tcp_query =
+            r"(printf '\000\033\0224\001\000\000\001\000\000\000\000\000\000\004many\004test\000\000\001\000\001'; sleep 2) | nc -w 3 127.0.0.53 53 | wc -c";
+        let checks = [
+            // Held at the upstream in the background while the next lookup goes through.
+            (
+                "hold",
+                "(nslookup hold.test >/dev/null 2>&1 &); sleep 1; echo sent".to_string(),
+            ),
+            ("lookup-listed", "nslookup api.test".to_string()),
+            ("before", format!("nc -w 3 {} 8080 </dev/null", h2.ip)),
+            ("tcp", tcp_query.to_string()),
+            ("after", format!("nc -w 3 {} 8080 </dev/null", h2.ip)),
+        ];
+        let out = lab.run(
+            Some("dns"),
+            &["--rm", "--with-ns", &with_ns],
+            &id,
+            &["sh", "-c", &script(&checks)],
+        )?;
+        let r = results(&out);
+        ok(&r, "hold", "sent", &out)?;
+        ok(&r, "lookup-listed", &h1.ip, &out)?;
+        refused(&r, "before", "Connection refused", "hello", &out)?;
+        // 2 + 12 + 15 + 40 * 16 bytes: every record, not the truncated UDP answer.
+        let (bytes, _) = r.get("tcp").cloned().unwrap_or_default();
+        ensure!(
+            bytes.split_whitespace().next().and_then(|n| n.parse::<usize>().ok()) == Some(669),
+            "the TCP answer for many.test should be 669 bytes, got {bytes:?}\n{}",
+            out.describe()
+        );
+        ok(&r, "after", &format!("{} port 8080", h2.greeting), &out)?;
+        let upstream = h0.log();
+        ensure!(
+            upstream.contains("query many.test 1 tcp") && upstream.contains("query hold.test"),
+            "the upstream should see many.test over TCP and the held query: {upstream}"
+        );
+        // The held query fails only when its upstream time is up, after api.test was answered:
+        // a forwarder asking one query at a time would have answered api.test after it.
+        lab.wait_audit(&id, "the held query's failure", |e| {
+            e["detail"]["query"] == "hold.test" && e["detail"]["verdict"] == "failed"
+        })?;
+        let order: Vec<String> = lab
+            .audit_events(&id)
+            .iter()
+            .filter(|e| e["action"] == "dns")
+            .map(|e| {
+                format!(
+                    "{}:{}",
+                    e["detail"]["query"].as_str().unwrap_or_default(),
+                    e["detail"]["verdict"].as_str().unwrap_or_default()
+                )
+            })
+            .collect();
+        let api = order.iter().position(|q| q == "api.test:allowed");
+        let held = order.iter().position(|q| q == "hold.test:failed");
+        ensure!(
+            matches!((api, held), (Some(a), Some(h)) if a < h),
+            "api.test should be answered while hold.test waits: dns events {order:?}"
+        );
+        lab.wait_audit(&id, "the TCP answer's 40 addresses", |e| {
+            e["detail"]["query"] == "many.test"
+                && e["detail"]["verdict"] == "allowed"
+                && e["detail"]["addresses"].as_array().map(Vec::len) == Some(40)
         })?;
         no_leftovers(&net)
     })
