@@ -352,6 +352,18 @@ impl Forwarder {
                 ),
             ));
         };
+        // An answer opens addresses: it must be an answer to this question, not another's.
+        if answer.message_type() != MessageType::Response || answer.queries() != msg.queries() {
+            return Some((
+                error_reply(&msg, ResponseCode::ServFail)?,
+                verdict(
+                    &name,
+                    &qtype,
+                    "failed",
+                    Some("upstream answer is not for this question".into()),
+                ),
+            ));
+        }
         let mut addrs = Vec::new();
         let mut ttl = u32::MAX;
         for r in answer.answers() {
