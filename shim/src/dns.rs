@@ -310,10 +310,14 @@ impl Forwarder {
             return None;
         }
         let Some(q) = msg.queries().first() else {
-            return Some((
-                error_reply(&msg, ResponseCode::FormErr)?,
-                verdict("", "", "refused", Some("no question".into())),
-            ));
+            return refuse(
+                &msg,
+                ResponseCode::FormErr,
+                "",
+                "",
+                "refused",
+                "no question",
+            );
         };
         let name = q
             .name()
@@ -322,47 +326,26 @@ impl Forwarder {
             .to_ascii_lowercase();
         let qtype = q.query_type().to_string();
         let Some(ports) = self.filter.ports_for(&name) else {
-            return Some((
-                error_reply(&msg, ResponseCode::Refused)?,
-                verdict(
-                    &name,
-                    &qtype,
-                    "refused",
-                    Some("name not in the policy's egress list".into()),
-                ),
-            ));
+            return refuse(
+                &msg,
+                ResponseCode::Refused,
+                &name,
+                &qtype,
+                "refused",
+                "name not in the policy's egress list",
+            );
         };
+        let failed = |why: &str| refuse(&msg, ResponseCode::ServFail, &name, &qtype, "failed", why);
         let reply = match self.ask_upstream(bytes, how).await {
             Ok(r) => r,
-            Err(why) => {
-                return Some((
-                    error_reply(&msg, ResponseCode::ServFail)?,
-                    verdict(&name, &qtype, "failed", Some(why)),
-                ))
-            }
+            Err(why) => return failed(&why),
         };
         let Ok(answer) = Message::from_vec(&reply) else {
-            return Some((
-                error_reply(&msg, ResponseCode::ServFail)?,
-                verdict(
-                    &name,
-                    &qtype,
-                    "failed",
-                    Some("upstream answer does not parse".into()),
-                ),
-            ));
+            return failed("upstream answer does not parse");
         };
         // An answer opens addresses: it must be an answer to this question, not another's.
         if answer.message_type() != MessageType::Response || answer.queries() != msg.queries() {
-            return Some((
-                error_reply(&msg, ResponseCode::ServFail)?,
-                verdict(
-                    &name,
-                    &qtype,
-                    "failed",
-                    Some("upstream answer is not for this question".into()),
-                ),
-            ));
+            return failed("upstream answer is not for this question");
         }
         let mut addrs = Vec::new();
         let mut ttl = u32::MAX;
@@ -386,15 +369,7 @@ impl Forwarder {
             ttl,
         };
         if let Err(e) = learn(&self.reaper, &self.table, &learned).await {
-            return Some((
-                error_reply(&msg, ResponseCode::ServFail)?,
-                verdict(
-                    &name,
-                    &qtype,
-                    "failed",
-                    Some(format!("allowing the answer: {e}")),
-                ),
-            ));
+            return failed(&format!("allowing the answer: {e}"));
         }
         let mut v = verdict(&name, &qtype, "allowed", None);
         v.addrs = addrs;
@@ -561,6 +536,21 @@ fn verdict(name: &str, qtype: &str, verdict: &'static str, reason: Option<String
         ttl: 0,
         reason,
     }
+}
+
+/// The error answer to `query` with `code`, and the verdict that goes with it.
+fn refuse(
+    query: &Message,
+    code: ResponseCode,
+    name: &str,
+    qtype: &str,
+    what: &'static str,
+    why: &str,
+) -> Option<(Vec<u8>, QueryVerdict)> {
+    Some((
+        error_reply(query, code)?,
+        verdict(name, qtype, what, Some(why.to_owned())),
+    ))
 }
 
 fn error_reply(query: &Message, code: ResponseCode) -> Option<Vec<u8>> {
