@@ -80,26 +80,26 @@ const SCENARIOS: &[CriScenario] = &[
         run: policy::unusable_policy_fails,
         core: true,
     },
-    // Egress allowlists through CRI pods (issue #6): system containerd only, to keep CI fast.
+    // Egress allowlists through CRI pods (issue #6), on every containerd version.
     CriScenario {
         name: "egress_allowlist_through_pod",
         run: egress::allowlist_through_pod,
-        core: false,
+        core: true,
     },
     CriScenario {
         name: "egress_names_through_pod_forwarder",
         run: egress::names_through_pod,
-        core: false,
+        core: true,
     },
     CriScenario {
         name: "egress_udp_icmp_and_inbound_through_pod",
         run: egress::udp_icmp_and_inbound_through_pod,
-        core: false,
+        core: true,
     },
     CriScenario {
         name: "egress_two_pods_keep_their_own_rules",
         run: egress::two_pods_keep_their_own_rules,
-        core: false,
+        core: true,
     },
 ];
 
