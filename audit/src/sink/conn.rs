@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::socket::{peer_closed, recv_packet, send_packet};
+use super::socket::{peer_closed, ready_now, recv_packet, send_packet};
 use super::{SinkOptions, SinkStats};
 use crate::decode::{decode_packet, Body};
 use crate::event::{AuditEvent, DropSource};
@@ -132,15 +132,9 @@ impl Connection {
         }
     }
 
+    /// True once the sink is dropped (the stop pipe hung up), or if that cannot be told.
     fn stopping(&self) -> bool {
-        let mut fd = libc::pollfd {
-            fd: self.stop.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, zero timeout.
-        let n = unsafe { libc::poll(&mut fd, 1, 0) };
-        n != 0
+        ready_now(&self.stop, libc::POLLIN).is_none_or(|r| r != 0)
     }
 
     fn handshake(&self) -> Result<(), String> {

@@ -82,15 +82,22 @@ pub fn register(
         .map_err(io::Error::from)
 }
 
-/// True when the peer has hung up (a zero-length read is then EOF, not an
-/// empty packet).
-pub fn peer_closed(fd: &OwnedFd) -> bool {
+/// The poll events `fd` has right now among `events` (and POLLHUP/POLLERR, always
+/// reported), without waiting; `None` when poll itself fails.
+pub fn ready_now(fd: &OwnedFd, events: libc::c_short) -> Option<libc::c_short> {
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
-        events: libc::POLLRDHUP,
+        events,
         revents: 0,
     };
     // SAFETY: one valid pollfd, count 1, zero timeout; fd stays open (borrowed).
     let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n < 0 || pfd.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0
+    (n >= 0).then_some(pfd.revents)
+}
+
+/// True when the peer has hung up (a zero-length read is then EOF, not an
+/// empty packet).
+pub fn peer_closed(fd: &OwnedFd) -> bool {
+    ready_now(fd, libc::POLLRDHUP)
+        .is_none_or(|r| r & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0)
 }
