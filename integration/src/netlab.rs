@@ -532,6 +532,20 @@ pub fn tables_in(netns: Option<&str>) -> Result<Vec<String>> {
         .collect())
 }
 
+/// Fails unless the node's own namespace (the one this process runs in) holds no Safehouse
+/// table: the shim must only ever touch the container's namespace.
+pub fn node_namespace_clean() -> Result<()> {
+    let root: Vec<String> = tables_in(None)?
+        .into_iter()
+        .filter(|t| t.contains("safehouse_"))
+        .collect();
+    anyhow::ensure!(
+        root.is_empty(),
+        "the node's own namespace has Safehouse tables: {root:?}"
+    );
+    Ok(())
+}
+
 impl Drop for NetLab {
     fn drop(&mut self) {
         for h in &mut self.hosts {

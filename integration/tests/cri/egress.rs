@@ -17,8 +17,8 @@ use k8s_cri::v1 as cri;
 use safehouse_integration::command::{run_args, wait_for};
 use safehouse_integration::cri_env::CriEnv;
 use safehouse_integration::netlab::{
-    check_results, check_script, netns_holders, netns_inode, tables_in, DnsNames, LabPlan, NetLab,
-    METADATA, UDP_PORT,
+    check_results, check_script, netns_holders, netns_inode, node_namespace_clean, tables_in,
+    DnsNames, LabPlan, NetLab, METADATA, UDP_PORT,
 };
 use serde_json::Value;
 
@@ -148,19 +148,6 @@ fn safehouse_tables(netns: &str) -> Result<Vec<(String, String)>> {
         found.push((table, listing.stdout));
     }
     Ok(found)
-}
-
-/// Fails unless the node's own namespace holds no `safehouse_` table.
-fn node_namespace_clean() -> Result<()> {
-    let root: Vec<String> = tables_in(None)?
-        .into_iter()
-        .filter(|t| t.contains("safehouse_"))
-        .collect();
-    ensure!(
-        root.is_empty(),
-        "the node's own namespace has Safehouse tables: {root:?}"
-    );
-    Ok(())
 }
 
 /// One running pod of a scenario: its id, its CNI namespace and the test hosts joined to it.

@@ -69,7 +69,9 @@ pub mod probe {
 
     use anyhow::{ensure, Result};
     use safehouse_integration::command::Output;
-    use safehouse_integration::netlab::{check_results, check_script, tables_in, NetLab};
+    use safehouse_integration::netlab::{
+        check_results, check_script, node_namespace_clean, NetLab,
+    };
 
     /// A busybox `sh` script running each `(name, command)` ([`check_script`]).
     pub fn script(checks: &[(&str, String)]) -> String {
@@ -120,14 +122,6 @@ pub mod probe {
     pub fn no_leftovers(lab: &NetLab) -> Result<()> {
         let left = lab.leftovers()?;
         ensure!(left.is_empty(), "left behind: {left:?}");
-        let root: Vec<String> = tables_in(None)?
-            .into_iter()
-            .filter(|t| t.contains("safehouse_"))
-            .collect();
-        ensure!(
-            root.is_empty(),
-            "the node's own namespace has Safehouse tables: {root:?}"
-        );
-        Ok(())
+        node_namespace_clean()
     }
 }

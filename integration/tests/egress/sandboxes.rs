@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{ensure, Result};
 use safehouse_integration::command::wait_for;
 use safehouse_integration::host::{is_alive, kill_pid, processes};
-use safehouse_integration::netlab::{tables_in, NetLab};
+use safehouse_integration::netlab::{node_namespace_clean, NetLab};
 use safehouse_integration::TestEnv;
 
 use crate::lab::Lab;
@@ -71,12 +71,7 @@ pub fn two_sandboxes_keep_their_own_rules(env: &TestEnv) -> Result<()> {
                 rules_b.contains(&hb.ip) && !rules_b.contains(&ha.ip),
                 "sandbox b's namespace holds a's rules: {rules_b}"
             );
-            let root: Vec<String> = tables_in(None)?
-                .into_iter()
-                .filter(|t| t.contains("safehouse_"))
-                .collect();
-            ensure!(root.is_empty(), "tables in the node's namespace: {root:?}");
-            Ok(())
+            node_namespace_clean()
         });
         for id in [&a, &b] {
             let _ = env.ctr.run(&["task", "kill", "-s", "SIGKILL", id]);
@@ -118,12 +113,7 @@ pub fn no_namespace_of_its_own_is_refused(env: &TestEnv) -> Result<()> {
             "a task exists after a refused create"
         );
         lab.remove_container(&id)?;
-        let root: Vec<String> = tables_in(None)?
-            .into_iter()
-            .filter(|t| t.contains("safehouse_"))
-            .collect();
-        ensure!(root.is_empty(), "tables in the node's namespace: {root:?}");
-        Ok(())
+        node_namespace_clean()
     })
 }
 
