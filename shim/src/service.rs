@@ -169,8 +169,8 @@ async fn cleanup_after_dead_shim(id: &str, bundle: &Path, st: &PersistedState) {
 
 /// Removes the ttrpc socket a killed shim left in /run/containerd/s (named in the bundle's
 /// `address` file), if nothing listens on it any more: a pod's other containers may still be
-/// served by a live shim on the same socket.
-/// True when no socket is left (removed now, or there was none).
+/// served by a live shim on the same socket. True when no socket is left (removed now, or there
+/// was none).
 fn remove_dead_shim_socket(bundle: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
     let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
