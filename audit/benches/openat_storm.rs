@@ -18,14 +18,42 @@ mod support;
 
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use safehouse_audit::lifecycle::SandboxContext;
-use safehouse_audit::sink::{SinkOptions, TraceSink};
+use safehouse_audit::sink::{Closed, Deliver, SinkOptions, TraceSink};
 use safehouse_audit::writer::{open_append, AuditWriter, WriterConfig};
-use safehouse_audit::Action;
-use tokio::sync::mpsc;
+use safehouse_audit::{Action, AuditEvent};
+
+/// The sink's destination here: counts the loop's read-only opens of `/tmp/f` (not the
+/// initial `echo x > /tmp/f`), then seals the drain into the writer, as the shim's does.
+struct Counting {
+    writer: AuditWriter,
+    opens: AtomicU64,
+}
+
+impl Deliver for Counting {
+    fn deliver(
+        &self,
+        batch: &mut Vec<AuditEvent>,
+        stopping: &dyn Fn() -> bool,
+    ) -> Result<(), Closed> {
+        let opens = batch
+            .iter()
+            .filter(|ev| {
+                let file = ev.file.as_ref();
+                ev.action == Action::Open
+                    && file.and_then(|f| f.path.as_deref()) == Some("/tmp/f")
+                    && file.and_then(|f| f.access.as_deref()) == Some("read")
+            })
+            .count();
+        self.opens.fetch_add(opens as u64, Ordering::Relaxed);
+        self.writer.submit_batch(batch, stopping);
+        Ok(())
+    }
+}
 
 struct Sample {
     secs: f64,
@@ -75,26 +103,14 @@ async fn run(
             options.batch_interval = Duration::from_micros(us);
         }
         let sink = TraceSink::bind(&sock, options).map_err(|e| e.to_string())?;
-        let (tx, mut rx) = mpsc::channel(4096);
-        let handle = sink.spawn(SandboxContext::new(&id), tx);
         let file = open_append(&work.join("audit.jsonl")).map_err(|e| e.to_string())?;
         let (writer, done) =
             AuditWriter::spawn(file, WriterConfig::default()).map_err(|e| e.to_string())?;
-        let counter = tokio::spawn(async move {
-            let mut opens = 0u64;
-            while let Some(ev) = rx.recv().await {
-                // The loop's read-only opens (not the initial `echo x > /tmp/f`).
-                let file = ev.file.as_ref();
-                if ev.action == Action::Open
-                    && file.and_then(|f| f.path.as_deref()) == Some("/tmp/f")
-                    && file.and_then(|f| f.access.as_deref()) == Some("read")
-                {
-                    opens += 1;
-                }
-                writer.submit(ev);
-            }
-            (opens, writer.stats().queue_dropped)
+        let counter = Arc::new(Counting {
+            writer,
+            opens: AtomicU64::new(0),
         });
+        let handle = sink.spawn(SandboxContext::new(&id), Arc::clone(&counter));
         pipeline = Some((handle, counter, done));
     }
     cmd.args(["run", "--bundle"])
@@ -140,14 +156,14 @@ async fn run(
         sample.opens_seen = t.join().unwrap_or(0);
     }
     if let Some((handle, counter, done)) = pipeline {
-        // Let the last packets drain, then close the sink so the counter ends.
+        // Let the last packets drain, then close the sink and the writer.
         tokio::time::sleep(Duration::from_millis(500)).await;
         sample.sentry_dropped = handle.stats().sentry_dropped.load(Ordering::Relaxed);
         drop(handle);
-        let (opens, queue_dropped) = counter.await.map_err(|e| e.to_string())?;
+        sample.opens_seen = counter.opens.load(Ordering::Relaxed);
+        sample.queue_dropped = counter.writer.stats().queue_dropped;
+        drop(counter);
         done.finish();
-        sample.opens_seen = opens;
-        sample.queue_dropped = queue_dropped;
     }
     let written = std::fs::metadata(work.join("audit.jsonl")).map_or(0, |m| m.len());
     if std::env::var_os("SAFEHOUSE_STORM_KEEP").is_some() {

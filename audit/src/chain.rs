@@ -88,6 +88,19 @@ impl Chain {
     /// (canonical JSON, hash last, trailing newline). An empty `sandbox_id` is
     /// filled in with the chain's.
     pub fn seal(&mut self, event: &mut AuditEvent) -> Result<Vec<u8>, ChainError> {
+        let mut line = Vec::with_capacity(1024);
+        self.seal_into(event, &mut line)?;
+        Ok(line)
+    }
+
+    /// [`Chain::seal`], appending the line to `out` instead of allocating one (the writer
+    /// seals a whole drain of events into one buffer). On error `out` is left as it was and
+    /// the chain does not advance.
+    pub fn seal_into(
+        &mut self,
+        event: &mut AuditEvent,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ChainError> {
         if event.sandbox_id.is_empty() {
             event.sandbox_id.clone_from(&self.sandbox_id);
         } else if event.sandbox_id != self.sandbox_id {
@@ -103,18 +116,26 @@ impl Chain {
         event.seq = seq;
         event.prev_hash.clone_from(&self.last_hash);
         event.hash = None;
-        let mut line = Vec::with_capacity(768);
-        serde_json::to_writer(&mut line, event)?;
-        let hash = sha256_hex(&line);
-        // `line` is a JSON object, so it ends with '}'.
-        line.pop();
-        line.extend_from_slice(b",\"hash\":\"");
-        line.extend_from_slice(hash.as_bytes());
-        line.extend_from_slice(b"\"}\n");
+        let start = out.len();
+        if let Err(e) = serde_json::to_writer(&mut *out, event) {
+            out.truncate(start);
+            return Err(e.into());
+        }
+        let mut hex = [0u8; 64];
+        // The digest is 32 bytes, the buffer 64: cannot fail.
+        let _ = hex::encode_to_slice(Sha256::digest(&out[start..]), &mut hex);
+        // Only hex digits were written.
+        let hash = std::str::from_utf8(&hex).unwrap_or_default();
+        // The line is a JSON object, so it ends with '}'.
+        out.pop();
+        out.extend_from_slice(b",\"hash\":\"");
+        out.extend_from_slice(&hex);
+        out.extend_from_slice(b"\"}\n");
         self.seq = seq;
-        self.last_hash.clone_from(&hash);
-        event.hash = Some(hash);
-        Ok(line)
+        self.last_hash.clear();
+        self.last_hash.push_str(hash);
+        event.hash = Some(hash.to_owned());
+        Ok(())
     }
 }
 

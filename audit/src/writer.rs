@@ -1,26 +1,30 @@
-//! The JSON Lines writer: a bounded queue in front of one writer thread that
-//! chains each sandbox's events and appends whole lines to a sink.
+//! The JSON Lines writer: producers seal events into their sandbox's chain and
+//! queue whole lines; one writer thread appends them to a sink.
 //!
-//! - Producers call [`AuditWriter::submit`], which never blocks: when the
-//!   queue is full the event is counted as dropped for its sandbox.
-//! - The writer thread seals events with each sandbox's [`Chain`] *after* the
-//!   queue, so a queue drop never leaves a gap in a chain. As soon as it has
-//!   dequeued again (space freed) it writes one `audit`/`dropped` event per
-//!   sandbox with the count.
+//! - Sealing happens in the producer's thread, under the sandbox's chain lock,
+//!   together with queueing the lines: a sandbox's lines reach the queue in seq
+//!   order, and the sandboxes' sink threads seal in parallel. Only bytes cross
+//!   threads, one buffer per drain, not one hand-off per event.
+//! - The queue is bounded in bytes ([`WriterConfig::queue_bytes`]). A trace
+//!   sink's batch ([`AuditWriter::submit_batch`]) waits for room, which pushes
+//!   back onto the sandbox's socket, where gVisor counts what it drops. A single
+//!   event ([`AuditWriter::submit`], the shim's lifecycle and policy events)
+//!   never waits: over the bound it is dropped *before* sealing and counted per
+//!   sandbox, so a drop never leaves a gap in a chain; the writer thread seals
+//!   an `audit`/`dropped` event with the count as soon as the queue has room.
 //! - Lines are written whole: each `write(2)` carries one or more complete
 //!   lines (at most [`WriterConfig::max_batch_bytes`]), so several shims can
 //!   append to the same `O_APPEND` file without interleaving.
 //! - A failing sink (disk full, closed pipe) is retried with backoff; the
-//!   queue absorbs the wait and counts drops instead of blocking producers.
+//!   queue absorbs the wait.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -31,8 +35,9 @@ use crate::timestamp::Timestamp;
 /// How the writer queues and batches.
 #[derive(Clone, Debug)]
 pub struct WriterConfig {
-    /// Events the queue holds before new ones are dropped (and counted).
-    pub capacity: usize,
+    /// Bytes of sealed lines the queue holds: over it, batches wait and single events are
+    /// dropped (and counted).
+    pub queue_bytes: usize,
     /// Largest single write(2); whole lines only. Use 4096 (PIPE_BUF) when
     /// several writers share one pipe or FIFO.
     pub max_batch_bytes: usize,
@@ -41,7 +46,7 @@ pub struct WriterConfig {
 impl Default for WriterConfig {
     fn default() -> Self {
         Self {
-            capacity: 65_536,
+            queue_bytes: 16 * 1024 * 1024,
             max_batch_bytes: 64 * 1024,
         }
     }
@@ -60,9 +65,29 @@ pub struct WriterStats {
     pub partial_writes: u64,
 }
 
+/// One sandbox's chain and the events dropped for it that no event reports yet.
+struct Slot {
+    chain: Chain,
+    dropped: u64,
+}
+
 #[derive(Default)]
+struct Queue {
+    items: VecDeque<Vec<u8>>,
+    bytes: usize,
+    /// Every producer is gone: the writer ends once the queue is empty.
+    closed: bool,
+}
+
 struct Shared {
-    drops: Mutex<HashMap<String, u64>>,
+    chains: Mutex<HashMap<String, Arc<Mutex<Slot>>>>,
+    queue: Mutex<Queue>,
+    /// Signalled when lines are queued (or the last producer leaves).
+    ready: Condvar,
+    /// Signalled when written lines free room.
+    room: Condvar,
+    queue_bytes: usize,
+    producers: AtomicUsize,
     drops_pending: AtomicBool,
     stopping: AtomicBool,
     lines_written: AtomicU64,
@@ -71,10 +96,8 @@ struct Shared {
     partial_writes: AtomicU64,
 }
 
-/// The producer side: cheap to clone, never blocks.
-#[derive(Clone)]
+/// The producer side: cheap to clone; [`AuditWriter::submit`] never blocks.
 pub struct AuditWriter {
-    tx: SyncSender<Box<AuditEvent>>,
     shared: Arc<Shared>,
 }
 
@@ -82,6 +105,10 @@ pub struct AuditWriter {
 pub struct WriterHandle {
     thread: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl AuditWriter {
@@ -99,18 +126,37 @@ impl AuditWriter {
         config: WriterConfig,
         chains: Vec<Chain>,
     ) -> io::Result<(Self, WriterHandle)> {
-        let (tx, rx) = sync_channel(config.capacity.max(1));
-        let shared = Arc::new(Shared::default());
         let chains = chains
             .into_iter()
-            .map(|c| (c.sandbox_id().to_owned(), c))
+            .map(|c| {
+                let id = c.sandbox_id().to_owned();
+                (
+                    id,
+                    Arc::new(Mutex::new(Slot {
+                        chain: c,
+                        dropped: 0,
+                    })),
+                )
+            })
             .collect();
+        let shared = Arc::new(Shared {
+            chains: Mutex::new(chains),
+            queue: Mutex::new(Queue::default()),
+            ready: Condvar::new(),
+            room: Condvar::new(),
+            queue_bytes: config.queue_bytes.max(1),
+            producers: AtomicUsize::new(1),
+            drops_pending: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            lines_written: AtomicU64::new(0),
+            queue_dropped: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
+            partial_writes: AtomicU64::new(0),
+        });
         let mut worker = Worker {
-            rx,
             sink,
-            chains,
             shared: Arc::clone(&shared),
-            batch: Vec::with_capacity(config.max_batch_bytes.max(4096)),
+            batch: Vec::with_capacity(config.max_batch_bytes.clamp(4096, 1 << 20)),
             max_batch: config.max_batch_bytes.max(1),
         };
         let thread = std::thread::Builder::new()
@@ -118,7 +164,6 @@ impl AuditWriter {
             .spawn(move || worker.run())?;
         Ok((
             Self {
-                tx,
                 shared: Arc::clone(&shared),
             },
             WriterHandle {
@@ -128,25 +173,85 @@ impl AuditWriter {
         ))
     }
 
-    /// Queues `event`; returns false (and counts a drop) if the queue is full
-    /// or the writer is gone. Never blocks.
-    pub fn submit(&self, event: AuditEvent) -> bool {
-        match self.tx.try_send(Box::new(event)) {
-            Ok(()) => true,
-            Err(TrySendError::Full(ev) | TrySendError::Disconnected(ev)) => {
-                self.shared.queue_dropped.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut drops) = self.shared.drops.lock() {
-                    *drops.entry(ev.sandbox_id).or_insert(0) += 1;
-                }
-                self.shared.drops_pending.store(true, Ordering::Release);
-                false
-            }
+    /// Seals and queues `event`; returns false (and counts a drop for its sandbox, reported
+    /// later as an `audit`/`dropped` event) when the queue is full. Never blocks on the sink.
+    pub fn submit(&self, mut event: AuditEvent) -> bool {
+        let slot = self.shared.slot(&event.sandbox_id);
+        let mut slot = lock(&slot);
+        if self.shared.queued() >= self.shared.queue_bytes {
+            self.shared.count_drops(&mut slot, 1);
+            return false;
         }
+        let mut lines = Vec::with_capacity(1024);
+        self.shared.seal_drop_report(&mut slot, &mut lines);
+        seal_one(&mut slot.chain, &mut event, &mut lines);
+        self.shared.push(lines);
+        true
+    }
+
+    /// Seals and queues a batch (a trace sink's drain, in order), leaving `events` empty.
+    /// Waits while the queue is full; gives up when `stopping()` turns true (or the writer
+    /// is being torn down), and then drops the batch, counted. Returns the events queued.
+    pub fn submit_batch(&self, events: &mut Vec<AuditEvent>, stopping: &dyn Fn() -> bool) -> usize {
+        if events.is_empty() {
+            return 0;
+        }
+        if !self.shared.wait_for_room(stopping) {
+            for ev in events.drain(..) {
+                let slot = self.shared.slot(&ev.sandbox_id);
+                self.shared.count_drops(&mut lock(&slot), 1);
+            }
+            return 0;
+        }
+        let total = events.len();
+        let mut lines = Vec::with_capacity(events.len() * 640);
+        let mut rest = events.drain(..).peekable();
+        while let Some(first) = rest.next() {
+            // A run of one sandbox's events is sealed under one lock and queued as one item.
+            let slot = self.shared.slot(&first.sandbox_id);
+            let mut guard = lock(&slot);
+            self.shared.seal_drop_report(&mut guard, &mut lines);
+            let mut ev = first;
+            loop {
+                seal_one(&mut guard.chain, &mut ev, &mut lines);
+                match rest.next_if(|next| next.sandbox_id == ev.sandbox_id) {
+                    Some(next) => ev = next,
+                    None => break,
+                }
+            }
+            self.shared.push(std::mem::take(&mut lines));
+        }
+        total
     }
 
     /// The writer's counters so far.
     pub fn stats(&self) -> WriterStats {
         self.shared.stats()
+    }
+}
+
+/// Seals `event` into `out`; an event that cannot be sealed is logged and left out.
+fn seal_one(chain: &mut Chain, event: &mut AuditEvent, out: &mut Vec<u8>) {
+    if let Err(e) = chain.seal_into(event, out) {
+        tracing::error!(error = %e, "audit event could not be sealed");
+    }
+}
+
+impl Clone for AuditWriter {
+    fn clone(&self) -> Self {
+        self.shared.producers.fetch_add(1, Ordering::SeqCst);
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl Drop for AuditWriter {
+    fn drop(&mut self) {
+        if self.shared.producers.fetch_sub(1, Ordering::SeqCst) == 1 {
+            lock(&self.shared.queue).closed = true;
+            self.shared.ready.notify_all();
+        }
     }
 }
 
@@ -157,6 +262,93 @@ impl Shared {
             queue_dropped: self.queue_dropped.load(Ordering::Relaxed),
             write_errors: self.write_errors.load(Ordering::Relaxed),
             partial_writes: self.partial_writes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The chain slot of `sandbox_id`, created on first use.
+    fn slot(&self, sandbox_id: &str) -> Arc<Mutex<Slot>> {
+        let mut chains = lock(&self.chains);
+        if let Some(slot) = chains.get(sandbox_id) {
+            return Arc::clone(slot);
+        }
+        let slot = Arc::new(Mutex::new(Slot {
+            chain: Chain::new(sandbox_id),
+            dropped: 0,
+        }));
+        chains.insert(sandbox_id.to_owned(), Arc::clone(&slot));
+        slot
+    }
+
+    fn queued(&self) -> usize {
+        lock(&self.queue).bytes
+    }
+
+    fn count_drops(&self, slot: &mut Slot, n: u64) {
+        slot.dropped += n;
+        self.queue_dropped.fetch_add(n, Ordering::Relaxed);
+        self.drops_pending.store(true, Ordering::Release);
+    }
+
+    /// Seals the `audit`/`dropped` event for the slot's unreported drops, if any, into `out`.
+    fn seal_drop_report(&self, slot: &mut Slot, out: &mut Vec<u8>) {
+        let count = std::mem::take(&mut slot.dropped);
+        if count == 0 {
+            return;
+        }
+        let mut event = AuditEvent {
+            action: Action::Dropped,
+            category: Category::Audit,
+            dropped: Some(DropInfo {
+                count,
+                source: DropSource::Queue,
+            }),
+            message: Some(format!("{count} events dropped: audit queue full")),
+            sandbox_id: slot.chain.sandbox_id().to_owned(),
+            time: Timestamp::now(),
+            ..AuditEvent::default()
+        };
+        seal_one(&mut slot.chain, &mut event, out);
+    }
+
+    /// Queues sealed lines (called with their sandbox's slot locked, so in seq order).
+    fn push(&self, lines: Vec<u8>) {
+        if lines.is_empty() {
+            return;
+        }
+        let mut q = lock(&self.queue);
+        q.bytes += lines.len();
+        q.items.push_back(lines);
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    /// Waits until the queue is under its bound; false if it gave up (`stopping`).
+    fn wait_for_room(&self, stopping: &dyn Fn() -> bool) -> bool {
+        let mut q = lock(&self.queue);
+        while q.bytes >= self.queue_bytes {
+            if stopping() || self.stopping.load(Ordering::Acquire) {
+                return false;
+            }
+            q = self
+                .room
+                .wait_timeout(q, Duration::from_millis(50))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        true
+    }
+
+    /// Seals drop reports for every sandbox with unreported drops, if there is room now.
+    fn report_drops(&self) {
+        if self.queued() >= self.queue_bytes || !self.drops_pending.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let slots: Vec<Arc<Mutex<Slot>>> = lock(&self.chains).values().cloned().collect();
+        for slot in slots {
+            let mut slot = lock(&slot);
+            let mut lines = Vec::new();
+            self.seal_drop_report(&mut slot, &mut lines);
+            self.push(lines);
         }
     }
 }
@@ -181,13 +373,12 @@ impl Drop for WriterHandle {
     fn drop(&mut self) {
         // Without finish(): stop retrying a broken sink so the thread can end.
         self.shared.stopping.store(true, Ordering::Release);
+        self.shared.room.notify_all();
     }
 }
 
 struct Worker<W> {
-    rx: Receiver<Box<AuditEvent>>,
     sink: W,
-    chains: HashMap<String, Chain>,
     shared: Arc<Shared>,
     batch: Vec<u8>,
     max_batch: usize,
@@ -195,74 +386,66 @@ struct Worker<W> {
 
 impl<W: Write> Worker<W> {
     fn run(&mut self) {
+        let mut taken = VecDeque::new();
         loop {
-            let first = match self.rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(ev) => Some(ev),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
+            let closed = {
+                let mut q = lock(&self.shared.queue);
+                if q.items.is_empty() && !q.closed {
+                    q = self
+                        .shared
+                        .ready
+                        .wait_timeout(q, Duration::from_millis(100))
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|p| p.into_inner().0);
+                }
+                std::mem::swap(&mut taken, &mut q.items);
+                q.closed
             };
-            if let Some(ev) = first {
-                self.append(*ev);
-                while self.batch.len() < self.max_batch {
-                    match self.rx.try_recv() {
-                        Ok(ev) => self.append(*ev),
-                        Err(_) => break,
-                    }
-                }
+            let mut bytes = 0;
+            for item in taken.drain(..) {
+                bytes += item.len();
+                self.append_lines(&item);
             }
-            self.report_drops();
             self.flush_batch();
-        }
-        self.report_drops();
-        self.flush_batch();
-    }
-
-    /// Seals `event` and adds its line to the batch (writing first if full).
-    fn append(&mut self, mut event: AuditEvent) {
-        let chain = self
-            .chains
-            .entry(event.sandbox_id.clone())
-            .or_insert_with(|| Chain::new(event.sandbox_id.clone()));
-        match chain.seal(&mut event) {
-            Ok(line) => {
-                if !self.batch.is_empty() && self.batch.len() + line.len() > self.max_batch {
-                    self.flush_batch();
-                }
-                self.batch.extend_from_slice(&line);
+            if bytes > 0 {
+                lock(&self.shared.queue).bytes -= bytes;
+                self.shared.room.notify_all();
             }
-            Err(e) => tracing::error!(error = %e, "audit event could not be sealed"),
+            self.shared.report_drops();
+            if closed && lock(&self.shared.queue).items.is_empty() {
+                break;
+            }
         }
     }
 
-    /// Turns the drop counts collected by producers into `audit`/`dropped` events.
-    fn report_drops(&mut self) {
-        if !self.shared.drops_pending.swap(false, Ordering::AcqRel) {
-            return;
-        }
-        let drops = match self.shared.drops.lock() {
-            Ok(mut d) => std::mem::take(&mut *d),
-            Err(_) => return,
-        };
-        let mut sandboxes: Vec<(String, u64)> = drops.into_iter().collect();
-        sandboxes.sort();
-        for (sandbox_id, count) in sandboxes {
-            self.append(AuditEvent {
-                action: Action::Dropped,
-                category: Category::Audit,
-                dropped: Some(DropInfo {
-                    count,
-                    source: DropSource::Queue,
-                }),
-                message: Some(format!("{count} events dropped: audit queue full")),
-                sandbox_id,
-                time: Timestamp::now(),
-                ..AuditEvent::default()
-            });
+    /// Adds whole lines to the batch, writing whenever the next line would overflow it.
+    fn append_lines(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let room = self.max_batch.saturating_sub(self.batch.len());
+            if data.len() <= room {
+                self.batch.extend_from_slice(data);
+                return;
+            }
+            // The longest run of whole lines that fits; a line longer than a batch goes alone.
+            let cut = match data[..room].iter().rposition(|&b| b == b'\n') {
+                Some(i) => i + 1,
+                None if self.batch.is_empty() => data
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(data.len(), |i| i + 1),
+                None => 0,
+            };
+            self.batch.extend_from_slice(&data[..cut]);
+            data = &data[cut..];
+            self.flush_batch();
         }
     }
 
     /// Writes the batch (whole lines) with as few write(2) calls as the sink allows.
     fn flush_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
         let mut written = 0;
         let mut backoff = Duration::from_millis(10);
         while written < self.batch.len() {
@@ -281,8 +464,8 @@ impl<W: Write> Worker<W> {
                 break;
             }
         }
-        let lines = self.batch.iter().filter(|&&b| b == b'\n').count() as u64;
         if written == self.batch.len() {
+            let lines = self.batch.iter().filter(|&&b| b == b'\n').count() as u64;
             self.shared
                 .lines_written
                 .fetch_add(lines, Ordering::Relaxed);

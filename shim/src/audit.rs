@@ -2,19 +2,23 @@
 //!
 //! Per sandbox: a trace sink (the SOCK_SEQPACKET socket gVisor's Sentry connects to, bound before
 //! `runsc create` so nothing before the first instruction is missed), the `--pod-init-config`
-//! asking for the policy's points, and a pump that checks each decoded event against the
-//! policy (`process.tools`) before handing it on. Per shim: one writer that chains every
-//! sandbox's events and appends whole lines to the node's audit destination, which also becomes
+//! asking for the policy's points, and an [`Enforcer`] that checks each drain of decoded events
+//! against the policy (`process.tools`) on the sink's reader thread, asks the task service for a
+//! kill on a violation, and seals the drain into the writer's queue. Per shim: one writer that
+//! appends every sandbox's chained lines to the node's audit destination, which also becomes
 //! the shim's standard output. Decoding and chaining live in the `safehouse-audit` crate; this
 //! module only connects them to containers.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use safehouse_audit::lifecycle::SandboxContext;
 use safehouse_audit::session::{PodInitConfig, SessionOptions, TraceCategory, TraceMetadata};
-use safehouse_audit::sink::{sandbox_socket_path, SinkHandle, SinkOptions, TraceSink};
+use safehouse_audit::sink::{
+    sandbox_socket_path, Closed, Deliver, SinkHandle, SinkOptions, TraceSink,
+};
 use safehouse_audit::writer::{open_append, AuditWriter, WriterConfig, WriterHandle};
 use safehouse_audit::AuditEvent;
 use safehouse_policy::{AuditCategory, CompiledPolicy, ViolationAction};
@@ -22,9 +26,6 @@ use tokio::sync::mpsc;
 
 use crate::error::{Result, ShimError};
 use crate::node::STATE_DIR;
-
-/// Capacity of the channel between a sandbox's sink and its pump.
-pub const PUMP_QUEUE: usize = 4096;
 
 /// The shim's audit writer, opened on the first Create (its config names the destination).
 #[derive(Default)]
@@ -92,6 +93,23 @@ impl AuditOutput {
             if !w.submit(event) {
                 tracing::debug!("audit queue full: event dropped and counted");
             }
+        }
+    }
+
+    /// Seals and queues a sink's drain, waiting while the queue is full (see
+    /// [`AuditWriter::submit_batch`]); dropped if the writer is not open.
+    pub fn submit_batch(&self, events: &mut Vec<AuditEvent>, stopping: &dyn Fn() -> bool) {
+        let writer = self
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(w, _, _)| w.clone());
+        match writer {
+            Some(w) => {
+                w.submit_batch(events, stopping);
+            }
+            None => events.clear(),
         }
     }
 
@@ -284,7 +302,7 @@ pub fn start_sandbox(
     ctx: SandboxContext,
     compiled: &CompiledPolicy,
     bundle: &Path,
-    events: mpsc::Sender<AuditEvent>,
+    events: impl Deliver,
 ) -> Result<(Arc<SandboxAudit>, Option<String>)> {
     let cats = categories(compiled);
     let audit = Arc::new(SandboxAudit {
@@ -328,41 +346,75 @@ pub struct KillRequest {
     pub reason: String,
 }
 
-/// Reads a sandbox's decoded events, checks them against its rules, and submits them.
-pub fn spawn_pump(
-    mut events: mpsc::Receiver<AuditEvent>,
-    audit: Arc<SandboxAudit>,
+/// A sandbox's policy checks, run on its trace sink's reader thread for each drain of events:
+/// an exec the policy's `process.tools` does not allow is followed by a `policy`/`violation`
+/// event and, under `onViolation: kill`, one kill request to the task service (sent at once,
+/// before the drain is written). Then the drain is sealed into the writer's queue.
+pub struct Enforcer {
+    ctx: SandboxContext,
     rules: AuditRules,
     output: Arc<AuditOutput>,
     kills: mpsc::UnboundedSender<KillRequest>,
-) {
-    tokio::spawn(async move {
-        let mut killed = false;
-        while let Some(event) = events.recv().await {
-            let verdict = rules.offending_binary(&event);
-            let container = event.container_id.clone().unwrap_or_default();
-            output.submit(event);
-            let Some(binary) = verdict else { continue };
-            let kill = rules.on_violation == ViolationAction::Kill;
-            let v = audit
-                .ctx
-                .violation(
-                    &container,
-                    "process.tools",
-                    &format!("exec of {binary}, which is not in the policy's tools list"),
-                    if kill { "kill" } else { "record" },
-                )
-                .build();
-            output.submit(v);
-            if kill && !killed {
-                killed = true;
-                let _ = kills.send(KillRequest {
-                    sandbox_id: audit.ctx.sandbox_id.clone(),
-                    reason: format!("exec of {binary} violates process.tools"),
-                });
-            }
+    killed: AtomicBool,
+}
+
+impl Enforcer {
+    /// Checks `ctx`'s events against `rules`, writing them to `output` and asking `kills`.
+    pub fn new(
+        ctx: SandboxContext,
+        rules: AuditRules,
+        output: Arc<AuditOutput>,
+        kills: mpsc::UnboundedSender<KillRequest>,
+    ) -> Self {
+        Self {
+            ctx,
+            rules,
+            output,
+            kills,
+            killed: AtomicBool::new(false),
         }
-    });
+    }
+
+    /// Inserts a violation event after every offending exec of `batch`; sends the kill request.
+    fn check(&self, batch: &mut Vec<AuditEvent>) {
+        let mut i = 0;
+        while i < batch.len() {
+            if let Some(binary) = self.rules.offending_binary(&batch[i]) {
+                let kill = self.rules.on_violation == ViolationAction::Kill;
+                let container = batch[i].container_id.clone().unwrap_or_default();
+                let v = self
+                    .ctx
+                    .violation(
+                        &container,
+                        "process.tools",
+                        &format!("exec of {binary}, which is not in the policy's tools list"),
+                        if kill { "kill" } else { "record" },
+                    )
+                    .build();
+                batch.insert(i + 1, v);
+                i += 1;
+                if kill && !self.killed.swap(true, Ordering::SeqCst) {
+                    let _ = self.kills.send(KillRequest {
+                        sandbox_id: self.ctx.sandbox_id.clone(),
+                        reason: format!("exec of {binary} violates process.tools"),
+                    });
+                }
+            }
+            i += 1;
+        }
+    }
+}
+
+impl Deliver for Enforcer {
+    fn deliver(
+        &self,
+        batch: &mut Vec<AuditEvent>,
+        stopping: &dyn Fn() -> bool,
+    ) -> std::result::Result<(), Closed> {
+        self.check(batch);
+        self.output.submit_batch(batch, stopping);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -408,6 +460,70 @@ mod tests {
         assert_eq!(rules.offending_binary(&start), None);
         start.point = Some("sentry/execve".into());
         assert_eq!(rules.offending_binary(&start).as_deref(), Some("sh"));
+    }
+
+    fn exec(binary: &str) -> AuditEvent {
+        AuditEvent {
+            category: safehouse_audit::Category::Process,
+            action: safehouse_audit::Action::Exec,
+            container_id: Some("c1".into()),
+            point: Some("sentry/execve".into()),
+            process: Some(safehouse_audit::ProcessInfo {
+                binary: Some(safehouse_audit::BinaryInfo {
+                    path: binary.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn enforcer_follows_each_offending_exec_with_a_violation_and_asks_one_kill() {
+        let (kills, mut asked) = mpsc::unbounded_channel();
+        let rules = AuditRules {
+            tools: vec![PathBuf::from("/bin/sh")],
+            on_violation: ViolationAction::Kill,
+            init_binary: None,
+        };
+        let enforcer = Enforcer::new(
+            SandboxContext::new("sb"),
+            rules,
+            Arc::new(AuditOutput::default()),
+            kills,
+        );
+        let mut batch = vec![
+            exec("/bin/sh"),
+            exec("/bin/nc"),
+            exec("/bin/sh"),
+            exec("/bin/dd"),
+        ];
+        enforcer.check(&mut batch);
+        let actions: Vec<_> = batch
+            .iter()
+            .map(|e| (e.action, e.executed_binary().map(str::to_owned)))
+            .collect();
+        use safehouse_audit::Action::{Exec, Violation};
+        assert_eq!(
+            actions,
+            vec![
+                (Exec, Some("/bin/sh".into())),
+                (Exec, Some("/bin/nc".into())),
+                (Violation, None),
+                (Exec, Some("/bin/sh".into())),
+                (Exec, Some("/bin/dd".into())),
+                (Violation, None),
+            ]
+        );
+        assert_eq!(batch[2].container_id.as_deref(), Some("c1"));
+        let first = asked.try_recv().expect("a kill request");
+        assert_eq!(first.sandbox_id, "sb");
+        assert!(first.reason.contains("/bin/nc"), "{}", first.reason);
+        assert!(asked.try_recv().is_err(), "one kill request per sandbox");
+        // Without a writer (none opened yet) a drain is dropped, not kept.
+        enforcer.deliver(&mut batch, &|| false).expect("delivered");
+        assert!(batch.is_empty());
     }
 
     #[test]

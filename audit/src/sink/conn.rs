@@ -22,10 +22,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
-
 use super::socket::{peer_closed, ready_now, recv_packet, send_packet};
-use super::{SinkOptions, SinkStats};
+use super::{Deliver, SinkOptions, SinkStats};
 use crate::decode::{decode_packet, Body};
 use crate::event::{AuditEvent, DropSource};
 use crate::lifecycle::SandboxContext;
@@ -39,7 +37,7 @@ pub(super) struct Connection {
     /// The read end of the sink's stop pipe: readable or hung up once the sink is dropped.
     pub stop: Arc<OwnedFd>,
     pub ctx: Arc<SandboxContext>,
-    pub tx: mpsc::Sender<AuditEvent>,
+    pub deliver: Arc<dyn Deliver>,
     pub stats: Arc<SinkStats>,
     pub options: SinkOptions,
     /// Live connections of the sink; this one's share is given back when it ends.
@@ -258,12 +256,14 @@ impl Connection {
         }
     }
 
-    /// Sends the batch on, waiting for room (a full channel pushes back onto the socket).
+    /// Hands the batch on, waiting for room (a full queue pushes back onto the socket).
     fn hand_on(&self, batch: &mut Vec<AuditEvent>) -> Result<(), ()> {
-        for ev in batch.drain(..) {
-            self.tx.blocking_send(ev).map_err(|_| ())?;
+        if batch.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let result = self.deliver.deliver(batch, &|| self.stopping());
+        batch.clear();
+        result.map_err(|_| ())
     }
 
     /// Emits aggregated drop events for malformed and unknown packets, at most
@@ -296,7 +296,7 @@ impl Connection {
                     .ctx
                     .dropped(count, source)
                     .message(format!("{count} {what}"));
-                self.tx.blocking_send(ev.build()).map_err(|_| ())?;
+                self.hand_on(&mut vec![ev.build()])?;
             }
         }
         Ok(())

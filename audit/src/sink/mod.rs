@@ -2,16 +2,18 @@
 //!
 //! [`TraceSink::bind`] listens on a SOCK_SEQPACKET unix socket (one per
 //! sandbox, in the shim's state dir); [`TraceSink::spawn`] runs a tokio task
-//! that accepts the Sentry's connection(s), answers the handshake, decodes
-//! every packet and sends [`AuditEvent`]s (stamped with the sandbox's ids,
-//! pod and policy) to a channel.
+//! that accepts the Sentry's connection(s). Each connection is read by a
+//! thread of its own that answers the handshake, drains the socket in batches
+//! (see `conn` for why it sleeps between drains instead of waiting on the
+//! socket), decodes every packet into [`AuditEvent`]s stamped with the
+//! sandbox's ids, pod and policy, and hands each drain to a [`Deliver`] on
+//! that same thread: the shim's checks the policy and seals the batch into the
+//! writer's queue, so a busy stream costs one hand-off per drain, not one per
+//! event. A slow [`Deliver`] pushes back onto the socket, where gVisor's
+//! retries and `dropped_count` take over (reported as `audit`/`dropped`).
 //!
 //! Bind before `runsc create`: runsc connects and handshakes synchronously
-//! while creating the sandbox. Each connection is read by a thread of its own
-//! that drains the socket in batches (see `conn` for why it sleeps between
-//! drains instead of waiting on the socket); a slow channel pushes back onto
-//! the socket, where gVisor's retries and `dropped_count` take over (reported
-//! as `audit`/`dropped`).
+//! while creating the sandbox.
 
 mod conn;
 mod socket;
@@ -31,6 +33,59 @@ use tokio::task::JoinHandle;
 
 use crate::event::AuditEvent;
 use crate::lifecycle::SandboxContext;
+
+/// The receiver is gone: the connection stops reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed;
+
+/// Where a sink's reader threads hand the events of each drain.
+pub trait Deliver: Send + Sync + 'static {
+    /// Takes one drain's events, in the order their packets arrived, leaving `batch` empty.
+    /// Runs on the connection's reader thread and may block to push back; it should give up
+    /// waiting once `stopping()` is true (the sink is being dropped).
+    fn deliver(
+        &self,
+        batch: &mut Vec<AuditEvent>,
+        stopping: &dyn Fn() -> bool,
+    ) -> Result<(), Closed>;
+}
+
+/// A shared destination (the caller keeps a handle, e.g. to read its counters).
+impl<D: Deliver> Deliver for Arc<D> {
+    fn deliver(
+        &self,
+        batch: &mut Vec<AuditEvent>,
+        stopping: &dyn Fn() -> bool,
+    ) -> Result<(), Closed> {
+        (**self).deliver(batch, stopping)
+    }
+}
+
+/// A channel as the destination (tests, tools): one blocking send per event.
+impl Deliver for mpsc::Sender<AuditEvent> {
+    fn deliver(
+        &self,
+        batch: &mut Vec<AuditEvent>,
+        _stopping: &dyn Fn() -> bool,
+    ) -> Result<(), Closed> {
+        for ev in batch.drain(..) {
+            self.blocking_send(ev).map_err(|_| Closed)?;
+        }
+        Ok(())
+    }
+}
+
+/// The writer as the destination: the batch is sealed and queued, waiting for room.
+impl Deliver for crate::writer::AuditWriter {
+    fn deliver(
+        &self,
+        batch: &mut Vec<AuditEvent>,
+        stopping: &dyn Fn() -> bool,
+    ) -> Result<(), Closed> {
+        self.submit_batch(batch, stopping);
+        Ok(())
+    }
+}
 
 /// Limits of one sink.
 #[derive(Clone, Debug)]
@@ -168,8 +223,9 @@ impl TraceSink {
         &self.path
     }
 
-    /// Starts accepting; decoded events of this sandbox go to `events`.
-    pub fn spawn(self, ctx: SandboxContext, events: mpsc::Sender<AuditEvent>) -> SinkHandle {
+    /// Starts accepting; decoded events of this sandbox go to `events`, a drain at a time.
+    pub fn spawn(self, ctx: SandboxContext, events: impl Deliver) -> SinkHandle {
+        let events: Arc<dyn Deliver> = Arc::new(events);
         let stats = Arc::new(SinkStats::default());
         let live = Arc::new(AtomicUsize::new(0));
         let path = self.path.clone();
@@ -232,7 +288,7 @@ impl Drop for SinkHandle {
 async fn accept_loop(
     sink: TraceSink,
     ctx: Arc<SandboxContext>,
-    events: mpsc::Sender<AuditEvent>,
+    events: Arc<dyn Deliver>,
     stats: Arc<SinkStats>,
     stop: Option<Arc<OwnedFd>>,
     live: Arc<AtomicUsize>,
@@ -266,7 +322,7 @@ async fn accept_loop(
             fd,
             stop: Arc::clone(&stop),
             ctx: Arc::clone(&ctx),
-            tx: events.clone(),
+            deliver: Arc::clone(&events),
             stats: Arc::clone(&stats),
             options: sink.options.clone(),
             live: Arc::clone(&live),

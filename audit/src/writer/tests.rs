@@ -2,6 +2,7 @@
 //! concurrent appenders.
 
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -14,6 +15,8 @@ struct Memory {
     data: Arc<Mutex<Vec<u8>>>,
     max_write: Option<usize>,
     gate: Option<Arc<(Mutex<bool>, Condvar)>>,
+    /// The length of every write accepted.
+    writes: Arc<Mutex<Vec<usize>>>,
 }
 
 impl Write for Memory {
@@ -30,6 +33,9 @@ impl Write for Memory {
             .lock()
             .map_err(|_| io::Error::other("poisoned"))?
             .extend_from_slice(&buf[..n]);
+        if let Ok(mut w) = self.writes.lock() {
+            w.push(n);
+        }
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -91,7 +97,7 @@ fn full_queue_counts_drops_and_reports_them_without_gaps() {
         ..Memory::default()
     };
     let config = WriterConfig {
-        capacity: 4,
+        queue_bytes: 4,
         max_batch_bytes: 1,
     };
     let (w, h) = AuditWriter::spawn(mem.clone(), config).unwrap_or_else(|e| panic!("{e}"));
@@ -117,6 +123,126 @@ fn full_queue_counts_drops_and_reports_them_without_gaps() {
         .sum();
     assert_eq!(reported, stats.queue_dropped);
     assert!(values.iter().any(|v| v["dropped"]["source"] == "queue"));
+}
+
+fn open(gate: &(Mutex<bool>, Condvar)) {
+    let (open, cv) = gate;
+    if let Ok(mut g) = open.lock() {
+        *g = true;
+    }
+    cv.notify_all();
+}
+
+#[test]
+fn batches_wait_for_room_instead_of_dropping() {
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let mem = Memory {
+        gate: Some(Arc::clone(&gate)),
+        ..Memory::default()
+    };
+    let config = WriterConfig {
+        queue_bytes: 1,
+        ..WriterConfig::default()
+    };
+    let (w, h) = AuditWriter::spawn(mem.clone(), config).unwrap_or_else(|e| panic!("{e}"));
+    let producer = {
+        let w = w.clone();
+        std::thread::spawn(move || {
+            let mut queued = 0;
+            for _ in 0..5 {
+                let mut batch: Vec<AuditEvent> = (0..10).map(|_| event("a")).collect();
+                queued += w.submit_batch(&mut batch, &|| false);
+                assert!(batch.is_empty());
+            }
+            queued
+        })
+    };
+    // The writer is stuck in its first write; the producer waits for room meanwhile.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !producer.is_finished(),
+        "a full queue must hold the batch back"
+    );
+    open(&gate);
+    assert_eq!(producer.join().unwrap_or(0), 50);
+    drop(w);
+    let stats = h.finish();
+    assert_eq!((stats.lines_written, stats.queue_dropped), (50, 0));
+    let values = lines(&mem);
+    assert_eq!(values.len(), 50);
+    assert_contiguous(&values);
+}
+
+#[test]
+fn a_batch_given_up_is_counted_and_the_chain_has_no_gap() {
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let mem = Memory {
+        gate: Some(Arc::clone(&gate)),
+        ..Memory::default()
+    };
+    let config = WriterConfig {
+        queue_bytes: 1,
+        ..WriterConfig::default()
+    };
+    let (w, h) = AuditWriter::spawn(mem.clone(), config).unwrap_or_else(|e| panic!("{e}"));
+    let mut first: Vec<AuditEvent> = (0..3).map(|_| event("a")).collect();
+    assert_eq!(w.submit_batch(&mut first, &|| false), 3);
+    std::thread::sleep(Duration::from_millis(100));
+    // Queue full and the sink stopping: the batch is dropped, not sealed.
+    let mut second: Vec<AuditEvent> = (0..7).map(|_| event("a")).collect();
+    assert_eq!(w.submit_batch(&mut second, &|| true), 0);
+    assert_eq!(w.stats().queue_dropped, 7);
+    open(&gate);
+    let mut third: Vec<AuditEvent> = (0..2).map(|_| event("a")).collect();
+    assert_eq!(w.submit_batch(&mut third, &|| false), 2);
+    drop(w);
+    h.finish();
+    let values = lines(&mem);
+    assert_contiguous(&values);
+    let actions: Vec<&str> = values.iter().filter_map(|v| v["action"].as_str()).collect();
+    assert_eq!(actions.iter().filter(|a| **a == "open").count(), 5);
+    let reported: Vec<u64> = values
+        .iter()
+        .filter(|v| v["action"] == "dropped")
+        .filter_map(|v| v["dropped"]["count"].as_u64())
+        .collect();
+    assert_eq!(reported, vec![7]);
+}
+
+#[test]
+fn writes_split_only_between_lines() {
+    let mem = Memory::default();
+    let config = WriterConfig {
+        max_batch_bytes: 1500,
+        ..WriterConfig::default()
+    };
+    let (w, h) = AuditWriter::spawn(mem.clone(), config).unwrap_or_else(|e| panic!("{e}"));
+    let mut batch: Vec<AuditEvent> = (0..40)
+        .map(|i| {
+            let mut ev = event(if i < 30 { "a" } else { "b" });
+            // Lines of 300 to 4,200 bytes: some longer than a whole batch.
+            ev.message = Some("m".repeat(300 * (i % 14 + 1)));
+            ev
+        })
+        .collect();
+    assert_eq!(w.submit_batch(&mut batch, &|| false), 40);
+    drop(w);
+    h.finish();
+    let data = mem.data.lock().map(|d| d.clone()).unwrap_or_default();
+    let writes = mem.writes.lock().map(|w| w.clone()).unwrap_or_default();
+    let mut at = 0;
+    for n in writes {
+        at += n;
+        assert_eq!(data[at - 1], b'\n', "a write ended inside a line");
+        let line_count = data[at - n..at].iter().filter(|&&b| b == b'\n').count();
+        assert!(
+            n <= 1500 || line_count == 1,
+            "{n} bytes in {line_count} lines"
+        );
+    }
+    let values = lines(&mem);
+    assert_eq!(values.len(), 40);
+    assert_contiguous(&values);
 }
 
 #[test]

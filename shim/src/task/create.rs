@@ -411,20 +411,14 @@ impl TaskService {
         ) {
             ctx = ctx.with_pod(name, ns);
         }
-        let (tx, rx) = mpsc::channel(audit::PUMP_QUEUE);
-        let (sandbox_audit, flag) = audit::start_sandbox(ctx, compiled, bundle, tx)?;
+        let root = spec["root"]["path"].as_str().unwrap_or("rootfs");
+        let rules = AuditRules::from_policy(compiled, &bundle.join(root), spec);
+        let enforcer =
+            audit::Enforcer::new(ctx.clone(), rules, self.audit.clone(), self.kills.clone());
+        let (sandbox_audit, flag) = audit::start_sandbox(ctx, compiled, bundle, enforcer)?;
         if let Some(flag) = flag {
             flags.extra.push(flag);
         }
-        let root = spec["root"]["path"].as_str().unwrap_or("rootfs");
-        let rules = AuditRules::from_policy(compiled, &bundle.join(root), spec);
-        audit::spawn_pump(
-            rx,
-            sandbox_audit.clone(),
-            rules,
-            self.audit.clone(),
-            self.kills.clone(),
-        );
         Ok(sandbox_audit)
     }
 
