@@ -10,6 +10,7 @@
 //! Building events from gVisor packets lives in `decode/`, building shim
 //! lifecycle events in `lifecycle.rs`.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
@@ -177,7 +178,7 @@ pub struct AuditEvent {
     pub pod: Option<PodInfo>,
     /// gVisor's trace point name, for events that came from the Sentry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub point: Option<String>,
+    pub point: Option<Cow<'static, str>>,
     /// The policy in force.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyRef>,

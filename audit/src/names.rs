@@ -155,6 +155,25 @@ pub fn syscall_name(nr: u64) -> Option<&'static str> {
         .map(|&(_, name)| name)
 }
 
+/// The point name `syscall/<name>/<enter|exit>` of a syscall in [`syscall_name`]'s table,
+/// built once per process (points are named once per event).
+pub fn syscall_point_name(nr: u64, exit: bool) -> Option<&'static str> {
+    static NAMES: std::sync::OnceLock<Vec<[&'static str; 2]>> = std::sync::OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        SYSCALLS
+            .iter()
+            .map(|&(_, name)| {
+                let leak = |phase: &str| -> &'static str {
+                    Box::leak(format!("syscall/{name}/{phase}").into_boxed_str())
+                };
+                [leak("enter"), leak("exit")]
+            })
+            .collect()
+    });
+    let i = SYSCALLS.binary_search_by_key(&nr, |&(n, _)| n).ok()?;
+    names.get(i).map(|pair| pair[usize::from(exit)])
+}
+
 /// The symbolic name of a Linux errno, for the common ones.
 pub fn errno_name(errno: i64) -> Option<&'static str> {
     Some(match errno {
@@ -273,6 +292,12 @@ mod tests {
     #[test]
     fn syscall_table_is_sorted_and_finds_names() {
         assert!(SYSCALLS.windows(2).all(|w| w[0].0 < w[1].0));
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert_eq!(syscall_point_name(257, true), Some("syscall/openat/exit"));
+            assert_eq!(syscall_point_name(257, false), Some("syscall/openat/enter"));
+            assert_eq!(syscall_point_name(100_000, true), None);
+        }
         #[cfg(target_arch = "x86_64")]
         {
             assert_eq!(syscall_name(257), Some("openat"));

@@ -53,18 +53,50 @@ impl Timestamp {
 
     /// Writes the fixed-width UTC form into `out`.
     fn write_to(self, out: &mut impl fmt::Write) -> fmt::Result {
+        match self.fixed() {
+            Some(text) => out.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?),
+            None => {
+                let (y, m, d, h, min, sec, nanos) = self.fields();
+                write!(
+                    out,
+                    "{y:04}-{m:02}-{d:02}T{h:02}:{min:02}:{sec:02}.{nanos:09}Z"
+                )
+            }
+        }
+    }
+
+    /// Year, month, day, hour, minute, second, nanosecond (UTC).
+    fn fields(self) -> (i64, u32, u32, i64, i64, i64, i64) {
         let secs = self.0.div_euclid(1_000_000_000);
         let nanos = self.0.rem_euclid(1_000_000_000);
         let days = secs.div_euclid(86_400);
         let sod = secs.rem_euclid(86_400);
         let (y, m, d) = civil_from_days(days);
-        write!(
-            out,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-            sod / 3600,
-            (sod / 60) % 60,
-            sod % 60
-        )
+        (y, m, d, sod / 3600, (sod / 60) % 60, sod % 60, nanos)
+    }
+
+    /// The 30-byte form for years 0 to 9999 (every event's time), without the formatting
+    /// machinery: it runs once per event.
+    fn fixed(self) -> Option<[u8; 30]> {
+        let (y, m, d, h, min, sec, nanos) = self.fields();
+        if !(0..=9999).contains(&y) {
+            return None;
+        }
+        let mut out = *b"0000-00-00T00:00:00.000000000Z";
+        let mut put = |at: usize, width: usize, mut v: u64| {
+            for i in (at..at + width).rev() {
+                out[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, 4, y as u64);
+        put(5, 2, u64::from(m));
+        put(8, 2, u64::from(d));
+        put(11, 2, h as u64);
+        put(14, 2, min as u64);
+        put(17, 2, sec as u64);
+        put(20, 9, nanos as u64);
+        Some(out)
     }
 }
 
@@ -89,34 +121,14 @@ impl fmt::Display for Timestamp {
     }
 }
 
-/// A stack buffer for one formatted time (no allocation per event).
-struct StackText {
-    buf: [u8; 40],
-    len: usize,
-}
-
-impl fmt::Write for StackText {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let end = self.len + s.len();
-        let dst = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
-        dst.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
-
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut text = StackText {
-            buf: [0; 40],
-            len: 0,
-        };
-        if self.write_to(&mut text).is_err() {
-            // Years beyond 4 digits do not fit the fixed form; fall back.
-            return s.serialize_str(&self.to_string());
+        match self.fixed() {
+            // Only ASCII digits and punctuation were written.
+            Some(text) => s.serialize_str(std::str::from_utf8(&text).unwrap_or("")),
+            // Years beyond 4 digits do not fit the fixed form.
+            None => s.serialize_str(&self.to_string()),
         }
-        // Only ASCII digits and punctuation were written.
-        s.serialize_str(std::str::from_utf8(&text.buf[..text.len]).unwrap_or(""))
     }
 }
 
@@ -164,6 +176,27 @@ mod tests {
             Timestamp::from_unix_nanos(-1).to_string(),
             "1969-12-31T23:59:59.999999999Z"
         );
+    }
+
+    #[test]
+    fn fixed_form_matches_the_general_one_and_serialises_as_json() {
+        let general = |t: Timestamp| {
+            let (y, m, d, h, min, sec, nanos) = t.fields();
+            format!("{y:04}-{m:02}-{d:02}T{h:02}:{min:02}:{sec:02}.{nanos:09}Z")
+        };
+        // The whole i64 range (years 1677 to 2262), in uneven steps, and both ends.
+        let mut ns = i64::MIN;
+        loop {
+            let t = Timestamp::from_unix_nanos(ns);
+            let fixed = t.fixed().map(|b| String::from_utf8_lossy(&b).into_owned());
+            assert_eq!(fixed.as_deref(), Some(general(t).as_str()), "{ns}");
+            if ns == i64::MAX {
+                break;
+            }
+            ns = ns.saturating_add(77_777_777_777_777_777);
+        }
+        let json = serde_json::to_string(&Timestamp::from_unix_nanos(1)).unwrap_or_default();
+        assert_eq!(json, "\"1970-01-01T00:00:00.000000001Z\"");
     }
 
     #[test]

@@ -101,7 +101,7 @@ fn sample_events() -> Vec<AuditEvent> {
         if let Ok(d) = decode_packet(&p) {
             if let Body::Event(mut ev) = d.body {
                 sb.stamp(&mut ev);
-                events.push(*ev);
+                events.push(ev);
             }
         }
     }

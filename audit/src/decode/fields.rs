@@ -2,10 +2,12 @@
 //! size caps, the context (process, time, container), syscall results, and
 //! path resolution.
 
+use std::borrow::Cow;
+
 use protobuf::MessageField;
 
 use crate::event::{Action, AuditEvent, Category, ProcessInfo, SyscallResult};
-use crate::names::errno_name;
+use crate::names::{errno_name, syscall_name, syscall_point_name};
 use crate::proto::common::ContextData;
 use crate::proto::syscall::SyscallExit;
 use crate::timestamp::Timestamp;
@@ -31,7 +33,11 @@ pub fn text(bytes: &[u8]) -> Option<String> {
 /// Lossy UTF-8 of at most `cap` bytes; a cut string ends with `...[truncated]`.
 fn capped(bytes: &[u8], cap: usize) -> String {
     if bytes.len() <= cap {
-        return String::from_utf8_lossy(bytes).into_owned();
+        // Valid UTF-8 (nearly every field) takes the fast check, not the lossy scan.
+        return match std::str::from_utf8(bytes) {
+            Ok(s) => s.to_owned(),
+            Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+        };
     }
     let mut s = String::from_utf8_lossy(&bytes[..cap]).into_owned();
     s.push_str("...[truncated]");
@@ -63,13 +69,13 @@ pub fn argv(args: &[Vec<u8>]) -> (Vec<String>, bool) {
 pub fn event_from_context(
     category: Category,
     action: Action,
-    point: String,
+    point: impl Into<Cow<'static, str>>,
     ctx: &MessageField<ContextData>,
 ) -> AuditEvent {
     let mut event = AuditEvent {
         category,
         action,
-        point: Some(point),
+        point: Some(point.into()),
         ..AuditEvent::default()
     };
     let Some(ctx) = ctx.as_ref() else {
@@ -116,10 +122,18 @@ pub fn result(exit: &MessageField<SyscallExit>) -> Option<SyscallResult> {
     })
 }
 
-/// `syscall/<name>/<enter|exit>`.
-pub fn syscall_point(name: &str, exit: &MessageField<SyscallExit>) -> String {
+/// `syscall/<name>/<enter|exit>`, without allocating for syscalls in the names table.
+pub fn syscall_point(
+    sysno: u64,
+    default_name: &str,
+    exit: &MessageField<SyscallExit>,
+) -> Cow<'static, str> {
+    if let Some(name) = syscall_point_name(sysno, exit.is_some()) {
+        return Cow::Borrowed(name);
+    }
+    let name = syscall_name(sysno).unwrap_or(default_name);
     let phase = if exit.is_some() { "exit" } else { "enter" };
-    format!("syscall/{name}/{phase}")
+    Cow::Owned(format!("syscall/{name}/{phase}"))
 }
 
 /// Resolves `pathname` the way the kernel would start to: absolute as is,

@@ -29,7 +29,7 @@ fn base(
     let mut ev = event_from_context(
         category,
         action,
-        syscall_point(known.unwrap_or(default_name), exit),
+        syscall_point(sysno, default_name, exit),
         ctx,
     );
     ev.result = result(exit);

@@ -28,7 +28,7 @@ fn decode_ok(p: &[u8]) -> AuditEvent {
         Ok(DecodedPacket {
             body: Body::Event(ev),
             ..
-        }) => *ev,
+        }) => ev,
         other => panic!("expected an event, got {other:?}"),
     }
 }

@@ -67,6 +67,17 @@ enum End {
     ReceiverGone,
 }
 
+/// The pause before the next drain: the last pause scaled so that, at the rate the last
+/// drain saw, the next one finds about [`SinkOptions::batch_target`] packets; between a tenth
+/// of [`SinkOptions::batch_interval`] and all of it.
+pub(super) fn next_pause(last: Duration, got: usize, options: &SinkOptions) -> Duration {
+    let max = options.batch_interval;
+    let min = max / 10;
+    let target = options.batch_target.max(1) as u128;
+    let scaled = last.as_nanos() * target / got.max(1) as u128;
+    Duration::from_nanos(scaled.min(max.as_nanos()) as u64).max(min)
+}
+
 impl Connection {
     /// Serves the connection on a thread of its own.
     pub fn spawn(self) -> io::Result<()> {
@@ -169,6 +180,7 @@ impl Connection {
         let mut pending = Pending::default();
         let mut last_dropped: u32 = 0;
         let mut batch: Vec<AuditEvent> = Vec::with_capacity(MAX_BATCH);
+        let mut pause = self.options.batch_interval;
         loop {
             // Drain everything queued, handing events on in bounded batches.
             let mut got = 0usize;
@@ -194,7 +206,8 @@ impl Connection {
             }
             if got > 0 && !self.options.batch_interval.is_zero() {
                 // Busy: let packets gather in the socket instead of being woken by each.
-                std::thread::sleep(self.options.batch_interval);
+                pause = next_pause(pause, got, &self.options);
+                std::thread::sleep(pause);
                 if self.stopping() {
                     return End::Stopped;
                 }
@@ -240,7 +253,7 @@ impl Connection {
                     Body::Event(mut event) => {
                         self.ctx.stamp(&mut event);
                         self.stats.events.fetch_add(1, Ordering::Relaxed);
-                        batch.push(*event);
+                        batch.push(event);
                     }
                     Body::Unknown => {
                         self.stats.unknown_types.fetch_add(1, Ordering::Relaxed);

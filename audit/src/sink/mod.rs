@@ -98,9 +98,12 @@ pub struct SinkOptions {
     pub handshake_timeout: Duration,
     /// Least time between two reports of malformed/unknown packets.
     pub report_interval: Duration,
-    /// While packets keep coming, how long the reader lets them gather in the socket between
+    /// While packets keep coming, the longest the reader lets them gather in the socket between
     /// two drains (the most a busy stream's events are delayed). Zero reads each at once.
     pub batch_interval: Duration,
+    /// Packets a drain aims at: a faster stream gets shorter pauses (down to a tenth of
+    /// `batch_interval`), so the Sentry's socket, which holds about 200 packets, never fills.
+    pub batch_target: usize,
 }
 
 impl Default for SinkOptions {
@@ -110,7 +113,8 @@ impl Default for SinkOptions {
             max_connections: 4,
             handshake_timeout: Duration::from_secs(5),
             report_interval: Duration::from_secs(1),
-            batch_interval: Duration::from_millis(1),
+            batch_interval: Duration::from_millis(3),
+            batch_target: 64,
         }
     }
 }

@@ -284,3 +284,21 @@ async fn a_burst_arrives_whole_and_in_order_and_dropping_the_sink_ends_its_reade
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(eof.map(|p| p.len()).ok(), Some(0), "sink reader still open");
 }
+
+#[test]
+fn pauses_shrink_as_the_stream_speeds_up_and_stay_bounded() {
+    let options = SinkOptions::default();
+    let max = options.batch_interval;
+    // A trickle: the whole interval.
+    assert_eq!(conn::next_pause(max, 1, &options), max);
+    // Exactly the target: unchanged.
+    assert_eq!(conn::next_pause(max, options.batch_target, &options), max);
+    // Four times the target: a quarter of the pause, so the next drain finds about the target.
+    assert_eq!(
+        conn::next_pause(max, options.batch_target * 4, &options),
+        max / 4
+    );
+    // A flood: never below a tenth, never above the interval.
+    assert_eq!(conn::next_pause(max, 1_000_000, &options), max / 10);
+    assert_eq!(conn::next_pause(max / 10, 1, &options), max);
+}
