@@ -286,7 +286,7 @@ pub struct BinaryInfo {
 pub struct FileInfo {
     /// `read`, `write` or `read_write`, from the open flags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub access: Option<String>,
+    pub access: Option<Cow<'static, str>>,
     /// Bytes asked for by a read or write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
@@ -298,7 +298,7 @@ pub struct FileInfo {
     pub fd: Option<i64>,
     /// Names of the set open flags (`O_WRONLY`, `O_CREAT`...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub flag_names: Option<Vec<String>>,
+    pub flag_names: Option<Vec<Cow<'static, str>>>,
     /// Raw flags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flags: Option<u32>,

@@ -258,8 +258,8 @@ pub fn open_access(flags: u32) -> &'static str {
     }
 }
 
-/// Names of the flags set in `flags`, access mode first.
-pub fn open_flag_names(flags: u32) -> Vec<String> {
+/// Names of the flags set in `flags`, access mode first (static: one small vector per open).
+pub fn open_flag_names(flags: u32) -> Vec<std::borrow::Cow<'static, str>> {
     let flags = flags as libc::c_int;
     let mut names = Vec::with_capacity(4);
     names.push(
@@ -269,11 +269,11 @@ pub fn open_flag_names(flags: u32) -> Vec<String> {
             libc::O_RDONLY => "O_RDONLY",
             _ => "O_ACCMODE",
         }
-        .to_owned(),
+        .into(),
     );
     for &(bit, name) in OPEN_FLAGS {
         if flags & bit == bit {
-            names.push(name.to_owned());
+            names.push(name.into());
         }
     }
     names

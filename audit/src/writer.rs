@@ -79,9 +79,15 @@ struct Queue {
     closed: bool,
 }
 
+/// Written buffers kept for producers to fill again (no allocation per drain).
+const SPARE_BUFFERS: usize = 8;
+/// Larger buffers are freed instead of kept.
+const SPARE_MAX_BYTES: usize = 1024 * 1024;
+
 struct Shared {
     chains: Mutex<HashMap<String, Arc<Mutex<Slot>>>>,
     queue: Mutex<Queue>,
+    spare: Mutex<Vec<Vec<u8>>>,
     /// Signalled when lines are queued (or the last producer leaves).
     ready: Condvar,
     /// Signalled when written lines free room.
@@ -142,6 +148,7 @@ impl AuditWriter {
         let shared = Arc::new(Shared {
             chains: Mutex::new(chains),
             queue: Mutex::new(Queue::default()),
+            spare: Mutex::new(Vec::new()),
             ready: Condvar::new(),
             room: Condvar::new(),
             queue_bytes: config.queue_bytes.max(1),
@@ -204,7 +211,7 @@ impl AuditWriter {
             return 0;
         }
         let total = events.len();
-        let mut lines = Vec::with_capacity(events.len() * 640);
+        let mut lines = self.shared.buffer();
         let mut rest = events.drain(..).peekable();
         while let Some(first) = rest.next() {
             // A run of one sandbox's events is sealed under one lock and queued as one item.
@@ -219,8 +226,10 @@ impl AuditWriter {
                     None => break,
                 }
             }
-            self.shared.push(std::mem::take(&mut lines));
+            self.shared
+                .push(std::mem::replace(&mut lines, self.shared.buffer()));
         }
+        self.shared.recycle(lines);
         total
     }
 
@@ -277,6 +286,26 @@ impl Shared {
         }));
         chains.insert(sandbox_id.to_owned(), Arc::clone(&slot));
         slot
+    }
+
+    /// An empty buffer for sealed lines, recycled if one is spare.
+    fn buffer(&self) -> Vec<u8> {
+        lock(&self.spare)
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(64 * 1024))
+    }
+
+    /// Keeps a written buffer for reuse (a few, of a drain's size: not a single event's, not
+    /// a flood's).
+    fn recycle(&self, mut buf: Vec<u8>) {
+        if !(16 * 1024..=SPARE_MAX_BYTES).contains(&buf.capacity()) {
+            return;
+        }
+        buf.clear();
+        let mut spare = lock(&self.spare);
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(buf);
+        }
     }
 
     fn queued(&self) -> usize {
@@ -405,6 +434,7 @@ impl<W: Write> Worker<W> {
             for item in taken.drain(..) {
                 bytes += item.len();
                 self.append_lines(&item);
+                self.shared.recycle(item);
             }
             self.flush_batch();
             if bytes > 0 {

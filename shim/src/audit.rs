@@ -337,7 +337,7 @@ pub fn start_sandbox(
     Ok((audit, Some(format!("--pod-init-config={}", file.display()))))
 }
 
-/// What the pump asks the task service to do about a violation.
+/// What the enforcer asks the task service to do about a violation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KillRequest {
     /// The sandbox to end.

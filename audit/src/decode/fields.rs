@@ -30,6 +30,16 @@ pub fn text(bytes: &[u8]) -> Option<String> {
     Some(capped(bytes, MAX_TEXT))
 }
 
+/// [`text`] of a field the decoder owns: valid UTF-8 within [`MAX_TEXT`] becomes the
+/// string without a copy.
+pub fn text_owned(bytes: &mut Vec<u8>) -> Option<String> {
+    if bytes.len() <= MAX_TEXT && std::str::from_utf8(bytes).is_ok() {
+        let owned = std::mem::take(bytes);
+        return (!owned.is_empty()).then(|| String::from_utf8(owned).unwrap_or_default());
+    }
+    text(bytes)
+}
+
 /// Lossy UTF-8 of at most `cap` bytes; a cut string ends with `...[truncated]`.
 fn capped(bytes: &[u8], cap: usize) -> String {
     if bytes.len() <= cap {
@@ -70,7 +80,7 @@ pub fn event_from_context(
     category: Category,
     action: Action,
     point: impl Into<Cow<'static, str>>,
-    ctx: &MessageField<ContextData>,
+    ctx: MessageField<ContextData>,
 ) -> AuditEvent {
     let mut event = AuditEvent {
         category,
@@ -78,7 +88,7 @@ pub fn event_from_context(
         point: Some(point.into()),
         ..AuditEvent::default()
     };
-    let Some(ctx) = ctx.as_ref() else {
+    let Some(mut ctx) = ctx.0 else {
         event.time = Timestamp::now();
         return event;
     };
@@ -87,12 +97,12 @@ pub fn event_from_context(
     } else {
         Timestamp::now()
     };
-    event.container_id = text(&ctx.container_id);
+    event.container_id = text_owned(&mut ctx.container_id);
     let creds = ctx.credentials.as_ref();
     let process = ProcessInfo {
-        cwd: text(&ctx.cwd),
+        cwd: text_owned(&mut ctx.cwd),
         gid: creds.map(|c| c.effective_gid),
-        name: text(&ctx.process_name),
+        name: text_owned(&mut ctx.process_name),
         pid: nonzero(ctx.thread_group_id),
         tid: nonzero(ctx.thread_id),
         uid: creds.map(|c| c.effective_uid),

@@ -12,12 +12,12 @@ use crate::proto::sentry::{ContextOnly, SentryClone, SentryExecve, SentryExit};
 /// container/start: the container's first process, with its argv and cwd.
 /// The environment is never recorded (it holds secrets).
 pub fn container_start(payload: &[u8]) -> Result<AuditEvent, DecodeError> {
-    let m = parse::<ContainerStart>(mt::CONTAINER_START, payload)?;
+    let mut m = parse::<ContainerStart>(mt::CONTAINER_START, payload)?;
     let mut ev = event_from_context(
         Category::Process,
         Action::Exec,
         "container/start".to_owned(),
-        &m.context_data,
+        std::mem::take(&mut m.context_data),
     );
     if ev.container_id.is_none() {
         ev.container_id = text(&m.id);
@@ -40,12 +40,12 @@ pub fn container_start(payload: &[u8]) -> Result<AuditEvent, DecodeError> {
 
 /// sentry/clone: a new task; the new ids go into `detail`.
 pub fn clone(payload: &[u8]) -> Result<AuditEvent, DecodeError> {
-    let m = parse::<SentryClone>(mt::SENTRY_CLONE, payload)?;
+    let mut m = parse::<SentryClone>(mt::SENTRY_CLONE, payload)?;
     let mut ev = event_from_context(
         Category::Process,
         Action::Clone,
         "sentry/clone".to_owned(),
-        &m.context_data,
+        std::mem::take(&mut m.context_data),
     );
     let mut detail = std::collections::BTreeMap::new();
     detail.insert("child_pid".to_owned(), m.created_thread_group_id.into());
@@ -58,12 +58,12 @@ pub fn clone(payload: &[u8]) -> Result<AuditEvent, DecodeError> {
 /// sentry/execve: a successful exec with the binary's path, argv and (when
 /// `binary_info` was requested) its mode, owner and sha256.
 pub fn execve(payload: &[u8]) -> Result<AuditEvent, DecodeError> {
-    let m = parse::<SentryExecve>(mt::SENTRY_EXEC, payload)?;
+    let mut m = parse::<SentryExecve>(mt::SENTRY_EXEC, payload)?;
     let mut ev = event_from_context(
         Category::Process,
         Action::Exec,
         "sentry/execve".to_owned(),
-        &m.context_data,
+        std::mem::take(&mut m.context_data),
     );
     let (args, truncated) = argv(&m.argv);
     let has_info = m.binary_mode != 0 || !m.binary_sha256.is_empty();
@@ -82,7 +82,7 @@ pub fn execve(payload: &[u8]) -> Result<AuditEvent, DecodeError> {
 
 /// sentry/task_exit and sentry/exit_notify_parent, with the wait status decoded.
 pub fn exit(message_type: u16, payload: &[u8]) -> Result<AuditEvent, DecodeError> {
-    let m = parse::<SentryExit>(message_type, payload)?;
+    let mut m = parse::<SentryExit>(message_type, payload)?;
     let point = if message_type == mt::SENTRY_TASK_EXIT {
         "sentry/task_exit"
     } else {
@@ -92,7 +92,7 @@ pub fn exit(message_type: u16, payload: &[u8]) -> Result<AuditEvent, DecodeError
         Category::Process,
         Action::Exit,
         point.to_owned(),
-        &m.context_data,
+        std::mem::take(&mut m.context_data),
     );
     ev.exit = Some(wait_status(m.exit_status));
     Ok(ev)
@@ -127,12 +127,12 @@ pub fn context_only(
     point: &str,
     payload: &[u8],
 ) -> Result<AuditEvent, DecodeError> {
-    let m = parse::<ContextOnly>(message_type, payload)?;
+    let mut m = parse::<ContextOnly>(message_type, payload)?;
     Ok(event_from_context(
         category,
         action,
         point.to_owned(),
-        &m.context_data,
+        std::mem::take(&mut m.context_data),
     ))
 }
 

@@ -22,7 +22,7 @@ fn base(
     action: Action,
     default_name: &str,
     sysno: u64,
-    ctx: &MessageField<ContextData>,
+    ctx: MessageField<ContextData>,
     exit: &MessageField<SyscallExit>,
 ) -> AuditEvent {
     let known = syscall_name(sysno);
@@ -44,14 +44,15 @@ fn base(
 
 /// The fields every syscall message carries: number, context, result.
 pub(super) trait SyscallHead: protobuf::Message {
-    fn head(&self) -> (u64, &MessageField<ContextData>, &MessageField<SyscallExit>);
+    fn head(&mut self) -> (u64, MessageField<ContextData>, &MessageField<SyscallExit>);
 }
 
 macro_rules! syscall_head {
     ($($t:ty),* $(,)?) => {
         $(impl SyscallHead for $t {
-            fn head(&self) -> (u64, &MessageField<ContextData>, &MessageField<SyscallExit>) {
-                (self.sysno, &self.context_data, &self.exit)
+            /// Takes the context out (its strings move into the event, not copied).
+            fn head(&mut self) -> (u64, MessageField<ContextData>, &MessageField<SyscallExit>) {
+                (self.sysno, std::mem::take(&mut self.context_data), &self.exit)
             }
         })*
     };
@@ -94,7 +95,7 @@ pub(super) fn start<M: SyscallHead>(
     action: Action,
     default_name: &str,
 ) -> Result<(M, AuditEvent), DecodeError> {
-    let m = parse::<M>(message_type, p)?;
+    let mut m = parse::<M>(message_type, p)?;
     let (sysno, ctx, exit) = m.head();
     let ev = base(category, action, default_name, sysno, ctx, exit);
     Ok((m, ev))
@@ -126,10 +127,11 @@ pub fn decode(message_type: u16, p: &[u8]) -> Result<AuditEvent, DecodeError> {
         | mt::SYSCALL_SOCKETPAIR
         | mt::SYSCALL_LISTEN => return super::network::decode(message_type, p),
         mt::SYSCALL_RAW => {
-            let m = parse::<SyscallRaw>(message_type, p)?;
+            let mut m = parse::<SyscallRaw>(message_type, p)?;
             let phase = if m.exit.is_some() { "exit" } else { "enter" };
             let point = format!("syscall/sysno/{}/{phase}", m.sysno);
-            let mut ev = event_from_context(C::Process, A::Syscall, point, &m.context_data);
+            let ctx = std::mem::take(&mut m.context_data);
+            let mut ev = event_from_context(C::Process, A::Syscall, point, ctx);
             ev.result = result(&m.exit);
             ev.syscall = Some(SyscallInfo {
                 args: Some(vec![m.arg1, m.arg2, m.arg3, m.arg4, m.arg5, m.arg6]),
@@ -143,7 +145,7 @@ pub fn decode(message_type: u16, p: &[u8]) -> Result<AuditEvent, DecodeError> {
             let cwd = ev.process.as_ref().and_then(|p| p.cwd.as_deref());
             let (path, raw_path) = resolve_path(&m.pathname, m.fd, &m.fd_path, cwd);
             ev.file = Some(FileInfo {
-                access: Some(open_access(m.flags).to_owned()),
+                access: Some(open_access(m.flags).into()),
                 dirfd: dirfd(m.fd),
                 flag_names: Some(open_flag_names(m.flags)),
                 flags: Some(m.flags),

@@ -384,8 +384,8 @@ impl TaskService {
         Ok(Some(Arc::new(SandboxNetwork { table, dns })))
     }
 
-    /// The sandbox's audit: a new sink and pump for a sandbox's first container (its runsc flags
-    /// gain the pod-init-config), the pod's for a container joining it.
+    /// The sandbox's audit: a new sink and policy enforcer for a sandbox's first container (its
+    /// runsc flags gain the pod-init-config), the pod's for a container joining it.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn start_audit(
         &self,

@@ -100,7 +100,7 @@ impl TaskService {
         service
     }
 
-    /// Kills sandboxes whose audit pump found a violation of an `onViolation: kill` policy.
+    /// Kills sandboxes whose audit enforcer found a violation of an `onViolation: kill` policy.
     fn carry_out_violation_kills(&self, mut rx: mpsc::UnboundedReceiver<KillRequest>) {
         let containers = self.containers.clone();
         let output = self.audit.clone();
