@@ -73,6 +73,27 @@ fn assert_contiguous(values: &[Value]) {
     }
 }
 
+type Gate = Arc<(Mutex<bool>, Condvar)>;
+
+/// A writer over a sink whose writes block until [`open`] is called on the gate.
+fn gated(config: WriterConfig) -> (Gate, Memory, AuditWriter, WriterHandle) {
+    let gate: Gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let mem = Memory {
+        gate: Some(Arc::clone(&gate)),
+        ..Memory::default()
+    };
+    let (w, h) = AuditWriter::spawn(mem.clone(), config).unwrap_or_else(|e| panic!("{e}"));
+    (gate, mem, w, h)
+}
+
+fn open(gate: &(Mutex<bool>, Condvar)) {
+    let (open, cv) = gate;
+    if let Ok(mut g) = open.lock() {
+        *g = true;
+    }
+    cv.notify_all();
+}
+
 #[test]
 fn writes_whole_chained_lines_per_sandbox() {
     let mem = Memory::default();
@@ -91,27 +112,15 @@ fn writes_whole_chained_lines_per_sandbox() {
 
 #[test]
 fn full_queue_counts_drops_and_reports_them_without_gaps() {
-    let gate = Arc::new((Mutex::new(false), Condvar::new()));
-    let mem = Memory {
-        gate: Some(Arc::clone(&gate)),
-        ..Memory::default()
-    };
-    let config = WriterConfig {
+    let (gate, mem, w, h) = gated(WriterConfig {
         queue_bytes: 4,
         max_batch_bytes: 1,
-    };
-    let (w, h) = AuditWriter::spawn(mem.clone(), config).unwrap_or_else(|e| panic!("{e}"));
+    });
     let accepted = (0..200).filter(|_| w.submit(event("a"))).count() as u64;
     let stats = w.stats();
     assert!(stats.queue_dropped > 0);
     assert_eq!(stats.queue_dropped + accepted, 200);
-    {
-        let (open, cv) = &*gate;
-        if let Ok(mut g) = open.lock() {
-            *g = true;
-        }
-        cv.notify_all();
-    }
+    open(&gate);
     drop(w);
     h.finish();
     let values = lines(&mem);
@@ -125,26 +134,12 @@ fn full_queue_counts_drops_and_reports_them_without_gaps() {
     assert!(values.iter().any(|v| v["dropped"]["source"] == "queue"));
 }
 
-fn open(gate: &(Mutex<bool>, Condvar)) {
-    let (open, cv) = gate;
-    if let Ok(mut g) = open.lock() {
-        *g = true;
-    }
-    cv.notify_all();
-}
-
 #[test]
 fn batches_wait_for_room_instead_of_dropping() {
-    let gate = Arc::new((Mutex::new(false), Condvar::new()));
-    let mem = Memory {
-        gate: Some(Arc::clone(&gate)),
-        ..Memory::default()
-    };
-    let config = WriterConfig {
+    let (gate, mem, w, h) = gated(WriterConfig {
         queue_bytes: 1,
         ..WriterConfig::default()
-    };
-    let (w, h) = AuditWriter::spawn(mem.clone(), config).unwrap_or_else(|e| panic!("{e}"));
+    });
     let producer = {
         let w = w.clone();
         std::thread::spawn(move || {
@@ -175,16 +170,10 @@ fn batches_wait_for_room_instead_of_dropping() {
 
 #[test]
 fn a_batch_given_up_is_counted_and_the_chain_has_no_gap() {
-    let gate = Arc::new((Mutex::new(false), Condvar::new()));
-    let mem = Memory {
-        gate: Some(Arc::clone(&gate)),
-        ..Memory::default()
-    };
-    let config = WriterConfig {
+    let (gate, mem, w, h) = gated(WriterConfig {
         queue_bytes: 1,
         ..WriterConfig::default()
-    };
-    let (w, h) = AuditWriter::spawn(mem.clone(), config).unwrap_or_else(|e| panic!("{e}"));
+    });
     let mut first: Vec<AuditEvent> = (0..3).map(|_| event("a")).collect();
     assert_eq!(w.submit_batch(&mut first, &|| false), 3);
     std::thread::sleep(Duration::from_millis(100));
