@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::command::Output;
+use crate::command::{wait_for, Output};
 use crate::containerd::{Containerd, ContainerdOptions};
 use crate::cri_env::ContainerdBuild;
 use crate::ctr::Ctr;
@@ -38,7 +38,6 @@ pub struct TestEnv {
     pub image: String,
     shim_config: Option<PathBuf>,
     runc_root: PathBuf,
-    next_id: AtomicU32,
     issued_ids: Arc<Mutex<Vec<String>>>,
 }
 
@@ -106,14 +105,15 @@ impl TestEnv {
             image: BUSYBOX_IMAGE.to_string(),
             shim_config,
             runc_root,
-            next_id: AtomicU32::new(1),
             issued_ids: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
-    /// A container id unique in this run; no id is a substring of another.
+    /// A container id unique in this run, across every containerd the test binary runs (a
+    /// process looked up by id must be this containerd's); no id is a substring of another.
     pub fn id(&self, name: &str) -> String {
-        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        static NEXT_ID: AtomicU32 = AtomicU32::new(1);
+        let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let id = format!("sfh{}x{n}-{name}", std::process::id());
         self.issued_ids
             .lock()
@@ -181,6 +181,73 @@ impl TestEnv {
         ];
         argv.extend_from_slice(command);
         self.ctr.run(&argv)
+    }
+
+    /// SIGKILLs the one shim serving container `id`, waits until containerd has noticed (the
+    /// task gone or stopped), deletes the task if containerd still lists it, removes the
+    /// container and ctr's fifos: what an operator does after a shim crash. The shim binary's `delete` action,
+    /// which containerd runs meanwhile, is what the callers then check.
+    pub fn sigkill_shim_and_remove(&self, id: &str) -> Result<()> {
+        // Ids are unique only per containerd: the test binaries run one per containerd version
+        // in parallel, with the same ids, so the shim is also told apart by its containerd.
+        let address = self.containerd.address().display().to_string();
+        let shims: Vec<u32> = crate::host::processes()
+            .into_iter()
+            .filter(|p| {
+                p.program_name() == self.runtime.shim_name()
+                    && p.has_flag_value("-id", id)
+                    && p.has_flag_value("-address", &address)
+            })
+            .map(|p| p.pid)
+            .collect();
+        anyhow::ensure!(
+            shims.len() == 1,
+            "expected one shim with -id {id}, found pids {shims:?}"
+        );
+        crate::host::kill_pid(shims[0]);
+        wait_for("the shim to die", Duration::from_secs(10), || {
+            Ok((!crate::host::is_alive(shims[0])).then_some(()))
+        })?;
+        // containerd notices the dead shim and cleans up (asynchronously).
+        wait_for(
+            "containerd to drop the task",
+            Duration::from_secs(30),
+            || {
+                Ok(self
+                    .ctr
+                    .task(id)?
+                    .map_or(Some(()), |t| (t.status == "STOPPED").then_some(())))
+            },
+        )?;
+        if self.ctr.task(id)?.is_some() {
+            let out = self.ctr.run(&["task", "delete", id])?;
+            anyhow::ensure!(
+                out.success() || out.stderr.contains("not found"),
+                "ctr task delete after the shim died: {}",
+                out.describe()
+            );
+        }
+        self.ctr.run(&["containers", "rm", id])?.ok()?;
+        // ctr removes the fifos of `ctr run -d` only in `ctr task delete`, which had no task
+        // left to load: they are ctr's, not the runtime's, so remove them as a user would.
+        self.remove_ctr_fifos(id)
+    }
+
+    /// Removes `<fifo-dir>/<random>/<id>-{stdin,stdout,stderr}` and the emptied directory.
+    fn remove_ctr_fifos(&self, id: &str) -> Result<()> {
+        for dir in fs::read_dir(self.containerd.fifo_dir())?.flatten() {
+            let mut mine = false;
+            for entry in fs::read_dir(dir.path())?.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(id) {
+                    fs::remove_file(entry.path())?;
+                    mine = true;
+                }
+            }
+            if mine {
+                let _ = fs::remove_dir(dir.path());
+            }
+        }
+        Ok(())
     }
 
     /// A scratch directory for one scenario, inside the run's temp dir.

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use safehouse_integration::command::wait_for;
-use safehouse_integration::host::{is_alive, kill_pid, processes};
 use safehouse_integration::netlab::{node_namespace_clean, NetLab};
 use safehouse_integration::TestEnv;
 
@@ -158,31 +157,7 @@ pub fn killed_shim_leaves_no_table(env: &TestEnv) -> Result<()> {
             "a TCP query for an unlisted name should be refused: {}",
             tcp.describe()
         );
-        let shims: Vec<u32> = processes()
-            .into_iter()
-            .filter(|p| p.program_name() == env.runtime.shim_name() && p.has_flag_value("-id", &id))
-            .map(|p| p.pid)
-            .collect();
-        ensure!(shims.len() == 1, "expected one shim for {id}: {shims:?}");
-        kill_pid(shims[0]);
-        wait_for("the shim to die", Duration::from_secs(10), || {
-            Ok((!is_alive(shims[0])).then_some(()))
-        })?;
-        wait_for(
-            "containerd to drop the task",
-            Duration::from_secs(30),
-            || {
-                Ok(env
-                    .ctr
-                    .task(&id)?
-                    .map_or(Some(()), |t| (t.status == "STOPPED").then_some(())))
-            },
-        )?;
-        if env.ctr.task(&id)?.is_some() {
-            let _ = env.ctr.run(&["task", "delete", &id])?;
-        }
-        env.ctr.run(&["containers", "rm", &id])?.ok()?;
-        remove_ctr_fifos(env, &id)?;
+        env.sigkill_shim_and_remove(&id)?;
         wait_for("the table to go", Duration::from_secs(10), || {
             Ok(net.leftovers()?.is_empty().then_some(()))
         })?;
@@ -203,23 +178,6 @@ while len(r) < n:
     r += s.recv(n - len(r))
 print("rcode=%d" % (r[3] & 15))
 "#;
-
-/// Removes the fifos `ctr run -d` made for `id` (ctr's, removed only by `ctr task delete`).
-fn remove_ctr_fifos(env: &TestEnv, id: &str) -> Result<()> {
-    for dir in std::fs::read_dir(env.containerd.fifo_dir())?.flatten() {
-        let mut mine = false;
-        for entry in std::fs::read_dir(dir.path())?.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(id) {
-                std::fs::remove_file(entry.path())?;
-                mine = true;
-            }
-        }
-        if mine {
-            let _ = std::fs::remove_dir(dir.path());
-        }
-    }
-    Ok(())
-}
 
 const CRI_TYPE: &str = "io.kubernetes.cri.container-type";
 const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
