@@ -162,6 +162,37 @@ pub fn parse_task_ls(text: &str) -> Vec<TaskRow> {
         .collect()
 }
 
+/// Waits (up to 5 s) until the `ctr events` subscription `events` has printed every topic of
+/// `topics` (e.g. `/tasks/oom`) on a line about container `id`, then ends the subscription and
+/// returns all it printed. The error lists the missing topics and the lines about `id`.
+pub fn expect_task_events(events: Running, id: &str, topics: &[&str]) -> Result<String> {
+    let missing = |text: &str| -> Vec<String> {
+        topics
+            .iter()
+            .filter(|topic| {
+                !text
+                    .lines()
+                    .any(|l| l.contains(id) && l.split_whitespace().any(|w| w == **topic))
+            })
+            .map(|t| t.to_string())
+            .collect()
+    };
+    let seen = wait_for("task events", Duration::from_secs(5), || {
+        Ok(missing(&events.stdout_so_far()).is_empty().then_some(()))
+    });
+    let text = events.stdout_so_far();
+    drop(events);
+    if seen.is_err() {
+        let about: Vec<&str> = text.lines().filter(|l| l.contains(id)).collect();
+        anyhow::bail!(
+            "events missing for {id}: {:?}; ctr events printed about it:\n{}",
+            missing(&text),
+            about.join("\n")
+        );
+    }
+    Ok(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use safehouse_integration::command::wait_for;
+use safehouse_integration::ctr::expect_task_events;
 use safehouse_integration::TestEnv;
 
 /// Create, start, exec added/started, paused, resumed, exit, delete: all published.
@@ -36,32 +36,7 @@ pub fn task_events_published(env: &TestEnv) -> Result<()> {
             "/tasks/exit",
             "/tasks/delete",
         ];
-        let missing_now = |text: &str| -> Vec<&str> {
-            expected
-                .iter()
-                .copied()
-                .filter(|topic| {
-                    !text
-                        .lines()
-                        .any(|l| l.contains(&id) && l.split_whitespace().any(|w| w == *topic))
-                })
-                .collect()
-        };
-        let seen = wait_for("all task events", Duration::from_secs(5), || {
-            let text = events.stdout_so_far();
-            Ok(missing_now(&text).is_empty().then_some(()))
-        });
-        let text = events.stdout_so_far();
-        drop(events);
-        let missing = missing_now(&text);
-        ensure!(
-            seen.is_ok(),
-            "events missing for {id}: {missing:?}; ctr events printed:\n{}",
-            text.lines()
-                .filter(|l| l.contains(&id))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
+        let text = expect_task_events(events, &id, &expected)?;
         // The init process's exit event (its exec id is the container id) carries the status.
         let init = format!("\"id\":\"{id}\"");
         let exit_line = text

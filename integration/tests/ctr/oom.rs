@@ -1,10 +1,8 @@
 //! Out of memory: a container over its memory limit is killed, `ctr run` reports it, and
 //! TaskOOM is published.
 
-use std::time::Duration;
-
 use anyhow::{ensure, Result};
-use safehouse_integration::command::wait_for;
+use safehouse_integration::ctr::expect_task_events;
 use safehouse_integration::TestEnv;
 
 /// 64 MiB limit, 400 MB allocated: killed (137), and `/tasks/oom` for the container.
@@ -29,23 +27,7 @@ pub fn oom_kill_is_reported(env: &TestEnv) -> Result<()> {
             "expected the OOM kill to end the container with 137: {}",
             out.describe()
         );
-        let seen = wait_for("a /tasks/oom event", Duration::from_secs(5), || {
-            let text = events.stdout_so_far();
-            Ok(text
-                .lines()
-                .any(|l| l.contains("/tasks/oom") && l.contains(&id))
-                .then_some(()))
-        });
-        let text = events.stdout_so_far();
-        drop(events);
-        ensure!(
-            seen.is_ok(),
-            "no /tasks/oom event for {id}; events:\n{}",
-            text.lines()
-                .filter(|l| l.contains(&id))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
+        expect_task_events(events, &id, &["/tasks/oom"])?;
         Ok(())
     })
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use safehouse_integration::command::wait_for;
+use safehouse_integration::ctr::expect_task_events;
 use safehouse_integration::TestEnv;
 
 use crate::lab::Lab;
@@ -107,23 +107,7 @@ pub fn memory_limit_ooms(env: &TestEnv) -> Result<()> {
             "expected an OOM kill (137): {}",
             out.describe()
         );
-        let seen = wait_for("a /tasks/oom event", Duration::from_secs(5), || {
-            Ok(events
-                .stdout_so_far()
-                .lines()
-                .any(|l| l.contains("/tasks/oom") && l.contains(&id))
-                .then_some(()))
-        });
-        let text = events.stdout_so_far();
-        drop(events);
-        ensure!(
-            seen.is_ok(),
-            "no /tasks/oom for {id}; its events:\n{}",
-            text.lines()
-                .filter(|l| l.contains(&id))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
+        expect_task_events(events, &id, &["/tasks/oom"])?;
         lab.wait_audit(&id, "action oom", |e| e["action"] == "oom")?;
         lab.wait_audit(&id, "exit with reason oom", |e| {
             e["action"] == "exit" && e["exit"]["reason"] == "oom"
