@@ -84,18 +84,7 @@ pub fn stats(env: &CriEnv) -> Result<()> {
                 .then_some(()))
         })?;
         let stats = env.cri.container_stats(&id)?;
-        let cpu = stats
-            .cpu
-            .as_ref()
-            .and_then(|c| c.usage_core_nano_seconds.as_ref())
-            .map(|v| v.value)
-            .unwrap_or(0);
-        let memory = stats
-            .memory
-            .as_ref()
-            .and_then(|m| m.working_set_bytes.as_ref())
-            .map(|v| v.value)
-            .unwrap_or(0);
+        let (cpu, memory) = cpu_and_working_set(stats.cpu.as_ref(), stats.memory.as_ref());
         ensure!(
             cpu > 10_000_000,
             "ContainerStats: CPU {cpu} ns after a busy loop (expected > 10 ms): {stats:?}"
@@ -106,18 +95,7 @@ pub fn stats(env: &CriEnv) -> Result<()> {
         );
         let pod_stats = env.cri.pod_stats(pod_id)?;
         let linux = pod_stats.linux.as_ref().context("PodSandboxStats: no linux stats")?;
-        let pod_cpu = linux
-            .cpu
-            .as_ref()
-            .and_then(|c| c.usage_core_nano_seconds.as_ref())
-            .map(|v| v.value)
-            .unwrap_or(0);
-        let pod_memory = linux
-            .memory
-            .as_ref()
-            .and_then(|m| m.working_set_bytes.as_ref())
-            .map(|v| v.value)
-            .unwrap_or(0);
+        let (pod_cpu, pod_memory) = cpu_and_working_set(linux.cpu.as_ref(), linux.memory.as_ref());
         // The container's CPU is the Sentry's accounting, the pod's the host cgroup's: both
         // real, not comparable to the nanosecond.
         ensure!(
@@ -130,6 +108,20 @@ pub fn stats(env: &CriEnv) -> Result<()> {
         );
         Ok(vec![id])
     })
+}
+
+/// CPU time (ns) and working set (bytes) of a container's or a pod's stats; 0 when missing.
+fn cpu_and_working_set(
+    cpu: Option<&cri::CpuUsage>,
+    memory: Option<&cri::MemoryUsage>,
+) -> (u64, u64) {
+    (
+        cpu.and_then(|c| c.usage_core_nano_seconds.as_ref())
+            .map_or(0, |v| v.value),
+        memory
+            .and_then(|m| m.working_set_bytes.as_ref())
+            .map_or(0, |v| v.value),
+    )
 }
 
 /// UpdateContainerResources: new memory, CPU quota and shares land in the container's host
