@@ -210,6 +210,20 @@ impl AuditWriter {
             }
             return 0;
         }
+        self.seal_and_queue(events)
+    }
+
+    /// [`AuditWriter::submit_batch`] only if the queue has room now: false (and `events`
+    /// untouched) when it is full. For a caller that must not wait (a kill waits on nothing).
+    pub fn try_submit_batch(&self, events: &mut Vec<AuditEvent>) -> bool {
+        if self.shared.queued() >= self.shared.queue_bytes {
+            return false;
+        }
+        self.seal_and_queue(events);
+        true
+    }
+
+    fn seal_and_queue(&self, events: &mut Vec<AuditEvent>) -> usize {
         let total = events.len();
         let mut lines = self.shared.buffer();
         let mut rest = events.drain(..).peekable();

@@ -113,6 +113,24 @@ impl AuditOutput {
         }
     }
 
+    /// Seals and queues a drain if the writer's queue has room now; false (events untouched)
+    /// when it is full. With no writer open the drain is dropped and this is true.
+    pub fn try_submit_batch(&self, events: &mut Vec<AuditEvent>) -> bool {
+        let writer = self
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(w, _, _)| w.clone());
+        match writer {
+            Some(w) => w.try_submit_batch(events),
+            None => {
+                events.clear();
+                true
+            }
+        }
+    }
+
     /// Flushes and stops the writer (shim shutdown): drops the shim's writer so the queue
     /// closes, then waits (bounded, off the runtime thread) for the last lines to be written.
     pub async fn finish(&self) {
@@ -348,8 +366,10 @@ pub struct KillRequest {
 
 /// A sandbox's policy checks, run on its trace sink's reader thread for each drain of events:
 /// an exec the policy's `process.tools` does not allow is followed by a `policy`/`violation`
-/// event and, under `onViolation: kill`, one kill request to the task service (sent at once,
-/// before the drain is written). Then the drain is sealed into the writer's queue.
+/// event and, under `onViolation: kill`, one kill request to the task service. The drain is
+/// sealed into the writer's queue up to the violation first, so the audit shows the exec and
+/// the violation before the kill they caused; if the queue is full at that moment the kill
+/// leaves first (enforcement never waits on the audit destination).
 pub struct Enforcer {
     ctx: SandboxContext,
     rules: AuditRules,
@@ -375,8 +395,10 @@ impl Enforcer {
         }
     }
 
-    /// Inserts a violation event after every offending exec of `batch`; sends the kill request.
-    fn check(&self, batch: &mut Vec<AuditEvent>) {
+    /// Inserts a violation event after every offending exec of `batch`. Returns the sandbox's
+    /// kill request (once per sandbox) with the index just after the violation that asks it.
+    fn check(&self, batch: &mut Vec<AuditEvent>) -> Option<(usize, KillRequest)> {
+        let mut request = None;
         let mut i = 0;
         while i < batch.len() {
             if let Some(binary) = self.rules.offending_binary(&batch[i]) {
@@ -393,15 +415,19 @@ impl Enforcer {
                     .build();
                 batch.insert(i + 1, v);
                 i += 1;
-                if kill && !self.killed.swap(true, Ordering::SeqCst) {
-                    let _ = self.kills.send(KillRequest {
-                        sandbox_id: self.ctx.sandbox_id.clone(),
-                        reason: format!("exec of {binary} violates process.tools"),
-                    });
+                if kill && request.is_none() && !self.killed.swap(true, Ordering::SeqCst) {
+                    request = Some((
+                        i + 1,
+                        KillRequest {
+                            sandbox_id: self.ctx.sandbox_id.clone(),
+                            reason: format!("exec of {binary} violates process.tools"),
+                        },
+                    ));
                 }
             }
             i += 1;
         }
+        request
     }
 }
 
@@ -411,8 +437,19 @@ impl Deliver for Enforcer {
         batch: &mut Vec<AuditEvent>,
         stopping: &dyn Fn() -> bool,
     ) -> std::result::Result<(), Closed> {
-        self.check(batch);
-        self.output.submit_batch(batch, stopping);
+        let Some((cut, request)) = self.check(batch) else {
+            self.output.submit_batch(batch, stopping);
+            return Ok(());
+        };
+        let mut rest = batch.split_off(cut.min(batch.len()));
+        if self.output.try_submit_batch(batch) {
+            let _ = self.kills.send(request);
+        } else {
+            let _ = self.kills.send(request);
+            self.output.submit_batch(batch, stopping);
+        }
+        batch.clear();
+        self.output.submit_batch(&mut rest, stopping);
         Ok(())
     }
 }
@@ -499,7 +536,9 @@ mod tests {
             exec("/bin/sh"),
             exec("/bin/dd"),
         ];
-        enforcer.check(&mut batch);
+        let (cut, first) = enforcer.check(&mut batch).expect("a kill request");
+        // The drain is written up to the first violation before the kill leaves.
+        assert_eq!(cut, 3);
         let actions: Vec<_> = batch
             .iter()
             .map(|e| (e.action, e.executed_binary().map(str::to_owned)))
@@ -517,13 +556,30 @@ mod tests {
             ]
         );
         assert_eq!(batch[2].container_id.as_deref(), Some("c1"));
-        let first = asked.try_recv().expect("a kill request");
         assert_eq!(first.sandbox_id, "sb");
         assert!(first.reason.contains("/bin/nc"), "{}", first.reason);
-        assert!(asked.try_recv().is_err(), "one kill request per sandbox");
-        // Without a writer (none opened yet) a drain is dropped, not kept.
-        enforcer.deliver(&mut batch, &|| false).expect("delivered");
-        assert!(batch.is_empty());
+        // One kill request per sandbox: later drains record violations only.
+        let mut later = vec![exec("/bin/nc")];
+        assert!(enforcer.check(&mut later).is_none());
+        assert_eq!(later.len(), 2);
+        assert!(asked.try_recv().is_err(), "check itself sends nothing");
+
+        // Delivered (no writer open yet: the drain is dropped, not kept), the kill is sent.
+        let fresh = Enforcer::new(
+            SandboxContext::new("sb2"),
+            AuditRules {
+                tools: vec![PathBuf::from("/bin/sh")],
+                on_violation: ViolationAction::Kill,
+                init_binary: None,
+            },
+            Arc::new(AuditOutput::default()),
+            enforcer.kills.clone(),
+        );
+        let mut drain = vec![exec("/bin/nc"), exec("/bin/sh")];
+        fresh.deliver(&mut drain, &|| false).expect("delivered");
+        assert!(drain.is_empty());
+        let sent = asked.try_recv().map(|r| r.sandbox_id).ok();
+        assert_eq!(sent.as_deref(), Some("sb2"));
     }
 
     #[test]

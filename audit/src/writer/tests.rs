@@ -199,6 +199,28 @@ fn a_batch_given_up_is_counted_and_the_chain_has_no_gap() {
 }
 
 #[test]
+fn try_submit_batch_never_waits() {
+    let (gate, mem, w, h) = gated(WriterConfig {
+        queue_bytes: 1,
+        ..WriterConfig::default()
+    });
+    let mut first = vec![event("a")];
+    assert!(w.try_submit_batch(&mut first));
+    assert!(first.is_empty());
+    std::thread::sleep(Duration::from_millis(100));
+    // Full (the writer is stuck in its first write): refused at once, events kept.
+    let mut second = vec![event("a"), event("a")];
+    assert!(!w.try_submit_batch(&mut second));
+    assert_eq!(second.len(), 2);
+    open(&gate);
+    assert_eq!(w.submit_batch(&mut second, &|| false), 2);
+    drop(w);
+    let stats = h.finish();
+    assert_eq!((stats.lines_written, stats.queue_dropped), (3, 0));
+    assert_contiguous(&lines(&mem));
+}
+
+#[test]
 fn writes_split_only_between_lines() {
     let mem = Memory::default();
     let config = WriterConfig {

@@ -211,6 +211,22 @@ pub fn non_tool_exec_is_killed(env: &TestEnv) -> Result<()> {
         lab.wait_audit(&violating, "exit with reason violation", |e| {
             e["action"] == "exit" && e["exit"]["reason"] == "violation"
         })?;
+        // Cause before effect in the sandbox's chain: the exec, its violation, then the kill.
+        let events = lab.audit_events(&violating);
+        let seq = |what: &dyn Fn(&Value) -> bool| {
+            events
+                .iter()
+                .find(|e| what(e))
+                .and_then(|e| e["seq"].as_u64())
+        };
+        let exec =
+            seq(&|e| e["action"] == "exec" && e.to_string().contains("/opt/tools/other-tool"));
+        let violated = seq(&|e| e["action"] == "violation");
+        let kill = seq(&|e| e["category"] == "lifecycle" && e["action"] == "kill");
+        ensure!(
+            matches!((exec, violated, kill), (Some(x), Some(v), Some(k)) if x < v && v < k),
+            "expected exec < violation < kill in seq order, got {exec:?}, {violated:?}, {kill:?}"
+        );
         Ok(())
     })
 }
