@@ -85,11 +85,19 @@ impl AuditOutput {
         Ok(writer)
     }
 
+    /// The open writer, if any (none before the first Create and after `finish`).
+    fn open_writer(&self) -> Option<AuditWriter> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(w, _, _)| w.clone())
+    }
+
     /// Submits an event if the writer is open (lifecycle events before the first Create have
     /// nowhere to go).
     pub fn submit(&self, event: AuditEvent) {
-        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((w, _, _)) = guard.as_ref() {
+        if let Some(w) = self.open_writer() {
             if !w.submit(event) {
                 tracing::debug!("audit queue full: event dropped and counted");
             }
@@ -99,13 +107,7 @@ impl AuditOutput {
     /// Seals and queues a sink's drain, waiting while the queue is full (see
     /// [`AuditWriter::submit_batch`]); dropped if the writer is not open.
     pub fn submit_batch(&self, events: &mut Vec<AuditEvent>, stopping: &dyn Fn() -> bool) {
-        let writer = self
-            .inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|(w, _, _)| w.clone());
-        match writer {
+        match self.open_writer() {
             Some(w) => {
                 w.submit_batch(events, stopping);
             }
@@ -116,13 +118,7 @@ impl AuditOutput {
     /// Seals and queues a drain if the writer's queue has room now; false (events untouched)
     /// when it is full. With no writer open the drain is dropped and this is true.
     pub fn try_submit_batch(&self, events: &mut Vec<AuditEvent>) -> bool {
-        let writer = self
-            .inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|(w, _, _)| w.clone());
-        match writer {
+        match self.open_writer() {
             Some(w) => w.try_submit_batch(events),
             None => {
                 events.clear();
@@ -442,13 +438,12 @@ impl Deliver for Enforcer {
             return Ok(());
         };
         let mut rest = batch.split_off(cut.min(batch.len()));
-        if self.output.try_submit_batch(batch) {
-            let _ = self.kills.send(request);
-        } else {
-            let _ = self.kills.send(request);
+        // Up to the violation now if there is room; the kill never waits for room.
+        let sealed = self.output.try_submit_batch(batch);
+        let _ = self.kills.send(request);
+        if !sealed {
             self.output.submit_batch(batch, stopping);
         }
-        batch.clear();
         self.output.submit_batch(&mut rest, stopping);
         Ok(())
     }
