@@ -182,18 +182,13 @@ impl AuditWriter {
 
     /// Seals and queues `event`; returns false (and counts a drop for its sandbox, reported
     /// later as an `audit`/`dropped` event) when the queue is full. Never blocks on the sink.
-    pub fn submit(&self, mut event: AuditEvent) -> bool {
-        let slot = self.shared.slot(&event.sandbox_id);
-        let mut slot = lock(&slot);
-        if self.shared.queued() >= self.shared.queue_bytes {
-            self.shared.count_drops(&mut slot, 1);
-            return false;
+    pub fn submit(&self, event: AuditEvent) -> bool {
+        let mut one = vec![event];
+        if self.try_submit_batch(&mut one) {
+            return true;
         }
-        let mut lines = Vec::with_capacity(1024);
-        self.shared.seal_drop_report(&mut slot, &mut lines);
-        seal_one(&mut slot.chain, &mut event, &mut lines);
-        self.shared.push(lines);
-        true
+        self.shared.count_drops(one);
+        false
     }
 
     /// Seals and queues a batch (a trace sink's drain, in order), leaving `events` empty.
@@ -204,10 +199,7 @@ impl AuditWriter {
             return 0;
         }
         if !self.shared.wait_for_room(stopping) {
-            for ev in events.drain(..) {
-                let slot = self.shared.slot(&ev.sandbox_id);
-                self.shared.count_drops(&mut lock(&slot), 1);
-            }
+            self.shared.count_drops(events.drain(..));
             return 0;
         }
         self.seal_and_queue(events)
@@ -225,10 +217,10 @@ impl AuditWriter {
 
     fn seal_and_queue(&self, events: &mut Vec<AuditEvent>) -> usize {
         let total = events.len();
-        let mut lines = self.shared.buffer();
         let mut rest = events.drain(..).peekable();
         while let Some(first) = rest.next() {
             // A run of one sandbox's events is sealed under one lock and queued as one item.
+            let mut lines = self.shared.buffer();
             let slot = self.shared.slot(&first.sandbox_id);
             let mut guard = lock(&slot);
             self.shared.seal_drop_report(&mut guard, &mut lines);
@@ -240,10 +232,8 @@ impl AuditWriter {
                     None => break,
                 }
             }
-            self.shared
-                .push(std::mem::replace(&mut lines, self.shared.buffer()));
+            self.shared.push(lines);
         }
-        self.shared.recycle(lines);
         total
     }
 
@@ -326,9 +316,13 @@ impl Shared {
         lock(&self.queue).bytes
     }
 
-    fn count_drops(&self, slot: &mut Slot, n: u64) {
-        slot.dropped += n;
-        self.queue_dropped.fetch_add(n, Ordering::Relaxed);
+    /// Counts `events` as dropped for their sandboxes, unsealed (so no chain has a gap); each
+    /// sandbox's next seal, or the writer once there is room, reports the count.
+    fn count_drops(&self, events: impl IntoIterator<Item = AuditEvent>) {
+        for ev in events {
+            lock(&self.slot(&ev.sandbox_id)).dropped += 1;
+            self.queue_dropped.fetch_add(1, Ordering::Relaxed);
+        }
         self.drops_pending.store(true, Ordering::Release);
     }
 
