@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use protobuf::MessageField;
 
 use crate::event::{Action, AuditEvent, Category, ProcessInfo, SyscallResult};
-use crate::names::{errno_name, syscall_name, syscall_point_name};
+use crate::names::{errno_name, syscall_point_name};
 use crate::proto::common::ContextData;
 use crate::proto::syscall::SyscallExit;
 use crate::timestamp::Timestamp;
@@ -33,9 +33,11 @@ pub fn text(bytes: &[u8]) -> Option<String> {
 /// [`text`] of a field the decoder owns: valid UTF-8 within [`MAX_TEXT`] becomes the
 /// string without a copy.
 pub fn text_owned(bytes: &mut Vec<u8>) -> Option<String> {
-    if bytes.len() <= MAX_TEXT && std::str::from_utf8(bytes).is_ok() {
-        let owned = std::mem::take(bytes);
-        return (!owned.is_empty()).then(|| String::from_utf8(owned).unwrap_or_default());
+    if bytes.len() <= MAX_TEXT {
+        match String::from_utf8(std::mem::take(bytes)) {
+            Ok(s) => return (!s.is_empty()).then_some(s),
+            Err(e) => *bytes = e.into_bytes(),
+        }
     }
     text(bytes)
 }
@@ -132,7 +134,8 @@ pub fn result(exit: &MessageField<SyscallExit>) -> Option<SyscallResult> {
     })
 }
 
-/// `syscall/<name>/<enter|exit>`, without allocating for syscalls in the names table.
+/// `syscall/<name>/<enter|exit>`: from the names table without allocating, else named
+/// `default_name` (a syscall the table does not know).
 pub fn syscall_point(
     sysno: u64,
     default_name: &str,
@@ -141,9 +144,8 @@ pub fn syscall_point(
     if let Some(name) = syscall_point_name(sysno, exit.is_some()) {
         return Cow::Borrowed(name);
     }
-    let name = syscall_name(sysno).unwrap_or(default_name);
     let phase = if exit.is_some() { "exit" } else { "enter" };
-    Cow::Owned(format!("syscall/{name}/{phase}"))
+    Cow::Owned(format!("syscall/{default_name}/{phase}"))
 }
 
 /// Resolves `pathname` the way the kernel would start to: absolute as is,

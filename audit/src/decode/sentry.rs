@@ -16,7 +16,7 @@ pub fn container_start(payload: &[u8]) -> Result<AuditEvent, DecodeError> {
     let mut ev = event_from_context(
         Category::Process,
         Action::Exec,
-        "container/start".to_owned(),
+        "container/start",
         std::mem::take(&mut m.context_data),
     );
     if ev.container_id.is_none() {
@@ -44,7 +44,7 @@ pub fn clone(payload: &[u8]) -> Result<AuditEvent, DecodeError> {
     let mut ev = event_from_context(
         Category::Process,
         Action::Clone,
-        "sentry/clone".to_owned(),
+        "sentry/clone",
         std::mem::take(&mut m.context_data),
     );
     let mut detail = std::collections::BTreeMap::new();
@@ -62,7 +62,7 @@ pub fn execve(payload: &[u8]) -> Result<AuditEvent, DecodeError> {
     let mut ev = event_from_context(
         Category::Process,
         Action::Exec,
-        "sentry/execve".to_owned(),
+        "sentry/execve",
         std::mem::take(&mut m.context_data),
     );
     let (args, truncated) = argv(&m.argv);
@@ -91,7 +91,7 @@ pub fn exit(message_type: u16, payload: &[u8]) -> Result<AuditEvent, DecodeError
     let mut ev = event_from_context(
         Category::Process,
         Action::Exit,
-        point.to_owned(),
+        point,
         std::mem::take(&mut m.context_data),
     );
     ev.exit = Some(wait_status(m.exit_status));
@@ -124,14 +124,14 @@ pub fn context_only(
     message_type: u16,
     category: Category,
     action: Action,
-    point: &str,
+    point: &'static str,
     payload: &[u8],
 ) -> Result<AuditEvent, DecodeError> {
     let mut m = parse::<ContextOnly>(message_type, payload)?;
     Ok(event_from_context(
         category,
         action,
-        point.to_owned(),
+        point,
         std::mem::take(&mut m.context_data),
     ))
 }
