@@ -262,9 +262,9 @@ fn main() {
     });
 }
 
-/// The `discard` variant: a sink that drains the socket in the same batches as the real one
-/// (every millisecond while busy) but decodes and writes nothing: what the Sentry's emission
-/// alone costs the sandbox. Returns the packets it read.
+/// The `discard` variant: a sink that drains the socket every millisecond while busy (the real
+/// one pauses up to 3 ms, so this one wakes more often, not less) but decodes and writes
+/// nothing: what the Sentry's emission alone costs the sandbox. Returns the packets it read.
 fn discard_sink(path: &Path) -> Result<std::thread::JoinHandle<u64>, String> {
     use nix::sys::socket::{
         accept, bind, listen, recv, send, socket, AddressFamily, Backlog, MsgFlags, SockFlag,

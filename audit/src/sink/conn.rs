@@ -5,11 +5,11 @@
 //! packet per trace point from inside the syscall it reports; a reader parked in `epoll_wait`
 //! (tokio's reactor) is woken by every one of them, and on a node with few cores those wake-ups
 //! are paid by the sandbox: an `openat` storm ran 2-3x slower with a per-packet reader. So the
-//! reader drains the socket, hands the batch on, and then *sleeps* for
-//! [`SinkOptions::batch_interval`] instead of waiting on the socket: packets queue in the
-//! socket meanwhile without waking anyone. Only when a drain found nothing does it block in
-//! `poll` again, so the first packet after a quiet spell is read at once; the wait adds at
-//! most one interval to the others.
+//! reader drains the socket, hands the batch on, and then *sleeps* (up to
+//! [`SinkOptions::batch_interval`], less for a fast stream: [`next_pause`]) instead of waiting
+//! on the socket: packets queue in the socket meanwhile without waking anyone. Only when a
+//! drain found nothing does it block in `poll` again, so the first packet after a quiet spell
+//! is read at once; the wait adds at most one interval to the others.
 //!
 //! Every packet is untrusted. Malformed ones and unknown types are counted and reported as
 //! aggregated `audit`/`dropped` events (at most one per kind per report interval), never per
