@@ -11,7 +11,9 @@
 //! and discards; `SAFEHOUSE_STORM_BATCH_US` sets the sink's batch interval (0:
 //! read each packet as it arrives); `SAFEHOUSE_STORM_DROP_CTX` and
 //! `SAFEHOUSE_STORM_DROP_OPT` (comma-separated) remove context and optional
-//! fields from every point.
+//! fields from every point; `SAFEHOUSE_STORM_SPIN=F` (0 < F < 1) runs, during
+//! every round, a thread at `SCHED_IDLE` that is busy for F of each millisecond:
+//! what CPU taken on the other core costs the sandbox, audit or not.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -120,12 +122,16 @@ async fn run(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    let spinner = Spinner::start();
     let cpu0 = self_cpu();
+    let sandbox_cpu0 = cpu_of(libc::RUSAGE_CHILDREN);
     let start = Instant::now();
     let child = cmd.spawn().map_err(|e| e.to_string())?;
     let pid = child.id();
     let out = tokio::time::timeout(Duration::from_secs(600), child.wait_with_output()).await;
     let secs = start.elapsed().as_secs_f64();
+    let sandbox_cpu = cpu_of(libc::RUSAGE_CHILDREN) - sandbox_cpu0;
+    let spun = spinner.map(Spinner::stop);
     support::cleanup(runsc, &root, &id);
     let out = match out {
         Ok(out) => out.map_err(|e| e.to_string())?,
@@ -145,6 +151,10 @@ async fn run(
             String::from_utf8_lossy(&out.stderr)
         ));
     }
+    println!(
+        "    sandbox CPU {sandbox_cpu:.2} s = {:.1} us per open (runsc and everything under it)",
+        sandbox_cpu * 1e6 / opens as f64
+    );
     let mut sample = Sample {
         secs,
         opens_seen: 0,
@@ -172,7 +182,7 @@ async fn run(
         let _ = std::fs::remove_dir_all(&work);
     }
     if audit {
-        let cpu = self_cpu() - cpu0;
+        let cpu = self_cpu() - cpu0 - spun.unwrap_or(0.0);
         println!(
             "    consumer CPU {:.3} s = {:.2} us per open; audit file {:.1} MB ({} bytes per open)",
             cpu,
@@ -228,11 +238,14 @@ fn main() {
     };
     rt.block_on(async {
         let (mut off, mut on) = (Vec::new(), Vec::new());
+        // on / off of the same round: the machine's drift between rounds cancels out.
+        let mut paired = Vec::new();
         let rounds: u32 = std::env::var("SAFEHOUSE_STORM_ROUNDS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(5);
         for round in 0..rounds {
+            let mut this_off = None;
             for audit in [false, true] {
                 match run(&runsc, dir.path(), opens, audit, round).await {
                     Ok(s) => {
@@ -241,10 +254,14 @@ fn main() {
                                 "  audit on : {:.2} s, opens recorded {}/{opens}, gVisor dropped {}, queue dropped {}",
                                 s.secs, s.opens_seen, s.sentry_dropped, s.queue_dropped
                             );
+                            if let Some(o) = this_off {
+                                paired.push(s.secs / o);
+                            }
                             on.push(s);
                         } else {
                             println!("  audit off: {:.2} s", s.secs);
                             off.push(s.secs);
+                            this_off = Some(s.secs);
                         }
                     }
                     Err(e) => println!("  run failed: {e}"),
@@ -254,10 +271,17 @@ fn main() {
         let lost: Vec<f64> = on.iter().map(|s| (opens - s.opens_seen.min(opens)) as f64).collect();
         let off_m = median(off);
         let on_m = median(on.iter().map(|s| s.secs).collect());
+        let (lo, hi) = paired
+            .iter()
+            .fold((f64::INFINITY, 0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
         println!(
             "openat_storm ({opens} opens, median of {rounds}): audit off {off_m:.2} s, on {on_m:.2} s, ratio {:.2}x (target < 1.3x); events lost median {} (target 0)",
             on_m / off_m,
             median(lost)
+        );
+        println!(
+            "  per round (on / off of the same round): median {:.2}x, range {lo:.2}x-{hi:.2}x",
+            median(paired)
         );
     });
 }
@@ -347,11 +371,68 @@ fn trimmed(json: &str) -> String {
     v.to_string()
 }
 
+/// The `SAFEHOUSE_STORM_SPIN` load: a `SCHED_IDLE` thread busy for a share of every
+/// millisecond, so any runnable thread of the sandbox preempts it at once.
+struct Spinner {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<f64>,
+}
+
+impl Spinner {
+    fn start() -> Option<Self> {
+        let duty: f64 = std::env::var("SAFEHOUSE_STORM_SPIN").ok()?.parse().ok()?;
+        if !(duty > 0.0 && duty < 1.0) {
+            return None;
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: sets this thread's own policy; the param is valid.
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+            let cpu0 = thread_cpu();
+            let busy = Duration::from_secs_f64(duty / 1000.0);
+            let idle = Duration::from_secs_f64((1.0 - duty) / 1000.0);
+            while !flag.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                while t.elapsed() < busy {
+                    std::hint::spin_loop();
+                }
+                std::thread::sleep(idle);
+            }
+            thread_cpu() - cpu0
+        });
+        Some(Self { stop, thread })
+    }
+
+    /// Stops the load; returns the CPU seconds it used (not the consumer's).
+    fn stop(self) -> f64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or(0.0)
+    }
+}
+
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
 fn self_cpu() -> f64 {
+    cpu_of(libc::RUSAGE_SELF)
+}
+
+/// User + system CPU seconds of this process (`RUSAGE_SELF`) or of its waited-for
+/// descendants (`RUSAGE_CHILDREN`: `runsc run` waits for the sandbox and gofer it starts).
+fn cpu_of(who: libc::c_int) -> f64 {
     // SAFETY: rusage is plain data (all-zero is valid); getrusage fills it.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: a valid rusage to fill.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    unsafe { libc::getrusage(who, &mut ru) };
     let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
     t(ru.ru_utime) + t(ru.ru_stime)
 }

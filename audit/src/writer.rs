@@ -12,15 +12,17 @@
 //!   never waits: over the bound it is dropped *before* sealing and counted per
 //!   sandbox, so a drop never leaves a gap in a chain; the writer thread seals
 //!   an `audit`/`dropped` event with the count as soon as the queue has room.
-//! - Lines are written whole: each `write(2)` carries one or more complete
+//! - Lines are written whole: each `writev(2)` carries one or more complete
 //!   lines (at most [`WriterConfig::max_batch_bytes`]), so several shims can
-//!   append to the same `O_APPEND` file without interleaving.
+//!   append to the same `O_APPEND` file without interleaving. The queued
+//!   buffers are written where they are, not copied into a batch first, and
+//!   carry their line count, so the writer never scans them.
 //! - A failing sink (disk full, closed pipe) is retried with backoff; the
 //!   queue absorbs the wait.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -71,9 +73,16 @@ struct Slot {
     dropped: u64,
 }
 
+/// Sealed lines of one sandbox, queued as one item.
+struct Lines {
+    buf: Vec<u8>,
+    /// How many lines `buf` holds.
+    count: u64,
+}
+
 #[derive(Default)]
 struct Queue {
-    items: VecDeque<Vec<u8>>,
+    items: VecDeque<Lines>,
     bytes: usize,
     /// Every producer is gone: the writer ends once the queue is empty.
     closed: bool,
@@ -163,7 +172,6 @@ impl AuditWriter {
         let mut worker = Worker {
             sink,
             shared: Arc::clone(&shared),
-            batch: Vec::with_capacity(config.max_batch_bytes.clamp(4096, 1 << 20)),
             max_batch: config.max_batch_bytes.max(1),
         };
         let thread = std::thread::Builder::new()
@@ -220,7 +228,10 @@ impl AuditWriter {
         let mut rest = events.drain(..).peekable();
         while let Some(first) = rest.next() {
             // A run of one sandbox's events is sealed under one lock and queued as one item.
-            let mut lines = self.shared.buffer();
+            let mut lines = Lines {
+                buf: self.shared.buffer(),
+                count: 0,
+            };
             let slot = self.shared.slot(&first.sandbox_id);
             let mut guard = lock(&slot);
             self.shared.seal_drop_report(&mut guard, &mut lines);
@@ -244,9 +255,10 @@ impl AuditWriter {
 }
 
 /// Seals `event` into `out`; an event that cannot be sealed is logged and left out.
-fn seal_one(chain: &mut Chain, event: &mut AuditEvent, out: &mut Vec<u8>) {
-    if let Err(e) = chain.seal_into(event, out) {
-        tracing::error!(error = %e, "audit event could not be sealed");
+fn seal_one(chain: &mut Chain, event: &mut AuditEvent, out: &mut Lines) {
+    match chain.seal_into(event, &mut out.buf) {
+        Ok(()) => out.count += 1,
+        Err(e) => tracing::error!(error = %e, "audit event could not be sealed"),
     }
 }
 
@@ -327,7 +339,7 @@ impl Shared {
     }
 
     /// Seals the `audit`/`dropped` event for the slot's unreported drops, if any, into `out`.
-    fn seal_drop_report(&self, slot: &mut Slot, out: &mut Vec<u8>) {
+    fn seal_drop_report(&self, slot: &mut Slot, out: &mut Lines) {
         let count = std::mem::take(&mut slot.dropped);
         if count == 0 {
             return;
@@ -348,12 +360,12 @@ impl Shared {
     }
 
     /// Queues sealed lines (called with their sandbox's slot locked, so in seq order).
-    fn push(&self, lines: Vec<u8>) {
-        if lines.is_empty() {
+    fn push(&self, lines: Lines) {
+        if lines.buf.is_empty() {
             return;
         }
         let mut q = lock(&self.queue);
-        q.bytes += lines.len();
+        q.bytes += lines.buf.len();
         q.items.push_back(lines);
         drop(q);
         self.ready.notify_one();
@@ -383,7 +395,10 @@ impl Shared {
         let slots: Vec<Arc<Mutex<Slot>>> = lock(&self.chains).values().cloned().collect();
         for slot in slots {
             let mut slot = lock(&slot);
-            let mut lines = Vec::new();
+            let mut lines = Lines {
+                buf: Vec::new(),
+                count: 0,
+            };
             self.seal_drop_report(&mut slot, &mut lines);
             self.push(lines);
         }
@@ -417,9 +432,11 @@ impl Drop for WriterHandle {
 struct Worker<W> {
     sink: W,
     shared: Arc<Shared>,
-    batch: Vec<u8>,
     max_batch: usize,
 }
+
+/// Most buffers handed to one `writev(2)` (Linux's `IOV_MAX`).
+const MAX_IOV: usize = 1024;
 
 impl<W: Write> Worker<W> {
     fn run(&mut self) {
@@ -438,13 +455,12 @@ impl<W: Write> Worker<W> {
                 std::mem::swap(&mut taken, &mut q.items);
                 q.closed
             };
+            self.write_items(&taken);
             let mut bytes = 0;
             for item in taken.drain(..) {
-                bytes += item.len();
-                self.append_lines(&item);
-                self.shared.recycle(item);
+                bytes += item.buf.len();
+                self.shared.recycle(item.buf);
             }
-            self.flush_batch();
             if bytes > 0 {
                 lock(&self.shared.queue).bytes -= bytes;
                 self.shared.room.notify_all();
@@ -456,60 +472,75 @@ impl<W: Write> Worker<W> {
         }
     }
 
-    /// Adds whole lines to the batch, writing whenever the next line would overflow it.
-    fn append_lines(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            let room = self.max_batch.saturating_sub(self.batch.len());
-            if data.len() <= room {
-                self.batch.extend_from_slice(data);
-                return;
+    /// Writes the items' lines where they lie: runs of whole lines, at most `max_batch`
+    /// bytes per `writev(2)` (a line longer than that goes alone).
+    fn write_items(&mut self, items: &VecDeque<Lines>) {
+        let mut group: Vec<IoSlice<'_>> = Vec::new();
+        let (mut bytes, mut lines) = (0, 0);
+        for item in items {
+            let mut data = &item.buf[..];
+            while !data.is_empty() {
+                let room = self.max_batch.saturating_sub(bytes);
+                let cut = if data.len() <= room {
+                    data.len()
+                } else {
+                    // The longest run of whole lines that fits; none fits an empty group only
+                    // when the first line alone is longer than a batch.
+                    match data[..room].iter().rposition(|&b| b == b'\n') {
+                        Some(i) => i + 1,
+                        None if group.is_empty() => data
+                            .iter()
+                            .position(|&b| b == b'\n')
+                            .map_or(data.len(), |i| i + 1),
+                        None => 0,
+                    }
+                };
+                if cut > 0 {
+                    group.push(IoSlice::new(&data[..cut]));
+                    bytes += cut;
+                    data = &data[cut..];
+                }
+                if cut == 0 || group.len() == MAX_IOV {
+                    self.write_group(&mut group, bytes, lines);
+                    (bytes, lines) = (0, 0);
+                }
             }
-            // The longest run of whole lines that fits; a line longer than a batch goes alone.
-            let cut = match data[..room].iter().rposition(|&b| b == b'\n') {
-                Some(i) => i + 1,
-                None if self.batch.is_empty() => data
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .map_or(data.len(), |i| i + 1),
-                None => 0,
-            };
-            self.batch.extend_from_slice(&data[..cut]);
-            data = &data[cut..];
-            self.flush_batch();
+            // Counted with the write that carries the item's last line.
+            lines += item.count;
         }
+        self.write_group(&mut group, bytes, lines);
     }
 
-    /// Writes the batch (whole lines) with as few write(2) calls as the sink allows.
-    fn flush_batch(&mut self) {
-        if self.batch.is_empty() {
-            return;
-        }
+    /// Writes `group` (whole lines, `bytes` in all, completing `lines` lines) with as few
+    /// `writev(2)` calls as the sink allows, then empties it.
+    fn write_group(&mut self, group: &mut Vec<IoSlice<'_>>, bytes: usize, lines: u64) {
+        let mut rest = &mut group[..];
         let mut written = 0;
         let mut backoff = Duration::from_millis(10);
-        while written < self.batch.len() {
-            match self.sink.write(&self.batch[written..]) {
+        while written < bytes {
+            match self.sink.write_vectored(rest) {
                 Ok(0) => self.failed(&mut backoff, "sink accepted no bytes"),
                 Ok(n) => {
-                    if written + n < self.batch.len() {
+                    written += n;
+                    if written < bytes && !ends_a_line(rest, n) {
                         self.shared.partial_writes.fetch_add(1, Ordering::Relaxed);
                     }
-                    written += n;
+                    IoSlice::advance_slices(&mut rest, n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => self.failed(&mut backoff, &e.to_string()),
             }
-            if self.shared.stopping.load(Ordering::Acquire) && written < self.batch.len() {
+            if self.shared.stopping.load(Ordering::Acquire) && written < bytes {
                 break;
             }
         }
-        if written == self.batch.len() {
-            let lines = self.batch.iter().filter(|&&b| b == b'\n').count() as u64;
+        if bytes > 0 && written == bytes {
             self.shared
                 .lines_written
                 .fetch_add(lines, Ordering::Relaxed);
             let _ = self.sink.flush();
         }
-        self.batch.clear();
+        group.clear();
     }
 
     fn failed(&self, backoff: &mut Duration, why: &str) {
@@ -518,6 +549,18 @@ impl<W: Write> Worker<W> {
         std::thread::sleep(*backoff);
         *backoff = (*backoff * 2).min(Duration::from_secs(1));
     }
+}
+
+/// Whether the first `n` bytes of `slices` end with a newline (a short write that stopped
+/// between lines).
+fn ends_a_line(slices: &[IoSlice<'_>], mut n: usize) -> bool {
+    for s in slices {
+        if n <= s.len() {
+            return n > 0 && s[n - 1] == b'\n';
+        }
+        n -= s.len();
+    }
+    false
 }
 
 /// Opens (creating 0640 if needed) a file for appending whole lines.

@@ -38,6 +38,11 @@ impl Write for Memory {
         }
         Ok(n)
     }
+    /// Like a file: takes the buffers in order, as one write.
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+        self.write(&all)
+    }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
@@ -237,8 +242,14 @@ fn writes_split_only_between_lines() {
         })
         .collect();
     assert_eq!(w.submit_batch(&mut batch, &|| false), 40);
+    // A second sandbox's single events: queued as items of their own, written together.
+    for _ in 0..5 {
+        assert!(w.submit(event("c")));
+    }
     drop(w);
-    h.finish();
+    let stats = h.finish();
+    assert_eq!(stats.lines_written, 45);
+    assert_eq!(stats.partial_writes, 0);
     let data = mem.data.lock().map(|d| d.clone()).unwrap_or_default();
     let writes = mem.writes.lock().map(|w| w.clone()).unwrap_or_default();
     let mut at = 0;
@@ -252,7 +263,7 @@ fn writes_split_only_between_lines() {
         );
     }
     let values = lines(&mem);
-    assert_eq!(values.len(), 40);
+    assert_eq!(values.len(), 45);
     assert_contiguous(&values);
 }
 
@@ -270,6 +281,7 @@ fn short_writes_still_produce_whole_lines() {
     drop(w);
     let stats = h.finish();
     assert!(stats.partial_writes > 0);
+    assert_eq!(stats.lines_written, 10);
     assert_eq!(lines(&mem).len(), 10);
 }
 
