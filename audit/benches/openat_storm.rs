@@ -112,7 +112,12 @@ async fn run(
             writer,
             opens: AtomicU64::new(0),
         });
-        let handle = sink.spawn(SandboxContext::new(&id), Arc::clone(&counter));
+        // What the shim stamps on every event of a CRI pod: namespace, pod and policy.
+        let ctx = SandboxContext::new(&id)
+            .with_namespace("k8s.io")
+            .with_pod("agent-7f9c", "agents")
+            .with_policy("coding-agent", Some(format!("sha256:{}", "5e".repeat(32))));
+        let handle = sink.spawn(ctx, Arc::clone(&counter));
         pipeline = Some((handle, counter, done));
     }
     cmd.args(["run", "--bundle"])

@@ -12,6 +12,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -169,19 +170,19 @@ pub struct AuditEvent {
     pub message: Option<String>,
     /// The containerd namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
+    pub namespace: Option<Arc<str>>,
     /// The network endpoint acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkInfo>,
     /// The Kubernetes pod, when CRI gave its name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<PodInfo>,
+    pub pod: Option<Arc<PodInfo>>,
     /// gVisor's trace point name, for events that came from the Sentry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub point: Option<Cow<'static, str>>,
     /// The policy in force.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<PolicyRef>,
+    pub policy: Option<Arc<PolicyRef>>,
     /// Hex sha256 of the previous event of this sandbox (64 zeros for the first).
     #[serde(default)]
     #[schemars(pattern(r"^[0-9a-f]{64}$"))]

@@ -19,6 +19,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::event::{
     Action, AuditEvent, Category, DropInfo, DropSource, ExitInfo, ExitReason, PodInfo, PolicyRef,
@@ -26,17 +27,18 @@ use crate::event::{
 };
 use crate::timestamp::Timestamp;
 
-/// What every event of one sandbox carries: ids, pod and policy.
+/// What every event of one sandbox carries: ids, pod and policy (shared with each event, not
+/// copied into it).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SandboxContext {
     /// The sandbox (pod) id; chains are per sandbox.
     pub sandbox_id: String,
     /// containerd namespace.
-    pub namespace: Option<String>,
+    pub namespace: Option<Arc<str>>,
     /// Kubernetes pod, when CRI annotations name it.
-    pub pod: Option<PodInfo>,
+    pub pod: Option<Arc<PodInfo>>,
     /// The policy in force.
-    pub policy: Option<PolicyRef>,
+    pub policy: Option<Arc<PolicyRef>>,
 }
 
 impl SandboxContext {
@@ -50,13 +52,13 @@ impl SandboxContext {
 
     /// Sets the containerd namespace.
     pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.namespace = Some(namespace.into());
+        self.namespace = Some(Arc::from(namespace.into()));
         self
     }
 
     /// Sets the pod name and namespace.
     pub fn with_pod(mut self, name: impl Into<String>, namespace: impl Into<String>) -> Self {
-        let pod = self.pod.get_or_insert_with(PodInfo::default);
+        let pod = Arc::make_mut(self.pod.get_or_insert_with(Arc::default));
         pod.name = Some(name.into());
         pod.namespace = Some(namespace.into());
         self
@@ -64,11 +66,11 @@ impl SandboxContext {
 
     /// Sets the policy name and digest.
     pub fn with_policy(mut self, name: impl Into<String>, digest: Option<String>) -> Self {
-        self.policy = Some(PolicyRef {
+        self.policy = Some(Arc::new(PolicyRef {
             changes: None,
             digest,
             name: name.into(),
-        });
+        }));
         self
     }
 
@@ -109,7 +111,7 @@ impl SandboxContext {
     pub fn create(&self, container_id: &str, changes: Vec<String>) -> EventBuilder {
         let mut b = self.lifecycle(Action::Create, container_id);
         if let Some(policy) = b.event.policy.as_mut() {
-            policy.changes = Some(changes);
+            Arc::make_mut(policy).changes = Some(changes);
         } else if !changes.is_empty() {
             b = b.detail("changes", changes);
         }
@@ -329,7 +331,7 @@ mod tests {
         );
         let c = sb.create("c", vec!["network none".into()]).build();
         assert_eq!(
-            c.policy.and_then(|p| p.changes),
+            c.policy.and_then(|p| p.changes.clone()),
             Some(vec!["network none".to_owned()])
         );
         for b in [
