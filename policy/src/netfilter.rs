@@ -22,6 +22,18 @@ use crate::egress::{EgressRule, IngressRule};
 /// packets carrying it may reach the upstream resolver's port 53.
 pub const FORWARDER_MARK: u32 = 0x5afe_0053;
 
+/// The NFLOG group refused outbound packets other than TCP are logged to (in the sandbox's own
+/// network namespace, so the group number is private to it), at most [`REFUSED_LOG_RATE`] a
+/// second per address family: the shim reads them and records a `policy`/`violation` event
+/// each. A refused TCP connect needs none: gVisor's `syscall/connect` point records it with
+/// ECONNREFUSED. Multicast and broadcast are not logged: the namespace's own kernel sends
+/// those (MLD, IGMP reports), not the sandbox.
+pub const REFUSED_LOG_GROUP: u16 = 0x5afe;
+
+/// Refused packets logged per second at most (a burst of twice that), so a program spraying
+/// datagrams cannot flood the audit stream.
+pub const REFUSED_LOG_RATE: u32 = 20;
+
 /// Prefix of every table the shim installs (followed by a digest of the sandbox id).
 pub const TABLE_PREFIX: &str = "safehouse_";
 
@@ -140,6 +152,19 @@ impl NetFilter {
         s.push_str("    meta l4proto tcp reject with tcp reset\n");
         s.push_str("    reject with icmpx admin-prohibited\n");
         s.push_str("  }\n");
+        s.push_str("  chain refuse_out {\n");
+        for unicast in [
+            "ip daddr != { 224.0.0.0/4, 255.255.255.255 }",
+            "ip6 daddr != ff00::/8",
+        ] {
+            let _ = writeln!(
+                s,
+                "    meta l4proto != tcp {unicast} limit rate {REFUSED_LOG_RATE}/second burst {} packets log group {REFUSED_LOG_GROUP} snaplen 128",
+                REFUSED_LOG_RATE * 2
+            );
+        }
+        s.push_str("    goto refuse\n");
+        s.push_str("  }\n");
 
         s.push_str("  chain output {\n");
         s.push_str("    type filter hook output priority filter; policy accept;\n");
@@ -165,7 +190,11 @@ impl NetFilter {
             s.push_str(&accept_line(rule));
         }
         for (addr, prefix) in &protected {
-            let _ = writeln!(s, "    {} daddr {addr}/{prefix} goto refuse", family(addr));
+            let _ = writeln!(
+                s,
+                "    {} daddr {addr}/{prefix} goto refuse_out",
+                family(addr)
+            );
         }
         match self.mode {
             FilterMode::Open => s.push_str("    accept\n"),
@@ -183,7 +212,7 @@ impl NetFilter {
                         "    meta l4proto { tcp, udp } ip6 daddr . th dport @host6_port accept\n",
                     );
                 }
-                s.push_str("    goto refuse\n");
+                s.push_str("    goto refuse_out\n");
             }
         }
         s.push_str("  }\n");
@@ -370,7 +399,7 @@ mod tests {
         );
         let v6 = position(&s, "ip6 daddr fd00::/8 accept");
         let learned = position(&s, "ip daddr . th dport @host4_port accept");
-        let last = position(&s, "    goto refuse\n  }\n  chain input");
+        let last = position(&s, "    goto refuse_out\n  }\n  chain input");
         assert!(metadata < entry && node < entry && node6 < entry);
         assert!(entry < v6 && v6 < learned && learned < last);
         assert!(!s.contains("127.0.0.1"), "loopback is not a node address");
@@ -378,7 +407,17 @@ mod tests {
             "meta mark 0x5afe0053 ip daddr 10.0.0.53 meta l4proto { tcp, udp } th dport 53 accept"
         ));
         assert!(s.contains("meta l4proto tcp reject with tcp reset"));
-        assert!(s.contains("reject with icmpx admin-prohibited"));
+        // Refused outbound unicast other than TCP is logged, then refused like the rest.
+        let out = position(&s, "  chain refuse_out {\n");
+        let log4 = position(&s, "    meta l4proto != tcp ip daddr != { 224.0.0.0/4, 255.255.255.255 } limit rate 20/second burst 40 packets log group 23294 snaplen 128\n");
+        let log6 = position(&s, "    meta l4proto != tcp ip6 daddr != ff00::/8 limit rate 20/second burst 40 packets log group 23294 snaplen 128\n");
+        assert!(out < log4 && log4 < log6);
+        assert!(log6 < position(&s, "    goto refuse\n  }\n  chain output"));
+        assert_eq!(
+            s.matches("log group").count(),
+            2,
+            "only refused egress is logged"
+        );
         assert!(s.starts_with("table inet safehouse_t {}\ndelete table inet safehouse_t\n"));
     }
 

@@ -177,7 +177,7 @@ fn bind_in(netns: &Path, upstreams: &[IpAddr]) -> Result<Sockets> {
 
 /// Runs `make` on a short-lived thread inside the network namespace at `netns`: sockets it
 /// creates belong to that namespace wherever they are used afterwards.
-fn in_netns<T: Send + 'static>(
+pub(crate) fn in_netns<T: Send + 'static>(
     netns: &Path,
     make: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> std::io::Result<T> {
@@ -187,7 +187,7 @@ fn in_netns<T: Send + 'static>(
         make()
     })
     .join()
-    .map_err(|_| std::io::Error::other("the DNS forwarder's namespace thread panicked"))?
+    .map_err(|_| std::io::Error::other("a namespace thread panicked"))?
 }
 
 /// Upstream exchanges in flight on the shared UDP sockets, by (upstream, the id we gave the

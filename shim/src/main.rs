@@ -14,6 +14,7 @@ mod netfilter;
 mod node;
 mod process;
 mod reaper;
+mod refusals;
 mod runsc;
 mod service;
 mod stats;

@@ -176,6 +176,8 @@ pub struct SandboxNetwork {
     pub table: InstalledTable,
     /// The DNS forwarder, if the policy names hosts.
     pub dns: Option<crate::dns::DnsForwarder>,
+    /// The reader of refused packets (see `refusals`).
+    pub refusals: Option<crate::refusals::RefusalLog>,
 }
 
 impl SandboxNetwork {
@@ -183,6 +185,9 @@ impl SandboxNetwork {
     pub async fn teardown(&self, reaper: &Reaper) {
         if let Some(dns) = &self.dns {
             dns.stop();
+        }
+        if let Some(log) = &self.refusals {
+            log.stop();
         }
         remove(reaper, &self.table).await;
     }

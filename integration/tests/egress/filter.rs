@@ -61,7 +61,8 @@ pub fn allowed_port_answers_the_rest_is_refused_at_once(env: &TestEnv) -> Result
 }
 
 /// UDP to a listed `cidr:port` arrives; UDP and ICMP to an unlisted host never arrive (the
-/// host's own log shows nothing); a raw socket cannot be opened.
+/// host's own log shows nothing), and the refused datagram is a `policy`/`violation` event; a
+/// raw socket cannot be opened.
 pub fn udp_icmp_and_raw_to_unlisted_hosts_go_nowhere(env: &TestEnv) -> Result<()> {
     let net = NetLab::start(2, &[], false)?;
     let (h0, h1) = (&net.hosts[0], &net.hosts[1]);
@@ -127,6 +128,29 @@ pub fn udp_icmp_and_raw_to_unlisted_hosts_go_nowhere(env: &TestEnv) -> Result<()
             h0.log().contains("udp-allowed"),
             "the listed host's log lacks the datagram: {}",
             h0.log()
+        );
+        // No trace point sees a refused datagram; the filter's log does, and the shim records it.
+        let refused = lab.wait_audit(&id, "the refused datagram as a violation", |e| {
+            e["category"] == "policy"
+                && e["action"] == "violation"
+                && e["violation"]["rule"] == "network.egress"
+                && e["network"]["ip"] == h1.ip.as_str()
+        })?;
+        ensure!(
+            refused["network"]["port"] == UDP_PORT
+                && refused["network"]["protocol"] == 17
+                && refused["violation"]["enforcement"] == "refused",
+            "the refusal event names the wrong packet: {refused}"
+        );
+        let wrong: Vec<_> = lab
+            .events_of(&id)
+            .into_iter()
+            .filter(|e| e["violation"]["rule"] == "network.egress")
+            .filter(|e| e["network"]["ip"] != h1.ip.as_str())
+            .collect();
+        ensure!(
+            wrong.is_empty(),
+            "refusals recorded for packets the policy allows: {wrong:?}"
         );
         no_leftovers(&net)
     })

@@ -29,6 +29,41 @@ fn dns_event(
     b.build()
 }
 
+/// The audit event for a packet the sandbox's filter refused (other than a TCP connect, which
+/// gVisor's connect point records): `policy`/`violation` with the packet's destination.
+fn refusal_event(
+    audit: &SandboxAudit,
+    container_id: &str,
+    r: crate::refusals::Refused,
+) -> safehouse_audit::AuditEvent {
+    let peer = r.destination;
+    let place = match r.port {
+        Some(port) if peer.is_ipv6() => format!("[{peer}]:{port}"),
+        Some(port) => format!("{peer}:{port}"),
+        None => peer.to_string(),
+    };
+    let reason = format!(
+        "{} packet to {place} refused: not allowed by the policy",
+        r.protocol
+    );
+    let mut ev = audit
+        .ctx
+        .violation(container_id, "network.egress", &reason, "refused")
+        .actor("safehouse-netfilter")
+        .message(reason.clone())
+        .detail("protocol", r.protocol)
+        .detail("source", r.source.to_string())
+        .build();
+    ev.network = Some(safehouse_audit::event::NetworkInfo {
+        family: Some(if peer.is_ipv6() { "inet6" } else { "inet" }.to_owned()),
+        ip: Some(peer.to_string()),
+        port: r.port,
+        protocol: Some(i32::from(r.protocol_number)),
+        ..Default::default()
+    });
+    ev
+}
+
 /// The audit event for one OCI hook the shim ran on the host.
 pub(super) fn hook_event(
     ctx: &safehouse_audit::lifecycle::SandboxContext,
@@ -356,6 +391,25 @@ impl TaskService {
         let started = std::time::Instant::now();
         let table = crate::netfilter::install(&self.reaper, netns, id, filter, &facts).await?;
         info!(container = %id, table = %table.table, elapsed_ms = started.elapsed().as_millis() as u64, "network filter installed");
+        let refusals = {
+            let audit = sandbox_audit.clone();
+            let output = self.audit.clone();
+            let cid = id.to_string();
+            let on_refused: crate::refusals::OnRefused = Arc::new(move |r| {
+                output.submit(refusal_event(&audit, &cid, r));
+            });
+            match crate::refusals::RefusalLog::start(
+                netns,
+                safehouse_policy::REFUSED_LOG_GROUP,
+                on_refused,
+            ) {
+                Ok(log) => log,
+                Err(e) => {
+                    crate::netfilter::remove(&self.reaper, &table).await;
+                    return Err(e);
+                }
+            }
+        };
         let dns = match upstreams {
             Some(ups) => {
                 let audit = sandbox_audit.clone();
@@ -381,7 +435,11 @@ impl TaskService {
             }
             None => None,
         };
-        Ok(Some(Arc::new(SandboxNetwork { table, dns })))
+        Ok(Some(Arc::new(SandboxNetwork {
+            table,
+            dns,
+            refusals: Some(refusals),
+        })))
     }
 
     /// The sandbox's audit: a new sink and policy enforcer for a sandbox's first container (its
