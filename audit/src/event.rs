@@ -432,6 +432,9 @@ pub enum DropSource {
     Malformed,
     /// Packets of a message type this build does not know.
     UnknownType,
+    /// Packets the network filter refused but did not log (over its rate), or that the shim
+    /// had not read when the sandbox ended: counted by the table, reported at delete.
+    NetfilterLog,
 }
 
 /// The Kubernetes pod, from the CRI annotations.

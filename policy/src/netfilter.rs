@@ -30,6 +30,10 @@ pub const FORWARDER_MARK: u32 = 0x5afe_0053;
 /// those (MLD, IGMP reports), not the sandbox.
 pub const REFUSED_LOG_GROUP: u16 = 0x5afe;
 
+/// The table's counter of refused packets eligible for the log, logged or not (over the rate):
+/// at delete the shim reports the ones it did not record.
+pub const REFUSED_COUNTER: &str = "refused_out";
+
 /// Refused packets logged per second at most (a burst of twice that), so a program spraying
 /// datagrams cannot flood the audit stream.
 pub const REFUSED_LOG_RATE: u32 = 20;
@@ -148,6 +152,7 @@ impl NetFilter {
         ] {
             let _ = writeln!(s, "  set {name} {{ type {kind}; flags timeout; }}");
         }
+        let _ = writeln!(s, "  counter {REFUSED_COUNTER} {{}}");
         s.push_str("  chain refuse {\n");
         s.push_str("    meta l4proto tcp reject with tcp reset\n");
         s.push_str("    reject with icmpx admin-prohibited\n");
@@ -159,7 +164,7 @@ impl NetFilter {
         ] {
             let _ = writeln!(
                 s,
-                "    meta l4proto != tcp {unicast} limit rate {REFUSED_LOG_RATE}/second burst {} packets log group {REFUSED_LOG_GROUP} snaplen 128",
+                "    meta l4proto != tcp {unicast} counter name \"{REFUSED_COUNTER}\" limit rate {REFUSED_LOG_RATE}/second burst {} packets log group {REFUSED_LOG_GROUP} snaplen 128",
                 REFUSED_LOG_RATE * 2
             );
         }
@@ -409,8 +414,10 @@ mod tests {
         assert!(s.contains("meta l4proto tcp reject with tcp reset"));
         // Refused outbound unicast other than TCP is logged, then refused like the rest.
         let out = position(&s, "  chain refuse_out {\n");
-        let log4 = position(&s, "    meta l4proto != tcp ip daddr != { 224.0.0.0/4, 255.255.255.255 } limit rate 20/second burst 40 packets log group 23294 snaplen 128\n");
-        let log6 = position(&s, "    meta l4proto != tcp ip6 daddr != ff00::/8 limit rate 20/second burst 40 packets log group 23294 snaplen 128\n");
+        // Counted before the rate limit: what the log missed is known.
+        let log4 = position(&s, "    meta l4proto != tcp ip daddr != { 224.0.0.0/4, 255.255.255.255 } counter name \"refused_out\" limit rate 20/second burst 40 packets log group 23294 snaplen 128\n");
+        let log6 = position(&s, "    meta l4proto != tcp ip6 daddr != ff00::/8 counter name \"refused_out\" limit rate 20/second burst 40 packets log group 23294 snaplen 128\n");
+        assert!(position(&s, "  counter refused_out {}\n") < position(&s, "  chain refuse {"));
         assert!(out < log4 && log4 < log6);
         assert!(log6 < position(&s, "    goto refuse\n  }\n  chain output"));
         assert_eq!(

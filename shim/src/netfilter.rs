@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use safehouse_policy::netfilter::{learn_script, table_name};
-use safehouse_policy::{Learned, NetFilter, NodeFacts};
+use safehouse_policy::{Learned, NetFilter, NodeFacts, REFUSED_COUNTER};
 
 use crate::error::{Result, ShimError};
 use crate::reaper::Reaper;
@@ -40,15 +40,16 @@ fn nft_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("nft"))
 }
 
-/// Runs `nft -f -` with `script` inside the network namespace at `netns`.
-pub async fn nft(reaper: &Reaper, netns: &Path, script: &str) -> Result<()> {
+/// Runs `nft -f -` with `script` inside the network namespace at `netns`; returns what it
+/// printed.
+pub async fn nft(reaper: &Reaper, netns: &Path, script: &str) -> Result<String> {
     let ns = File::open(netns)
         .map_err(|e| ShimError::io(format!("open network namespace {}", netns.display()), e))?;
     let binary = nft_binary();
     let mut cmd = Command::new(&binary);
     cmd.args(["-f", "-"])
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // SAFETY: setns(2) is async-signal-safe; `ns` is moved into the closure, so its fd stays
     // open until the command is dropped after spawn.
@@ -65,17 +66,23 @@ pub async fn nft(reaper: &Reaper, netns: &Path, script: &str) -> Result<()> {
         .map_err(|e| ShimError::io(format!("run {}", binary.display()), e))?;
     drop(cmd);
     let stdin = child.stdin.take();
+    let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let script = script.to_owned();
     let io = tokio::task::spawn_blocking(move || {
         if let Some(mut stdin) = stdin {
             let _ = stdin.write_all(script.as_bytes());
         }
+        // stdout is short (a listing) and read before stderr; nft writes errors only on failure.
+        let mut out = String::new();
+        if let Some(mut stdout) = stdout {
+            let _ = stdout.read_to_string(&mut out);
+        }
         let mut err = String::new();
         if let Some(mut stderr) = stderr {
             let _ = stderr.read_to_string(&mut err);
         }
-        err
+        (out, err)
     });
     let status = match tokio::time::timeout(NFT_DEADLINE, exit).await {
         Ok(Ok(status)) => status,
@@ -92,7 +99,7 @@ pub async fn nft(reaper: &Reaper, netns: &Path, script: &str) -> Result<()> {
             )));
         }
     };
-    let stderr = io.await.unwrap_or_default();
+    let (stdout, stderr) = io.await.unwrap_or_default();
     if status.code != 0 {
         return Err(ShimError::FailedPrecondition(format!(
             "nft in network namespace {} failed (status {}): {}",
@@ -101,7 +108,7 @@ pub async fn nft(reaper: &Reaper, netns: &Path, script: &str) -> Result<()> {
             stderr.trim()
         )));
     }
-    Ok(())
+    Ok(stdout)
 }
 
 /// Installs the sandbox's table (atomically replacing one left by an earlier attempt).
@@ -131,7 +138,7 @@ pub async fn learn(reaper: &Reaper, t: &InstalledTable, learned: &Learned) -> Re
     if script.is_empty() {
         return Ok(());
     }
-    nft(reaper, &t.netns, &script).await
+    nft(reaper, &t.netns, &script).await.map(|_| ())
 }
 
 /// Removes the table. A namespace that is already gone took the table with it.
@@ -142,11 +149,31 @@ pub async fn remove(reaper: &Reaper, t: &InstalledTable) {
     // Declaring first makes the delete succeed whether or not the table is still there.
     let script = format!("table inet {0} {{}}\ndelete table inet {0}\n", t.table);
     match nft(reaper, &t.netns, &script).await {
-        Ok(()) => {
+        Ok(_) => {
             tracing::info!(table = %t.table, netns = %t.netns.display(), "network filter removed")
         }
         Err(e) => tracing::warn!(table = %t.table, "removing the network filter: {e}"),
     }
+}
+
+/// Packets the table's [`REFUSED_COUNTER`] has counted: every refused packet eligible for the
+/// refusal log, logged or not. `None` if it cannot be read.
+pub async fn refused_count(reaper: &Reaper, t: &InstalledTable) -> Option<u64> {
+    let script = format!("list counter inet {} {REFUSED_COUNTER}\n", t.table);
+    match nft(reaper, &t.netns, &script).await {
+        Ok(out) => counter_packets(&out),
+        Err(e) => {
+            tracing::warn!(table = %t.table, "reading the refusal counter: {e}");
+            None
+        }
+    }
+}
+
+/// The `packets N` of an `nft list counter` listing.
+fn counter_packets(listing: &str) -> Option<u64> {
+    let mut words = listing.split_whitespace();
+    words.find(|w| *w == "packets")?;
+    words.next()?.parse().ok()
 }
 
 /// The node's own addresses (the shim runs in the node's network namespace).
@@ -188,7 +215,24 @@ impl SandboxNetwork {
         }
         if let Some(log) = &self.refusals {
             log.stop();
+            if let Some(counted) = refused_count(reaper, &self.table).await {
+                log.report_unrecorded(counted);
+            }
         }
         remove(reaper, &self.table).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::counter_packets;
+
+    #[test]
+    fn reads_the_counter_listing() {
+        let listing =
+            "table inet t {\n\tcounter refused_out {\n\t\tpackets 61 bytes 2093\n\t}\n}\n";
+        assert_eq!(counter_packets(listing), Some(61));
+        assert_eq!(counter_packets("table inet t {}"), None);
+        assert_eq!(counter_packets("packets lots"), None);
     }
 }

@@ -15,6 +15,7 @@
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
@@ -53,14 +54,25 @@ pub struct Refused {
 /// Called for every refused packet.
 pub type OnRefused = Arc<dyn Fn(Refused) + Send + Sync>;
 
+/// Called once, at the end, with the number of refused packets that were not recorded.
+pub type OnUnrecorded = Box<dyn Fn(u64) + Send + Sync>;
+
 /// Reads a sandbox's refusal log until stopped or dropped.
 pub struct RefusalLog {
     task: JoinHandle<()>,
+    /// Refused packets handed to `on_refused` so far.
+    recorded: Arc<AtomicU64>,
+    on_unrecorded: OnUnrecorded,
 }
 
 impl RefusalLog {
     /// Opens the NFLOG socket inside `netns`, binds `group` and starts reading.
-    pub fn start(netns: &Path, group: u16, on_refused: OnRefused) -> Result<RefusalLog> {
+    pub fn start(
+        netns: &Path,
+        group: u16,
+        on_refused: OnRefused,
+        on_unrecorded: OnUnrecorded,
+    ) -> Result<RefusalLog> {
         let fd = crate::dns::in_netns(netns, move || open(group)).map_err(|e| {
             ShimError::io(
                 format!(
@@ -74,8 +86,11 @@ impl RefusalLog {
         // its raw fd never changes while the AsyncFd holds it.
         let fd = unsafe { AsyncFd::register(fd) }
             .map_err(|e| ShimError::io("register the refusal log", e.into()))?;
+        let recorded = Arc::new(AtomicU64::new(0));
         Ok(RefusalLog {
-            task: tokio::spawn(read(fd, on_refused)),
+            task: tokio::spawn(read(fd, on_refused, Arc::clone(&recorded))),
+            recorded,
+            on_unrecorded,
         })
     }
 
@@ -83,6 +98,21 @@ impl RefusalLog {
     pub fn stop(&self) {
         self.task.abort();
     }
+
+    /// Given the table's count of refused packets eligible for the log, reports those not
+    /// recorded (over the log's rate, or not read before [`RefusalLog::stop`]), if any.
+    pub fn report_unrecorded(&self, counted: u64) {
+        let missed = unrecorded(counted, self.recorded.load(Ordering::Relaxed));
+        if missed > 0 {
+            (self.on_unrecorded)(missed);
+        }
+    }
+}
+
+/// Refused packets counted by the table but not recorded (never negative: a packet read after
+/// the counter was listed counts as recorded).
+fn unrecorded(counted: u64, recorded: u64) -> u64 {
+    counted.saturating_sub(recorded)
 }
 
 impl Drop for RefusalLog {
@@ -138,7 +168,7 @@ fn configure(fd: &OwnedFd, group: u16, nlas: Vec<ConfigNla>) -> std::io::Result<
     }
 }
 
-async fn read(fd: AsyncFd<OwnedFd>, on_refused: OnRefused) {
+async fn read(fd: AsyncFd<OwnedFd>, on_refused: OnRefused, recorded: Arc<AtomicU64>) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut skipped: u64 = 0;
     loop {
@@ -166,6 +196,7 @@ async fn read(fd: AsyncFd<OwnedFd>, on_refused: OnRefused) {
             }
         };
         for refused in parse_messages(&buf[..n], &mut skipped) {
+            recorded.fetch_add(1, Ordering::Relaxed);
             on_refused(refused);
         }
         if skipped > 0 {
@@ -314,6 +345,13 @@ mod tests {
             r.map(|r| (r.destination.to_string(), r.port)),
             Some(("198.51.100.7".into(), Some(9999)))
         );
+    }
+
+    #[test]
+    fn unrecorded_is_the_counter_minus_the_recorded() {
+        assert_eq!(unrecorded(7, 1), 6);
+        assert_eq!(unrecorded(3, 3), 0);
+        assert_eq!(unrecorded(2, 5), 0);
     }
 
     #[test]

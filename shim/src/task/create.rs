@@ -395,13 +395,25 @@ impl TaskService {
             let audit = sandbox_audit.clone();
             let output = self.audit.clone();
             let cid = id.to_string();
+            let (audit2, output2) = (audit.clone(), output.clone());
             let on_refused: crate::refusals::OnRefused = Arc::new(move |r| {
                 output.submit(refusal_event(&audit, &cid, r));
+            });
+            let on_unrecorded: crate::refusals::OnUnrecorded = Box::new(move |missed| {
+                let ev = audit2
+                    .ctx
+                    .dropped(missed, safehouse_audit::DropSource::NetfilterLog)
+                    .message(format!(
+                        "{missed} refused packets not recorded one by one (over the filter log's rate of {} a second, or unread when the sandbox ended)",
+                        safehouse_policy::REFUSED_LOG_RATE
+                    ));
+                output2.submit(ev.build());
             });
             match crate::refusals::RefusalLog::start(
                 netns,
                 safehouse_policy::REFUSED_LOG_GROUP,
                 on_refused,
+                on_unrecorded,
             ) {
                 Ok(log) => log,
                 Err(e) => {
