@@ -29,7 +29,8 @@ pub use explain::explain;
 pub use finding::{Finding, Severity};
 pub use manifest::{AgentPolicy, AuditCategory, NetworkMode, ViolationAction, STRICT_DEFAULT_NAME};
 pub use netfilter::{
-    FilterMode, Learned, NetFilter, NodeFacts, REFUSED_COUNTER, REFUSED_LOG_GROUP, REFUSED_LOG_RATE,
+    FilterMode, Learned, NetFilter, NodeFacts, REFUSED_COUNTER, REFUSED_LOG_GROUP,
+    REFUSED_LOG_RATE, REFUSED_LOG_SNAPLEN,
 };
 pub use parse::{lint_str, load_file, parse_str, Format, InvalidPolicy, LintReport, LoadError};
 pub use schema::json_schema;

@@ -34,6 +34,10 @@ pub const REFUSED_LOG_GROUP: u16 = 0x5afe;
 /// at delete the shim reports the ones it did not record.
 pub const REFUSED_COUNTER: &str = "refused_out";
 
+/// Bytes of each refused packet the log copies (IP and transport headers): the rule's
+/// `snaplen` and the copy range the shim's reader asks for.
+pub const REFUSED_LOG_SNAPLEN: u32 = 128;
+
 /// Refused packets logged per second at most (a burst of twice that), so a program spraying
 /// datagrams cannot flood the audit stream.
 pub const REFUSED_LOG_RATE: u32 = 20;
@@ -164,7 +168,7 @@ impl NetFilter {
         ] {
             let _ = writeln!(
                 s,
-                "    meta l4proto != tcp {unicast} counter name \"{REFUSED_COUNTER}\" limit rate {REFUSED_LOG_RATE}/second burst {} packets log group {REFUSED_LOG_GROUP} snaplen 128",
+                "    meta l4proto != tcp {unicast} counter name \"{REFUSED_COUNTER}\" limit rate {REFUSED_LOG_RATE}/second burst {} packets log group {REFUSED_LOG_GROUP} snaplen {REFUSED_LOG_SNAPLEN}",
                 REFUSED_LOG_RATE * 2
             );
         }

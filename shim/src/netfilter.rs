@@ -204,7 +204,7 @@ pub struct SandboxNetwork {
     /// The DNS forwarder, if the policy names hosts.
     pub dns: Option<crate::dns::DnsForwarder>,
     /// The reader of refused packets (see `refusals`).
-    pub refusals: Option<crate::refusals::RefusalLog>,
+    pub refusals: crate::refusals::RefusalLog,
 }
 
 impl SandboxNetwork {
@@ -213,11 +213,9 @@ impl SandboxNetwork {
         if let Some(dns) = &self.dns {
             dns.stop();
         }
-        if let Some(log) = &self.refusals {
-            log.stop();
-            if let Some(counted) = refused_count(reaper, &self.table).await {
-                log.report_unrecorded(counted);
-            }
+        self.refusals.stop();
+        if let Some(counted) = refused_count(reaper, &self.table).await {
+            self.refusals.report_unrecorded(counted);
         }
         remove(reaper, &self.table).await;
     }

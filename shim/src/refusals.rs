@@ -34,15 +34,13 @@ use tracing::{debug, warn};
 use crate::error::{Result, ShimError};
 
 /// Bytes of each refused packet the kernel copies to us: IP and transport headers.
-const COPY_RANGE: u32 = 128;
+const COPY_RANGE: u32 = safehouse_policy::REFUSED_LOG_SNAPLEN;
 
 /// One refused packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refused {
-    /// `udp`, `icmp`, `icmpv6`, `sctp`... or the IP protocol number.
-    pub protocol: String,
-    /// The IP protocol number.
-    pub protocol_number: u8,
+    /// The IP protocol number ([`Refused::protocol_name`] names it).
+    pub protocol: u8,
     /// Where the packet came from.
     pub source: IpAddr,
     /// Where it was going.
@@ -170,7 +168,6 @@ fn configure(fd: &OwnedFd, group: u16, nlas: Vec<ConfigNla>) -> std::io::Result<
 
 async fn read(fd: AsyncFd<OwnedFd>, on_refused: OnRefused, recorded: Arc<AtomicU64>) {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut skipped: u64 = 0;
     loop {
         let n = match fd.readable().await {
             Ok(mut ready) => {
@@ -195,6 +192,7 @@ async fn read(fd: AsyncFd<OwnedFd>, on_refused: OnRefused, recorded: Arc<AtomicU
                 return;
             }
         };
+        let mut skipped = 0;
         for refused in parse_messages(&buf[..n], &mut skipped) {
             recorded.fetch_add(1, Ordering::Relaxed);
             on_refused(refused);
@@ -264,30 +262,32 @@ pub fn parse_ip(packet: &[u8]) -> Option<Refused> {
         ),
         etherparse::LaxNetSlice::Arp(_) => return None,
     };
-    let protocol_number = net.ip_payload_ref()?.ip_number.0;
+    let protocol = net.ip_payload_ref()?.ip_number.0;
     let port = match &sliced.transport {
         Some(etherparse::TransportSlice::Udp(u)) => Some(u.destination_port()),
         Some(etherparse::TransportSlice::Tcp(t)) => Some(t.destination_port()),
         _ => None,
     };
     Some(Refused {
-        protocol: protocol_name(protocol_number),
-        protocol_number,
+        protocol,
         source,
         destination,
         port,
     })
 }
 
-fn protocol_name(n: u8) -> String {
-    match n {
-        1 => "icmp".into(),
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        58 => "icmpv6".into(),
-        132 => "sctp".into(),
-        136 => "udplite".into(),
-        other => other.to_string(),
+impl Refused {
+    /// `udp`, `icmp`, `icmpv6`, `sctp`... or the protocol number.
+    pub fn protocol_name(&self) -> String {
+        match self.protocol {
+            1 => "icmp".into(),
+            6 => "tcp".into(),
+            17 => "udp".into(),
+            58 => "icmpv6".into(),
+            132 => "sctp".into(),
+            136 => "udplite".into(),
+            other => other.to_string(),
+        }
     }
 }
 
@@ -309,10 +309,13 @@ mod tests {
     fn reads_a_udp_datagram() {
         let r = parse_ip(&udp4([203, 0, 113, 5], 53));
         assert_eq!(
+            r.as_ref().map(Refused::protocol_name).as_deref(),
+            Some("udp")
+        );
+        assert_eq!(
             r,
             Some(Refused {
-                protocol: "udp".into(),
-                protocol_number: 17,
+                protocol: 17,
                 source: "10.0.0.2".parse().unwrap_or(IpAddr::from([0u8; 4])),
                 destination: "203.0.113.5".parse().unwrap_or(IpAddr::from([0u8; 4])),
                 port: Some(53),
@@ -329,7 +332,7 @@ mod tests {
             .write(&mut out, b"ping")
             .unwrap_or_else(|e| panic!("{e}"));
         let r = parse_ip(&out).unwrap_or_else(|| panic!("not parsed"));
-        assert_eq!((r.protocol.as_str(), r.port), ("icmpv6", None));
+        assert_eq!((r.protocol_name().as_str(), r.port), ("icmpv6", None));
     }
 
     #[test]

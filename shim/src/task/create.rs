@@ -42,26 +42,37 @@ fn refusal_event(
         Some(port) => format!("{peer}:{port}"),
         None => peer.to_string(),
     };
-    let reason = format!(
-        "{} packet to {place} refused: not allowed by the policy",
-        r.protocol
-    );
+    let protocol = r.protocol_name();
+    let reason = format!("{protocol} packet to {place} refused: not allowed by the policy");
     let mut ev = audit
         .ctx
         .violation(container_id, "network.egress", &reason, "refused")
         .actor("safehouse-netfilter")
         .message(reason.clone())
-        .detail("protocol", r.protocol)
+        .detail("protocol", protocol)
         .detail("source", r.source.to_string())
         .build();
     ev.network = Some(safehouse_audit::event::NetworkInfo {
         family: Some(if peer.is_ipv6() { "inet6" } else { "inet" }.to_owned()),
         ip: Some(peer.to_string()),
         port: r.port,
-        protocol: Some(i32::from(r.protocol_number)),
+        protocol: Some(i32::from(r.protocol)),
         ..Default::default()
     });
     ev
+}
+
+/// The audit event for the refused packets the filter counted but the shim did not record
+/// (over the log's rate, or unread when the sandbox ended).
+fn unrecorded_refusals_event(audit: &SandboxAudit, missed: u64) -> safehouse_audit::AuditEvent {
+    audit
+        .ctx
+        .dropped(missed, safehouse_audit::DropSource::NetfilterLog)
+        .message(format!(
+            "{missed} refused packets not recorded one by one (over the filter log's rate of {} a second, or unread when the sandbox ended)",
+            safehouse_policy::REFUSED_LOG_RATE
+        ))
+        .build()
 }
 
 /// The audit event for one OCI hook the shim ran on the host.
@@ -395,19 +406,12 @@ impl TaskService {
             let audit = sandbox_audit.clone();
             let output = self.audit.clone();
             let cid = id.to_string();
-            let (audit2, output2) = (audit.clone(), output.clone());
+            let on_unrecorded: crate::refusals::OnUnrecorded = {
+                let (audit, output) = (audit.clone(), output.clone());
+                Box::new(move |missed| output.submit(unrecorded_refusals_event(&audit, missed)))
+            };
             let on_refused: crate::refusals::OnRefused = Arc::new(move |r| {
                 output.submit(refusal_event(&audit, &cid, r));
-            });
-            let on_unrecorded: crate::refusals::OnUnrecorded = Box::new(move |missed| {
-                let ev = audit2
-                    .ctx
-                    .dropped(missed, safehouse_audit::DropSource::NetfilterLog)
-                    .message(format!(
-                        "{missed} refused packets not recorded one by one (over the filter log's rate of {} a second, or unread when the sandbox ended)",
-                        safehouse_policy::REFUSED_LOG_RATE
-                    ));
-                output2.submit(ev.build());
             });
             match crate::refusals::RefusalLog::start(
                 netns,
@@ -450,7 +454,7 @@ impl TaskService {
         Ok(Some(Arc::new(SandboxNetwork {
             table,
             dns,
-            refusals: Some(refusals),
+            refusals,
         })))
     }
 
