@@ -20,7 +20,7 @@ use crate::node_cmd::{containerd_version, SHIM};
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
     /// The Safehouse runtime config to check (the one a handler's ConfigPath names).
-    #[arg(long, default_value = runsc_config::DEFAULT_CONFIG_PATH)]
+    #[arg(long, default_value = safehouse_runsc_config::DEFAULT_CONFIG_PATH)]
     config: PathBuf,
     /// containerd's config file.
     #[arg(long, default_value = crate::node_cmd::CONTAINERD_CONFIG)]
@@ -118,13 +118,13 @@ fn output_within(cmd: &mut Command, limit: Duration) -> Option<std::process::Out
 pub fn checks(a: &DoctorArgs) -> Vec<Check> {
     let mut out = Vec::new();
     // The runtime config.
-    let config = runsc_config::RuntimeConfig::load(Some(&a.config));
+    let config = safehouse_runsc_config::RuntimeConfig::load(Some(&a.config));
     let cfg = match &config {
         Ok(c) => c.clone(),
-        Err(_) => runsc_config::RuntimeConfig::default(),
+        Err(_) => safehouse_runsc_config::RuntimeConfig::default(),
     };
     let missing_default =
-        !a.config.exists() && a.config == Path::new(runsc_config::DEFAULT_CONFIG_PATH);
+        !a.config.exists() && a.config == Path::new(safehouse_runsc_config::DEFAULT_CONFIG_PATH);
     out.push(check(
         "config",
         true,
@@ -160,7 +160,7 @@ pub fn checks(a: &DoctorArgs) -> Vec<Check> {
         ));
     }
     // runsc.
-    let probe = runsc_config::RunscProbe::probe(&cfg.binary);
+    let probe = safehouse_runsc_config::RunscProbe::probe(&cfg.binary);
     out.push(check(
         "runsc",
         true,
@@ -302,7 +302,7 @@ fn handler_configs(a: &DoctorArgs, out: &mut Vec<Check>) {
         let Some(config) = config.map(PathBuf::from).filter(|c| *c != a.config) else {
             continue;
         };
-        let res = runsc_config::RuntimeConfig::load(Some(&config))
+        let res = safehouse_runsc_config::RuntimeConfig::load(Some(&config))
             .map(|_| format!("handler {name}: {} is valid", config.display()))
             .map_err(|e| {
                 fail(

@@ -158,9 +158,10 @@ fn put(dest: &Path, data: &[u8], mode: u32) -> Result<bool> {
 
 /// runsc as the node's config names it, probed: `Ok(version)` or why not.
 pub fn check_runsc(layout: &NodeLayout, config: &Path) -> std::result::Result<String, String> {
-    let cfg = runsc_config::RuntimeConfig::load(Some(config)).map_err(|e| e.to_string())?;
+    let cfg =
+        safehouse_runsc_config::RuntimeConfig::load(Some(config)).map_err(|e| e.to_string())?;
     let path = layout.host(&cfg.binary);
-    let probe = runsc_config::RunscProbe::probe(&path).map_err(|e| e.to_string())?;
+    let probe = safehouse_runsc_config::RunscProbe::probe(&path).map_err(|e| e.to_string())?;
     Ok(format!("{} {}", cfg.binary.display(), probe.version))
 }
 

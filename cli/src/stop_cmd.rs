@@ -12,11 +12,7 @@ use containerd_shim_protos::api::{KillRequest, WaitRequest};
 use containerd_shim_protos::shim_async::TaskClient;
 use containerd_shim_protos::ttrpc::asynchronous::Client;
 use containerd_shim_protos::ttrpc::context::Context as TtrpcContext;
-
-/// Where Safehouse shims register their containers (see the shim's task module).
-const REGISTRY: &str = "/run/safehouse/shims";
-/// ttrpc metadata key the shim reads the actor from.
-const ACTOR_METADATA: &str = "safehouse-actor";
+use safehouse_runsc_config::paths::{ACTOR_METADATA, SHIM_REGISTRY, STATE_DIR};
 
 /// `safehouse stop` arguments.
 #[derive(Debug, Args)]
@@ -102,7 +98,7 @@ fn actor() -> String {
 
 /// Runs `safehouse stop`.
 pub fn run(args: StopArgs) -> Result<ExitCode> {
-    let all = registered(Path::new(REGISTRY));
+    let all = registered(&Path::new(STATE_DIR).join(SHIM_REGISTRY));
     let in_ns = |t: &&Target| args.namespace.as_ref().is_none_or(|n| *n == t.namespace);
     let targets: Vec<Target> = if args.all {
         all.iter().filter(in_ns).cloned().collect()

@@ -114,7 +114,8 @@ fn runtime_classes_match_the_installed_handlers() {
         assert!(handlers.contains(handler));
         let path = repo().join("deploy/config").join(config);
         let text = std::fs::read_to_string(&path).expect("handler config shipped");
-        runsc_config::RuntimeConfig::parse(&text, &path).expect("handler config is valid");
+        safehouse_runsc_config::RuntimeConfig::parse(&text, &path)
+            .expect("handler config is valid");
     }
     for c in &classes {
         let memory = quantity(s(c, &["overhead", "podFixed", "memory"]));

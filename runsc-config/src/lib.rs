@@ -1,11 +1,13 @@
 //! How Safehouse runs runsc on a node.
 //!
-//! Two things live here and nothing else: the runtime config file (`/etc/safehouse/config.toml`
+//! Three things live here and nothing else: the paths and names the shim and the CLI share
+//! ([`paths`]), the runtime config file (`/etc/safehouse/config.toml`
 //! or the file a containerd runtime handler names with `ConfigPath`), and a probe of the installed
 //! `runsc` binary that the config is checked against. The shim and the `safehouse` CLI both read
 //! configs through this crate, so they can never disagree about what a config means.
 
 mod config;
+pub mod paths;
 mod probe;
 
 pub use config::{

@@ -6,16 +6,16 @@
 //! policy crate's pure function; this module only does the I/O around it. A policy that cannot
 //! be applied fails Create: Safehouse never runs a container open instead.
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use runsc_config::{PolicySection, RunscProbe};
 use safehouse_policy::{compile, AgentPolicy, CompileContext, CompiledPolicy, NetworkPlan};
+use safehouse_runsc_config::{PolicySection, RunscProbe};
 use serde_json::Value;
 
+use crate::bundle::{Bundle, CONFIG};
 use crate::error::{Result, ShimError};
 use crate::node::RuntimeEnv;
-use crate::runsc::SandboxFlags;
+use crate::runsc::{NetworkMode, SandboxFlags};
 
 /// The annotation (pod or container) that selects a policy by name.
 pub const SELECT_ANNOTATION: &str = "safehouse.dev/policy";
@@ -104,25 +104,49 @@ pub fn compile_context(section: &PolicySection, bundle: &Path) -> CompileContext
     ctx
 }
 
-/// Compiles `policy` against the bundle's spec and writes the confined spec back.
-pub fn confine_bundle(
+/// A container's policy, where it came from, and what it compiled to.
+pub struct Confinement {
+    /// The policy.
+    pub policy: AgentPolicy,
+    /// Where it came from.
+    pub source: PolicySource,
+    /// The confined spec, runsc flags and audit plan (the spec is written by the caller).
+    pub compiled: CompiledPolicy,
+}
+
+/// Chooses the policy for the bundle's spec and compiles it (nothing is written).
+pub fn confine(env: &RuntimeEnv, bundle: &Bundle) -> Result<Confinement> {
+    let config_name = env
+        .config
+        .source
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "<built-in defaults>".into());
+    let (policy, source) = select(&env.config.policy, &bundle.spec, &config_name)?;
+    let ctx = compile_context(&env.config.policy, &bundle.dir);
+    let compiled = compile_spec(&policy, &ctx, &bundle.spec, &bundle.file(CONFIG))?;
+    Ok(Confinement {
+        policy,
+        source,
+        compiled,
+    })
+}
+
+/// Compiles `policy` against `spec` (read from `path`, for messages).
+pub fn compile_spec(
     policy: &AgentPolicy,
     ctx: &CompileContext,
-    bundle: &Path,
-    spec_bytes: &[u8],
+    spec: &Value,
+    path: &Path,
 ) -> Result<CompiledPolicy> {
-    let path = bundle.join("config.json");
-    let spec: oci_spec::runtime::Spec = serde_json::from_slice(spec_bytes).map_err(|e| {
+    let spec: oci_spec::runtime::Spec = serde_json::from_value(spec.clone()).map_err(|e| {
         ShimError::InvalidArgument(format!(
             "{}: not a valid OCI runtime spec: {e}",
             path.display()
         ))
     })?;
-    let compiled = compile(policy, &spec, ctx).map_err(|e| {
-        ShimError::InvalidArgument(format!("refused by policy {:?}: {e}", e.policy()))
-    })?;
-    crate::container::write_spec(bundle, &compiled.spec)?;
-    Ok(compiled)
+    compile(policy, &spec, ctx)
+        .map_err(|e| ShimError::InvalidArgument(format!("refused by policy {:?}: {e}", e.policy())))
 }
 
 /// The process fields a policy decides: an exec into the container gets the container's
@@ -186,13 +210,8 @@ pub fn network_flags(
     compiled: &CompiledPolicy,
     netns: Option<PathBuf>,
 ) -> Result<SandboxFlags> {
-    let none = SandboxFlags {
-        network: "none".into(),
-        netns: None,
-        extra: Vec::new(),
-    };
     if !allows_network(compiled) {
-        return Ok(none);
+        return Ok(SandboxFlags::loopback_only());
     }
     let mode = match compiled.network {
         NetworkPlan::Open => "open",
@@ -205,7 +224,7 @@ pub fn network_flags(
         )));
     };
     let flags = env.sandbox_flags(Some(netns))?;
-    if flags.network == "sandbox" {
+    if flags.network == NetworkMode::Sandbox {
         return Err(ShimError::FailedPrecondition(format!(
             "policy {:?}: network.mode {mode} is enforced by nftables in the container's namespace, which gVisor's own netstack (runtime config network = \"sandbox\") bypasses; use network = \"auto\" or \"host\"",
             compiled.name
@@ -213,70 +232,6 @@ pub fn network_flags(
     }
     Ok(flags)
 }
-
-/// Points the container's `/etc/resolv.conf` at the sandbox's DNS forwarder (a file written
-/// into the bundle, bind-mounted read-only) and returns the upstream resolvers: the runtime
-/// config's `dns_upstreams`, else the nameservers of the resolv.conf the container was given,
-/// else the node's.
-pub fn point_resolver(
-    env: &RuntimeEnv,
-    spec: &Value,
-    bundle: &Path,
-    compiled: &mut CompiledPolicy,
-) -> Result<Vec<IpAddr>> {
-    let given_path = spec["mounts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|m| m["destination"] == "/etc/resolv.conf")
-        .and_then(|m| m["source"].as_str())
-        .map(PathBuf::from);
-    let given = given_path
-        .as_deref()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .unwrap_or_default();
-    let node = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let mut upstreams = env.config.dns_upstreams.clone();
-    if upstreams.is_empty() {
-        upstreams = crate::dns::nameservers(&given);
-    }
-    if upstreams.is_empty() {
-        upstreams = crate::dns::nameservers(&node)
-            .into_iter()
-            .filter(|a| !a.is_loopback())
-            .collect();
-    }
-    upstreams.retain(|a| !a.is_loopback() && !a.is_unspecified());
-    if upstreams.is_empty() {
-        return Err(ShimError::FailedPrecondition(format!(
-            "policy {:?} names hosts, but no upstream DNS resolver is known: set dns_upstreams in the runtime config or give the container an /etc/resolv.conf",
-            compiled.name
-        )));
-    }
-    let ours = bundle.join(RESOLV_CONF);
-    std::fs::write(&ours, crate::dns::sandbox_resolv_conf(&given))
-        .map_err(|e| ShimError::io(format!("write {}", ours.display()), e))?;
-    let mount = oci_spec::runtime::MountBuilder::default()
-        .destination("/etc/resolv.conf")
-        .typ("bind")
-        .source(&ours)
-        .options(
-            ["rbind", "ro", "nosuid", "nodev", "noexec"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .build()
-        .map_err(|e| ShimError::Internal(format!("resolv.conf mount: {e}")))?;
-    let mounts = compiled.spec.mounts_mut().get_or_insert_with(Vec::new);
-    mounts.retain(|m| m.destination() != Path::new("/etc/resolv.conf"));
-    mounts.push(mount);
-    crate::container::write_spec(bundle, &compiled.spec)?;
-    Ok(upstreams)
-}
-
-/// The resolv.conf the shim writes into the bundle for a sandbox with a DNS forwarder.
-pub const RESOLV_CONF: &str = "safehouse-resolv.conf";
 
 #[cfg(test)]
 mod tests {
@@ -324,7 +279,7 @@ mod tests {
         assert!(select(&section(Some(dir.path()), &[]), &traversal, "c.toml").is_err());
     }
 
-    fn env(network: runsc_config::NetworkMode) -> RuntimeEnv {
+    fn env(network: safehouse_runsc_config::NetworkMode) -> RuntimeEnv {
         let probe = RunscProbe::from_outputs(
             Path::new("/usr/bin/runsc"),
             "runsc version release-20240729.0\n",
@@ -332,7 +287,7 @@ mod tests {
         )
         .expect("probe");
         RuntimeEnv {
-            config: runsc_config::RuntimeConfig {
+            config: safehouse_runsc_config::RuntimeConfig {
                 network,
                 ..Default::default()
             },
@@ -359,14 +314,14 @@ mod tests {
 
     #[test]
     fn network_modes_need_a_namespace_of_their_own_and_never_netstack() {
-        use runsc_config::NetworkMode as M;
+        use safehouse_runsc_config::NetworkMode as M;
         let ns = Some(PathBuf::from("/var/run/netns/pod"));
         for mode in ["allowlist", "open"] {
             let c = compiled(mode);
             let flags = network_flags(&env(M::Auto), &c, ns.clone()).expect("host in its netns");
             assert_eq!(
-                (flags.network.as_str(), flags.netns.clone()),
-                ("host", ns.clone())
+                (flags.network, flags.netns.clone()),
+                (NetworkMode::Host, ns.clone())
             );
             let err = network_flags(&env(M::Auto), &c, None).expect_err("no netns");
             assert!(
@@ -379,10 +334,10 @@ mod tests {
             assert!(err.to_string().contains("bypasses"), "{err}");
             // An operator's `network = "none"` is stricter than the policy: loopback only.
             let flags = network_flags(&env(M::None), &c, ns.clone()).expect("none");
-            assert_eq!((flags.network.as_str(), flags.netns), ("none", None));
+            assert_eq!((flags.network, flags.netns), (NetworkMode::None, None));
         }
         let flags = network_flags(&env(M::Auto), &compiled("none"), ns).expect("none");
-        assert_eq!(flags.network, "none");
+        assert_eq!(flags.network, NetworkMode::None);
     }
 
     #[test]
@@ -436,7 +391,6 @@ mod tests {
 
     #[test]
     fn confines_a_ctr_spec_and_refuses_a_host_mount() {
-        let dir = tempfile::tempdir().expect("tempdir");
         let spec = json!({
             "ociVersion": "1.0.2",
             "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0},
@@ -444,18 +398,15 @@ mod tests {
             "root": {"path": "rootfs"},
             "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}]}
         });
-        let bytes = serde_json::to_vec(&spec).expect("json");
-        std::fs::write(dir.path().join("config.json"), &bytes).expect("write");
-        let compiled = confine_bundle(
+        let path = Path::new("/b/config.json");
+        let compiled = compile_spec(
             &AgentPolicy::strict_default(),
             &CompileContext::default(),
-            dir.path(),
-            &bytes,
+            &spec,
+            path,
         )
         .expect("confined");
-        let written: Value =
-            serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).expect("read"))
-                .expect("json");
+        let written = serde_json::to_value(&compiled.spec).expect("json");
         assert_eq!(written["root"]["readonly"], true);
         assert_ne!(
             written["process"]["user"]["uid"], 0,
@@ -469,12 +420,11 @@ mod tests {
 
         let mut bad = spec.clone();
         bad["mounts"] = json!([{"destination": "/host", "source": "/etc", "type": "bind", "options": ["rbind"]}]);
-        let bytes = serde_json::to_vec(&bad).expect("json");
-        let err = confine_bundle(
+        let err = compile_spec(
             &AgentPolicy::strict_default(),
             &CompileContext::default(),
-            dir.path(),
-            &bytes,
+            &bad,
+            path,
         )
         .expect_err("host mount refused");
         assert!(err.to_string().contains("/host"), "{err}");

@@ -2,15 +2,17 @@
 //! host-side resources it owns (rootfs mounts, stdio, runsc state) until it is deleted.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
+use safehouse_audit::ExitReason;
 use serde_json::Value;
 
 use crate::error::{Result, ShimError};
-use crate::process::Process;
-use crate::runsc::{Runsc, SandboxFlags};
+use crate::process::{ExecProcess, InitProcess, ProcessRef};
+use crate::runsc::SandboxRuntime;
+use crate::sandbox::undo::{Teardown, Undo};
+use crate::sandbox::Sandbox;
 
 /// CRI's annotation saying whether a spec is a pod sandbox or a container in one.
 pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
@@ -63,113 +65,62 @@ pub fn netns_path(spec: &Value) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-/// What the `delete` action needs when the shim process is gone (written into the bundle).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PersistedState {
-    /// runsc binary.
-    pub binary: PathBuf,
-    /// runsc root for the namespace.
-    pub root: PathBuf,
-    /// Global flags.
-    pub global: Vec<String>,
-    /// `--network=` value.
-    pub network: String,
-    /// Network namespace entered for runsc.
-    pub netns: Option<PathBuf>,
-    /// Sandbox process pid.
-    pub pid: u32,
-    /// Whether the shim mounted the rootfs.
-    pub rootfs_mounted: bool,
-    /// The nftables table the shim installed in `netns` for this sandbox, if any.
-    #[serde(default)]
-    pub nft_table: Option<String>,
-}
-
-/// File name of [`PersistedState`] in the bundle.
-pub const STATE_FILE: &str = "safehouse-state.json";
-
-impl PersistedState {
-    /// Writes the state into the bundle.
-    pub fn save(&self, bundle: &Path) -> Result<()> {
-        let data = serde_json::to_vec(self).map_err(|e| ShimError::Internal(e.to_string()))?;
-        std::fs::write(bundle.join(STATE_FILE), data)
-            .map_err(|e| ShimError::io(format!("write {}", bundle.join(STATE_FILE).display()), e))
-    }
-
-    /// Reads it back (the `delete` action).
-    pub fn load(bundle: &Path) -> Option<PersistedState> {
-        let data = std::fs::read(bundle.join(STATE_FILE)).ok()?;
-        serde_json::from_slice(&data).ok()
+/// Why a process ended, from its exit code alone: killed by a signal, or not.
+pub fn exit_reason(code: u32) -> ExitReason {
+    if code > 128 {
+        ExitReason::Killed
+    } else {
+        ExitReason::Normal
     }
 }
 
-/// A container of this shim.
+/// A container of this shim: its own state. What it shares with the other containers of its
+/// pod is its [`Sandbox`].
 pub struct Container {
     /// containerd's id.
     pub id: String,
     /// The bundle directory.
     pub bundle: PathBuf,
-    /// The id of the sandbox's root container (itself when it is the root).
-    pub sandbox_id: String,
-    /// Global runsc flags of its sandbox.
-    pub flags: SandboxFlags,
-    /// The runsc driving it.
-    pub runsc: Runsc,
-    /// Whether the shim mounted `bundle/rootfs` (and must unmount it).
-    pub rootfs_mounted: bool,
+    /// The sandbox it runs in.
+    pub sandbox: Arc<Sandbox>,
+    /// Its runsc: the sandbox's flags, logging into its own bundle.
+    pub runtime: Arc<dyn SandboxRuntime>,
     /// The init process.
-    pub init: Arc<Process>,
+    pub init: Arc<InitProcess>,
     /// Exec processes by exec id.
-    pub execs: Mutex<HashMap<String, Arc<Process>>>,
+    pub execs: Mutex<HashMap<String, Arc<ExecProcess>>>,
     /// Name of the agent policy confining it.
     pub policy: String,
     /// `sha256:` digest of that policy.
     pub policy_digest: String,
     /// The policy's wall-clock limit.
     pub timeout: Option<std::time::Duration>,
-    /// The sandbox's audit (shared by every container of a pod).
-    pub audit: Arc<crate::audit::SandboxAudit>,
-    /// The host cgroup runsc put the sandbox in (the `linux.cgroupsPath` of the pod's sandbox
-    /// container, shared by every container of the pod).
+    /// Its own `linux.cgroupsPath` (the sandbox's, for the sandbox's root container).
     pub cgroups_path: Option<String>,
-    /// Set once the kernel's OOM killer ended the sandbox; shared by every container of the
-    /// pod, so a member whose exit is handled after the sandbox's cgroup is gone still knows.
-    pub sandbox_oom: Arc<std::sync::atomic::AtomicBool>,
-    /// This container's own `linux.cgroupsPath` (the sandbox's for the root container).
-    pub own_cgroups_path: Option<String>,
     /// The policy's resource ceilings: an Update may tighten limits, never pass these.
     pub resource_policy: safehouse_policy::manifest::ResourcePolicy,
     /// Why Safehouse ended the container, when it did (timeout, violation).
-    pub exit_reason: Mutex<Option<safehouse_audit::ExitReason>>,
+    pub exit_reason: Mutex<Option<ExitReason>>,
     /// The spec's `startContainer` hooks (runsc skips them; the shim runs them before start).
     pub start_hooks: Vec<crate::hooks::Hook>,
     /// The spec's annotations, for the hooks' state.
     pub annotations: Value,
-    /// The network filter its policy compiled to (a pod member must match its sandbox's).
-    pub filter: Option<safehouse_policy::NetFilter>,
-    /// The sandbox's network plumbing (table, DNS forwarder), held by the root container.
-    pub network: Option<Arc<crate::netfilter::SandboxNetwork>>,
+    /// What it holds on the host, released by its teardown.
+    pub undo: tokio::sync::Mutex<Undo>,
 }
 
 impl Container {
     /// Records why Safehouse is about to end the container.
-    pub fn set_exit_reason(&self, reason: safehouse_audit::ExitReason) {
+    pub fn set_exit_reason(&self, reason: ExitReason) {
         *self.exit_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
     }
 
-    /// Why a process of this container ended, for the audit stream.
-    pub fn exit_reason_for(&self, p: &Process, code: u32) -> safehouse_audit::ExitReason {
-        use safehouse_audit::ExitReason;
-        if p.exec_id.is_empty() {
-            if let Some(r) = *self.exit_reason.lock().unwrap_or_else(|e| e.into_inner()) {
-                return r;
-            }
+    /// Why its init ended with `code`, for the audit stream.
+    pub fn init_exit_reason(&self, code: u32) -> ExitReason {
+        if let Some(r) = *self.exit_reason.lock().unwrap_or_else(|e| e.into_inner()) {
+            return r;
         }
-        if code > 128 {
-            ExitReason::Killed
-        } else {
-            ExitReason::Normal
-        }
+        exit_reason(code)
     }
 
     /// The state a hook reads on stdin.
@@ -185,19 +136,20 @@ impl Container {
 
     /// Whether this container started its sandbox.
     pub fn is_root(&self) -> bool {
-        self.sandbox_id == self.id
+        self.sandbox.id == self.id
     }
 
     /// The init (`exec_id` empty) or an exec process.
-    pub fn process(&self, exec_id: &str) -> Result<Arc<Process>> {
+    pub fn process(&self, exec_id: &str) -> Result<ProcessRef> {
         if exec_id.is_empty() {
-            return Ok(self.init.clone());
+            return Ok(ProcessRef::Init(self.init.clone()));
         }
         self.execs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(exec_id)
             .cloned()
+            .map(ProcessRef::Exec)
             .ok_or_else(|| {
                 ShimError::NotFound(format!(
                     "exec {exec_id:?} of container {:?} not found",
@@ -205,60 +157,10 @@ impl Container {
                 ))
             })
     }
-}
 
-/// Mounts containerd's rootfs mounts at `bundle/rootfs`.
-pub async fn mount_rootfs(
-    bundle: &Path,
-    mounts: &[containerd_shim_protos::api::Mount],
-) -> Result<bool> {
-    if mounts.is_empty() {
-        return Ok(false);
-    }
-    let target = bundle.join("rootfs");
-    std::fs::create_dir_all(&target)
-        .map_err(|e| ShimError::io(format!("create {}", target.display()), e))?;
-    for m in mounts {
-        if let Err(e) = containerd_shim::asynchronous::util::mount_rootfs(m, &target).await {
-            unmount_rootfs(bundle);
-            return Err(ShimError::Internal(format!(
-                "mount rootfs ({} {}) at {}: {e}",
-                m.type_,
-                m.source,
-                target.display()
-            )));
-        }
-    }
-    Ok(true)
-}
-
-/// Releases what the shim mounted on the host for a bundle: the rootfs (if it mounted it) and
-/// the read-only host binds.
-pub fn release_host_mounts(bundle: &Path, rootfs_mounted: bool) {
-    if rootfs_mounted {
-        unmount_rootfs(bundle);
-    }
-    crate::hostbind::release(bundle);
-}
-
-/// Replaces the bundle's `config.json` atomically (write aside, then rename).
-pub fn write_spec(bundle: &Path, spec: &impl Serialize) -> Result<()> {
-    let path = bundle.join("config.json");
-    let out = serde_json::to_vec_pretty(spec)
-        .map_err(|e| ShimError::Internal(format!("serialise {}: {e}", path.display())))?;
-    let tmp = bundle.join(".config.json.safehouse");
-    std::fs::write(&tmp, out).map_err(|e| ShimError::io(format!("write {}", tmp.display()), e))?;
-    std::fs::rename(&tmp, &path)
-        .map_err(|e| ShimError::io(format!("replace {}", path.display()), e))
-}
-
-/// Unmounts everything under `bundle/rootfs` (lazily: a busy mount must not block delete).
-pub fn unmount_rootfs(bundle: &Path) {
-    let target = bundle.join("rootfs");
-    if let Some(t) = target.to_str() {
-        if let Err(e) = containerd_shim::mount::umount_recursive(Some(t), libc::MNT_DETACH) {
-            tracing::warn!("unmount {t}: {e}");
-        }
+    /// Releases what the container holds on the host (see [`Undo`]).
+    pub async fn teardown(&self, how: &Teardown<'_>) -> Result<()> {
+        self.undo.lock().await.run(how).await
     }
 }
 

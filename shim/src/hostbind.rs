@@ -6,42 +6,39 @@
 //! read-only, and the spec points at that: the host kernel then refuses any write, whatever
 //! gVisor does. Removed when the container is deleted.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::mount::{mount, MsFlags};
-use serde_json::Value;
+use oci_spec::runtime::{Mount, Spec};
 
+use crate::bundle::RO_BINDS_DIR;
 use crate::error::{Result, ShimError};
 
-/// Directory in the bundle holding the read-only host binds.
-const DIR: &str = ".safehouse-ro";
-
-fn is_ro_bind(m: &Value) -> bool {
-    let opts: Vec<&str> = m["options"]
-        .as_array()
-        .map(|o| o.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    let bind = m["type"] == "bind" || opts.iter().any(|o| *o == "bind" || *o == "rbind");
+fn is_ro_bind(m: &Mount) -> bool {
+    let opts: Vec<&str> = m
+        .options()
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let bind =
+        m.typ().as_deref() == Some("bind") || opts.iter().any(|o| *o == "bind" || *o == "rbind");
     bind && opts.contains(&"ro")
 }
 
-/// Re-points every read-only bind mount of the bundle's spec at a read-only host bind.
-pub fn harden(bundle: &Path) -> Result<()> {
-    let path = bundle.join("config.json");
-    let text =
-        std::fs::read(&path).map_err(|e| ShimError::io(format!("read {}", path.display()), e))?;
-    let mut spec: Value = serde_json::from_slice(&text)
-        .map_err(|e| ShimError::Internal(format!("{}: {e}", path.display())))?;
-    let Some(mounts) = spec["mounts"].as_array_mut() else {
+/// Re-points every read-only bind mount of `spec` (the confined spec, in memory) at a read-only
+/// host bind under `bundle`. On an error some binds may be made: [`release`] removes them.
+pub fn harden(bundle: &Path, spec: &mut Spec) -> Result<()> {
+    let Some(mounts) = spec.mounts_mut() else {
         return Ok(());
     };
-    let dir = bundle.join(DIR);
-    let mut changed = false;
+    let dir = bundle.join(RO_BINDS_DIR);
     for (i, m) in mounts.iter_mut().enumerate() {
         if !is_ro_bind(m) {
             continue;
         }
-        let Some(source) = m["source"].as_str().map(PathBuf::from) else {
+        let Some(source) = m.source().clone() else {
             continue;
         };
         if !source.is_absolute() {
@@ -60,11 +57,7 @@ pub fn harden(bundle: &Path) -> Result<()> {
         };
         created.map_err(|e| ShimError::io(format!("create {}", target.display()), e))?;
         bind_read_only(&source, &target)?;
-        m["source"] = Value::String(target.display().to_string());
-        changed = true;
-    }
-    if changed {
-        crate::container::write_spec(bundle, &spec)?;
+        m.set_source(Some(target));
     }
     Ok(())
 }
@@ -98,7 +91,7 @@ fn bind_read_only(source: &Path, target: &Path) -> Result<()> {
 
 /// Unmounts and removes the read-only host binds of a bundle.
 pub fn release(bundle: &Path) {
-    let dir = bundle.join(DIR);
+    let dir = bundle.join(RO_BINDS_DIR);
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return;
     };
@@ -119,17 +112,23 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn mount(v: serde_json::Value) -> Mount {
+        serde_json::from_value(v).expect("mount")
+    }
+
     #[test]
     fn only_read_only_binds_are_hardened() {
-        assert!(is_ro_bind(
-            &json!({"type": "bind", "options": ["rbind", "ro"]})
-        ));
-        assert!(is_ro_bind(
-            &json!({"type": "none", "options": ["bind", "ro", "nosuid"]})
-        ));
-        assert!(!is_ro_bind(
-            &json!({"type": "bind", "options": ["rbind", "rw"]})
-        ));
-        assert!(!is_ro_bind(&json!({"type": "tmpfs", "options": ["ro"]})));
+        assert!(is_ro_bind(&mount(
+            json!({"destination": "/a", "type": "bind", "options": ["rbind", "ro"]})
+        )));
+        assert!(is_ro_bind(&mount(
+            json!({"destination": "/a", "type": "none", "options": ["bind", "ro", "nosuid"]})
+        )));
+        assert!(!is_ro_bind(&mount(
+            json!({"destination": "/a", "type": "bind", "options": ["rbind", "rw"]})
+        )));
+        assert!(!is_ro_bind(&mount(
+            json!({"destination": "/a", "type": "tmpfs", "options": ["ro"]})
+        )));
     }
 }

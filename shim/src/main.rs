@@ -2,20 +2,22 @@
 //! runtime; every container it serves runs in a gVisor sandbox.
 
 mod audit;
+mod bundle;
 mod cgroup;
 mod confine;
 mod container;
-mod dns;
 mod error;
+mod events;
 mod hooks;
 mod hostbind;
 mod logging;
-mod netfilter;
+mod network;
 mod node;
 mod process;
 mod reaper;
-mod refusals;
+mod rootfs;
 mod runsc;
+mod sandbox;
 mod service;
 mod stats;
 mod stdio;

@@ -5,14 +5,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use runsc_config::{NetworkMode, RunscProbe, RuntimeConfig};
+use safehouse_runsc_config::paths::STATE_DIR;
+use safehouse_runsc_config::{NetworkMode as ConfigNetwork, RunscProbe, RuntimeConfig};
 
 use crate::error::{Result, ShimError};
 use crate::reaper::Reaper;
-use crate::runsc::{Runsc, SandboxFlags};
-
-/// Where the shim keeps its own runtime files (console sockets).
-pub const STATE_DIR: &str = "/run/safehouse";
+use crate::runsc::cli::Runsc;
+use crate::runsc::{NetworkMode, SandboxFlags, SandboxRuntime};
 
 /// A loaded, validated runtime config with its runsc probe.
 pub struct RuntimeEnv {
@@ -26,10 +25,14 @@ pub struct RuntimeEnv {
 
 impl RuntimeEnv {
     /// Loads and checks a config (None = the default path or built-in defaults).
-    pub async fn load(path: Option<&Path>, reaper: &Reaper) -> Result<RuntimeEnv> {
+    pub async fn load(
+        path: Option<&Path>,
+        reaper: &Reaper,
+        probe_dir: &Path,
+    ) -> Result<RuntimeEnv> {
         let config =
             RuntimeConfig::load(path).map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
-        let probe = probe_cached(&config.binary, reaper).await?;
+        let probe = probe_cached(&config.binary, reaper, probe_dir).await?;
         let global = config
             .global_flags(&probe)
             .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
@@ -40,8 +43,8 @@ impl RuntimeEnv {
         })
     }
 
-    /// A runsc for containerd namespace `namespace`, logging into `log_dir`.
-    pub fn runsc(&self, namespace: &str, reaper: &Reaper, log_dir: &Path) -> Result<Runsc> {
+    /// runsc's state root for containerd namespace `namespace` (created if missing).
+    pub fn runsc_root(&self, namespace: &str) -> Result<PathBuf> {
         if namespace.is_empty() || namespace.contains('/') || namespace.starts_with('.') {
             return Err(ShimError::InvalidArgument(format!(
                 "invalid namespace {namespace:?}"
@@ -50,42 +53,74 @@ impl RuntimeEnv {
         let root = self.config.root.join(namespace);
         std::fs::create_dir_all(&root)
             .map_err(|e| ShimError::io(format!("create runsc root {}", root.display()), e))?;
-        Ok(Runsc::new(
-            self.config.binary.clone(),
-            root,
-            self.global.clone(),
-            log_dir.to_path_buf(),
-            reaper.clone(),
-        ))
+        Ok(root)
     }
 
     /// The network flags for a new sandbox whose spec names `netns` (or none).
     pub fn sandbox_flags(&self, netns: Option<PathBuf>) -> Result<SandboxFlags> {
         let (network, netns) = match (self.config.network, netns) {
-            (NetworkMode::None, _) | (NetworkMode::Auto, None) => ("none", None),
-            (NetworkMode::Auto | NetworkMode::Host, Some(ns)) => ("host", Some(ns)),
-            (NetworkMode::Sandbox, ns) => ("sandbox", ns),
-            (NetworkMode::Host, None) => {
+            (ConfigNetwork::None, _) | (ConfigNetwork::Auto, None) => (NetworkMode::None, None),
+            (ConfigNetwork::Auto | ConfigNetwork::Host, Some(ns)) => (NetworkMode::Host, Some(ns)),
+            (ConfigNetwork::Sandbox, ns) => (NetworkMode::Sandbox, ns),
+            (ConfigNetwork::Host, None) => {
                 return Err(ShimError::FailedPrecondition(
                     "network = \"host\" needs a container with its own network namespace; Safehouse never runs a sandbox on the node's network (use `ctr run --with-ns network:PATH`, CRI, or network = \"auto\")".into(),
                 ))
             }
         };
         Ok(SandboxFlags {
-            network: network.to_string(),
+            network,
             netns,
             extra: Vec::new(),
         })
     }
 }
 
-/// The node's configs, keyed by `ConfigPath`.
-#[derive(Clone, Default)]
+/// The node as one shim sees it: its runtime configs (keyed by `ConfigPath`, each loaded and
+/// probed once) and where its state lives.
+#[derive(Clone)]
 pub struct Node {
     envs: Arc<Mutex<HashMap<Option<PathBuf>, Arc<RuntimeEnv>>>>,
+    state_dir: PathBuf,
+    #[cfg(test)]
+    double: Option<Arc<crate::runsc::double::RunscDouble>>,
+}
+
+impl Default for Node {
+    fn default() -> Node {
+        Node::new(Path::new(STATE_DIR))
+    }
 }
 
 impl Node {
+    /// A node whose Safehouse state lives under `state_dir`.
+    pub fn new(state_dir: &Path) -> Node {
+        Node {
+            envs: Arc::default(),
+            state_dir: state_dir.to_path_buf(),
+            #[cfg(test)]
+            double: None,
+        }
+    }
+
+    /// A node for the task tests: `env` for every config path, `double` instead of runsc.
+    #[cfg(test)]
+    pub fn for_tests(
+        state_dir: &Path,
+        env: RuntimeEnv,
+        double: Arc<crate::runsc::double::RunscDouble>,
+    ) -> Node {
+        let node = Node {
+            double: Some(double),
+            ..Node::new(state_dir)
+        };
+        node.envs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(None, Arc::new(env));
+        node
+    }
+
     /// The env for a `ConfigPath` (loaded and probed on first use).
     pub async fn env_for(&self, path: Option<&Path>, reaper: &Reaper) -> Result<Arc<RuntimeEnv>> {
         let key = path.map(Path::to_path_buf);
@@ -97,7 +132,7 @@ impl Node {
         {
             return Ok(env.clone());
         }
-        let env = Arc::new(RuntimeEnv::load(path, reaper).await?);
+        let env = Arc::new(RuntimeEnv::load(path, reaper, &self.probe_dir()).await?);
         self.envs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -105,15 +140,55 @@ impl Node {
         Ok(env)
     }
 
+    /// The runsc of a new sandbox: `env`'s binary and flags, `flags` bound in, its state under
+    /// the root for `namespace`, logging into `log_dir`.
+    pub fn runtime(
+        &self,
+        env: &RuntimeEnv,
+        namespace: &str,
+        reaper: &Reaper,
+        flags: SandboxFlags,
+        log_dir: &Path,
+    ) -> Result<Arc<dyn SandboxRuntime>> {
+        let root = env.runsc_root(namespace)?;
+        #[cfg(test)]
+        if let Some(double) = &self.double {
+            return Ok(double.bound(root, flags));
+        }
+        Ok(Arc::new(Runsc::new(
+            env.config.binary.clone(),
+            root,
+            env.global.clone(),
+            flags,
+            log_dir.to_path_buf(),
+            reaper.clone(),
+        )))
+    }
+
     /// Directory for console sockets.
     pub fn console_dir(&self) -> PathBuf {
-        Path::new(STATE_DIR).join("console")
+        self.state_dir.join("console")
+    }
+
+    /// Directory for the sandboxes' trace sockets.
+    pub fn trace_dir(&self) -> PathBuf {
+        self.state_dir.join("trace")
+    }
+
+    /// Where probes of runsc binaries are cached.
+    fn probe_dir(&self) -> PathBuf {
+        self.state_dir.join("probe")
+    }
+
+    /// The registry file of a container (see [`safehouse_runsc_config::paths::registry_file`]).
+    pub fn registry_file(&self, namespace: &str, id: &str) -> PathBuf {
+        safehouse_runsc_config::paths::registry_file(&self.state_dir, namespace, id)
     }
 }
 
 /// Probes `binary`, reusing an earlier probe of the very same file (same path, inode, size and
 /// mtime) from `/run/safehouse/probe`: every shim would otherwise pay two runsc start-ups.
-async fn probe_cached(binary: &Path, reaper: &Reaper) -> Result<RunscProbe> {
+async fn probe_cached(binary: &Path, reaper: &Reaper, dir: &Path) -> Result<RunscProbe> {
     use sha2::Digest;
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(binary).map_err(|e| {
@@ -132,7 +207,6 @@ async fn probe_cached(binary: &Path, reaper: &Reaper) -> Result<RunscProbe> {
         meta.mtime_nsec()
     );
     let key = hex::encode(&sha2::Sha256::digest(identity.as_bytes())[..12]);
-    let dir = Path::new(STATE_DIR).join("probe");
     let file = dir.join(format!("{key}.json"));
     if let Some(probe) = std::fs::read(&file)
         .ok()
@@ -142,13 +216,13 @@ async fn probe_cached(binary: &Path, reaper: &Reaper) -> Result<RunscProbe> {
         return Ok(probe);
     }
     let deadline = std::time::Duration::from_secs(20);
-    let (_, version) = crate::runsc::capture(reaper, binary, &["--version"], deadline).await?;
-    let (_, flags) = crate::runsc::capture(reaper, binary, &["flags"], deadline).await?;
+    let (_, version) = crate::runsc::cli::capture(reaper, binary, &["--version"], deadline).await?;
+    let (_, flags) = crate::runsc::cli::capture(reaper, binary, &["flags"], deadline).await?;
     let probe = RunscProbe::from_outputs(binary, &version, &flags)
         .map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
     if let Ok(bytes) = serde_json::to_vec(&probe) {
         let tmp = dir.join(format!(".{key}.{}", std::process::id()));
-        let saved = std::fs::create_dir_all(&dir)
+        let saved = std::fs::create_dir_all(dir)
             .and_then(|_| std::fs::write(&tmp, bytes))
             .and_then(|_| std::fs::rename(&tmp, &file));
         if let Err(e) = saved {
@@ -170,7 +244,7 @@ mod tests {
             config,
             probe: RunscProbe {
                 path: "/usr/bin/runsc".into(),
-                version: runsc_config::RunscVersion(20240729),
+                version: safehouse_runsc_config::RunscVersion(20240729),
                 flags: Default::default(),
             },
             global: vec![],
@@ -180,16 +254,16 @@ mod tests {
     #[test]
     fn no_namespace_of_its_own_means_no_network() {
         let f = env("auto").sandbox_flags(None).expect("auto");
-        assert_eq!((f.network.as_str(), f.netns), ("none", None));
+        assert_eq!((f.network, f.netns), (NetworkMode::None, None));
         let f = env("auto")
             .sandbox_flags(Some("/var/run/netns/p".into()))
             .expect("auto with ns");
-        assert_eq!(f.network, "host");
+        assert_eq!(f.network, NetworkMode::Host);
         assert_eq!(f.netns, Some(PathBuf::from("/var/run/netns/p")));
         let f = env("none")
             .sandbox_flags(Some("/var/run/netns/p".into()))
             .expect("none");
-        assert_eq!((f.network.as_str(), f.netns), ("none", None));
+        assert_eq!((f.network, f.netns), (NetworkMode::None, None));
         assert!(
             env("host").sandbox_flags(None).is_err(),
             "never the node's network"

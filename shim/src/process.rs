@@ -1,9 +1,12 @@
-//! One process of a container (its init, or an exec) and its state machine.
+//! The processes of a container, its init and its execs, and the state machine they share.
 //!
 //! Created → Running ⇄ Paused, and any of them → Stopped when the exit arrives. Anything else
 //! (start twice, resume a running process, delete a running one) is an error, never a no-op.
+//! [`InitProcess`] and [`ExecProcess`] are two types (what differs between them lives there);
+//! [`ProcessRef`] is what a Task call that names either gets.
 
-use std::sync::Mutex;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use tokio::sync::watch;
@@ -38,36 +41,29 @@ impl Status {
     }
 }
 
-/// A process of a container.
+/// The state every process of a container has.
 pub struct Process {
-    /// The exec id ("" for the init process).
-    pub exec_id: String,
+    /// How errors name it: `task`, or `exec "ID"`.
+    label: String,
     /// Its stdio as containerd gave it.
     pub paths: IoPaths,
     state: Mutex<(Status, u32)>,
     exit_tx: watch::Sender<Option<Exit>>,
     /// Its stdio while it lives.
     pub io: tokio::sync::Mutex<ProcessIo>,
-    /// The pid inside the sandbox (exec processes), for `runsc kill --pid`.
-    pub internal_pid: Mutex<Option<i32>>,
-    /// A pod member's stdio between create and start: runsc gives a container joining a
-    /// sandbox the stdio of the `runsc start` command.
-    pub start_stdio: Mutex<Option<crate::runsc::ChildStdio>>,
     settled: watch::Sender<bool>,
 }
 
 impl Process {
     /// A new process in the Created state.
-    pub fn new(exec_id: &str, paths: IoPaths) -> Process {
+    fn new(label: String, paths: IoPaths) -> Process {
         let (exit_tx, _) = watch::channel(None);
         Process {
-            exec_id: exec_id.to_string(),
+            label,
             paths,
             state: Mutex::new((Status::Created, 0)),
             exit_tx,
             io: tokio::sync::Mutex::new(ProcessIo::default()),
-            internal_pid: Mutex::new(None),
-            start_stdio: Mutex::new(None),
             settled: watch::channel(false).0,
         }
     }
@@ -76,11 +72,16 @@ impl Process {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn what(&self) -> String {
-        if self.exec_id.is_empty() {
-            "task".into()
+    fn what(&self) -> &str {
+        &self.label
+    }
+
+    /// How logs and errors name it: `init` or `exec "ID"`.
+    pub fn label(&self) -> &str {
+        if self.label == "task" {
+            "init"
         } else {
-            format!("exec {:?}", self.exec_id)
+            &self.label
         }
     }
 
@@ -204,13 +205,99 @@ impl Process {
     }
 }
 
+/// A container's init process: its exit is the container's.
+pub struct InitProcess {
+    process: Process,
+    /// A pod member's stdio between create and start: runsc gives a container joining a
+    /// sandbox the stdio of the `runsc start` command.
+    pub start_stdio: Mutex<Option<crate::runsc::ChildStdio>>,
+}
+
+impl InitProcess {
+    /// A new init in the Created state.
+    pub fn new(paths: IoPaths) -> InitProcess {
+        InitProcess {
+            process: Process::new("task".into(), paths),
+            start_stdio: Mutex::new(None),
+        }
+    }
+}
+
+impl Deref for InitProcess {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+/// A process started in a running container by Exec.
+pub struct ExecProcess {
+    /// containerd's exec id.
+    pub exec_id: String,
+    process: Process,
+    /// The pid inside the sandbox, for `runsc kill --pid` (known once runsc wrote it).
+    pub internal_pid: Mutex<Option<i32>>,
+}
+
+impl ExecProcess {
+    /// A new exec in the Created state.
+    pub fn new(exec_id: &str, paths: IoPaths) -> ExecProcess {
+        ExecProcess {
+            exec_id: exec_id.to_string(),
+            process: Process::new(format!("exec {exec_id:?}"), paths),
+            internal_pid: Mutex::new(None),
+        }
+    }
+
+    /// Its pid inside the sandbox, if known yet.
+    pub fn internal_pid(&self) -> Option<i32> {
+        *self.internal_pid.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Deref for ExecProcess {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+/// The process a Task call names: the init (empty exec id) or an exec.
+#[derive(Clone)]
+pub enum ProcessRef {
+    /// The container's init.
+    Init(Arc<InitProcess>),
+    /// One of its execs.
+    Exec(Arc<ExecProcess>),
+}
+
+impl ProcessRef {
+    /// The exec id containerd knows it by ("" for the init).
+    pub fn exec_id(&self) -> &str {
+        match self {
+            ProcessRef::Init(_) => "",
+            ProcessRef::Exec(e) => &e.exec_id,
+        }
+    }
+}
+
+impl Deref for ProcessRef {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        match self {
+            ProcessRef::Init(p) => p,
+            ProcessRef::Exec(p) => p,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test]
     async fn illegal_transitions_are_errors() {
-        let p = Process::new("", IoPaths::default());
+        let p = InitProcess::new(IoPaths::default());
         assert!(
             p.mark_paused(true).is_err(),
             "cannot pause a created process"

@@ -69,6 +69,15 @@ impl Reaper {
         rx
     }
 
+    /// Hands `exit` to the waiter of `pid`, as reaping it would (the task tests' sandboxes are
+    /// not real processes).
+    #[cfg(test)]
+    pub fn deliver(&self, pid: i32, exit: Exit) {
+        if let Some(tx) = self.lock().waiters.remove(&pid) {
+            let _ = tx.send(exit);
+        }
+    }
+
     /// Stops waiting for `pid` (the exit, if any, is dropped).
     pub fn forget(&self, pid: i32) {
         let mut state = self.lock();

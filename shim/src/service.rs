@@ -11,10 +11,14 @@ use containerd_shim::{Config, Error as ShimCrateError, Flags, StartOpts};
 use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::protobuf::MessageField;
 
-use crate::container::{self, PersistedState};
+use crate::audit::AuditOutput;
+use crate::bundle::{ADDRESS_FILE, CONFIG, STATE_FILE};
+use crate::events::{Events, TtrpcForward};
 use crate::node::Node;
 use crate::reaper::Reaper;
-use crate::runsc::{Runsc, SandboxFlags};
+use crate::runsc::cli::Runsc;
+use crate::runsc::{SandboxFlags, SandboxRuntime};
+use crate::sandbox::persisted::PersistedState;
 use crate::task::TaskService;
 
 /// The runtime type containerd knows this shim by.
@@ -46,13 +50,13 @@ impl Shim for SafehouseShim {
 
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, ShimCrateError> {
         // All containers of a pod share one shim: group by CRI's sandbox id.
-        let spec: serde_json::Value = std::fs::read("config.json")
+        let spec: serde_json::Value = std::fs::read(CONFIG)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        let grouping = container::grouping_id(&spec, &opts.id);
+        let grouping = crate::container::grouping_id(&spec, &opts.id);
         let address = spawn(opts, &grouping, Vec::new()).await?;
-        containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
+        containerd_shim::asynchronous::util::write_str_to_file(ADDRESS_FILE, &address).await?;
         Ok(address)
     }
 
@@ -67,19 +71,20 @@ impl Shim for SafehouseShim {
             cleanup_after_dead_shim(&self.id, &bundle, &st).await;
             // The sockets the dead shim hosted for this container: its sandbox's trace sink and
             // its terminal (both named from the ids; absent ones are fine).
+            let node = Node::default();
             let trace = safehouse_audit::sink::sandbox_socket_path(
-                &Path::new(crate::node::STATE_DIR).join("trace"),
+                &node.trace_dir(),
                 &self.namespace,
                 &self.id,
             );
             let console = crate::stdio::ConsoleSocket::path_for(
-                &crate::node::Node::default().console_dir(),
+                &node.console_dir(),
                 &format!("{}/{}", self.namespace, self.id),
             );
             for sock in [trace, console] {
                 let _ = std::fs::remove_file(sock);
             }
-            crate::task::unregister(&self.namespace, &self.id);
+            crate::task::unregister(&node, &self.namespace, &self.id);
             // A listener still answering before the clean-up can have been a process of the
             // dead shim's that the clean-up has just ended: look once more.
             if !socket_gone {
@@ -113,12 +118,17 @@ impl Shim for SafehouseShim {
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
         let reaper = Reaper::default();
         tokio::spawn(reaper.clone().run());
+        // Events go out through a queue of the shim's own that keeps their order (events.rs);
+        // containerd-shim's publisher is kept for its address only.
+        let events = Events::start(&self.namespace, TtrpcForward::new(&publisher.address));
+        drop(publisher);
         let service = TaskService::new(
             &self.namespace,
-            publisher,
+            events,
             reaper,
             Node::default(),
             self.exit.clone(),
+            AuditOutput::claiming_stdout(),
         );
         service.exit_on_sigterm_when_idle();
         service
@@ -131,19 +141,20 @@ async fn cleanup_after_dead_shim(id: &str, bundle: &Path, st: &PersistedState) {
     let reaper = Reaper::default();
     tokio::spawn(reaper.clone().run());
     let runsc_reaper = reaper.clone();
+    let flags = SandboxFlags {
+        network: st.network,
+        netns: st.netns.clone(),
+        extra: Vec::new(),
+    };
     let runsc = Runsc::new(
         st.binary.clone(),
         st.root.clone(),
         st.global.clone(),
+        flags,
         bundle.to_path_buf(),
         reaper,
     );
-    let flags = SandboxFlags {
-        network: st.network.clone(),
-        netns: st.netns.clone(),
-        extra: Vec::new(),
-    };
-    match runsc.delete(id, &flags).await {
+    match runsc.delete(id).await {
         Ok(()) => tracing::info!(container = %id, "deleted sandbox left by a dead shim"),
         Err(e) => tracing::warn!(container = %id, "{e}"),
     }
@@ -156,15 +167,18 @@ async fn cleanup_after_dead_shim(id: &str, bundle: &Path, st: &PersistedState) {
         );
     }
     if let (Some(table), Some(netns)) = (&st.nft_table, &st.netns) {
-        let t = crate::netfilter::InstalledTable {
+        let t = crate::network::filter::InstalledTable {
             table: table.clone(),
             netns: netns.clone(),
         };
-        crate::netfilter::remove(&runsc_reaper, &t).await;
+        crate::network::filter::remove(&runsc_reaper, &t).await;
     }
-    container::release_host_mounts(bundle, st.rootfs_mounted);
+    if st.rootfs_mounted {
+        crate::rootfs::unmount(bundle);
+    }
+    crate::hostbind::release(bundle);
     runsc.remove_log(id);
-    let _ = std::fs::remove_file(bundle.join(container::STATE_FILE));
+    let _ = std::fs::remove_file(bundle.join(STATE_FILE));
 }
 
 /// Removes the ttrpc socket a killed shim left in /run/containerd/s (named in the bundle's
@@ -173,7 +187,7 @@ async fn cleanup_after_dead_shim(id: &str, bundle: &Path, st: &PersistedState) {
 /// was none).
 fn remove_dead_shim_socket(bundle: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
-    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
+    let Ok(address) = std::fs::read_to_string(bundle.join(ADDRESS_FILE)) else {
         return true;
     };
     let path = Path::new(address.trim().trim_start_matches("unix://"));

@@ -1,7 +1,18 @@
-//! The ttrpc Task service: each containerd call mapped onto the operations in this module
-//! tree, with errors converted to ttrpc statuses.
+//! The ttrpc Task service: each containerd call handed to its file in this module, with errors
+//! converted to ttrpc statuses.
 
-use super::*;
+use async_trait::async_trait;
+use containerd_shim_protos::api;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::{Message, MessageField};
+use containerd_shim_protos::shim_async::Task;
+use containerd_shim_protos::ttrpc::{self, r#async::TtrpcContext};
+use safehouse_runsc_config::paths::ACTOR_METADATA;
+use tracing::{info, instrument};
+
+use super::{ts, TaskService, FLUSH_EVENTS};
+use crate::error::ShimError;
+use crate::stats;
 
 #[async_trait]
 impl Task for TaskService {
@@ -11,7 +22,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> ttrpc::Result<api::CreateTaskResponse> {
-        Ok(self.do_create(req).await?)
+        Ok(self.create_task(req).await?)
     }
 
     #[instrument(skip_all, fields(id = %req.id, exec = %req.exec_id))]
@@ -20,7 +31,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> ttrpc::Result<api::StartResponse> {
-        Ok(self.do_start(req).await?)
+        Ok(self.start_process(req).await?)
     }
 
     #[instrument(skip_all, fields(id = %req.id, exec = %req.exec_id))]
@@ -77,7 +88,7 @@ impl Task for TaskService {
             .and_then(|v| v.first())
             .map(|a| a.chars().take(200).collect::<String>())
             .unwrap_or_else(|| "containerd".into());
-        self.do_kill(req, &actor).await?;
+        self.kill_process(req, &actor).await?;
         Ok(api::Empty::new())
     }
 
@@ -87,7 +98,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> ttrpc::Result<api::DeleteResponse> {
-        Ok(self.do_delete(req).await?)
+        Ok(self.delete_process(req).await?)
     }
 
     #[instrument(skip_all, fields(id = %req.id, exec = %req.exec_id))]
@@ -96,7 +107,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ExecProcessRequest,
     ) -> ttrpc::Result<api::Empty> {
-        self.do_exec(req).await?;
+        self.add_exec(req).await?;
         Ok(api::Empty::new())
     }
 
@@ -134,7 +145,7 @@ impl Task for TaskService {
     ) -> ttrpc::Result<api::PidsResponse> {
         let c = self.get(&req.id)?;
         self.running(&c)?;
-        let pids = c.runsc.ps(&c.id, &c.flags).await?;
+        let pids = c.runtime.ps(&c.id).await?;
         Ok(api::PidsResponse {
             processes: pids
                 .into_iter()
@@ -153,7 +164,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::PauseRequest,
     ) -> ttrpc::Result<api::Empty> {
-        self.do_pause(&req.id, false).await?;
+        self.set_paused(&req.id, false).await?;
         Ok(api::Empty::new())
     }
 
@@ -163,7 +174,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ResumeRequest,
     ) -> ttrpc::Result<api::Empty> {
-        self.do_pause(&req.id, true).await?;
+        self.set_paused(&req.id, true).await?;
         Ok(api::Empty::new())
     }
 
@@ -186,7 +197,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::UpdateTaskRequest,
     ) -> ttrpc::Result<api::Empty> {
-        self.do_update(req).await?;
+        self.update_resources(req).await?;
         Ok(api::Empty::new())
     }
 
@@ -198,7 +209,7 @@ impl Task for TaskService {
     ) -> ttrpc::Result<api::StatsResponse> {
         let c = self.get(&req.id)?;
         self.running(&c)?;
-        let raw = c.runsc.stats(&c.id, &c.flags).await?;
+        let raw = c.runtime.stats(&c.id).await?;
         let metrics = stats::metrics_from_runsc(&raw);
         let value = metrics
             .write_to_bytes()
@@ -237,6 +248,7 @@ impl Task for TaskService {
         let left = self.map().len();
         if left == 0 {
             info!("no container left: shutting down");
+            self.events.flush(FLUSH_EVENTS).await;
             self.audit.finish().await;
             self.exit.signal();
         } else {

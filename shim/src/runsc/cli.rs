@@ -1,21 +1,22 @@
-//! The one place that builds runsc command lines.
+//! The one place that builds runsc command lines: [`Runsc`], the real [`SandboxRuntime`].
 //!
 //! Every runsc invocation for a sandbox carries the same global flags (runsc re-reads them on
 //! each call, so `create` with `--network=none` followed by a `start` without it fails), runs in
 //! the sandbox's network namespace when it has one, has a deadline, and reports failures with
 //! runsc's own last error message rather than "exit status 128".
 
-use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use containerd_shim_protos::ttrpc::Code;
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
+use super::{ChildStdio, CreateOpts, ExecOpts, KillOpts, SandboxFlags, SandboxRuntime, Spawned};
 use crate::error::{Result, ShimError};
 use crate::reaper::{Exit, Reaper};
 
@@ -23,38 +24,6 @@ use crate::reaper::{Exit, Reaper};
 const SHORT: Duration = Duration::from_secs(30);
 /// Deadline for `runsc create` (boots the sandbox; slow on a loaded node).
 const CREATE: Duration = Duration::from_secs(120);
-
-/// The flags and namespace every invocation for one sandbox shares.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SandboxFlags {
-    /// `--network=` value: none, host or sandbox.
-    pub network: String,
-    /// The container's own network namespace, entered before exec'ing runsc.
-    pub netns: Option<PathBuf>,
-    /// Extra global flags the policy asked for (e.g. `--pod-init-config=...`).
-    pub extra: Vec<String>,
-}
-
-/// The three stdio handles given to a runsc command that donates them to the container.
-pub struct ChildStdio {
-    /// stdin (None = /dev/null).
-    pub stdin: Option<OwnedFd>,
-    /// stdout (None = /dev/null).
-    pub stdout: Option<OwnedFd>,
-    /// stderr (None = /dev/null).
-    pub stderr: Option<OwnedFd>,
-}
-
-impl ChildStdio {
-    /// All three on /dev/null.
-    pub fn null() -> ChildStdio {
-        ChildStdio {
-            stdin: None,
-            stdout: None,
-            stderr: None,
-        }
-    }
-}
 
 fn to_stdio(fd: Option<OwnedFd>) -> Stdio {
     fd.map(Stdio::from).unwrap_or_else(Stdio::null)
@@ -70,22 +39,25 @@ enum CommandIo {
     Capture,
 }
 
-/// One `runsc` binary with its node-wide flags and state root (per containerd namespace).
+/// One `runsc` binary with its node-wide flags, its state root (per containerd namespace) and
+/// one sandbox's flags, logging into a container's bundle.
 #[derive(Clone)]
 pub struct Runsc {
     binary: PathBuf,
     root: PathBuf,
     global: Vec<String>,
+    flags: SandboxFlags,
     log_dir: PathBuf,
     reaper: Reaper,
 }
 
 impl Runsc {
-    /// A runsc driven with `--root=root` and the node's global flags.
+    /// A runsc driven with `--root=root`, the node's global flags and a sandbox's flags.
     pub fn new(
         binary: PathBuf,
         root: PathBuf,
         global: Vec<String>,
+        flags: SandboxFlags,
         log_dir: PathBuf,
         reaper: Reaper,
     ) -> Runsc {
@@ -93,26 +65,22 @@ impl Runsc {
             binary,
             root,
             global,
+            flags,
             log_dir,
             reaper,
         }
     }
 
-    /// runsc's state root for this namespace.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// The argv (after the binary) of an invocation, without spawning it: for tests and logs.
-    pub fn argv(&self, sb: &SandboxFlags, log: &Path, sub: &[String]) -> Vec<String> {
+    pub fn argv(&self, log: &Path, sub: &[String]) -> Vec<String> {
         let mut argv = vec![
             format!("--root={}", self.root.display()),
             format!("--log={}", log.display()),
             "--log-format=json".to_string(),
-            format!("--network={}", sb.network),
+            format!("--network={}", self.flags.network.as_str()),
         ];
         argv.extend(self.global.iter().cloned());
-        argv.extend(sb.extra.iter().cloned());
+        argv.extend(self.flags.extra.iter().cloned());
         argv.extend(sub.iter().cloned());
         argv
     }
@@ -121,24 +89,12 @@ impl Runsc {
         self.log_dir.join(format!("{id}.runsc.log"))
     }
 
-    fn command(&self, id: &str, sb: &SandboxFlags, sub: &[String]) -> Result<(Command, PathBuf)> {
+    fn command(&self, id: &str, sub: &[String]) -> Result<(Command, PathBuf)> {
         let log = self.log_path(id);
         let mut cmd = Command::new(&self.binary);
-        cmd.args(self.argv(sb, &log, sub));
-        if let Some(ns) = &sb.netns {
-            let file = File::open(ns).map_err(|e| {
-                ShimError::io(format!("open network namespace {}", ns.display()), e)
-            })?;
-            // SAFETY: setns(2) is async-signal-safe; the fd stays open in the parent until spawn
-            // returns because `file` is moved into the closure that lives as long as `cmd`.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+        cmd.args(self.argv(&log, sub));
+        if let Some(ns) = &self.flags.netns {
+            crate::network::netns::enter_on_exec(&mut cmd, crate::network::netns::open(ns)?);
         }
         Ok((cmd, log))
     }
@@ -150,13 +106,12 @@ impl Runsc {
     async fn run(
         &self,
         id: &str,
-        sb: &SandboxFlags,
         name: &str,
         sub: Vec<String>,
         io: CommandIo,
         deadline: Duration,
     ) -> Result<String> {
-        let (mut cmd, log) = self.command(id, sb, &sub)?;
+        let (mut cmd, log) = self.command(id, &sub)?;
         let log_start = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
         match io {
             CommandIo::Donate(s) => {
@@ -228,187 +183,8 @@ impl Runsc {
         })
     }
 
-    /// `runsc create`: boots the sandbox (or joins the pod's) with the container's stdio.
-    pub async fn create(
-        &self,
-        id: &str,
-        bundle: &Path,
-        pid_file: &Path,
-        console_socket: Option<&Path>,
-        stdio: ChildStdio,
-        sb: &SandboxFlags,
-    ) -> Result<()> {
-        let mut sub = vec![
-            "create".to_string(),
-            format!("--bundle={}", bundle.display()),
-            format!("--pid-file={}", pid_file.display()),
-        ];
-        if let Some(sock) = console_socket {
-            sub.push(format!("--console-socket={}", sock.display()));
-        }
-        sub.push(id.to_string());
-        self.run(id, sb, "create", sub, CommandIo::Donate(stdio), CREATE)
-            .await
-            .map(drop)
-    }
-
-    /// `runsc start`. A container joining a pod gets the stdio of its `start` command (runsc
-    /// donates it to the sandbox then), so its stdio is given here, not at create.
-    pub async fn start(
-        &self,
-        id: &str,
-        sb: &SandboxFlags,
-        stdio: Option<ChildStdio>,
-    ) -> Result<()> {
-        self.run(
-            id,
-            sb,
-            "start",
-            vec!["start".into(), id.into()],
-            stdio.map(CommandIo::Donate).unwrap_or(CommandIo::Discard),
-            SHORT,
-        )
-        .await
-        .map(drop)
-    }
-
-    /// `runsc kill [--all] [--pid P] ID SIGNAL`.
-    pub async fn kill(
-        &self,
-        id: &str,
-        signal: u32,
-        all: bool,
-        pid: Option<i32>,
-        sb: &SandboxFlags,
-    ) -> Result<()> {
-        let mut sub = vec!["kill".to_string()];
-        if all {
-            sub.push("--all".into());
-        }
-        if let Some(p) = pid {
-            sub.push(format!("--pid={p}"));
-        }
-        sub.push(id.into());
-        sub.push(signal.to_string());
-        self.run(id, sb, "kill", sub, CommandIo::Discard, SHORT)
-            .await
-            .map(drop)
-    }
-
-    /// `runsc delete --force`: stops the container (and the sandbox, for its root container).
-    /// Idempotent: a container runsc no longer knows is already deleted.
-    pub async fn delete(&self, id: &str, sb: &SandboxFlags) -> Result<()> {
-        let res = self
-            .run(
-                id,
-                sb,
-                "delete",
-                vec!["delete".into(), "--force".into(), id.into()],
-                CommandIo::Discard,
-                SHORT,
-            )
-            .await;
-        match res {
-            Err(e) if e.code() == Code::NOT_FOUND => Ok(()),
-            other => other.map(drop),
-        }
-    }
-
-    /// `runsc pause` / `runsc resume`.
-    pub async fn pause(&self, id: &str, resume: bool, sb: &SandboxFlags) -> Result<()> {
-        let name = if resume { "resume" } else { "pause" };
-        self.run(
-            id,
-            sb,
-            name,
-            vec![name.into(), id.into()],
-            CommandIo::Discard,
-            SHORT,
-        )
-        .await
-        .map(drop)
-    }
-
-    /// `runsc ps --format json`: the sandbox-internal pids of the container.
-    pub async fn ps(&self, id: &str, sb: &SandboxFlags) -> Result<Vec<u32>> {
-        let out = self
-            .run(
-                id,
-                sb,
-                "ps",
-                vec!["ps".into(), "--format=json".into(), id.into()],
-                CommandIo::Capture,
-                SHORT,
-            )
-            .await?;
-        let trimmed = out.trim();
-        if trimmed.is_empty() || trimmed == "null" {
-            return Ok(Vec::new());
-        }
-        serde_json::from_str(trimmed)
-            .map_err(|e| ShimError::Internal(format!("runsc ps {id}: unreadable output: {e}")))
-    }
-
-    /// `runsc events --stats`: one JSON object of cgroup-style counters.
-    pub async fn stats(&self, id: &str, sb: &SandboxFlags) -> Result<serde_json::Value> {
-        let out = self
-            .run(
-                id,
-                sb,
-                "events",
-                vec!["events".into(), "--stats".into(), id.into()],
-                CommandIo::Capture,
-                SHORT,
-            )
-            .await?;
-        serde_json::from_str(out.trim()).map_err(|e| {
-            ShimError::Internal(format!("runsc events --stats {id}: unreadable output: {e}"))
-        })
-    }
-
-    /// Spawns a foreground `runsc exec`; its exit status is the exec'd process's. For a
-    /// terminal, `stdio` is a pty the caller opened (runsc ignores --console-socket here).
-    pub fn spawn_exec(
-        &self,
-        id: &str,
-        process_file: &Path,
-        internal_pid_file: &Path,
-        stdio: ChildStdio,
-        sb: &SandboxFlags,
-    ) -> Result<(u32, oneshot::Receiver<Exit>)> {
-        let mut sub = vec![
-            "exec".to_string(),
-            format!("--process={}", process_file.display()),
-            format!("--internal-pid-file={}", internal_pid_file.display()),
-        ];
-        sub.push(id.into());
-        self.spawn_long(id, sb, sub, stdio)
-    }
-
-    /// Spawns `runsc wait ID`, for containers that joined a pod's sandbox (their exit is not
-    /// the sandbox process's). Its stdout carries `{"id":..,"exitStatus":N}`.
-    pub fn spawn_wait(
-        &self,
-        id: &str,
-        sb: &SandboxFlags,
-        stdout: OwnedFd,
-    ) -> Result<(u32, oneshot::Receiver<Exit>)> {
-        let stdio = ChildStdio {
-            stdin: None,
-            stdout: Some(stdout),
-            stderr: None,
-        };
-        self.spawn_long(id, sb, vec!["wait".into(), id.into()], stdio)
-    }
-
-    fn spawn_long(
-        &self,
-        id: &str,
-        sb: &SandboxFlags,
-        sub: Vec<String>,
-        stdio: ChildStdio,
-    ) -> Result<(u32, oneshot::Receiver<Exit>)> {
-        let (mut cmd, _log) = self.command(id, sb, &sub)?;
+    fn spawn_long(&self, id: &str, sub: Vec<String>, stdio: ChildStdio) -> Result<Spawned> {
+        let (mut cmd, _log) = self.command(id, &sub)?;
         cmd.stdin(to_stdio(stdio.stdin))
             .stdout(to_stdio(stdio.stdout))
             .stderr(to_stdio(stdio.stderr));
@@ -418,9 +194,126 @@ impl Runsc {
             .map_err(|e| ShimError::io(format!("run {}", self.binary.display()), e))?;
         Ok((child.id(), exit))
     }
+}
 
-    /// Removes the container's runsc log.
-    pub fn remove_log(&self, id: &str) {
+#[async_trait]
+impl SandboxRuntime for Runsc {
+    fn for_container(&self, log_dir: &Path) -> Arc<dyn SandboxRuntime> {
+        let mut other = self.clone();
+        other.log_dir = log_dir.to_path_buf();
+        Arc::new(other)
+    }
+
+    fn flags(&self) -> &SandboxFlags {
+        &self.flags
+    }
+
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    async fn create(&self, id: &str, opts: CreateOpts<'_>) -> Result<()> {
+        let mut sub = vec![
+            "create".to_string(),
+            format!("--bundle={}", opts.bundle.display()),
+            format!("--pid-file={}", opts.pid_file.display()),
+        ];
+        if let Some(sock) = opts.console_socket {
+            sub.push(format!("--console-socket={}", sock.display()));
+        }
+        sub.push(id.to_string());
+        self.run(id, "create", sub, CommandIo::Donate(opts.stdio), CREATE)
+            .await
+            .map(drop)
+    }
+
+    /// A container joining a pod gets the stdio of its `start` command (runsc donates it to
+    /// the sandbox then), so its stdio is given here, not at create.
+    async fn start(&self, id: &str, stdio: Option<ChildStdio>) -> Result<()> {
+        let io = stdio.map(CommandIo::Donate).unwrap_or(CommandIo::Discard);
+        self.run(id, "start", vec!["start".into(), id.into()], io, SHORT)
+            .await
+            .map(drop)
+    }
+
+    async fn kill(&self, id: &str, opts: KillOpts) -> Result<()> {
+        let mut sub = vec!["kill".to_string()];
+        if opts.all {
+            sub.push("--all".into());
+        }
+        if let Some(p) = opts.pid {
+            sub.push(format!("--pid={p}"));
+        }
+        sub.push(id.into());
+        sub.push(opts.signal.to_string());
+        self.run(id, "kill", sub, CommandIo::Discard, SHORT)
+            .await
+            .map(drop)
+    }
+
+    /// `runsc delete --force`. A container runsc no longer knows is already deleted.
+    async fn delete(&self, id: &str) -> Result<()> {
+        let sub = vec!["delete".into(), "--force".into(), id.into()];
+        match self.run(id, "delete", sub, CommandIo::Discard, SHORT).await {
+            Err(e) if e.code() == Code::NOT_FOUND => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    async fn pause(&self, id: &str, resume: bool) -> Result<()> {
+        let name = if resume { "resume" } else { "pause" };
+        let sub = vec![name.into(), id.into()];
+        self.run(id, name, sub, CommandIo::Discard, SHORT)
+            .await
+            .map(drop)
+    }
+
+    async fn ps(&self, id: &str) -> Result<Vec<u32>> {
+        let sub = vec!["ps".into(), "--format=json".into(), id.into()];
+        let out = self.run(id, "ps", sub, CommandIo::Capture, SHORT).await?;
+        let trimmed = out.trim();
+        if trimmed.is_empty() || trimmed == "null" {
+            return Ok(Vec::new());
+        }
+        serde_json::from_str(trimmed)
+            .map_err(|e| ShimError::Internal(format!("runsc ps {id}: unreadable output: {e}")))
+    }
+
+    async fn stats(&self, id: &str) -> Result<serde_json::Value> {
+        let sub = vec!["events".into(), "--stats".into(), id.into()];
+        let out = self
+            .run(id, "events", sub, CommandIo::Capture, SHORT)
+            .await?;
+        serde_json::from_str(out.trim()).map_err(|e| {
+            ShimError::Internal(format!("runsc events --stats {id}: unreadable output: {e}"))
+        })
+    }
+
+    /// For a terminal, `stdio` is a pty the caller opened (runsc ignores --console-socket for
+    /// a foreground exec).
+    fn spawn_exec(&self, id: &str, opts: ExecOpts<'_>) -> Result<Spawned> {
+        let sub = vec![
+            "exec".to_string(),
+            format!("--process={}", opts.process_file.display()),
+            format!("--internal-pid-file={}", opts.internal_pid_file.display()),
+            id.into(),
+        ];
+        self.spawn_long(id, sub, opts.stdio)
+    }
+
+    fn spawn_wait(&self, id: &str, stdout: OwnedFd) -> Result<Spawned> {
+        let stdio = ChildStdio {
+            stdout: Some(stdout),
+            ..ChildStdio::default()
+        };
+        self.spawn_long(id, vec!["wait".into(), id.into()], stdio)
+    }
+
+    fn forget_dead(&self, id: &str) -> bool {
+        super::state::remove_container_files(&self.root, id)
+    }
+
+    fn remove_log(&self, id: &str) {
         let _ = std::fs::remove_file(self.log_path(id));
     }
 }
@@ -577,19 +470,19 @@ mod tests {
 
     #[test]
     fn every_invocation_carries_the_same_global_flags() {
+        let sb = SandboxFlags {
+            extra: vec!["--pod-init-config=/x.json".into()],
+            ..SandboxFlags::loopback_only()
+        };
         let runsc = Runsc::new(
             "/usr/bin/runsc".into(),
             "/run/safehouse/runsc/default".into(),
             vec!["--platform=systrap".into()],
+            sb,
             "/tmp".into(),
             Reaper::default(),
         );
-        let sb = SandboxFlags {
-            network: "none".into(),
-            netns: None,
-            extra: vec!["--pod-init-config=/x.json".into()],
-        };
-        let argv = runsc.argv(&sb, Path::new("/tmp/c.log"), &["start".into(), "c".into()]);
+        let argv = runsc.argv(Path::new("/tmp/c.log"), &["start".into(), "c".into()]);
         assert_eq!(
             argv,
             vec![

@@ -5,11 +5,8 @@
 //! the node's own addresses. The node's root namespace is never touched: every nft command
 //! runs in a namespace the container was given.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -43,24 +40,14 @@ fn nft_binary() -> PathBuf {
 /// Runs `nft -f -` with `script` inside the network namespace at `netns`; returns what it
 /// printed.
 pub async fn nft(reaper: &Reaper, netns: &Path, script: &str) -> Result<String> {
-    let ns = File::open(netns)
-        .map_err(|e| ShimError::io(format!("open network namespace {}", netns.display()), e))?;
+    let ns = super::netns::open(netns)?;
     let binary = nft_binary();
     let mut cmd = Command::new(&binary);
     cmd.args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: setns(2) is async-signal-safe; `ns` is moved into the closure, so its fd stays
-    // open until the command is dropped after spawn.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    super::netns::enter_on_exec(&mut cmd, ns);
     let (mut child, exit) = reaper
         .spawn(&mut cmd)
         .map_err(|e| ShimError::io(format!("run {}", binary.display()), e))?;
@@ -195,30 +182,6 @@ pub fn node_addrs() -> Vec<IpAddr> {
     out.sort();
     out.dedup();
     out
-}
-
-/// A sandbox's network plumbing: its table and, for host-name entries, its DNS forwarder.
-pub struct SandboxNetwork {
-    /// The installed table.
-    pub table: InstalledTable,
-    /// The DNS forwarder, if the policy names hosts.
-    pub dns: Option<crate::dns::DnsForwarder>,
-    /// The reader of refused packets (see `refusals`).
-    pub refusals: crate::refusals::RefusalLog,
-}
-
-impl SandboxNetwork {
-    /// Stops the forwarder and removes the table.
-    pub async fn teardown(&self, reaper: &Reaper) {
-        if let Some(dns) = &self.dns {
-            dns.stop();
-        }
-        self.refusals.stop();
-        if let Some(counted) = refused_count(reaper, &self.table).await {
-            self.refusals.report_unrecorded(counted);
-        }
-        remove(reaper, &self.table).await;
-    }
 }
 
 #[cfg(test)]

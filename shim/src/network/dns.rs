@@ -9,7 +9,6 @@
 //! every query and its verdict. It does no DNS parsing of its own (hickory-proto does).
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -26,8 +25,9 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{oneshot, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::filter::{learn, InstalledTable};
+use super::netns::in_netns;
 use crate::error::{Result, ShimError};
-use crate::netfilter::{learn, InstalledTable};
 use crate::reaper::Reaper;
 
 /// Where the forwarder listens inside the sandbox's namespace.
@@ -173,21 +173,6 @@ fn bind_in(netns: &Path, upstreams: &[IpAddr]) -> Result<Sockets> {
         bound.2.map(tokio_sock).transpose()?,
         bound.3.map(tokio_sock).transpose()?,
     ))
-}
-
-/// Runs `make` on a short-lived thread inside the network namespace at `netns`: sockets it
-/// creates belong to that namespace wherever they are used afterwards.
-pub(crate) fn in_netns<T: Send + 'static>(
-    netns: &Path,
-    make: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
-    let ns = File::open(netns)?;
-    std::thread::spawn(move || {
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-        make()
-    })
-    .join()
-    .map_err(|_| std::io::Error::other("a namespace thread panicked"))?
 }
 
 /// Upstream exchanges in flight on the shared UDP sockets, by (upstream, the id we gave the
@@ -561,55 +546,11 @@ fn error_reply(query: &Message, code: ResponseCode) -> Option<Vec<u8>> {
     m.to_vec().ok()
 }
 
-/// Nameserver addresses in a resolv.conf text.
-pub fn nameservers(resolv_conf: &str) -> Vec<IpAddr> {
-    resolv_conf
-        .lines()
-        .filter_map(|l| {
-            let mut words = l.split_whitespace();
-            (words.next() == Some("nameserver"))
-                .then(|| words.next()?.parse::<IpAddr>().ok())
-                .flatten()
-        })
-        .collect()
-}
-
-/// The resolv.conf the sandbox gets: only the forwarder (search and options lines kept).
-pub fn sandbox_resolv_conf(given: &str) -> String {
-    let mut out = format!(
-        "# written by Safehouse: the sandbox's DNS forwarder\nnameserver {}\n",
-        LISTEN.ip()
-    );
-    for l in given.lines() {
-        let first = l.split_whitespace().next();
-        if matches!(first, Some("search") | Some("domain") | Some("options")) {
-            out.push_str(l);
-            out.push('\n');
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use hickory_proto::op::Query;
     use hickory_proto::rr::{Name, RecordType};
-
-    #[test]
-    fn resolv_conf_points_at_the_forwarder_only() {
-        let given = "search svc.cluster.local\nnameserver 10.96.0.10\nnameserver fd00::a\noptions ndots:5\n";
-        assert_eq!(
-            nameservers(given),
-            vec![
-                "10.96.0.10".parse::<IpAddr>().expect("ip"),
-                "fd00::a".parse().expect("ip")
-            ]
-        );
-        let ours = sandbox_resolv_conf(given);
-        assert_eq!(nameservers(&ours), vec![LISTEN.ip()]);
-        assert!(ours.contains("search svc.cluster.local") && ours.contains("options ndots:5"));
-    }
 
     #[test]
     fn refusal_keeps_the_id_and_question() {

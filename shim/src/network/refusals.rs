@@ -71,7 +71,7 @@ impl RefusalLog {
         on_refused: OnRefused,
         on_unrecorded: OnUnrecorded,
     ) -> Result<RefusalLog> {
-        let fd = crate::dns::in_netns(netns, move || open(group)).map_err(|e| {
+        let fd = super::netns::in_netns(netns, move || open(group)).map_err(|e| {
             ShimError::io(
                 format!(
                     "open the refusal log (NFLOG group {group}) in {}",

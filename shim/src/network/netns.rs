@@ -1,0 +1,48 @@
+//! Entering a container's network namespace: the one place the shim calls setns(2).
+//!
+//! Two ways in, both leaving the shim's own threads in the node's namespace: a child process
+//! that enters the namespace between fork and exec ([`enter_on_exec`], for runsc, nft and
+//! hooks), and a short-lived thread that enters it to create sockets ([`in_netns`]); a socket
+//! belongs to the namespace it was created in wherever it is used afterwards.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use crate::error::{Result, ShimError};
+
+/// Opens the namespace file at `netns`.
+pub fn open(netns: &Path) -> Result<File> {
+    File::open(netns)
+        .map_err(|e| ShimError::io(format!("open network namespace {}", netns.display()), e))
+}
+
+/// Makes `cmd`'s child enter the network namespace `ns` before it execs.
+pub fn enter_on_exec(cmd: &mut Command, ns: File) {
+    // SAFETY: setns(2) is async-signal-safe; `ns` is moved into the closure, so its fd stays
+    // open until `cmd` is dropped, after spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Runs `make` on a short-lived thread inside the network namespace at `netns`.
+pub fn in_netns<T: Send + 'static>(
+    netns: &Path,
+    make: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let ns = File::open(netns)?;
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        make()
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("a namespace thread panicked"))?
+}

@@ -1,0 +1,422 @@
+//! The Task calls against a runsc double: what each path leaves behind, above all the failed
+//! ones. No root, no runsc, no containerd.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use containerd_shim::asynchronous::ExitSignal;
+use containerd_shim_protos::api;
+use containerd_shim_protos::ttrpc::Code;
+use serde_json::{json, Value};
+
+use super::TaskService;
+use crate::audit::AuditOutput;
+use crate::bundle::{CONFIG, POD_INIT_CONFIG, STATE_FILE};
+use crate::container::{CRI_CONTAINER_TYPE, CRI_SANDBOX_ID};
+use crate::events::record::{Delivered, Flaky};
+use crate::events::Events;
+use crate::node::{Node, RuntimeEnv};
+use crate::process::Status;
+use crate::reaper::{Exit, Reaper};
+use crate::runsc::double::{sandbox_pid, RunscDouble};
+
+struct Harness {
+    dir: tempfile::TempDir,
+    double: RunscDouble,
+    service: TaskService,
+    delivered: Delivered,
+}
+
+fn harness() -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!(
+        "root = \"{root}\"\n[audit]\noutput = \"{audit}\"\n",
+        root = dir.path().join("runsc-root").display(),
+        audit = dir.path().join("audit.jsonl").display()
+    );
+    let config =
+        safehouse_runsc_config::RuntimeConfig::parse(&config, Path::new("t.toml")).expect("config");
+    let probe = safehouse_runsc_config::RunscProbe::from_outputs(
+        Path::new("/usr/bin/runsc"),
+        "runsc version release-20240729.0\n",
+        "  -network value\n    \tnetwork\n",
+    )
+    .expect("probe");
+    let env = RuntimeEnv {
+        config,
+        probe,
+        global: Vec::new(),
+    };
+    let double = RunscDouble::default();
+    let node = Node::for_tests(&dir.path().join("state"), env, Arc::new(double.clone()));
+    let delivered = Delivered::default();
+    let events = Events::start(
+        "default",
+        Flaky {
+            failures: 0,
+            delivered: delivered.clone(),
+        },
+    );
+    let service = TaskService::new(
+        "default",
+        events,
+        Reaper::default(),
+        node,
+        Arc::new(ExitSignal::default()),
+        AuditOutput::default(),
+    );
+    Harness {
+        dir,
+        double,
+        service,
+        delivered,
+    }
+}
+
+impl Harness {
+    /// A bundle for container `id` with a minimal spec, edited by `edit`.
+    fn bundle(&self, id: &str, edit: impl FnOnce(&mut Value)) -> PathBuf {
+        let bundle = self.dir.path().join("bundles").join(id);
+        std::fs::create_dir_all(bundle.join("rootfs/bin")).expect("mkdir");
+        let mut spec = json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["/bin/sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "root": {"path": "rootfs"},
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "mount"}, {"type": "network"}]}
+        });
+        edit(&mut spec);
+        std::fs::write(bundle.join(CONFIG), spec.to_string()).expect("write spec");
+        bundle
+    }
+
+    async fn create(&self, id: &str, bundle: &Path) -> crate::error::Result<u32> {
+        let req = api::CreateTaskRequest {
+            id: id.into(),
+            bundle: bundle.display().to_string(),
+            ..Default::default()
+        };
+        self.service.create_task(req).await.map(|r| r.pid)
+    }
+
+    async fn start(&self, id: &str) -> crate::error::Result<u32> {
+        let req = api::StartRequest {
+            id: id.into(),
+            ..Default::default()
+        };
+        self.service.start_process(req).await.map(|r| r.pid)
+    }
+
+    async fn kill(&self, id: &str) -> crate::error::Result<()> {
+        let req = api::KillRequest {
+            id: id.into(),
+            signal: 9,
+            all: true,
+            ..Default::default()
+        };
+        self.service.kill_process(req, "test").await
+    }
+
+    async fn delete(&self, id: &str) -> crate::error::Result<u32> {
+        let req = api::DeleteRequest {
+            id: id.into(),
+            ..Default::default()
+        };
+        self.service
+            .delete_process(req)
+            .await
+            .map(|r| r.exit_status)
+    }
+
+    /// The sandbox process exits with `code`, as the reaper would report it.
+    async fn sandbox_exits(&self, id: &str, code: u32) {
+        self.service.reaper.deliver(
+            sandbox_pid() as i32,
+            Exit {
+                code,
+                at: SystemTime::now(),
+            },
+        );
+        let c = self.service.get(id).expect("container");
+        tokio::time::timeout(Duration::from_secs(5), c.init.wait())
+            .await
+            .expect("the exit is handled");
+    }
+
+    fn trace_sockets(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.dir.path().join("state/trace"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+
+    async fn topics(&self) -> Vec<String> {
+        self.service.events.flush(Duration::from_secs(5)).await;
+        self.delivered.topics()
+    }
+}
+
+#[tokio::test]
+async fn create_start_exit_delete_of_a_dead_sandbox_needs_no_runsc_delete() {
+    let h = harness();
+    let b = h.bundle("c1", |_| {});
+    h.create("c1", &b).await.expect("created");
+    assert_eq!(h.double.calls(), vec!["create c1"]);
+    assert!(b.join(STATE_FILE).exists(), "the delete action's state");
+    assert!(
+        b.join(POD_INIT_CONFIG).exists(),
+        "the strict default records"
+    );
+    assert_eq!(h.trace_sockets().len(), 1, "the sandbox's trace sink");
+    let confined: Value =
+        serde_json::from_slice(&std::fs::read(b.join(CONFIG)).expect("read")).expect("json");
+    assert_eq!(
+        confined["root"]["readonly"], true,
+        "the confined spec was written"
+    );
+
+    h.start("c1").await.expect("started");
+    h.sandbox_exits("c1", 0).await;
+    assert_eq!(h.delete("c1").await.expect("deleted"), 0);
+    // The sandbox was gone: its state is forgotten without a runsc start-up.
+    assert_eq!(h.double.calls(), vec!["create c1", "start c1", "forget c1"]);
+    assert!(!b.join(STATE_FILE).exists());
+    assert!(!b.join(POD_INIT_CONFIG).exists());
+    assert!(h.trace_sockets().is_empty(), "the sink's socket is gone");
+    assert!(h.service.get("c1").is_err());
+    assert_eq!(
+        h.topics().await,
+        vec![
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exit",
+            "/tasks/delete"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_failed_runsc_create_releases_exactly_what_was_made() {
+    let h = harness();
+    h.double.fail("create", Code::UNKNOWN, "boom at boot");
+    let b = h.bundle("c1", |_| {});
+    let err = h.create("c1", &b).await.expect_err("create fails");
+    assert!(err.to_string().contains("boom at boot"), "{err}");
+    // runsc may have made state before failing: it is deleted; the sandbox's sink and files go.
+    assert_eq!(h.double.calls(), vec!["create c1", "delete c1"]);
+    assert!(h.trace_sockets().is_empty());
+    assert!(!b.join(POD_INIT_CONFIG).exists());
+    assert!(!b.join(STATE_FILE).exists());
+    assert!(h.service.get("c1").is_err(), "no container is kept");
+    assert!(
+        h.topics().await.is_empty(),
+        "no event for a task that never was"
+    );
+}
+
+#[tokio::test]
+async fn a_policy_refusal_starts_nothing_and_writes_nothing() {
+    let h = harness();
+    let b = h.bundle("c1", |spec| {
+        spec["mounts"] = json!([{"destination": "/host", "source": "/etc", "type": "bind", "options": ["rbind"]}]);
+    });
+    let before = std::fs::read(b.join(CONFIG)).expect("read");
+    let err = h.create("c1", &b).await.expect_err("refused");
+    assert_eq!(err.code(), Code::INVALID_ARGUMENT);
+    assert!(err.to_string().contains("/host"), "{err}");
+    assert!(h.double.calls().is_empty(), "runsc never ran");
+    assert!(h.trace_sockets().is_empty(), "no sink was bound");
+    assert_eq!(std::fs::read(b.join(CONFIG)).expect("read"), before);
+}
+
+#[tokio::test]
+async fn a_failed_start_releases_the_container_at_once_and_delete_still_works() {
+    let h = harness();
+    h.double.fail("start", Code::UNKNOWN, "no such binary");
+    let b = h.bundle("c1", |_| {});
+    h.create("c1", &b).await.expect("created");
+    let err = h.start("c1").await.expect_err("start fails");
+    assert!(err.to_string().contains("no such binary"), "{err}");
+    assert_eq!(
+        h.double.calls(),
+        vec!["create c1", "start c1", "delete c1"],
+        "the sandbox is deleted with the failed start"
+    );
+    assert!(!b.join(STATE_FILE).exists());
+    // The task stays for the client to see and delete; nothing is released twice.
+    h.sandbox_exits("c1", 137).await;
+    h.delete("c1").await.expect("deleted");
+    assert_eq!(h.double.calls_of("delete").len(), 1);
+    assert!(h.trace_sockets().is_empty());
+}
+
+#[tokio::test]
+async fn kill_of_an_exited_process_is_not_found() {
+    let h = harness();
+    let b = h.bundle("c1", |_| {});
+    h.create("c1", &b).await.expect("created");
+    h.start("c1").await.expect("started");
+    h.sandbox_exits("c1", 0).await;
+    let err = h.kill("c1").await.expect_err("already exited");
+    assert_eq!(err.code(), Code::NOT_FOUND, "{err}");
+    assert!(h.double.calls_of("kill").is_empty(), "runsc was not asked");
+}
+
+#[tokio::test]
+async fn kill_and_delete_after_the_sandbox_died_succeed_as_not_found_and_deleted() {
+    let h = harness();
+    let b = h.bundle("c1", |_| {});
+    h.create("c1", &b).await.expect("created");
+    h.start("c1").await.expect("started");
+    // kubelet SIGKILLs the pod's cgroup: runsc can no longer reach the sandbox.
+    h.double.die();
+    h.service.reaper.deliver(
+        sandbox_pid() as i32,
+        Exit {
+            code: 137,
+            at: SystemTime::now(),
+        },
+    );
+    tokio::task::yield_now().await;
+    let err = h.kill("c1").await.expect_err("gone");
+    assert_eq!(err.code(), Code::NOT_FOUND, "{err}");
+    assert_eq!(h.delete("c1").await.expect("deleted"), 137);
+    assert_eq!(
+        h.double.calls_of("delete").len(),
+        0,
+        "no runsc delete of a dead sandbox"
+    );
+    assert_eq!(h.double.calls_of("forget"), vec!["forget c1"]);
+}
+
+#[tokio::test]
+async fn a_failed_runsc_delete_of_a_live_sandbox_keeps_it_for_a_retry() {
+    let h = harness();
+    let b = h.bundle("c1", |_| {});
+    h.create("c1", &b).await.expect("created");
+    h.double.fail("delete", Code::UNKNOWN, "busy");
+    let err = h.delete("c1").await.expect_err("delete fails");
+    assert!(err.to_string().contains("busy"), "{err}");
+    assert!(h.service.get("c1").is_ok(), "still served");
+    assert!(
+        b.join(STATE_FILE).exists(),
+        "still recorded for the delete action"
+    );
+    assert_eq!(h.trace_sockets().len(), 1, "the sandbox's sink is kept");
+    h.double.succeed("delete");
+    h.delete("c1").await.expect("deleted on retry");
+    assert_eq!(h.double.calls_of("delete").len(), 2);
+    assert!(!b.join(STATE_FILE).exists());
+    assert!(h.trace_sockets().is_empty());
+}
+
+#[tokio::test]
+async fn a_pod_member_shares_the_sandbox_and_is_deleted_alone() {
+    let h = harness();
+    let pod = h.bundle("pod", |spec| {
+        spec["annotations"] = json!({CRI_CONTAINER_TYPE: "sandbox", CRI_SANDBOX_ID: "pod"});
+    });
+    let app = h.bundle("app", |spec| {
+        spec["annotations"] = json!({CRI_CONTAINER_TYPE: "container", CRI_SANDBOX_ID: "pod"});
+    });
+    h.create("pod", &pod).await.expect("pod");
+    h.create("app", &app).await.expect("member");
+    let root = h.service.get("pod").expect("pod");
+    let member = h.service.get("app").expect("member");
+    assert!(Arc::ptr_eq(&root.sandbox, &member.sandbox), "one sandbox");
+    assert_eq!(h.trace_sockets().len(), 1, "one trace sink per sandbox");
+    assert!(
+        !app.join(POD_INIT_CONFIG).exists(),
+        "a member joins the session"
+    );
+    h.delete("app").await.expect("member deleted");
+    assert_eq!(h.double.calls_of("delete"), vec!["delete app"]);
+    assert_eq!(
+        h.trace_sockets().len(),
+        1,
+        "the pod's sink outlives the member"
+    );
+    h.delete("pod").await.expect("pod deleted");
+    assert!(h.trace_sockets().is_empty());
+    assert_eq!(member.init.status(), Status::Stopped);
+}
+
+#[tokio::test]
+async fn a_member_of_a_pod_this_shim_does_not_serve_is_refused() {
+    let h = harness();
+    let app = h.bundle("app", |spec| {
+        spec["annotations"] = json!({CRI_CONTAINER_TYPE: "container", CRI_SANDBOX_ID: "nope"});
+    });
+    let err = h.create("app", &app).await.expect_err("refused");
+    assert_eq!(err.code(), Code::FAILED_PRECONDITION);
+    assert!(h.double.calls().is_empty());
+}
+
+#[tokio::test]
+async fn an_exec_runs_confined_and_reports_its_own_exit() {
+    let h = harness();
+    let b = h.bundle("c1", |_| {});
+    h.create("c1", &b).await.expect("created");
+    h.start("c1").await.expect("started");
+    let spec = json!({"args": ["id"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+        "capabilities": {"bounding": ["CAP_SYS_ADMIN"]}});
+    let req = api::ExecProcessRequest {
+        id: "c1".into(),
+        exec_id: "e1".into(),
+        spec: Some(
+            containerd_shim_protos::protobuf::well_known_types::any::Any {
+                value: spec.to_string().into_bytes(),
+                ..Default::default()
+            },
+        )
+        .into(),
+        ..Default::default()
+    };
+    h.service.add_exec(req).await.expect("exec added");
+    let written: Value = serde_json::from_slice(
+        &std::fs::read(crate::bundle::exec_file(&b, "e1", "process.json")).expect("read"),
+    )
+    .expect("json");
+    assert_ne!(written["user"]["uid"], 0, "the container's confined user");
+    assert_eq!(
+        written["capabilities"]["bounding"],
+        json!([]),
+        "no capability"
+    );
+    let start = api::StartRequest {
+        id: "c1".into(),
+        exec_id: "e1".into(),
+        ..Default::default()
+    };
+    let pid = h
+        .service
+        .start_process(start)
+        .await
+        .expect("exec started")
+        .pid;
+    h.double.finish(pid, 3);
+    let c = h.service.get("c1").expect("container");
+    let exec = c.process("e1").expect("exec");
+    let exit = tokio::time::timeout(Duration::from_secs(5), exec.wait())
+        .await
+        .expect("exit handled");
+    assert_eq!(exit.code, 3);
+    let del = api::DeleteRequest {
+        id: "c1".into(),
+        exec_id: "e1".into(),
+        ..Default::default()
+    };
+    let resp = h.service.delete_process(del).await.expect("exec deleted");
+    assert_eq!(resp.exit_status, 3);
+    assert!(c.process("e1").is_err(), "forgotten");
+    assert_eq!(c.init.status(), Status::Running, "the container runs on");
+    let topics = h.topics().await;
+    let exec_topics: Vec<&str> = topics
+        .iter()
+        .map(String::as_str)
+        .filter(|t| t.starts_with("/tasks/exec") || *t == "/tasks/exit")
+        .collect();
+    assert_eq!(
+        exec_topics,
+        vec!["/tasks/exec-added", "/tasks/exec-started", "/tasks/exit"]
+    );
+}
