@@ -85,6 +85,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 echo
 echo "ratio safehouse / go-shim-runsc: $(ratio "${median[safehouse]}" "${median[go-shim-runsc]}")  (target <= 0.80)"
 echo "ratio safehouse / runsc-direct:  $(ratio "${median[safehouse]}" "${median[runsc-direct]}")"
+echo "safehouse - runsc-direct:        $(awk -v a="${median[safehouse]}" -v b="${median[runsc-direct]}" 'BEGIN {printf "%.1f", a-b}') ms  (target <= 90)"
 echo "ratio safehouse / runc:          $(ratio "${median[safehouse]}" "${median[runc]}")"
 echo "ratio strict default / open, unaudited policy: $(ratio "${median[safehouse]}" "${median[safehouse-open]}")  (target < 1.05)"
 

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::LinuxResources;
 
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// Where the node mounts its cgroup hierarchies.
+pub const ROOT: &str = "/sys/fs/cgroup";
 
 /// The file holding the OOM kill counter for `cgroups_path` (an absolute cgroupfs path; the
 /// systemd `slice:prefix:name` form is not resolved).
@@ -27,7 +28,7 @@ pub fn oom_counter_file(root: &Path, cgroups_path: &str) -> Option<PathBuf> {
 
 /// How many processes the OOM killer has killed in the sandbox's cgroup.
 pub fn oom_kills(cgroups_path: &str) -> Option<u64> {
-    let file = oom_counter_file(Path::new(CGROUP_ROOT), cgroups_path)?;
+    let file = oom_counter_file(Path::new(ROOT), cgroups_path)?;
     parse_oom_kill(&std::fs::read_to_string(file).ok()?)
 }
 
@@ -91,6 +92,29 @@ pub fn remove_leftover(root: &Path, cgroups_path: &str) -> Vec<PathBuf> {
     dirs.into_iter()
         .filter(|d| d.is_dir() && std::fs::remove_dir(d).is_ok())
         .collect()
+}
+
+/// Whether no process is left in cgroup `cgroups_path` under `root`, in any hierarchy (an
+/// absent cgroup holds none).
+pub fn holds_no_process(root: &Path, cgroups_path: &str) -> bool {
+    // The systemd form (`slice:prefix:name`) is not resolved here: not known to be empty.
+    let Some(rel) = cgroups_path.strip_prefix('/') else {
+        return false;
+    };
+    if rel.is_empty() || rel.contains("..") {
+        return false;
+    }
+    let mut dirs = vec![root.join(rel)];
+    if !root.join("cgroup.controllers").exists() {
+        if let Ok(entries) = std::fs::read_dir(root) {
+            dirs.extend(entries.flatten().map(|e| e.path().join(rel)));
+        }
+    }
+    dirs.iter().all(|d| {
+        std::fs::read_to_string(d.join("cgroup.procs"))
+            .map(|procs| procs.trim().is_empty())
+            .unwrap_or(true)
+    })
 }
 
 fn v1_writes(root: &Path, rel: &str, res: &LinuxResources) -> Vec<(PathBuf, String)> {
@@ -307,5 +331,21 @@ mod tests {
             Some(1)
         );
         assert_eq!(parse_oom_kill("garbage"), None);
+    }
+
+    #[test]
+    fn a_cgroup_with_a_process_in_any_hierarchy_is_not_empty() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let r = root.path();
+        for h in ["memory", "pids"] {
+            std::fs::create_dir_all(r.join(h).join("pod/c1")).expect("mkdir");
+            std::fs::write(r.join(h).join("pod/c1/cgroup.procs"), "").expect("write");
+        }
+        assert!(holds_no_process(r, "/pod/c1"));
+        std::fs::write(r.join("pids/pod/c1/cgroup.procs"), "4242\n").expect("write");
+        assert!(!holds_no_process(r, "/pod/c1"), "the gofer is still there");
+        assert!(holds_no_process(r, "/pod/absent"));
+        assert!(!holds_no_process(r, "/pod/../etc"));
+        assert!(!holds_no_process(r, "kubepods.slice:cri:c1"), "unresolved");
     }
 }

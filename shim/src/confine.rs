@@ -80,7 +80,7 @@ pub fn select(
 }
 
 fn load(path: &Path) -> Result<AgentPolicy> {
-    safehouse_policy::load_file(path).map_err(|e| ShimError::InvalidArgument(e.to_string()))
+    Ok(safehouse_policy::load_file(path)?)
 }
 
 /// Where CRI-managed bind mounts may come from: the usual containerd/kubelet directories, the
@@ -145,8 +145,7 @@ pub fn compile_spec(
             path.display()
         ))
     })?;
-    compile(policy, &spec, ctx)
-        .map_err(|e| ShimError::InvalidArgument(format!("refused by policy {:?}: {e}", e.policy())))
+    Ok(compile(policy, &spec, ctx)?)
 }
 
 /// The process fields a policy decides: an exec into the container gets the container's

@@ -43,6 +43,22 @@ pub enum ShimError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The policy refused the spec (or is itself invalid): the compiler's error, kept whole.
+    #[error("refused by policy {policy:?}: {source}", policy = .source.policy())]
+    Refused {
+        /// The compiler's error.
+        #[from]
+        source: safehouse_policy::CompileError,
+    },
+    /// A policy file could not be loaded.
+    #[error(transparent)]
+    PolicyFile(#[from] safehouse_policy::LoadError),
+    /// The runtime config is invalid.
+    #[error(transparent)]
+    Config(#[from] safehouse_runsc_config::ConfigError),
+    /// The installed runsc could not be probed.
+    #[error(transparent)]
+    Probe(#[from] safehouse_runsc_config::ProbeError),
     /// Anything else, with context.
     #[error("{0}")]
     Internal(String),
@@ -62,7 +78,11 @@ impl ShimError {
         match self {
             ShimError::NotFound(_) => Code::NOT_FOUND,
             ShimError::AlreadyExists(_) => Code::ALREADY_EXISTS,
-            ShimError::InvalidArgument(_) => Code::INVALID_ARGUMENT,
+            ShimError::InvalidArgument(_)
+            | ShimError::Refused { .. }
+            | ShimError::PolicyFile(_)
+            | ShimError::Config(_) => Code::INVALID_ARGUMENT,
+            ShimError::Probe(_) => Code::FAILED_PRECONDITION,
             ShimError::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
             ShimError::Runsc { code, .. } => *code,

@@ -30,12 +30,9 @@ impl RuntimeEnv {
         reaper: &Reaper,
         probe_dir: &Path,
     ) -> Result<RuntimeEnv> {
-        let config =
-            RuntimeConfig::load(path).map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
+        let config = RuntimeConfig::load(path)?;
         let probe = probe_cached(&config.binary, reaper, probe_dir).await?;
-        let global = config
-            .global_flags(&probe)
-            .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
+        let global = config.global_flags(&probe)?;
         Ok(RuntimeEnv {
             config,
             probe,
@@ -218,8 +215,7 @@ async fn probe_cached(binary: &Path, reaper: &Reaper, dir: &Path) -> Result<Runs
     let deadline = std::time::Duration::from_secs(20);
     let (_, version) = crate::runsc::cli::capture(reaper, binary, &["--version"], deadline).await?;
     let (_, flags) = crate::runsc::cli::capture(reaper, binary, &["flags"], deadline).await?;
-    let probe = RunscProbe::from_outputs(binary, &version, &flags)
-        .map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
+    let probe = RunscProbe::from_outputs(binary, &version, &flags)?;
     if let Ok(bytes) = serde_json::to_vec(&probe) {
         let tmp = dir.join(format!(".{key}.{}", std::process::id()));
         let saved = std::fs::create_dir_all(dir)

@@ -117,6 +117,8 @@ pub async fn join_sandbox(
     let mut undo = Undo::default();
     let runtime = sandbox.runtime.for_container(&new.bundle.dir);
     let result = async {
+        // A member's resolv.conf points at the pod's forwarder too (its upstreams are the pod's).
+        point_resolver(host.env, &mut new, runtime.flags().network)?;
         let rootfs_mounted = prepare_host(&mut new, &mut undo).await?;
         new.bundle.write_spec(&new.confinement.compiled.spec)?;
         let init = Arc::new(InitProcess::new(new.io.clone()));
@@ -383,6 +385,7 @@ async fn runsc_create(
         runtime: runtime.for_container(&new.bundle.dir),
         id: id.clone(),
         poststop_hooks,
+        cgroup: own_cgroup(&new.bundle),
     });
     let pid_file = new.bundle.file(INIT_PID_FILE);
     let opts = CreateOpts {

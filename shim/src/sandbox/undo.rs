@@ -4,7 +4,7 @@
 //! once, and if it succeeds the list is kept for Delete. A failed Start and Delete run the very
 //! same list: there is one way to release what was made, whichever call ends it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tracing::warn;
@@ -32,8 +32,9 @@ pub enum Step {
     Stdio(Arc<InitProcess>),
     /// The container's runsc log.
     RuntimeLog(Arc<dyn SandboxRuntime>, String),
-    /// runsc's state of the container: `runsc delete`, or, once its sandbox is gone and it has
-    /// no poststop hook for runsc to run, its state files removed without a runsc start-up.
+    /// runsc's state of the container: `runsc delete`, or, once its sandbox is gone, no
+    /// process is left in its cgroup and it has no poststop hook for runsc to run, its state
+    /// files removed without a runsc start-up.
     RuntimeState {
         /// The container's runsc.
         runtime: Arc<dyn SandboxRuntime>,
@@ -41,6 +42,8 @@ pub enum Step {
         id: String,
         /// Whether its spec has poststop hooks (only `runsc delete` runs them).
         poststop_hooks: bool,
+        /// Its `linux.cgroupsPath` (runsc delete also ends what is left in it, a gofer say).
+        cgroup: Option<String>,
     },
     /// The reaper's watch on the sandbox process.
     ReaperWatch(i32),
@@ -117,8 +120,12 @@ async fn release(step: &Step, how: &Teardown<'_>) -> Result<()> {
             runtime,
             id,
             poststop_hooks,
+            cgroup,
         } => {
-            if how.sandbox_gone && !poststop_hooks {
+            let emptied = cgroup
+                .as_deref()
+                .is_none_or(|c| crate::cgroup::holds_no_process(Path::new(crate::cgroup::ROOT), c));
+            if how.sandbox_gone && !poststop_hooks && emptied {
                 runtime.forget_dead(id);
                 return Ok(());
             }

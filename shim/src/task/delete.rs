@@ -90,7 +90,7 @@ impl TaskService {
             e
         });
         if let Some(cgroup) = &c.cgroups_path {
-            let removed = crate::cgroup::remove_leftover(Path::new("/sys/fs/cgroup"), cgroup);
+            let removed = crate::cgroup::remove_leftover(Path::new(crate::cgroup::ROOT), cgroup);
             if !removed.is_empty() {
                 info!(container = %c.id, cgroup, "removed the cgroup runsc left (its sandbox had died)");
             }

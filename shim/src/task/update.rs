@@ -31,11 +31,12 @@ impl TaskService {
                 req.id
             ))
         })?;
-        let written =
-            crate::cgroup::apply_limits(std::path::Path::new("/sys/fs/cgroup"), cgroup, &resources)
-                .map_err(|e| {
-                    ShimError::FailedPrecondition(format!("update of {:?}: {e}", req.id))
-                })?;
+        let written = crate::cgroup::apply_limits(
+            std::path::Path::new(crate::cgroup::ROOT),
+            cgroup,
+            &resources,
+        )
+        .map_err(|e| ShimError::FailedPrecondition(format!("update of {:?}: {e}", req.id)))?;
         info!(container = %c.id, cgroup, files = written.len(), policy = %c.policy, "resources updated");
         Ok(())
     }
