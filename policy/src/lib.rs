@@ -11,6 +11,7 @@ pub mod digest;
 pub mod egress;
 pub mod explain;
 pub mod finding;
+pub mod limits;
 pub mod manifest;
 pub mod netfilter;
 pub mod parse;
@@ -27,6 +28,7 @@ pub use compile::{
 pub use digest::policy_digest;
 pub use explain::explain;
 pub use finding::{Finding, Severity};
+pub use limits::{LimitError, MAX_MANIFEST_BYTES, MAX_NESTING_DEPTH};
 pub use manifest::{AgentPolicy, AuditCategory, NetworkMode, ViolationAction, STRICT_DEFAULT_NAME};
 pub use netfilter::{
     FilterMode, Learned, NetFilter, NodeFacts, REFUSED_COUNTER, REFUSED_LOG_GROUP,

@@ -204,3 +204,105 @@ fn host_names_under_open_are_flagged_as_without_effect() {
         .collect();
     assert_eq!(flagged, ["spec.network.egress[0]"], "{:?}", report.findings);
 }
+
+/// `depth` nested flow sequences under `spec.process.tools`, as an attacker would write them.
+fn nested(depth: usize) -> String {
+    format!(
+        "apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {{name: deep}}\nspec:\n  process:\n    tools: {}{}\n",
+        "[".repeat(depth),
+        "]".repeat(depth)
+    )
+}
+
+fn assert_depth_error(report: &safehouse_policy::LintReport) {
+    assert!(report.policy.is_none());
+    assert_eq!(report.findings.len(), 1, "{:?}", report.findings);
+    let f = &report.findings[0];
+    assert!(
+        f.message.contains("nested more than 64 levels deep"),
+        "{}",
+        f.message
+    );
+}
+
+#[test]
+fn deeply_nested_manifests_fail_with_the_depth_error() {
+    // 100,000 levels (about 200 KB) and 30,000 levels: both used to cost seconds of CPU.
+    for depth in [100_000, 30_000] {
+        let report = lint_str(&nested(depth), Format::Yaml);
+        assert_depth_error(&report);
+        // Pointed at the first sequence past the limit: line 6, after `tools: ` and the 61
+        // brackets of levels 4 to 64 (the root, spec and process are levels 1 to 3).
+        assert_eq!(
+            report.findings[0].location,
+            Some(Location {
+                line: 6,
+                column: 12 + 61
+            })
+        );
+        let err = parse_str(&nested(depth), Format::Yaml).unwrap_err();
+        assert!(err.to_string().contains("64 levels"), "{err}");
+    }
+    // Block nesting counts the same way.
+    let mut block = String::from("apiVersion: safehouse.dev/v1alpha1\nspec:\n");
+    for level in 0..70 {
+        block.push_str(&format!("{}k{level}:\n", " ".repeat(level + 2)));
+    }
+    assert_depth_error(&lint_str(&block, Format::Yaml));
+    // JSON, in both readers.
+    let json = format!(
+        "{{\"kind\": \"AgentPolicy\", \"spec\": {}{}}}",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    assert_depth_error(&lint_str(&json, Format::Json));
+    assert_depth_error(&lint_str(&json, Format::Yaml));
+}
+
+#[test]
+fn nesting_up_to_the_limit_is_read() {
+    // 64 levels: refused for its shape (a tool is a string), not for its depth.
+    let report = lint_str(&nested(61), Format::Yaml);
+    let f = &report.findings[0];
+    assert_eq!(f.path, "spec.process.tools[0]");
+    assert!(f.message.contains("invalid type"), "{}", f.message);
+    let report = lint_str(&nested(62), Format::Yaml);
+    assert_depth_error(&report);
+}
+
+#[test]
+fn manifests_over_the_size_limit_fail_with_the_size_error() {
+    let base = "apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: big}\n";
+    let pad = |total: usize| format!("{base}{}", "#".repeat(total - base.len()));
+    let at_limit = pad(safehouse_policy::MAX_MANIFEST_BYTES);
+    assert_eq!(at_limit.len(), safehouse_policy::MAX_MANIFEST_BYTES);
+    assert!(parse_str(&at_limit, Format::Yaml).is_ok());
+    let over = pad(safehouse_policy::MAX_MANIFEST_BYTES + 1);
+    let report = lint_str(&over, Format::Yaml);
+    assert!(report.policy.is_none());
+    assert_eq!(
+        report.findings[0].message,
+        "the manifest is 1048577 bytes, over the limit of 1048576 bytes (1 MiB)"
+    );
+    assert_eq!(lint_str(&over, Format::Json).findings, report.findings);
+}
+
+#[test]
+fn load_file_reads_no_more_than_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.yaml");
+    std::fs::write(&path, "#".repeat(3 * safehouse_policy::MAX_MANIFEST_BYTES)).unwrap();
+    let err = safehouse_policy::load_file(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("is 1048577 bytes, over the limit of 1048576 bytes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_keys_with_dots_are_located_at_their_key() {
+    let text = BASE.replace("  process:\n", "  process:\n    \"a.b\": true\n");
+    let f = &lint_str(&text, Format::Yaml).findings[0];
+    assert_eq!(f.path, "spec.process.a.b");
+    assert_eq!(f.location, Some(Location { line: 7, column: 5 }));
+}
