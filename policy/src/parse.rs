@@ -182,7 +182,7 @@ pub fn read_bounded(path: &Path) -> std::io::Result<String> {
 fn deserialize(text: &str, format: Format, index: &PositionIndex) -> Result<AgentPolicy, Finding> {
     match format {
         Format::Yaml => {
-            let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
+            let mut value: serde_norway::Value = serde_norway::from_str(text).map_err(|e| {
                 let location = e.location().map(|l| Location {
                     line: l.line(),
                     column: l.column(),

@@ -39,7 +39,7 @@ fn examples_lint_clean() {
 fn strict_default_is_clean() {
     let p = AgentPolicy::strict_default();
     assert!(safehouse_policy::validate(&p).is_empty());
-    let yaml = serde_yaml::to_string(&p).unwrap();
+    let yaml = serde_norway::to_string(&p).unwrap();
     assert_eq!(parse_str(&yaml, Format::Yaml).unwrap(), p);
 }
 
@@ -305,4 +305,45 @@ fn unknown_keys_with_dots_are_located_at_their_key() {
     let f = &lint_str(&text, Format::Yaml).findings[0];
     assert_eq!(f.path, "spec.process.a.b");
     assert_eq!(f.location, Some(Location { line: 7, column: 5 }));
+}
+
+#[test]
+fn alias_bombs_are_refused_not_expanded() {
+    // Nine levels of nine aliases: 387 million strings if expanded.
+    let mut text = String::from("apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: bomb}\nx0: &x0 [a, a, a, a, a, a, a, a, a]\n");
+    for i in 1..10 {
+        let p = i - 1;
+        text.push_str(&format!(
+            "x{i}: &x{i} [*x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}]\n"
+        ));
+    }
+    let report = lint_str(&text, Format::Yaml);
+    assert!(report.policy.is_none());
+    assert!(
+        report.findings[0].message.contains("repetition limit"),
+        "{:?}",
+        report.findings
+    );
+}
+
+#[test]
+fn shape_errors_keep_their_positions_in_json_and_flow_yaml() {
+    let text = "{\"apiVersion\": \"safehouse.dev/v1alpha1\", \"kind\": \"AgentPolicy\",\n \"metadata\": {\"name\": \"p\"},\n \"spec\": {\"resources\": {\"pids\": \"many\"}}}";
+    for format in [Format::Json, Format::Yaml] {
+        let f = &lint_str(text, format).findings[0];
+        assert_eq!(f.path, "spec.resources.pids");
+        assert_eq!(
+            f.location,
+            Some(Location {
+                line: 3,
+                column: 33
+            }),
+            "{format:?}"
+        );
+        assert!(
+            f.message.starts_with("invalid type: string \"many\""),
+            "{}",
+            f.message
+        );
+    }
 }
