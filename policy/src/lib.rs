@@ -6,6 +6,7 @@
 //! it in plain sentences ([`explain()`]) and publishes its JSON Schema ([`json_schema`]).
 //! Everything but [`load_file`] is pure.
 
+pub mod compare;
 pub mod compile;
 pub mod digest;
 pub mod egress;
@@ -18,9 +19,11 @@ pub mod parse;
 pub mod paths;
 pub mod quantity;
 pub mod schema;
+pub mod select;
 pub mod span;
 pub mod validate;
 
+pub use compare::{compare, Comparison, Dimension, Loosening};
 pub use compile::{
     compile, AuditPlan, CompileContext, CompileError, CompiledPolicy, NetworkPlan,
     DIGEST_ANNOTATION, POLICY_ANNOTATION,
@@ -36,5 +39,6 @@ pub use netfilter::{
 };
 pub use parse::{lint_str, load_file, parse_str, Format, InvalidPolicy, LintReport, LoadError};
 pub use schema::json_schema;
+pub use select::{check_selectable, SelectError};
 pub use span::Location;
 pub use validate::validate;
