@@ -20,12 +20,14 @@ pub const MAX_NESTING_DEPTH: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LimitError {
     /// More bytes than [`MAX_MANIFEST_BYTES`].
-    #[error("the manifest is {size} bytes, over the limit of {limit} bytes (1 MiB)")]
+    #[error("the manifest is {}{size} bytes, over the limit of {limit} bytes (1 MiB)", if *.at_least { "at least " } else { "" })]
     TooLarge {
-        /// The manifest's size.
-        size: usize,
+        /// The manifest's size (or as much of it as was read).
+        size: u64,
         /// The limit.
         limit: usize,
+        /// Whether `size` is only what was read of something larger (not a regular file).
+        at_least: bool,
     },
     /// Mappings and sequences nested deeper than [`MAX_NESTING_DEPTH`].
     #[error("mappings and sequences are nested more than {limit} levels deep (the limit)")]
@@ -51,8 +53,9 @@ impl LimitError {
 pub fn check_size(text: &str) -> Result<(), LimitError> {
     if text.len() > MAX_MANIFEST_BYTES {
         return Err(LimitError::TooLarge {
-            size: text.len(),
+            size: text.len() as u64,
             limit: MAX_MANIFEST_BYTES,
+            at_least: false,
         });
     }
     Ok(())
@@ -128,7 +131,7 @@ mod tests {
         assert_eq!(check_size(&" ".repeat(MAX_MANIFEST_BYTES)), Ok(()));
         assert!(matches!(
             check_size(&" ".repeat(MAX_MANIFEST_BYTES + 1)),
-            Err(LimitError::TooLarge { size, .. }) if size == MAX_MANIFEST_BYTES + 1
+            Err(LimitError::TooLarge { size, at_least: false, .. }) if size == MAX_MANIFEST_BYTES as u64 + 1
         ));
     }
 }

@@ -155,27 +155,50 @@ pub fn parse_str(text: &str, format: Format) -> Result<AgentPolicy, InvalidPolic
     }
 }
 
-/// Read, parse and validate a policy file (format from its extension or content).
+/// Read, parse and validate a policy file (format from its extension or content). A file over
+/// the size limit is refused after reading one byte past the limit, never read whole.
 pub fn load_file(path: &Path) -> Result<AgentPolicy, LoadError> {
-    let text = read_bounded(path).map_err(|source| LoadError::Io {
+    let invalid = |findings| LoadError::Invalid {
         path: path.to_path_buf(),
-        source,
-    })?;
-    parse_str(&text, Format::for_file(path, &text)).map_err(|invalid| LoadError::Invalid {
-        path: path.to_path_buf(),
-        invalid,
-    })
+        invalid: InvalidPolicy { findings },
+    };
+    let text = match read_bounded(path) {
+        Ok(Ok(text)) => text,
+        Ok(Err(limit)) => return Err(invalid(vec![Finding::error("", limit.to_string())])),
+        Err(source) => {
+            return Err(LoadError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    parse_str(&text, Format::for_file(path, &text)).map_err(|e| invalid(e.findings))
 }
 
-/// Reads a file as UTF-8, at most one byte past the size limit (`lint_str` refuses that with
-/// the limit in its message), so a huge or endless file is never read whole.
-pub fn read_bounded(path: &Path) -> std::io::Result<String> {
+/// A file's text as UTF-8, or the size error when it holds more than the limit (its size from
+/// its metadata when it is a regular file, else what was read).
+fn read_bounded(path: &Path) -> std::io::Result<Result<String, LimitError>> {
     use std::io::Read;
     let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
     let mut bytes = Vec::new();
     file.take(MAX_MANIFEST_BYTES as u64 + 1)
         .read_to_end(&mut bytes)?;
-    String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    if bytes.len() > MAX_MANIFEST_BYTES {
+        let regular = meta.is_file() && meta.len() >= bytes.len() as u64;
+        return Ok(Err(LimitError::TooLarge {
+            size: if regular {
+                meta.len()
+            } else {
+                bytes.len() as u64
+            },
+            limit: MAX_MANIFEST_BYTES,
+            at_least: !regular,
+        }));
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    Ok(Ok(text))
 }
 
 /// Syntax first (located by the parser), then shape (located through the index).

@@ -288,13 +288,21 @@ fn manifests_over_the_size_limit_fail_with_the_size_error() {
 }
 
 #[test]
-fn load_file_reads_no_more_than_the_limit() {
+fn load_file_refuses_a_large_file_with_its_size() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("huge.yaml");
-    std::fs::write(&path, "#".repeat(3 * safehouse_policy::MAX_MANIFEST_BYTES)).unwrap();
+    // Two-byte characters, so the cut one byte past the limit falls inside one: the size error
+    // all the same, not a UTF-8 error.
+    std::fs::write(
+        &path,
+        "é".repeat(3 * safehouse_policy::MAX_MANIFEST_BYTES / 2 + 1),
+    )
+    .unwrap();
     let err = safehouse_policy::load_file(&path).unwrap_err().to_string();
     assert!(
-        err.contains("is 1048577 bytes, over the limit of 1048576 bytes"),
+        err.ends_with(
+            "huge.yaml: the manifest is 3145730 bytes, over the limit of 1048576 bytes (1 MiB)"
+        ),
         "{err}"
     );
 }
