@@ -3,8 +3,10 @@
 //! An operator writes an `AgentPolicy` manifest (YAML or JSON) stating what an agent may do;
 //! this crate reads it with located findings ([`lint_str`], [`parse_str`], [`load_file`]),
 //! compiles it against the untrusted OCI spec containerd hands the shim ([`compile()`]), explains
-//! it in plain sentences ([`explain()`]) and publishes its JSON Schema ([`json_schema`]).
-//! Everything but [`load_file`] is pure.
+//! it in plain sentences ([`explain()`]), compares two policies dimension by dimension
+//! ([`compare()`], [`check_selectable`]: tighten-only selection) and publishes its JSON Schema
+//! ([`json_schema`]). Manifests are held to [`MAX_MANIFEST_BYTES`] and [`MAX_NESTING_DEPTH`]
+//! before any parser builds values. Everything but [`load_file`] is pure.
 
 pub mod compare;
 pub mod compile;
