@@ -22,6 +22,7 @@ Examples:
   safehouse policy lint examples/policies/*.yaml
   safehouse policy explain examples/policies/code-interpreter.yaml
   safehouse policy compile examples/policies/code-interpreter.yaml --spec bundle/config.json --flags
+  safehouse policy compare --strict-default examples/policies/web-research.yaml
   safehouse policy schema > agent-policy.schema.json
   safehouse audit follow --container agent-7 --format short
   safehouse audit verify /var/log/safehouse/audit.jsonl
@@ -40,7 +41,7 @@ struct Cli {
 /// Top-level command groups; add a variant and a `*_cmd.rs` file per group.
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Lint, compile and explain agent capability policies; print their JSON Schema.
+    /// Lint, compile, explain and compare agent capability policies; print their JSON Schema.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
     /// Follow the audit stream and verify its hash chains.

@@ -1,5 +1,6 @@
-//! `safehouse policy …`: lint, compile, explain and schema. Exit codes: 0 success, 1 the
-//! policy or spec has findings or is refused, 2 a file could not be read.
+//! `safehouse policy …`: lint, compile, explain, compare and schema. Exit codes: 0 success, 1
+//! the policy or spec has findings or is refused (for compare: the candidate is looser), 2 a
+//! file could not be read (for compare: or is not a valid policy).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,7 +10,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use oci_spec::runtime::Spec;
 use safehouse_policy::{
-    compile, digest, explain, json_schema, lint_str, AgentPolicy, CompileContext, Format, LoadError,
+    compare, compile, digest, explain, json_schema, lint_str, AgentPolicy, CompileContext,
+    Dimension, Format, LoadError,
 };
 
 const LINT_HELP: &str = "\
@@ -40,6 +42,27 @@ Examples:
   safehouse policy explain examples/policies/web-research.yaml
   safehouse policy explain --strict-default";
 
+const COMPARE_HELP: &str = "\
+Says, dimension by dimension (filesystem, network, process, resources, audit), whether the
+CANDIDATE policy is no looser than the BASE policy, and for each way it is looser, which field
+and why. This is the check the runtime applies when a pod annotation selects a policy: the
+base is the handler's default, and a looser candidate is refused unless [policy] selectable
+lists it.
+
+The comparison is conservative: only what can be shown from the two manifests to grant no
+more counts as no looser. A host zone must name the same source and path as a base zone, the
+user must be the same, an egress entry must lie within a base entry (host names equal or
+below a base '*.' entry; address ranges inside a base range; the same port or the base's any
+port), tools must be a subset of a non-empty base list, limits lower or equal, audit records a
+superset, and kill stays kill.
+
+Exit status: 0 when CANDIDATE is no looser than BASE, 1 when it is looser, 2 when a file
+cannot be read or is not a valid policy.
+
+Examples:
+  safehouse policy compare /etc/safehouse/policies/strict.yaml ci-job.yaml
+  safehouse policy compare --strict-default examples/policies/web-research.yaml";
+
 /// `safehouse policy` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
@@ -67,6 +90,16 @@ pub enum PolicyCommand {
     Explain {
         #[command(flatten)]
         policy: PolicySource,
+    },
+    /// Say, dimension by dimension, whether CANDIDATE is looser than BASE.
+    #[command(long_about = COMPARE_HELP)]
+    Compare {
+        /// BASE then CANDIDATE policy files; only CANDIDATE with --strict-default.
+        #[arg(required = true, num_args = 1..=2, value_names = ["BASE", "CANDIDATE"])]
+        files: Vec<PathBuf>,
+        /// Compare against the built-in strict default as BASE.
+        #[arg(long)]
+        strict_default: bool,
     },
     /// Print the JSON Schema of the AgentPolicy manifest.
     Schema,
@@ -102,6 +135,10 @@ pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        PolicyCommand::Compare {
+            files,
+            strict_default,
+        } => compare_cmd(&files, strict_default),
         PolicyCommand::Schema => {
             println!("{}", serde_json::to_string_pretty(&json_schema())?);
             Ok(ExitCode::SUCCESS)
@@ -219,4 +256,80 @@ fn compile_cmd(source: &PolicySource, spec_path: &Path, flags: bool) -> Result<E
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn compare_cmd(files: &[PathBuf], strict_default: bool) -> Result<ExitCode> {
+    let (base_file, cand_file) = match (strict_default, files) {
+        (true, [cand]) => (None, cand),
+        (false, [base, cand]) => (Some(base), cand),
+        (true, _) => {
+            eprintln!("safehouse policy compare: with --strict-default, give only CANDIDATE");
+            return Ok(ExitCode::from(2));
+        }
+        (false, _) => {
+            eprintln!(
+                "safehouse policy compare: give BASE and CANDIDATE (or --strict-default CANDIDATE)"
+            );
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let base = match base_file {
+        None => AgentPolicy::strict_default(),
+        Some(f) => match load_for_compare(f) {
+            Some(p) => p,
+            None => return Ok(ExitCode::from(2)),
+        },
+    };
+    let Some(cand) = load_for_compare(cand_file) else {
+        return Ok(ExitCode::from(2));
+    };
+    let base_label = match base_file {
+        None => format!("{} (built-in)", base.name()),
+        Some(f) => format!("{} ({})", base.name(), f.display()),
+    };
+    let cmp = compare(&base, &cand);
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "base: {base_label}")?;
+    writeln!(out, "candidate: {} ({})", cand.name(), cand_file.display())?;
+    for d in Dimension::ALL {
+        let found: Vec<_> = cmp.in_dimension(d).collect();
+        if found.is_empty() {
+            writeln!(out, "{d}: no looser")?;
+        } else {
+            writeln!(out, "{d}: LOOSER")?;
+            for l in found {
+                writeln!(out, "  {l}")?;
+            }
+        }
+    }
+    if cmp.is_no_looser() {
+        writeln!(
+            out,
+            "{} is no looser than {} on every dimension",
+            cand.name(),
+            base.name()
+        )?;
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let dims: Vec<&str> = cmp.looser_dimensions().iter().map(|d| d.name()).collect();
+        writeln!(
+            out,
+            "{} is looser than {} in {}",
+            cand.name(),
+            base.name(),
+            dims.join(", ")
+        )?;
+        Ok(ExitCode::from(1))
+    }
+}
+
+/// The policy, or `None` after saying on stderr why it cannot be compared.
+fn load_for_compare(file: &Path) -> Option<AgentPolicy> {
+    match safehouse_policy::load_file(file) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("{e}");
+            None
+        }
+    }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use serde_yaml::Value;
+use serde_norway::Value;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -18,7 +18,7 @@ fn repo() -> PathBuf {
 fn docs(file: &str) -> Vec<Value> {
     let path = repo().join("deploy/kubernetes").join(file);
     let text = std::fs::read_to_string(&path).expect("manifest readable");
-    serde_yaml::Deserializer::from_str(&text)
+    serde_norway::Deserializer::from_str(&text)
         .map(|d| Value::deserialize(d).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
         .filter(|v| !v.is_null())
         .collect()
@@ -179,7 +179,7 @@ fn installer_paths_image_and_accounts_are_consistent() {
             ds["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
                 .as_str()
                 .map(|n| {
-                    let mut m = serde_yaml::Mapping::new();
+                    let mut m = serde_norway::Mapping::new();
                     m.insert("app.kubernetes.io/name".into(), n.into());
                     Value::Mapping(m)
                 })

@@ -205,3 +205,133 @@ fn help_has_examples() {
         .success()
         .stdout(predicate::str::contains("safehouse policy lint"));
 }
+
+const TIGHT: &str = "apiVersion: safehouse.dev/v1alpha1
+kind: AgentPolicy
+metadata: {name: tight}
+spec:
+  filesystem:
+    scratch: [{path: /tmp, size: 16Mi}]
+  resources: {memory: 256Mi, pids: 32}
+";
+
+#[test]
+fn compare_tighter_exits_0_and_says_so_per_dimension() {
+    let dir = tempfile::tempdir().unwrap();
+    let tight = write(&dir, "tight.yaml", TIGHT);
+    let out = safehouse()
+        .args(["policy", "compare", "--strict-default"])
+        .arg(&tight)
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    let out = String::from_utf8(out).unwrap();
+    for d in ["filesystem", "network", "process", "resources", "audit"] {
+        assert!(out.contains(&format!("{d}: no looser\n")), "{out}");
+    }
+    assert!(
+        out.starts_with("base: strict-default (built-in)\ncandidate: tight ("),
+        "{out}"
+    );
+    assert!(
+        out.ends_with("tight is no looser than strict-default on every dimension\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn compare_looser_exits_1_naming_dimensions_and_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let tight = write(&dir, "tight.yaml", TIGHT);
+    let web = repo("examples/policies/web-research.yaml");
+    let assert = safehouse()
+        .args(["policy", "compare"])
+        .arg(&tight)
+        .arg(&web)
+        .assert()
+        .code(1);
+    let out = String::from_utf8(assert.get_output().stdout.clone()).unwrap();
+    for want in [
+        "filesystem: LOOSER\n",
+        "  spec.filesystem.scratch[0].size: 128Mi at /tmp, more than the base's 16Mi\n",
+        "network: LOOSER\n",
+        "  spec.network.mode: allowlist, looser than the base's none\n",
+        "process: LOOSER\n",
+        "  spec.process.user: 1000:1000 differs from the base's 65534:65534",
+        "resources: LOOSER\n",
+        "  spec.resources.memory: 1Gi, more than the base's 256Mi\n",
+        "audit: LOOSER\n",
+        "  spec.audit.onViolation: record only",
+        "web-research is looser than tight in filesystem, network, process, resources, audit\n",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+    }
+    // The other way round: tight is no looser than web-research? No: web-research restricts
+    // tools and times out, tight does neither.
+    let assert = safehouse()
+        .args(["policy", "compare"])
+        .arg(&web)
+        .arg(&tight)
+        .assert()
+        .code(1);
+    let out = String::from_utf8(assert.get_output().stdout.clone()).unwrap();
+    assert!(
+        out.contains("spec.process.tools: empty (any executable may run)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("spec.process.timeout: none, where the base kills the container after 1800s"),
+        "{out}"
+    );
+}
+
+#[test]
+fn compare_bad_input_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(&dir, "bad.yaml", BAD);
+    let tight = write(&dir, "tight.yaml", TIGHT);
+    safehouse()
+        .args(["policy", "compare"])
+        .arg(&tight)
+        .arg(&bad)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "bad.yaml:12:9: spec.process.tools[1]",
+        ));
+    safehouse()
+        .args(["policy", "compare"])
+        .arg(dir.path().join("missing.yaml"))
+        .arg(&tight)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("cannot read policy"));
+    // One file needs --strict-default; --strict-default takes only one.
+    safehouse()
+        .args(["policy", "compare"])
+        .arg(&tight)
+        .assert()
+        .code(2);
+    safehouse()
+        .args(["policy", "compare", "--strict-default"])
+        .arg(&tight)
+        .arg(&tight)
+        .assert()
+        .code(2);
+}
+
+#[test]
+fn compare_help_explains_exit_codes_with_an_example() {
+    safehouse()
+        .args(["policy", "compare", "--help"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "Exit status: 0 when CANDIDATE is no looser than BASE, 1 when it is looser, 2",
+        ))
+        .stdout(predicate::str::contains(
+            "safehouse policy compare --strict-default examples/policies/web-research.yaml",
+        ));
+}

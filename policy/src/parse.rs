@@ -1,12 +1,17 @@
 //! Reading a manifest from text or a file: syntax, then shape (serde, `deny_unknown_fields`),
 //! then meaning (`validate`), every finding located by line and column. The only I/O in this
 //! crate is `load_file`.
+//!
+//! Before any parser builds values, the text is held to the bounds of `limits` (1 MiB, 64
+//! levels of nesting): the size in constant time, the depth in the same linear pass that indexes
+//! positions, which stops at the first collection too deep.
 
 use std::path::{Path, PathBuf};
 
 use crate::finding::{render_all, Finding};
+use crate::limits::{self, LimitError, MAX_MANIFEST_BYTES, MAX_NESTING_DEPTH};
 use crate::manifest::AgentPolicy;
-use crate::span::{Location, PositionIndex};
+use crate::span::{IndexStop, Location, PositionIndex, Segment};
 use crate::validate::validate;
 
 /// The syntax of a manifest's text.
@@ -84,7 +89,15 @@ pub enum LoadError {
 
 /// Check a manifest and report every finding (syntax, shape, meaning).
 pub fn lint_str(text: &str, format: Format) -> LintReport {
-    let index = PositionIndex::build(text);
+    let index = match bounded_index(text, format) {
+        Ok(index) => index,
+        Err(finding) => {
+            return LintReport {
+                policy: None,
+                findings: vec![finding],
+            }
+        }
+    };
     let policy = match deserialize(text, format, &index) {
         Ok(p) => p,
         Err(finding) => {
@@ -105,6 +118,32 @@ pub fn lint_str(text: &str, format: Format) -> LintReport {
     }
 }
 
+/// The size and depth limits, then the position index. A YAML syntax error is reported here,
+/// by the indexing parser, so that no other parser ever reads text nested past the limit; a
+/// JSON one is left to serde_json (whose messages are better), after an exact depth scan.
+fn bounded_index(text: &str, format: Format) -> Result<PositionIndex, Finding> {
+    let limit_finding = |e: LimitError| Finding {
+        location: e.location(),
+        ..Finding::error("", e.to_string())
+    };
+    limits::check_size(text).map_err(limit_finding)?;
+    if format == Format::Json {
+        limits::check_json_depth(text, MAX_NESTING_DEPTH).map_err(limit_finding)?;
+    }
+    let (index, outcome) = PositionIndex::build_checked(text, MAX_NESTING_DEPTH);
+    match outcome {
+        Ok(()) => Ok(index),
+        Err(IndexStop::TooDeep { limit, location }) => Err(limit_finding(LimitError::TooDeep {
+            limit,
+            location: Some(location),
+        })),
+        Err(IndexStop::Syntax { message, location }) if format == Format::Yaml => {
+            Err(syntax_finding(message, Some(location)))
+        }
+        Err(IndexStop::Syntax { .. }) => Ok(index),
+    }
+}
+
 /// Parse and validate a manifest; warnings are dropped, any error refuses it.
 pub fn parse_str(text: &str, format: Format) -> Result<AgentPolicy, InvalidPolicy> {
     let report = lint_str(text, format);
@@ -116,23 +155,57 @@ pub fn parse_str(text: &str, format: Format) -> Result<AgentPolicy, InvalidPolic
     }
 }
 
-/// Read, parse and validate a policy file (format from its extension or content).
+/// Read, parse and validate a policy file (format from its extension or content). A file over
+/// the size limit is refused after reading one byte past the limit, never read whole.
 pub fn load_file(path: &Path) -> Result<AgentPolicy, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+    let invalid = |findings| LoadError::Invalid {
         path: path.to_path_buf(),
-        source,
-    })?;
-    parse_str(&text, Format::for_file(path, &text)).map_err(|invalid| LoadError::Invalid {
-        path: path.to_path_buf(),
-        invalid,
-    })
+        invalid: InvalidPolicy { findings },
+    };
+    let text = match read_bounded(path) {
+        Ok(Ok(text)) => text,
+        Ok(Err(limit)) => return Err(invalid(vec![Finding::error("", limit.to_string())])),
+        Err(source) => {
+            return Err(LoadError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    parse_str(&text, Format::for_file(path, &text)).map_err(|e| invalid(e.findings))
+}
+
+/// A file's text as UTF-8, or the size error when it holds more than the limit (its size from
+/// its metadata when it is a regular file, else what was read).
+fn read_bounded(path: &Path) -> std::io::Result<Result<String, LimitError>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    let mut bytes = Vec::new();
+    file.take(MAX_MANIFEST_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() > MAX_MANIFEST_BYTES {
+        let regular = meta.is_file() && meta.len() >= bytes.len() as u64;
+        return Ok(Err(LimitError::TooLarge {
+            size: if regular {
+                meta.len()
+            } else {
+                bytes.len() as u64
+            },
+            limit: MAX_MANIFEST_BYTES,
+            at_least: !regular,
+        }));
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    Ok(Ok(text))
 }
 
 /// Syntax first (located by the parser), then shape (located through the index).
 fn deserialize(text: &str, format: Format, index: &PositionIndex) -> Result<AgentPolicy, Finding> {
     match format {
         Format::Yaml => {
-            let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
+            let mut value: serde_norway::Value = serde_norway::from_str(text).map_err(|e| {
                 let location = e.location().map(|l| Location {
                     line: l.line(),
                     column: l.column(),
@@ -169,17 +242,30 @@ fn shape_finding<E: std::fmt::Display>(
     index: &PositionIndex,
 ) -> Finding {
     let path = path_string(e.path());
+    let segments = path_segments(e.path());
     let message = strip_location_suffix(&e.inner().to_string());
     // An unknown field is best pointed at by its key; anything else by its value.
     let location = if message.starts_with("unknown field") {
-        index.locate_key(&path)
+        index.locate_key_segments(&segments)
     } else {
-        index.locate(&path)
+        index.locate_segments(&segments)
     };
     Finding {
         location,
         ..Finding::error(path, message)
     }
+}
+
+/// The path as index segments, keys kept whole (an unknown key may contain `.` or `[`).
+fn path_segments(path: &serde_path_to_error::Path) -> Vec<Segment<'_>> {
+    use serde_path_to_error::Segment as S;
+    path.iter()
+        .filter_map(|seg| match seg {
+            S::Seq { index } => Some(Segment::Index(*index)),
+            S::Map { key } | S::Enum { variant: key } => Some(Segment::Key(key)),
+            S::Unknown => None,
+        })
+        .collect()
 }
 
 fn path_string(path: &serde_path_to_error::Path) -> String {

@@ -109,7 +109,9 @@ fn filesystem(policy: &AgentPolicy, out: &mut Vec<Finding>) {
             dests.push((format!("{base}.path"), &z.path));
         }
     }
-    for (i, (field, dest)) in dests.iter().enumerate() {
+    // First field using each container path, to report duplicates in linear time.
+    let mut first_use: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    for (field, dest) in &dests {
         if let Some(problem) = absolute_path_problem(dest) {
             out.push(Finding::error(field.clone(), problem));
             continue;
@@ -127,11 +129,13 @@ fn filesystem(policy: &AgentPolicy, out: &mut Vec<Finding>) {
                 format!("cannot be at or under {r}: the runtime provides it"),
             ));
         }
-        if let Some((other, _)) = dests[..i].iter().find(|(_, d)| d == dest) {
+        if let Some(other) = first_use.get(dest) {
             out.push(Finding::error(
                 field.clone(),
                 format!("{dest} is already used by {other}"),
             ));
+        } else {
+            first_use.insert(dest, field);
         }
     }
 }

@@ -39,7 +39,7 @@ fn examples_lint_clean() {
 fn strict_default_is_clean() {
     let p = AgentPolicy::strict_default();
     assert!(safehouse_policy::validate(&p).is_empty());
-    let yaml = serde_yaml::to_string(&p).unwrap();
+    let yaml = serde_norway::to_string(&p).unwrap();
     assert_eq!(parse_str(&yaml, Format::Yaml).unwrap(), p);
 }
 
@@ -203,4 +203,155 @@ fn host_names_under_open_are_flagged_as_without_effect() {
         .map(|f| f.path.as_str())
         .collect();
     assert_eq!(flagged, ["spec.network.egress[0]"], "{:?}", report.findings);
+}
+
+/// `depth` nested flow sequences under `spec.process.tools`, as an attacker would write them.
+fn nested(depth: usize) -> String {
+    format!(
+        "apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {{name: deep}}\nspec:\n  process:\n    tools: {}{}\n",
+        "[".repeat(depth),
+        "]".repeat(depth)
+    )
+}
+
+fn assert_depth_error(report: &safehouse_policy::LintReport) {
+    assert!(report.policy.is_none());
+    assert_eq!(report.findings.len(), 1, "{:?}", report.findings);
+    let f = &report.findings[0];
+    assert!(
+        f.message.contains("nested more than 64 levels deep"),
+        "{}",
+        f.message
+    );
+}
+
+#[test]
+fn deeply_nested_manifests_fail_with_the_depth_error() {
+    // 100,000 levels (about 200 KB) and 30,000 levels: both used to cost seconds of CPU.
+    for depth in [100_000, 30_000] {
+        let report = lint_str(&nested(depth), Format::Yaml);
+        assert_depth_error(&report);
+        // Pointed at the first sequence past the limit: line 6, after `tools: ` and the 61
+        // brackets of levels 4 to 64 (the root, spec and process are levels 1 to 3).
+        assert_eq!(
+            report.findings[0].location,
+            Some(Location {
+                line: 6,
+                column: 12 + 61
+            })
+        );
+        let err = parse_str(&nested(depth), Format::Yaml).unwrap_err();
+        assert!(err.to_string().contains("64 levels"), "{err}");
+    }
+    // Block nesting counts the same way.
+    let mut block = String::from("apiVersion: safehouse.dev/v1alpha1\nspec:\n");
+    for level in 0..70 {
+        block.push_str(&format!("{}k{level}:\n", " ".repeat(level + 2)));
+    }
+    assert_depth_error(&lint_str(&block, Format::Yaml));
+    // JSON, in both readers.
+    let json = format!(
+        "{{\"kind\": \"AgentPolicy\", \"spec\": {}{}}}",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    assert_depth_error(&lint_str(&json, Format::Json));
+    assert_depth_error(&lint_str(&json, Format::Yaml));
+}
+
+#[test]
+fn nesting_up_to_the_limit_is_read() {
+    // 64 levels: refused for its shape (a tool is a string), not for its depth.
+    let report = lint_str(&nested(61), Format::Yaml);
+    let f = &report.findings[0];
+    assert_eq!(f.path, "spec.process.tools[0]");
+    assert!(f.message.contains("invalid type"), "{}", f.message);
+    let report = lint_str(&nested(62), Format::Yaml);
+    assert_depth_error(&report);
+}
+
+#[test]
+fn manifests_over_the_size_limit_fail_with_the_size_error() {
+    let base = "apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: big}\n";
+    let pad = |total: usize| format!("{base}{}", "#".repeat(total - base.len()));
+    let at_limit = pad(safehouse_policy::MAX_MANIFEST_BYTES);
+    assert_eq!(at_limit.len(), safehouse_policy::MAX_MANIFEST_BYTES);
+    assert!(parse_str(&at_limit, Format::Yaml).is_ok());
+    let over = pad(safehouse_policy::MAX_MANIFEST_BYTES + 1);
+    let report = lint_str(&over, Format::Yaml);
+    assert!(report.policy.is_none());
+    assert_eq!(
+        report.findings[0].message,
+        "the manifest is 1048577 bytes, over the limit of 1048576 bytes (1 MiB)"
+    );
+    assert_eq!(lint_str(&over, Format::Json).findings, report.findings);
+}
+
+#[test]
+fn load_file_refuses_a_large_file_with_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.yaml");
+    // Two-byte characters, so the cut one byte past the limit falls inside one: the size error
+    // all the same, not a UTF-8 error.
+    std::fs::write(
+        &path,
+        "é".repeat(3 * safehouse_policy::MAX_MANIFEST_BYTES / 2 + 1),
+    )
+    .unwrap();
+    let err = safehouse_policy::load_file(&path).unwrap_err().to_string();
+    assert!(
+        err.ends_with(
+            "huge.yaml: the manifest is 3145730 bytes, over the limit of 1048576 bytes (1 MiB)"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_keys_with_dots_are_located_at_their_key() {
+    let text = BASE.replace("  process:\n", "  process:\n    \"a.b\": true\n");
+    let f = &lint_str(&text, Format::Yaml).findings[0];
+    assert_eq!(f.path, "spec.process.a.b");
+    assert_eq!(f.location, Some(Location { line: 7, column: 5 }));
+}
+
+#[test]
+fn alias_bombs_are_refused_not_expanded() {
+    // Nine levels of nine aliases: 387 million strings if expanded.
+    let mut text = String::from("apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: bomb}\nx0: &x0 [a, a, a, a, a, a, a, a, a]\n");
+    for i in 1..10 {
+        let p = i - 1;
+        text.push_str(&format!(
+            "x{i}: &x{i} [*x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}]\n"
+        ));
+    }
+    let report = lint_str(&text, Format::Yaml);
+    assert!(report.policy.is_none());
+    assert!(
+        report.findings[0].message.contains("repetition limit"),
+        "{:?}",
+        report.findings
+    );
+}
+
+#[test]
+fn shape_errors_keep_their_positions_in_json_and_flow_yaml() {
+    let text = "{\"apiVersion\": \"safehouse.dev/v1alpha1\", \"kind\": \"AgentPolicy\",\n \"metadata\": {\"name\": \"p\"},\n \"spec\": {\"resources\": {\"pids\": \"many\"}}}";
+    for format in [Format::Json, Format::Yaml] {
+        let f = &lint_str(text, format).findings[0];
+        assert_eq!(f.path, "spec.resources.pids");
+        assert_eq!(
+            f.location,
+            Some(Location {
+                line: 3,
+                column: 33
+            }),
+            "{format:?}"
+        );
+        assert!(
+            f.message.starts_with("invalid type: string \"many\""),
+            "{}",
+            f.message
+        );
+    }
 }

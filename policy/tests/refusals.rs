@@ -289,3 +289,43 @@ fn rootfs_read_write_never_loosens_a_read_only_spec() {
         Some(true)
     );
 }
+
+#[test]
+fn runsc_annotations_are_refused() {
+    let policy = AgentPolicy::strict_default();
+    for key in [
+        "dev.gvisor.spec.mount.data.share",
+        "dev.gvisor.flag.network",
+        "dev.gvisor.internal.nvproxy",
+        "DEV.gVisor.flag.platform",
+    ] {
+        let mut s = common::spec("cri-container.json");
+        let mut a = s.annotations().clone().unwrap_or_default();
+        a.insert(key.to_string(), "true".to_string());
+        a.insert("dev.gvisor.zzz".to_string(), "x".to_string());
+        s.set_annotations(Some(a));
+        let err = refusal(&policy, &s);
+        let first = if key < "dev.gvisor.zzz" {
+            key
+        } else {
+            "dev.gvisor.zzz"
+        };
+        assert!(
+            err.starts_with(&format!(
+                "annotations[{first:?}]: runsc interprets dev.gvisor.* annotations itself"
+            )),
+            "{err}"
+        );
+    }
+    // Other annotations (CRI's, the policy's own) pass, and the output compiles again.
+    let mut s = common::spec("cri-container.json");
+    let mut a = s.annotations().clone().unwrap_or_default();
+    a.insert(
+        "io.kubernetes.cri.container-type".into(),
+        "container".into(),
+    );
+    a.insert("gvisor.dev/note".into(), "x".into());
+    s.set_annotations(Some(a));
+    let out = compile(&policy, &s, &ctx()).unwrap();
+    assert!(compile(&policy, &out.spec, &ctx()).is_ok());
+}

@@ -157,6 +157,38 @@ pub(crate) fn refused(
     }
 }
 
+/// Annotations runsc itself interprets: mount hints (`dev.gvisor.spec.mount.*`), flag
+/// overrides (`dev.gvisor.flag.*`), device proxies (`dev.gvisor.internal.nvproxy`) and more,
+/// which change the sandbox in ways no policy states.
+pub const RUNSC_ANNOTATION_PREFIX: &str = "dev.gvisor.";
+
+/// Refuses a spec carrying a runsc annotation (any case, first key in sorted order, so the
+/// error is deterministic).
+fn refuse_runsc_annotations(policy: &AgentPolicy, spec: &Spec) -> Result<(), CompileError> {
+    let Some(annotations) = spec.annotations() else {
+        return Ok(());
+    };
+    let first = annotations
+        .keys()
+        .filter(|k| {
+            k.len() >= RUNSC_ANNOTATION_PREFIX.len()
+                && k.as_bytes()[..RUNSC_ANNOTATION_PREFIX.len()]
+                    .eq_ignore_ascii_case(RUNSC_ANNOTATION_PREFIX.as_bytes())
+        })
+        .min();
+    match first {
+        None => Ok(()),
+        Some(key) => Err(refused(
+            policy,
+            format!("annotations[{key:?}]"),
+            format!(
+                "runsc interprets {RUNSC_ANNOTATION_PREFIX}* annotations itself (mount hints, flag overrides, device proxies), so one in the container's spec is refused by policy {:?}",
+                policy.metadata.name
+            ),
+        )),
+    }
+}
+
 /// The filter for `open` and `allowlist` (entries already validated).
 fn net_filter(policy: &AgentPolicy) -> Option<NetFilter> {
     let net = &policy.spec.network;
@@ -218,6 +250,8 @@ pub fn compile(
     linux::confine(policy, &mut out)?;
     mounts::confine(policy, ctx, &mut out)?;
     process::confine(policy, &mut out)?;
+
+    refuse_runsc_annotations(policy, &out)?;
 
     let name = policy.metadata.name.clone();
     let digest = policy_digest(policy);
