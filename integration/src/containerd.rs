@@ -222,7 +222,7 @@ impl Containerd {
             fs::write(
                 &config,
                 format!(
-                    "root = {:?}\n\n[policy]\ndefault = {:?}\ndir = {:?}\ncri_sources = [{:?}]\n\n[audit]\noutput = {:?}\n",
+                    "root = {:?}\n\n[policy]\ndefault = {:?}\ndir = {:?}\nselectable = [\"*\"]\ncri_sources = [{:?}]\n\n[audit]\noutput = {:?}\n",
                     this.runsc_root().display().to_string(),
                     policy.display().to_string(),
                     this.policy_dir().display().to_string(),
@@ -291,7 +291,7 @@ impl Containerd {
     }
 
     /// The directory of policies a `safehouse.dev/policy` annotation may select (with the
-    /// private config; every file in it is selectable).
+    /// private config; every file in it is selectable: `selectable = ["*"]`).
     pub fn policy_dir(&self) -> PathBuf {
         self.path.join("policies")
     }

@@ -33,13 +33,15 @@ pub struct Lab<'a> {
 }
 
 impl<'a> Lab<'a> {
-    /// A lab whose every policy in the directory is selectable.
+    /// A lab whose every policy in the directory is selectable, looser than the strict default
+    /// or not (`selectable = ["*"]`).
     pub fn new(env: &'a TestEnv, tag: &str) -> Result<Lab<'a>> {
-        Lab::with_selectable(env, tag, &[])
+        Lab::with_selectable(env, tag, &["*"])
     }
 
-    /// A lab whose config lists `selectable` (empty: everything in the directory). No
-    /// `[policy] default`: a container without an annotation gets the built-in strict default.
+    /// A lab whose config lists `selectable` (empty: only policies no looser than the default).
+    /// No `[policy] default`: a container without an annotation gets the built-in strict
+    /// default.
     /// Not applicable to the baselines, which have no policies.
     pub fn with_selectable(env: &'a TestEnv, tag: &str, selectable: &[&str]) -> Result<Lab<'a>> {
         only_for(env, RuntimeKind::Safehouse)?;

@@ -15,7 +15,7 @@
 //! [policy]
 //! default = "/etc/safehouse/policies/strict.yaml"
 //! dir = "/etc/safehouse/policies"
-//! selectable = ["code-interpreter"]
+//! selectable = ["code-interpreter"]  # may be looser than default; tighter ones need no listing
 //!
 //! [audit]
 //! output = "/var/log/safehouse/audit.jsonl"
@@ -129,7 +129,9 @@ pub struct PolicySection {
     pub default: Option<PathBuf>,
     /// Directory of `NAME.yaml`/`NAME.json` policies selectable by annotation.
     pub dir: Option<PathBuf>,
-    /// Names in `dir` an annotation may select; empty = every policy in `dir`.
+    /// Policies in `dir` an annotation may select even though they are looser than `default`
+    /// (`"*"`: every policy in `dir`). Any policy in `dir` no looser than `default` on every
+    /// dimension is selectable without being listed.
     #[serde(default)]
     pub selectable: Vec<String>,
     /// Host directories, beyond the usual containerd/kubelet ones, that CRI-managed bind
@@ -310,6 +312,9 @@ impl RuntimeConfig {
             }
         }
         for name in &self.policy.selectable {
+            if name == "*" {
+                continue;
+            }
             if name.is_empty() || name.contains('/') || name.starts_with('.') {
                 return Err(self.invalid(
                     "policy.selectable",

@@ -20,6 +20,9 @@ use crate::runsc::{NetworkMode, SandboxFlags};
 /// The annotation (pod or container) that selects a policy by name.
 pub const SELECT_ANNOTATION: &str = "safehouse.dev/policy";
 
+/// A `[policy] selectable` entry that lists every policy in the directory, looser ones too.
+pub const SELECT_ANY: &str = "*";
+
 /// Where a container's policy came from, for logs and audit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PolicySource {
@@ -56,11 +59,6 @@ pub fn select(
                 "annotation {SELECT_ANNOTATION}={name:?}: runtime config {config} names no [policy] dir to select from"
             )));
         };
-        if !section.selectable.is_empty() && !section.selectable.iter().any(|s| s == name) {
-            return Err(ShimError::InvalidArgument(format!(
-                "annotation {SELECT_ANNOTATION}={name:?}: policy is not in [policy] selectable of {config}"
-            )));
-        }
         let path = ["yaml", "yml", "json"]
             .iter()
             .map(|ext| dir.join(format!("{name}.{ext}")))
@@ -71,7 +69,24 @@ pub fn select(
                     dir.display()
                 ))
             })?;
-        return Ok((load(&path)?, PolicySource::Annotation(path)));
+        let selected = load(&path)?;
+        // Tighten-only: the selected policy may not be looser than the handler's default,
+        // unless the operator listed it (or every policy, "*") in `selectable`.
+        let default = match &section.default {
+            Some(p) => load(p)?,
+            None => AgentPolicy::strict_default(),
+        };
+        let listed = section
+            .selectable
+            .iter()
+            .any(|s| s == name || s == SELECT_ANY);
+        safehouse_policy::check_selectable(&default, &selected, name, listed).map_err(|e| {
+            ShimError::InvalidArgument(format!(
+                "annotation {SELECT_ANNOTATION}={name:?} ({}): {e}",
+                path.display()
+            ))
+        })?;
+        return Ok((selected, PolicySource::Annotation(path)));
     }
     if let Some(path) = &section.default {
         return Ok((load(path)?, PolicySource::ConfigDefault(path.clone())));
@@ -256,25 +271,57 @@ mod tests {
     }
 
     #[test]
-    fn annotation_selects_from_the_directory_only_when_allowed() {
+    fn annotation_selects_only_a_tighter_policy_unless_listed() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("web.yaml"), OPEN).expect("write");
-        let spec = json!({"annotations": {SELECT_ANNOTATION: "web"}});
-        let (p, src) =
-            select(&section(Some(dir.path()), &[]), &spec, "c.toml").expect("selectable");
-        assert_eq!(p.metadata.name, "web");
-        assert!(matches!(src, PolicySource::Annotation(_)));
-        let err = select(&section(Some(dir.path()), &["other"]), &spec, "c.toml")
-            .expect_err("not listed");
-        assert!(
-            err.to_string().contains("not in [policy] selectable"),
-            "{err}"
-        );
-        let err = select(&section(None, &[]), &spec, "c.toml").expect_err("no dir");
+        let tight = "apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: tight\nspec:\n  resources: {memory: 64Mi}\n";
+        std::fs::write(dir.path().join("tight.yaml"), tight).expect("write");
+        std::fs::write(dir.path().join("alias.yaml"), tight).expect("write");
+        let select_name = |n: &str| json!({"annotations": {SELECT_ANNOTATION: n}});
+        // Looser than the strict default (open network): refused unless listed, naming why.
+        let err = select(
+            &section(Some(dir.path()), &[]),
+            &select_name("web"),
+            "c.toml",
+        )
+        .expect_err("looser");
+        assert!(err.to_string().contains("looser than the default"), "{err}");
+        assert!(err.to_string().contains("network"), "{err}");
+        for listed in [&["web"][..], &[SELECT_ANY][..]] {
+            let (p, src) = select(
+                &section(Some(dir.path()), listed),
+                &select_name("web"),
+                "c.toml",
+            )
+            .expect("listed");
+            assert_eq!(p.metadata.name, "web");
+            assert!(matches!(src, PolicySource::Annotation(_)));
+        }
+        // Tighter than the default: selectable without a listing.
+        let (p, _) = select(
+            &section(Some(dir.path()), &[]),
+            &select_name("tight"),
+            "c.toml",
+        )
+        .expect("tighter");
+        assert_eq!(p.metadata.name, "tight");
+        // A file whose metadata.name is not the name used is refused, listed or not.
+        let err = select(
+            &section(Some(dir.path()), &[SELECT_ANY]),
+            &select_name("alias"),
+            "c.toml",
+        )
+        .expect_err("name mismatch");
+        assert!(err.to_string().contains("metadata.name"), "{err}");
+        let err = select(&section(None, &[]), &select_name("web"), "c.toml").expect_err("no dir");
         assert!(err.to_string().contains("no [policy] dir"), "{err}");
-        let missing = json!({"annotations": {SELECT_ANNOTATION: "nope"}});
-        assert!(select(&section(Some(dir.path()), &[]), &missing, "c.toml").is_err());
-        let traversal = json!({"annotations": {SELECT_ANNOTATION: "../etc/passwd"}});
+        assert!(select(
+            &section(Some(dir.path()), &[]),
+            &select_name("nope"),
+            "c.toml"
+        )
+        .is_err());
+        let traversal = select_name("../etc/passwd");
         assert!(select(&section(Some(dir.path()), &[]), &traversal, "c.toml").is_err());
     }
 

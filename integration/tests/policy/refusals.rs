@@ -79,19 +79,28 @@ pub fn allowlist_policy_is_refused(env: &TestEnv) -> Result<()> {
     })
 }
 
-/// An annotation naming a policy that does not exist, or one not in `[policy] selectable`,
-/// fails Create; it never falls back to another policy.
+/// An annotation naming a policy that does not exist, or one looser than the default that
+/// `[policy] selectable` does not list, or a file whose `metadata.name` is another, fails
+/// Create; it never falls back to another policy. A tighter policy needs no listing.
 pub fn unknown_or_unlisted_policy_is_refused(env: &TestEnv) -> Result<()> {
     let open_dir = Lab::new(env, "select-any")?;
     let listed = Lab::with_selectable(env, "select-listed", &["listed"])?;
     for lab in [&open_dir, &listed] {
         lab.policy("listed", r#"{process: {user: "0:0"}}"#)?;
         lab.policy("unlisted", r#"{process: {user: "0:0"}}"#)?;
+        lab.policy("tighter", r#"{resources: {memory: 64Mi}}"#)?;
     }
+    // A file that calls itself "listed" under another name.
+    std::fs::copy(
+        listed.path("policies/listed.yaml"),
+        listed.path("policies/impostor.yaml"),
+    )?;
     let unknown = env.id("unknownpol");
     let unlisted = env.id("unlistedpol");
+    let impostor = env.id("impostorpol");
+    let tighter = env.id("tighterpol");
     let ok = env.id("listedpol");
-    env.scenario(&[&unknown, &unlisted, &ok], || {
+    env.scenario(&[&unknown, &unlisted, &impostor, &tighter, &ok], || {
         let out = refused_run(env, &open_dir, Some("no-such-policy"), &[], &unknown)?;
         let needle = "annotation safehouse.dev/policy=\"no-such-policy\": no policy no-such-policy.yaml or no-such-policy.json in";
         ensure!(
@@ -100,10 +109,28 @@ pub fn unknown_or_unlisted_policy_is_refused(env: &TestEnv) -> Result<()> {
             out.describe()
         );
         let out = refused_run(env, &listed, Some("unlisted"), &[], &unlisted)?;
-        let needle = "annotation safehouse.dev/policy=\"unlisted\": policy is not in [policy] selectable of";
+        for needle in [
+            "annotation safehouse.dev/policy=\"unlisted\"",
+            "is looser than the default policy \"strict-default\" in process",
+        ] {
+            ensure!(
+                out.stderr.contains(needle),
+                "the error should say {needle:?}: {}",
+                out.describe()
+            );
+        }
+        let out = refused_run(env, &listed, Some("impostor"), &[], &impostor)?;
+        let needle = "metadata.name";
         ensure!(
             out.stderr.contains(needle),
-            "the error should say {needle:?}: {}",
+            "the error should name {needle:?}: {}",
+            out.describe()
+        );
+        // No looser than the default on any dimension: selectable without a listing.
+        let out = listed.run(Some("tighter"), &["--rm"], &tighter, &["true"])?;
+        ensure!(
+            out.success(),
+            "a tighter policy should be selectable: {}",
             out.describe()
         );
         // The same config selects the listed one (so the refusal is about the list).
