@@ -97,7 +97,7 @@ kind: AgentPolicy
 metadata:
   name: tools
 spec:
-  process: {tools: [/bin/sh]}
+  process: {tools: [/bin/sh, /bin/sleep]}
   audit: {record: [process], onViolation: kill}
 YAML
 printf '[policy]\ndefault = "%s"\n[audit]\noutput = "%s"\n' "$SH_LAB/policies/tools.yaml" "$SH_LAB/audit-kill.jsonl" > "$SH_LAB/tools.toml"

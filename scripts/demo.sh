@@ -46,7 +46,7 @@ spec:
     mode: none
   process:
     user: "65534:65534"
-    tools: [/bin/sh]
+    tools: [/bin/sh, /bin/cat, /bin/touch, /usr/bin/tail, /usr/bin/cut, /usr/bin/tr]
     timeout: 60s
   resources:
     memory: 256Mi

@@ -91,8 +91,20 @@ pub fn explain(policy: &AgentPolicy) -> Vec<String> {
             ViolationAction::Kill => "running anything else kills the container",
             ViolationAction::Record => "running anything else is recorded as a violation",
         };
-        format!("It may run only {}; {consequence}.", p.tools.join(", "))
+        format!("It may run only {}; {consequence}. A listed tool is checked as that file under that name: another program of the same multi-call binary (busybox's cat beside its sh) is not allowed.", p.tools.join(", "))
     });
+    let runs_anything: Vec<&str> = p
+        .tools
+        .iter()
+        .map(String::as_str)
+        .filter(|t| runs_other_code(t))
+        .collect();
+    if !runs_anything.is_empty() {
+        out.push(format!(
+            "{} run(s) whatever code it is given (an interpreter, a shell, or a program that runs others): no runtime can stop that code, only check the programs it starts; a busybox shell also runs many of its applets in-process, with no exec to check.",
+            runs_anything.join(", ")
+        ));
+    }
     if let Some(t) = p.timeout {
         out.push(format!("It is killed after {t} of wall-clock time."));
     }
@@ -103,9 +115,15 @@ pub fn explain(policy: &AgentPolicy) -> Vec<String> {
         r.memory, r.cpus.0, r.pids, r.nofile
     ));
 
-    let record: Vec<&str> = s
-        .audit
-        .record
+    let mut recorded = s.audit.record.clone();
+    if !p.tools.is_empty() && !recorded.contains(&AuditCategory::Process) {
+        // The compiler adds them: the tools check reads the exec events.
+        recorded.push(AuditCategory::Process);
+        out.push(
+            "Process starts are recorded because tools are listed (the check reads them).".into(),
+        );
+    }
+    let record: Vec<&str> = recorded
         .iter()
         .map(|c| match c {
             AuditCategory::Process => "process starts and exits",
@@ -119,6 +137,21 @@ pub fn explain(policy: &AgentPolicy) -> Vec<String> {
         format!("The audit stream records its {}.", record.join(", "))
     });
     out
+}
+
+/// Whether a tool runs code it is given rather than only itself: shells, interpreters,
+/// multi-call binaries and programs that start others.
+fn runs_other_code(tool: &str) -> bool {
+    let name = tool.rsplit('/').next().unwrap_or(tool);
+    let base = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+    const RUNNERS: &[&str] = &[
+        "sh", "bash", "dash", "ash", "zsh", "ksh", "fish", "busybox", "python", "perl", "ruby",
+        "node", "nodejs", "deno", "bun", "php", "lua", "luajit", "tclsh", "wish", "R", "Rscript",
+        "java", "env", "xargs", "find", "awk", "gawk", "mawk", "nawk", "make", "git", "ssh",
+        "nice", "nohup", "timeout", "strace", "gdb", "vim", "vi", "emacs", "ld.so", "sudo", "su",
+        "chroot", "setsid", "flock", "watch", "parallel",
+    ];
+    RUNNERS.contains(&base) || name.starts_with("ld-linux")
 }
 
 /// Plain sentences for `spec.network`: what the agent can reach and what stays closed.

@@ -230,3 +230,21 @@ fn strict_default_compiles() {
     assert_eq!(c.timeout, None);
     assert!(opts(mount_at(&c.spec, "/tmp")).contains(&"noexec"));
 }
+
+#[test]
+fn tools_always_record_exec_whatever_record_says() {
+    let text = "apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: t}\nspec:\n  process: {tools: [/bin/sh]}\n  audit: {record: [file]}\n";
+    let policy = safehouse_policy::parse_str(text, safehouse_policy::Format::Yaml).expect("policy");
+    let c = compile(&policy, &common::spec("ctr-run.json"), &ctx()).expect("compiles");
+    use safehouse_policy::AuditCategory::{File, Process};
+    assert_eq!(c.audit_plan.record, vec![Process, File]);
+    let explained = safehouse_policy::explain::explain(&policy).join(" ");
+    assert!(
+        explained.contains("recorded because tools are listed"),
+        "{explained}"
+    );
+    assert!(
+        explained.contains("/bin/sh run(s) whatever code"),
+        "{explained}"
+    );
+}

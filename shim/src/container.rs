@@ -89,6 +89,8 @@ pub struct Container {
     pub init: Arc<InitProcess>,
     /// Exec processes by exec id.
     pub execs: Mutex<HashMap<String, Arc<ExecProcess>>>,
+    /// The audit fields its lifecycle events carry: its sandbox's, with its own policy.
+    pub ctx: safehouse_audit::lifecycle::SandboxContext,
     /// Name of the agent policy confining it.
     pub policy: String,
     /// `sha256:` digest of that policy.

@@ -70,6 +70,10 @@ fn main() -> ExitCode {
             run: network::none_blocks_test_host_open_reaches_it,
         },
         Scenario {
+            name: "process::multicall_binary_under_an_unlisted_name_is_a_violation",
+            run: process::multicall_binary_under_an_unlisted_name_is_a_violation,
+        },
+        Scenario {
             name: "refusals::unnamed_host_bind_is_refused",
             run: refusals::unnamed_host_bind_is_refused,
         },

@@ -245,7 +245,12 @@ pub fn relative_init_is_resolved(env: &TestEnv) -> Result<()> {
             Some("shell-only"),
             &["--rm"],
             &id,
-            &["sh", "-c", "sleep 2; echo still-alive"],
+            // Builtins only: every applet exec'd would be a program of its own (not /bin/sh).
+            &[
+                "sh",
+                "-c",
+                "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; echo still-alive",
+            ],
         )?;
         ensure!(
             out.success() && out.stdout == "still-alive\n",
@@ -259,6 +264,76 @@ pub fn relative_init_is_resolved(env: &TestEnv) -> Result<()> {
             .map(|e| e["violation"].to_string())
             .collect();
         ensure!(violations.is_empty(), "violations recorded: {violations:?}");
+        Ok(())
+    })
+}
+
+/// With a busybox image and `tools: [/bin/sh, /bin/echo]`, every applet is the same file as the
+/// listed tools. `/bin/cat` is still not `/bin/sh`: an exec of the busybox file under a name the
+/// list does not give it is a violation, recorded with the name, and kills the sandbox.
+pub fn multicall_binary_under_an_unlisted_name_is_a_violation(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "multicall")?;
+    lab.policy(
+        "sh-echo",
+        "{process: {tools: [/bin/sh, /bin/echo]}, audit: {record: [file], onViolation: kill}}",
+    )?;
+    let allowed = env.id("mcok");
+    let applet = env.id("mccat");
+    env.scenario(&[&allowed, &applet], || {
+        // The listed names run (echo is exec'd by its path), with process recording forced on.
+        let out = lab.run(
+            Some("sh-echo"),
+            &["--rm"],
+            &allowed,
+            &["/bin/sh", "-c", "/bin/echo listed-ok"],
+        )?;
+        ensure!(
+            out.success() && out.stdout == "listed-ok\n",
+            "listed tools only: {}",
+            out.describe()
+        );
+        let events = lab.audit_events(&allowed);
+        ensure!(
+            events.iter().any(|e| e["action"] == "exec"
+                && e["process"]["binary"]["path"].is_string()
+                && e["process"]["argv"][0] == "/bin/echo"),
+            "record: [file] with tools still records the exec of /bin/echo"
+        );
+        ensure!(
+            !events.iter().any(|e| e["action"] == "violation"),
+            "no violation for listed names"
+        );
+        let out = env.ctr.run_timeout(
+            &lab.argv(
+                Some("sh-echo"),
+                &["--rm"],
+                &applet,
+                &[
+                    "/bin/sh",
+                    "-c",
+                    "/bin/cat /etc/hostname; sleep 20; echo SURVIVED",
+                ],
+            ),
+            Duration::from_secs(35),
+        )?;
+        ensure!(
+            !out.timed_out && out.code == Some(137) && !says(&out, "SURVIVED"),
+            "cat under a busybox listing should kill the sandbox (137): {}",
+            out.describe()
+        );
+        let violation =
+            lab.wait_audit(&applet, "action violation", |e| e["action"] == "violation")?;
+        let reason = violation["violation"]["reason"]
+            .as_str()
+            .unwrap_or_default();
+        ensure!(
+            violation["violation"]["rule"] == "process.tools" && reason.contains("\"cat\""),
+            "the violation names the name cat was invoked under: {violation}"
+        );
+        ensure!(
+            violation["policy"]["name"] == "sh-echo",
+            "labelled with the container's policy: {violation}"
+        );
         Ok(())
     })
 }

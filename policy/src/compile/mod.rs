@@ -274,6 +274,11 @@ pub fn compile(
         .map(PathBuf::from)
         .collect();
     let mut record = policy.spec.audit.record.clone();
+    // Fail closed: `tools` is checked on the exec events, so a policy with tools records them
+    // whatever `record` says (explain and lint say so).
+    if !tools.is_empty() {
+        record.push(AuditCategory::Process);
+    }
     record.sort();
     record.dedup();
     Ok(CompiledPolicy {

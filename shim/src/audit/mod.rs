@@ -10,6 +10,7 @@
 //! module only connects them to containers.
 
 mod enforcer;
+mod kill_switch;
 mod output;
 mod rules;
 
@@ -21,17 +22,23 @@ use safehouse_audit::session::{PodInitConfig, SessionOptions, TraceCategory, Tra
 use safehouse_audit::sink::{sandbox_socket_path, Deliver, SinkHandle, SinkOptions, TraceSink};
 use safehouse_policy::{AuditCategory, CompiledPolicy};
 
-pub use enforcer::{Enforcer, KillRequest};
+pub use enforcer::{Enforcer, KillRequest, RuleBook};
+pub use kill_switch::KillSwitch;
 pub use output::AuditOutput;
 pub use rules::AuditRules;
 
 use crate::bundle::POD_INIT_CONFIG;
 use crate::error::{Result, ShimError};
 
-/// A sandbox's running audit: the sink and its context.
+/// A sandbox's running audit: the sink, its context, the rules its enforcer checks each
+/// container against, and the switch that kills the sandbox on a violation.
 pub struct SandboxAudit {
     /// Fields every event of the sandbox carries.
     pub ctx: SandboxContext,
+    /// Each container's rules (a pod member adds its own).
+    pub book: Arc<RuleBook>,
+    /// Kills the sandbox process from the host.
+    pub switch: Arc<KillSwitch>,
     sink: Mutex<Option<SinkHandle>>,
 }
 
@@ -44,9 +51,11 @@ impl SandboxAudit {
     }
 }
 
-/// The trace categories a policy records.
-pub fn categories(compiled: &CompiledPolicy) -> Vec<TraceCategory> {
-    compiled
+/// The trace categories a sandbox's session records: its root policy's, and process events
+/// too for a pod's sandbox, whose members may come with `tools` of their own (their enforcer
+/// needs every exec; members whose policy does not record them do not get them written).
+pub fn categories(compiled: &CompiledPolicy, pod_sandbox: bool) -> Vec<TraceCategory> {
+    let mut cats: Vec<TraceCategory> = compiled
         .audit_plan
         .record
         .iter()
@@ -55,21 +64,29 @@ pub fn categories(compiled: &CompiledPolicy) -> Vec<TraceCategory> {
             AuditCategory::File => TraceCategory::File,
             AuditCategory::Network => TraceCategory::Network,
         })
-        .collect()
+        .collect();
+    if pod_sandbox && !cats.contains(&TraceCategory::Process) {
+        cats.push(TraceCategory::Process);
+    }
+    cats
 }
 
 /// Binds the sink for a new sandbox and writes its pod-init-config into the bundle; returns
 /// the sandbox's audit and the flag to give runsc. Events go to `events`.
+#[allow(clippy::too_many_arguments)]
 pub fn start_sandbox(
     ctx: SandboxContext,
-    compiled: &CompiledPolicy,
+    cats: &[TraceCategory],
+    book: Arc<RuleBook>,
+    switch: Arc<KillSwitch>,
     bundle: &Path,
     trace_dir: &Path,
     events: impl Deliver,
 ) -> Result<(Arc<SandboxAudit>, Option<String>)> {
-    let cats = categories(compiled);
     let audit = Arc::new(SandboxAudit {
         ctx: ctx.clone(),
+        book,
+        switch,
         sink: Mutex::new(None),
     });
     if cats.is_empty() {
@@ -86,7 +103,7 @@ pub fn start_sandbox(
     let sink = TraceSink::bind(&path, SinkOptions::default())
         .map_err(|e| ShimError::Internal(format!("bind audit sink {}: {e}", path.display())))?;
     let config = PodInitConfig::new(
-        &cats,
+        cats,
         &path,
         &TraceMetadata::baseline(),
         &SessionOptions::default(),

@@ -1,49 +1,111 @@
-//! What a sandbox's audit checks: the executables its policy allows (`process.tools`), judged
-//! by the file an exec resolves to inside the container's root.
+//! What a container's audit checks: the executables its policy allows (`process.tools`),
+//! judged by what was invoked: the file an exec resolves to inside the container's root *and*
+//! the name it was invoked under. A multi-call binary (busybox) runs the program its name
+//! selects, so `/bin/cat` is not `/bin/sh` even when both are the same file: the name an exec
+//! gives its program (`argv[0]`, which also covers symlinks and `exec -a`) must be the name of
+//! a listed tool that resolves to that file.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use safehouse_audit::event::PolicyRef;
 use safehouse_audit::AuditEvent;
 use safehouse_policy::{CompiledPolicy, ViolationAction};
 
-/// What a sandbox's audit needs from its policy.
+/// What one container's audit needs from its policy.
 #[derive(Debug, Clone)]
 pub struct AuditRules {
-    /// Executables the agent may run; empty = unrestricted.
+    /// The policy, as its events are labelled.
+    pub policy: Arc<PolicyRef>,
+    /// Executables the agent may run, as listed; empty = unrestricted.
     pub tools: Vec<PathBuf>,
+    /// For each file a listed tool resolves to: the names it may be invoked under.
+    names: HashMap<String, Vec<String>>,
     /// Kill the sandbox on a violation, or only record it.
     pub on_violation: ViolationAction,
+    /// Whether its process events are written (the sandbox's session may record them for a
+    /// pod member whose policy does).
+    pub records_process: bool,
     /// The init process's executable as the container resolves it (the `container/start`
     /// point reports only argv).
     pub init_binary: Option<String>,
 }
 
 impl AuditRules {
-    /// From a compiled policy; each tool is also allowed under the path its symlinks resolve to
-    /// inside `rootfs` (gVisor reports the resolved executable).
+    /// From a compiled policy: each tool is allowed as the file its symlinks resolve to inside
+    /// `rootfs` (gVisor reports the resolved executable), under the tool's own name.
     pub fn from_policy(
         compiled: &CompiledPolicy,
         rootfs: &Path,
         spec: &serde_json::Value,
     ) -> AuditRules {
-        let mut tools = compiled.audit_plan.tools.clone();
-        for t in &compiled.audit_plan.tools {
-            if let Some(resolved) = resolve_in_root(rootfs, t) {
-                if !tools.contains(&resolved) {
-                    tools.push(resolved);
+        let mut rules = AuditRules::new(
+            compiled.audit_plan.tools.clone(),
+            compiled.audit_plan.on_violation,
+            init_binary(rootfs, spec),
+            |t| resolve_in_root(rootfs, t),
+        );
+        rules.records_process = compiled
+            .audit_plan
+            .record
+            .contains(&safehouse_policy::AuditCategory::Process);
+        rules.policy = Arc::new(PolicyRef {
+            changes: None,
+            digest: Some(compiled.digest.clone()),
+            name: compiled.name.clone(),
+        });
+        rules
+    }
+
+    /// Rules for `tools`, each resolved by `resolve` (None: taken as it is).
+    pub fn new(
+        tools: Vec<PathBuf>,
+        on_violation: ViolationAction,
+        init_binary: Option<String>,
+        resolve: impl Fn(&Path) -> Option<PathBuf>,
+    ) -> AuditRules {
+        let mut names: HashMap<String, Vec<String>> = HashMap::new();
+        for tool in &tools {
+            let Some(name) = tool.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let listed = tool.display().to_string();
+            let resolved = resolve(tool).map(|p| p.display().to_string());
+            for file in std::iter::once(listed).chain(resolved) {
+                let entry = names.entry(file).or_default();
+                if !entry.iter().any(|n| n == name) {
+                    entry.push(name.to_owned());
                 }
             }
         }
         AuditRules {
+            policy: Arc::default(),
             tools,
-            on_violation: compiled.audit_plan.on_violation,
-            init_binary: init_binary(rootfs, spec),
+            names,
+            on_violation,
+            records_process: true,
+            init_binary,
         }
     }
 
-    /// The executable an exec event ran, if the policy does not allow it.
-    pub fn offending_binary(&self, event: &AuditEvent) -> Option<String> {
+    /// Whether the policy restricts what may run.
+    pub fn restricts(&self) -> bool {
+        !self.tools.is_empty()
+    }
+
+    /// Why an exec event breaks the policy, if it does.
+    pub fn offense(&self, event: &AuditEvent) -> Option<String> {
+        if !self.restricts() {
+            return None;
+        }
         let reported = event.executed_binary()?;
+        let argv0 = event
+            .process
+            .as_ref()
+            .and_then(|p| p.argv.as_ref())
+            .and_then(|a| a.first())
+            .map(String::as_str);
         // container/start reports the spec's argv[0] ("sh"), not the file that runs.
         let binary = match &event.point {
             Some(point) if point == "container/start" => {
@@ -51,13 +113,33 @@ impl AuditRules {
             }
             _ => reported,
         };
-        (!self.allows(binary)).then(|| binary.to_string())
+        self.refuse(binary, argv0)
     }
 
-    /// Whether an exec of `binary` (the resolved executable gVisor reports) is allowed. argv[0]
-    /// is never consulted: the caller chooses it.
-    pub fn allows(&self, binary: &str) -> bool {
-        self.tools.is_empty() || self.tools.iter().any(|t| t.as_os_str() == binary)
+    /// Why running `binary` (the resolved executable) under the name `argv0` is not allowed.
+    pub fn refuse(&self, binary: &str, argv0: Option<&str>) -> Option<String> {
+        if !self.restricts() {
+            return None;
+        }
+        let Some(names) = self.names.get(binary) else {
+            return Some(format!(
+                "exec of {binary}, which is not in the policy's tools list"
+            ));
+        };
+        let invoked = argv0
+            .map(|a| a.rsplit('/').next().unwrap_or(a))
+            .unwrap_or_default();
+        if names.iter().any(|n| n == invoked) {
+            return None;
+        }
+        Some(format!(
+            "exec of {binary} as {invoked:?}: the policy's tools list allows that file only as {} (a multi-call binary runs the program its name selects)",
+            names
+                .iter()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
     }
 }
 
@@ -132,45 +214,81 @@ pub fn resolve_in_root(root: &Path, path: &Path) -> Option<PathBuf> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn tools_match_the_resolved_path_only() {
-        let rules = AuditRules {
-            tools: vec![PathBuf::from("/bin/sh"), PathBuf::from("/usr/bin/python3")],
-            on_violation: ViolationAction::Kill,
-            init_binary: None,
-        };
-        assert!(rules.allows("/usr/bin/python3"));
-        assert!(!rules.allows("/bin/busybox"));
-        assert!(!rules.allows("/tmp/evil"));
-        let open = AuditRules {
-            tools: vec![],
-            on_violation: ViolationAction::Record,
-            init_binary: None,
-        };
-        assert!(open.allows("/anything"));
+    fn busybox() -> AuditRules {
+        // /bin/sh and /bin/echo are links to /bin/busybox; python3 is a file of its own.
+        AuditRules::new(
+            vec![
+                "/bin/sh".into(),
+                "/bin/echo".into(),
+                "/usr/bin/python3".into(),
+            ],
+            ViolationAction::Kill,
+            Some("/bin/busybox".into()),
+            |t| match t.to_str() {
+                Some("/bin/sh" | "/bin/echo") => Some("/bin/busybox".into()),
+                _ => None,
+            },
+        )
+    }
 
-        // The init is judged by the file it resolves to, not the argv[0] gVisor reports.
-        let rules = AuditRules {
-            tools: vec![PathBuf::from("/bin/busybox")],
-            on_violation: ViolationAction::Kill,
-            init_binary: Some("/bin/busybox".into()),
-        };
-        let mut start = AuditEvent {
+    fn exec(point: &str, binary: &str, argv0: &str) -> AuditEvent {
+        AuditEvent {
             category: safehouse_audit::Category::Process,
             action: safehouse_audit::Action::Exec,
-            point: Some("container/start".into()),
+            point: Some(point.to_owned().into()),
             process: Some(safehouse_audit::ProcessInfo {
+                argv: Some(vec![argv0.into()]),
                 binary: Some(safehouse_audit::BinaryInfo {
-                    path: "sh".into(),
+                    path: binary.into(),
                     ..Default::default()
                 }),
                 ..Default::default()
             }),
             ..Default::default()
-        };
-        assert_eq!(rules.offending_binary(&start), None);
-        start.point = Some("sentry/execve".into());
-        assert_eq!(rules.offending_binary(&start).as_deref(), Some("sh"));
+        }
+    }
+
+    #[test]
+    fn a_tool_is_its_file_under_its_own_name() {
+        let rules = busybox();
+        assert_eq!(rules.refuse("/usr/bin/python3", Some("python3")), None);
+        assert_eq!(
+            rules.refuse("/usr/bin/python3", Some("/usr/bin/python3")),
+            None
+        );
+        assert_eq!(rules.refuse("/bin/busybox", Some("sh")), None);
+        assert_eq!(rules.refuse("/bin/busybox", Some("/bin/echo")), None);
+        // Another file.
+        let why = rules.refuse("/tmp/evil", Some("evil")).expect("refused");
+        assert!(why.contains("not in the policy's tools list"), "{why}");
+        // The same file under another name: busybox's cat applet, `exec -a`, `busybox cat`.
+        for argv0 in ["cat", "/bin/cat", "busybox", "", "sh2"] {
+            let why = rules
+                .refuse("/bin/busybox", Some(argv0))
+                .unwrap_or_else(|| panic!("{argv0:?} allowed"));
+            assert!(why.contains("allows that file only as"), "{why}");
+        }
+        assert!(
+            rules.refuse("/bin/busybox", None).is_some(),
+            "no argv at all"
+        );
+        let open = AuditRules::new(vec![], ViolationAction::Record, None, |_| None);
+        assert_eq!(open.refuse("/anything", Some("x")), None);
+    }
+
+    #[test]
+    fn the_init_is_its_resolved_file_under_the_spec_name() {
+        let rules = busybox();
+        // container/start reports argv only; the init's file comes from the rules.
+        assert_eq!(rules.offense(&exec("container/start", "sh", "sh")), None);
+        assert!(rules
+            .offense(&exec("container/start", "cat", "cat"))
+            .is_some());
+        assert!(rules.offense(&exec("sentry/execve", "sh", "sh")).is_some());
+        assert_eq!(
+            rules.offense(&exec("sentry/execve", "/bin/busybox", "echo")),
+            None
+        );
     }
 
     #[test]

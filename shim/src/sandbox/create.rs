@@ -20,7 +20,9 @@ use tracing::info;
 use super::persisted::PersistedState;
 use super::undo::{Step, Teardown, Undo};
 use super::Sandbox;
-use crate::audit::{self, AuditOutput, AuditRules, Enforcer, KillRequest, SandboxAudit};
+use crate::audit::{
+    self, AuditOutput, AuditRules, Enforcer, KillRequest, KillSwitch, RuleBook, SandboxAudit,
+};
 use crate::bundle::{Bundle, INIT_PID_FILE, POD_INIT_CONFIG, STATE_FILE};
 use crate::confine::{self, Confinement};
 use crate::container::{Container, CRI_SANDBOX_NAME, CRI_SANDBOX_NAMESPACE};
@@ -116,6 +118,8 @@ pub async fn join_sandbox(
     }
     let mut undo = Undo::default();
     let runtime = sandbox.runtime.for_container(&new.bundle.dir);
+    // Its execs are checked, and its events labelled, under its own policy.
+    sandbox.audit.book.insert(&new.id, container_rules(&new));
     let result = async {
         // A member's resolv.conf points at the pod's forwarder too (its upstreams are the pod's).
         point_resolver(host.env, &mut new, runtime.flags().network)?;
@@ -234,6 +238,10 @@ async fn boot<'a>(
     )
     .await?;
     run_create_hooks(&new, pid, &audit, record).await?;
+    if let Err(e) = audit.switch.arm(pid) {
+        // The task service's runsc kill stands in for it.
+        tracing::warn!(container = %new.id, "cannot arm the kill switch for pid {pid}: {e}");
+    }
     // The sandbox process is re-parented to the shim; from now on the reaper watches it.
     made.sandbox.push(Step::ReaperWatch(pid as i32));
     let table = network.as_ref().map(|n| n.table.table.clone());
@@ -328,12 +336,22 @@ fn start_audit(
     ) {
         ctx = ctx.with_pod(name, ns);
     }
-    let root = new.bundle.spec["root"]["path"].as_str().unwrap_or("rootfs");
-    let rules = AuditRules::from_policy(compiled, &new.bundle.dir.join(root), &new.bundle.spec);
-    let enforcer = Enforcer::new(ctx.clone(), rules, host.output.clone(), host.kills.clone());
+    let rules = container_rules(new);
+    let book = Arc::new(RuleBook::new(&new.id, rules));
+    let switch = Arc::new(KillSwitch::default());
+    let enforcer = Enforcer::new(
+        ctx.clone(),
+        book.clone(),
+        switch.clone(),
+        host.output.clone(),
+        host.kills.clone(),
+    );
+    let pod_sandbox = new.bundle.annotations()[crate::container::CRI_CONTAINER_TYPE] == "sandbox";
     let started = audit::start_sandbox(
         ctx,
-        compiled,
+        &audit::categories(compiled, pod_sandbox),
+        book,
+        switch,
         &new.bundle.dir,
         &host.node.trace_dir(),
         enforcer,
@@ -343,6 +361,16 @@ fn start_audit(
         undo.push(Step::File(new.bundle.file(POD_INIT_CONFIG)));
     }
     Ok(started)
+}
+
+/// The rules the enforcer checks this container's events against (its own policy's).
+fn container_rules(new: &NewContainer<'_>) -> AuditRules {
+    let root = new.bundle.spec["root"]["path"].as_str().unwrap_or("rootfs");
+    AuditRules::from_policy(
+        &new.confinement.compiled,
+        &new.bundle.dir.join(root),
+        &new.bundle.spec,
+    )
 }
 
 /// Sets up the init's stdio and runs `runsc create`; returns the sandbox (or container) pid.
@@ -467,7 +495,13 @@ fn container(
 ) -> Arc<Container> {
     let compiled = new.confinement.compiled;
     info!(container = %new.id, sandbox = %sandbox.id, pid = init.pid(), policy = %compiled.name, digest = %compiled.digest, source = ?new.confinement.source, "created");
+    let ctx = sandbox
+        .audit
+        .ctx
+        .clone()
+        .with_policy(&compiled.name, Some(compiled.digest.clone()));
     Arc::new(Container {
+        ctx,
         id: new.id,
         runtime,
         cgroups_path: own_cgroup(&new.bundle),

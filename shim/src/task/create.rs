@@ -71,9 +71,7 @@ impl TaskService {
         };
         let pid = c.init.pid();
         self.record(
-            c.sandbox
-                .audit
-                .ctx
+            c.ctx
                 .create(
                     &id,
                     vec![format!(

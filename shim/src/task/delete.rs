@@ -95,7 +95,7 @@ impl TaskService {
                 info!(container = %c.id, cgroup, "removed the cgroup runsc left (its sandbox had died)");
             }
         }
-        self.record(c.sandbox.audit.ctx.delete(&c.id).build());
+        self.record(c.ctx.delete(&c.id).build());
         if c.is_root() {
             let how = Teardown {
                 strict: false,

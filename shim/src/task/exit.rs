@@ -51,7 +51,7 @@ impl TaskService {
             if init && exit.code == 137 && out_of_memory(&c) {
                 warn!(container = %c.id, "out of memory: the kernel's OOM killer ended the sandbox");
                 c.set_exit_reason(ExitReason::Oom);
-                output.submit(c.sandbox.audit.ctx.oom(&c.id).build());
+                output.submit(c.ctx.oom(&c.id).build());
                 let mut e = ev::TaskOOM::new();
                 e.container_id = c.id.clone();
                 events.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(e));
@@ -67,7 +67,7 @@ impl TaskService {
             } else {
                 ExitInfo::exited(exit.code as i32)
             };
-            let mut b = c.sandbox.audit.ctx.exit(&c.id, info.with_reason(reason));
+            let mut b = c.ctx.exit(&c.id, info.with_reason(reason));
             if !init {
                 b = b.detail("exec_id", p.exec_id().to_owned());
             }
@@ -100,7 +100,7 @@ impl TaskService {
                 "timeout: the policy's wall-clock limit was reached; killing the container"
             );
             c.set_exit_reason(ExitReason::Timeout);
-            output.submit(c.sandbox.audit.ctx.timeout(&c.id, limit.as_secs()).build());
+            output.submit(c.ctx.timeout(&c.id, limit.as_secs()).build());
             if let Err(e) = c.runtime.kill(&c.id, KILL_ALL).await {
                 if c.init.status() != Status::Stopped {
                     warn!(container = %c.id, "kill at timeout: {e}");
@@ -109,10 +109,11 @@ impl TaskService {
         });
     }
 
-    /// Kills sandboxes whose audit enforcer found a violation of an `onViolation: kill` policy.
+    /// After the enforcer killed a sandbox for a violation of an `onViolation: kill` policy
+    /// (the kill event is already in the chain): records why its root container ended, and
+    /// kills through runsc if the kill switch could not.
     pub(super) fn carry_out_violation_kills(&self, mut rx: mpsc::UnboundedReceiver<KillRequest>) {
         let containers = self.containers.clone();
-        let output = self.audit.clone();
         tokio::spawn(async move {
             while let Some(req) = rx.recv().await {
                 let root = containers
@@ -121,16 +122,12 @@ impl TaskService {
                     .get(&req.sandbox_id)
                     .cloned();
                 let Some(c) = root else { continue };
-                warn!(container = %c.id, reason = %req.reason, "policy violation: killing the sandbox");
+                warn!(container = %c.id, reason = %req.reason, killed = req.killed, "policy violation: the sandbox is killed");
                 c.set_exit_reason(ExitReason::Violation);
-                output.submit(
-                    c.sandbox
-                        .audit
-                        .ctx
-                        .kill(&c.id, 9, true, "safehouse (policy violation)")
-                        .message(&req.reason)
-                        .build(),
-                );
+                if req.killed {
+                    continue;
+                }
+                // The kill switch could not act (not armed): runsc does it.
                 if let Err(e) = c.runtime.kill(&c.id, KILL_ALL).await {
                     if c.init.status() != Status::Stopped {
                         warn!(container = %c.id, "kill after violation: {e}");

@@ -45,11 +45,7 @@ impl TaskService {
             }
         };
         info!(container = %c.id, exec = %req.exec_id, signal = req.signal, all = req.all, "kill");
-        let mut b = c
-            .sandbox
-            .audit
-            .ctx
-            .kill(&c.id, req.signal as i32, req.all, actor);
+        let mut b = c.ctx.kill(&c.id, req.signal as i32, req.all, actor);
         if !req.exec_id.is_empty() {
             b = b.detail("exec_id", req.exec_id.clone());
         }

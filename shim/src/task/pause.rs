@@ -24,7 +24,7 @@ impl TaskService {
         }
         c.runtime.pause(id, resume).await?;
         c.init.mark_paused(!resume)?;
-        let ctx = &c.sandbox.audit.ctx;
+        let ctx = &c.ctx;
         if resume {
             self.record(ctx.resume(id).build());
             let mut e = ev::TaskResumed::new();

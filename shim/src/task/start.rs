@@ -39,7 +39,7 @@ impl TaskService {
         let pid = res?;
         match &p {
             ProcessRef::Init(_) => {
-                self.record(c.sandbox.audit.ctx.start(&c.id).build());
+                self.record(c.ctx.start(&c.id).build());
                 let mut e = ev::TaskStart::new();
                 e.container_id = c.id.clone();
                 e.pid = pid;
@@ -47,7 +47,7 @@ impl TaskService {
             }
             ProcessRef::Exec(exec) => {
                 let argv = exec_argv(&c, &exec.exec_id);
-                self.record(c.sandbox.audit.ctx.exec(&c.id, &exec.exec_id, argv).build());
+                self.record(c.ctx.exec(&c.id, &exec.exec_id, argv).build());
                 let mut e = ev::TaskExecStarted::new();
                 e.container_id = c.id.clone();
                 e.exec_id = exec.exec_id.clone();
@@ -95,7 +95,7 @@ impl TaskService {
                 &c.start_hooks,
                 &c.hook_state("created", p.pid()),
                 Some(&netns),
-                |r| self.record(crate::hooks::audit_event(&c.sandbox.audit.ctx, &c.id, &r)),
+                |r| self.record(crate::hooks::audit_event(&c.ctx, &c.id, &r)),
             )
             .await?;
         }
