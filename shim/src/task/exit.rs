@@ -71,7 +71,10 @@ impl TaskService {
             if !init {
                 b = b.detail("exec_id", p.exec_id().to_owned());
             }
-            output.submit(b.build());
+            let mut event = b.build();
+            // When it died (reaped), not when the output finished draining.
+            event.time = audit_time(exit.at);
+            output.submit(event);
             let mut e = ev::TaskExit::new();
             e.container_id = c.id.clone();
             e.id = if init {
@@ -136,6 +139,15 @@ impl TaskService {
             }
         });
     }
+}
+
+/// An audit timestamp for a host time.
+fn audit_time(at: SystemTime) -> safehouse_audit::Timestamp {
+    let ns = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    safehouse_audit::Timestamp::from_unix_nanos(ns)
 }
 
 /// Whether a SIGKILLed init was ended by the host's OOM killer, as the sandbox's cgroup says.
