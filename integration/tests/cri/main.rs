@@ -76,6 +76,11 @@ const SCENARIOS: &[CriScenario] = &[
         core: true,
     },
     CriScenario {
+        name: "pod_member_tools_under_its_own_policy",
+        run: policy::member_tools_are_enforced_under_its_own_policy,
+        core: false,
+    },
+    CriScenario {
         name: "pod_with_unusable_policy_fails_fast",
         run: policy::unusable_policy_fails,
         core: true,

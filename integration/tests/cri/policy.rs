@@ -5,7 +5,7 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use safehouse_integration::cri_env::CriEnv;
 use safehouse_integration::host::processes;
 
@@ -173,4 +173,65 @@ pub fn unusable_policy_fails(env: &CriEnv) -> Result<()> {
         ensure!(out.stdout == "still-fine\n", "{out:?}");
         Ok(vec![id, refused])
     })
+}
+
+/// A container policy with `tools` (selected by a container annotation) in a pod whose own
+/// policy has none: the container's execs are checked against its own tools, its violation
+/// carries its own id and policy, and the pod's other container runs the same program freely.
+pub fn member_tools_are_enforced_under_its_own_policy(env: &CriEnv) -> Result<()> {
+    let policy = env.unique("cri-tools").to_lowercase();
+    let text = format!(
+        "apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: {policy}\n  \
+         description: CRI per-container tools\nspec:\n  filesystem: {{rootfs: read-write}}\n  \
+         process: {{user: \"0:0\", noNewPrivileges: false, tools: [/bin/sh, /bin/sleep]}}\n  \
+         audit: {{record: [], onViolation: record}}\n"
+    );
+    let path = env.containerd.policy_dir().join(format!("{policy}.yaml"));
+    fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+    let name = env.unique("membertools");
+    let pod = env.pod_config(&name, &[]);
+    let audit = env.containerd.audit_path();
+    env.with_pod(&pod, HANDLER, |pod_id| {
+        let mut tooled = env.container_config("tooled", &["sleep", "1000"]);
+        tooled.annotations.insert(ANNOTATION.into(), policy.clone());
+        let free = env.container_config("free", &["sleep", "1000"]);
+        let tooled_id = env.cri.create_and_start(pod_id, &pod, &tooled)?;
+        let free_id = env.cri.create_and_start(pod_id, &pod, &free)?;
+        let seen = |id: &str| -> Vec<serde_json::Value> {
+            safehouse_integration::lab::audit_lines(&audit)
+                .into_iter()
+                .filter(|e| e["container_id"] == id && e["action"] == "violation")
+                .collect()
+        };
+        env.cri
+            .exec_sync(&free_id, &["/bin/sh", "-c", "/bin/cat /etc/hostname"], 10)?;
+        env.cri
+            .exec_sync(&tooled_id, &["/bin/sh", "-c", "/bin/cat /etc/hostname"], 10)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let violation = loop {
+            if let Some(v) = seen(&tooled_id).into_iter().next() {
+                break v;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "no violation for the tooled container {tooled_id} in {}",
+                audit.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        ensure!(
+            violation["policy"]["name"] == policy.as_str()
+                && violation["violation"]["rule"] == "process.tools"
+                && violation["violation"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("\"cat\"")),
+            "the violation is the tooled container's, under its own policy: {violation}"
+        );
+        ensure!(
+            seen(&free_id).is_empty(),
+            "the pod's other container has no tools: no violation for it"
+        );
+        Ok(vec![tooled_id, free_id])
+    })?;
+    Ok(())
 }
