@@ -7,9 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
+use safehouse_audit::display::short_line;
 use safehouse_audit::follow::{follow_with, FollowFilter, FollowOptions, Since};
 use safehouse_audit::verify::verify_file;
-use serde_json::Value;
 
 /// The node-wide audit file the shims append to by default.
 const DEFAULT_AUDIT_FILE: &str = "/var/log/safehouse/audit.jsonl";
@@ -105,7 +105,7 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
                 let line = line.with_context(|| format!("reading {}", file.display()))?;
                 let text = match format {
                     OutputFormat::Json => line,
-                    OutputFormat::Short => short(&line),
+                    OutputFormat::Short => short_line(&line),
                 };
                 let mut out = stdout.lock();
                 // A closed pipe (`| head`) ends the command quietly.
@@ -149,56 +149,6 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
     }
 }
 
-/// `seq category/action container what` for a JSON event line.
-fn short(line: &str) -> String {
-    let Ok(e) = serde_json::from_str::<Value>(line) else {
-        return format!("(unreadable line) {line}");
-    };
-    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
-    let mut what = Vec::new();
-    if let Some(b) = e["process"]["binary"]["path"].as_str() {
-        what.push(b.to_string());
-    }
-    if let Some(argv) = e["process"]["argv"].as_array() {
-        let a: Vec<String> = argv
-            .iter()
-            .filter_map(|x| x.as_str().map(String::from))
-            .collect();
-        what.push(format!("{a:?}"));
-    }
-    if let Some(p) = e["file"]["path"].as_str() {
-        what.push(format!("{p} ({})", s(&e["file"]["access"])));
-    }
-    if let Some(ip) = e["network"]["ip"].as_str() {
-        what.push(format!("{ip}:{}", e["network"]["port"]));
-    }
-    if let Some(code) = e["exit"]["code"].as_i64() {
-        what.push(format!("code {code}"));
-    }
-    if let Some(sig) = e["exit"]["signal"].as_i64() {
-        what.push(format!("signal {sig}"));
-    }
-    if let Some(r) = e["exit"]["reason"].as_str() {
-        what.push(format!("reason {r}"));
-    }
-    if let Some(r) = e["violation"]["reason"].as_str() {
-        what.push(format!("{r} -> {}", s(&e["violation"]["enforcement"])));
-    }
-    if let Some(r) = e["result"]["errno"].as_str() {
-        what.push(format!("errno {r}"));
-    }
-    if let Some(m) = e["message"].as_str() {
-        what.push(m.to_string());
-    }
-    format!(
-        "#{:<4} {:<22} {:<12} {}",
-        e["seq"],
-        format!("{}/{}", s(&e["category"]), s(&e["action"])),
-        s(&e["container_id"]),
-        what.join(" ")
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,11 +156,11 @@ mod tests {
     #[test]
     fn short_lines_say_what_happened() {
         let line = r#"{"seq":3,"category":"file","action":"open","container_id":"c1","file":{"path":"/tmp/x","access":"write"}}"#;
-        let out = short(line);
+        let out = short_line(line);
         assert!(
             out.contains("file/open") && out.contains("/tmp/x (write)") && out.contains("c1"),
             "{out}"
         );
-        assert!(short("not json").starts_with("(unreadable line)"));
+        assert!(short_line("not json").starts_with("(unreadable line)"));
     }
 }
