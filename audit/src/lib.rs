@@ -19,6 +19,7 @@ pub mod follow;
 pub mod lifecycle;
 pub mod names;
 pub mod schema;
+pub mod seal;
 pub mod session;
 pub mod sink;
 pub mod sockaddr;

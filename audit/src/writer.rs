@@ -30,8 +30,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use std::time::Instant;
+
 use crate::chain::Chain;
 use crate::event::{Action, AuditEvent, Category, DropInfo, DropSource};
+use crate::seal::merkle::Hash;
+use crate::seal::{SealConfig, Sealer};
 use crate::timestamp::Timestamp;
 
 /// How the writer queues and batches.
@@ -43,6 +47,8 @@ pub struct WriterConfig {
     /// Largest single write(2); whole lines only. Use 4096 (PIPE_BUF) when
     /// several writers share one pipe or FIFO.
     pub max_batch_bytes: usize,
+    /// Signed checkpoints with the node key (see `seal/mod.rs`); None: chains only.
+    pub seal: Option<SealConfig>,
 }
 
 impl Default for WriterConfig {
@@ -50,6 +56,7 @@ impl Default for WriterConfig {
         Self {
             queue_bytes: 16 * 1024 * 1024,
             max_batch_bytes: 64 * 1024,
+            seal: None,
         }
     }
 }
@@ -65,6 +72,12 @@ pub struct WriterStats {
     pub write_errors: u64,
     /// Writes the sink accepted only in part (the rest was then written).
     pub partial_writes: u64,
+    /// Checkpoints written (with signing on).
+    pub checkpoints: u64,
+    /// Key epochs evolved by this writer.
+    pub epochs: u64,
+    /// Failed checkpoint attempts (retried after a second; the events stay pending).
+    pub seal_errors: u64,
 }
 
 /// One sandbox's chain and the events dropped for it that no event reports yet.
@@ -78,6 +91,23 @@ struct Lines {
     buf: Vec<u8>,
     /// How many lines `buf` holds.
     count: u64,
+    /// With signing on: the sandbox, and each line's seq and event hash (for checkpoints).
+    sandbox: String,
+    leaves: Vec<(u64, Hash)>,
+    /// The lines end the sandbox's chain (its lifecycle `delete`): checkpoint right after.
+    closes: bool,
+}
+
+impl Lines {
+    fn new(buf: Vec<u8>) -> Self {
+        Self {
+            buf,
+            count: 0,
+            sandbox: String::new(),
+            leaves: Vec::new(),
+            closes: false,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -109,6 +139,11 @@ struct Shared {
     queue_dropped: AtomicU64,
     write_errors: AtomicU64,
     partial_writes: AtomicU64,
+    checkpoints: AtomicU64,
+    epochs: AtomicU64,
+    seal_errors: AtomicU64,
+    /// Producers collect leaves for checkpoints.
+    sealing: bool,
 }
 
 /// The producer side: cheap to clone; [`AuditWriter::submit`] never blocks.
@@ -168,11 +203,22 @@ impl AuditWriter {
             queue_dropped: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
             partial_writes: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
+            epochs: AtomicU64::new(0),
+            seal_errors: AtomicU64::new(0),
+            sealing: config.seal.is_some(),
         });
+        let sealer = match config.seal {
+            Some(seal) => Some(Sealer::open(seal).map_err(io::Error::other)?),
+            None => None,
+        };
         let mut worker = Worker {
             sink,
             shared: Arc::clone(&shared),
             max_batch: config.max_batch_bytes.max(1),
+            sealer,
+            seal_retry: None,
+            incomplete: false,
         };
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
@@ -228,16 +274,16 @@ impl AuditWriter {
         let mut rest = events.drain(..).peekable();
         while let Some(first) = rest.next() {
             // A run of one sandbox's events is sealed under one lock and queued as one item.
-            let mut lines = Lines {
-                buf: self.shared.buffer(),
-                count: 0,
-            };
+            let mut lines = Lines::new(self.shared.buffer());
             let slot = self.shared.slot(&first.sandbox_id);
             let mut guard = lock(&slot);
+            if self.shared.sealing {
+                lines.sandbox = guard.chain.sandbox_id().to_owned();
+            }
             self.shared.seal_drop_report(&mut guard, &mut lines);
             let mut ev = first;
             loop {
-                seal_one(&mut guard.chain, &mut ev, &mut lines);
+                seal_one(&mut guard.chain, &mut ev, &mut lines, self.shared.sealing);
                 match rest.next_if(|next| next.sandbox_id == ev.sandbox_id) {
                     Some(next) => ev = next,
                     None => break,
@@ -254,10 +300,21 @@ impl AuditWriter {
     }
 }
 
-/// Seals `event` into `out`; an event that cannot be sealed is logged and left out.
-fn seal_one(chain: &mut Chain, event: &mut AuditEvent, out: &mut Lines) {
+/// Seals `event` into `out`; an event that cannot be sealed is logged and left out. With
+/// `leaves`, also notes its seq and hash for the next checkpoint.
+fn seal_one(chain: &mut Chain, event: &mut AuditEvent, out: &mut Lines, leaves: bool) {
     match chain.seal_into(event, &mut out.buf) {
-        Ok(()) => out.count += 1,
+        Ok(()) => {
+            out.count += 1;
+            if leaves {
+                let mut hash = [0u8; 32];
+                // The chain's hash is always 64 hex digits.
+                let _ = hex::decode_to_slice(chain.last_hash(), &mut hash);
+                out.leaves.push((chain.last_seq(), hash));
+                out.closes |= event.action == Action::Delete
+                    && event.container_id.as_deref() == Some(chain.sandbox_id());
+            }
+        }
         Err(e) => tracing::error!(error = %e, "audit event could not be sealed"),
     }
 }
@@ -287,6 +344,9 @@ impl Shared {
             queue_dropped: self.queue_dropped.load(Ordering::Relaxed),
             write_errors: self.write_errors.load(Ordering::Relaxed),
             partial_writes: self.partial_writes.load(Ordering::Relaxed),
+            checkpoints: self.checkpoints.load(Ordering::Relaxed),
+            epochs: self.epochs.load(Ordering::Relaxed),
+            seal_errors: self.seal_errors.load(Ordering::Relaxed),
         }
     }
 
@@ -356,7 +416,7 @@ impl Shared {
             time: Timestamp::now(),
             ..AuditEvent::default()
         };
-        seal_one(&mut slot.chain, &mut event, out);
+        seal_one(&mut slot.chain, &mut event, out, self.sealing);
     }
 
     /// Queues sealed lines (called with their sandbox's slot locked, so in seq order).
@@ -395,10 +455,10 @@ impl Shared {
         let slots: Vec<Arc<Mutex<Slot>>> = lock(&self.chains).values().cloned().collect();
         for slot in slots {
             let mut slot = lock(&slot);
-            let mut lines = Lines {
-                buf: Vec::new(),
-                count: 0,
-            };
+            let mut lines = Lines::new(Vec::new());
+            if self.sealing {
+                lines.sandbox = slot.chain.sandbox_id().to_owned();
+            }
             self.seal_drop_report(&mut slot, &mut lines);
             self.push(lines);
         }
@@ -433,6 +493,11 @@ struct Worker<W> {
     sink: W,
     shared: Arc<Shared>,
     max_batch: usize,
+    sealer: Option<Sealer>,
+    /// After a failed checkpoint: not before this.
+    seal_retry: Option<Instant>,
+    /// A write gave up (teardown): lines are missing, so no more checkpoints.
+    incomplete: bool,
 }
 
 /// Most buffers handed to one `writev(2)` (Linux's `IOV_MAX`).
@@ -456,6 +521,7 @@ impl<W: Write> Worker<W> {
                 q.closed
             };
             self.write_items(&taken);
+            self.note_leaves(&taken);
             let mut bytes = 0;
             for item in taken.drain(..) {
                 bytes += item.buf.len();
@@ -466,8 +532,58 @@ impl<W: Write> Worker<W> {
                 self.shared.room.notify_all();
             }
             self.shared.report_drops();
-            if closed && lock(&self.shared.queue).items.is_empty() {
+            let end = closed && lock(&self.shared.queue).items.is_empty();
+            self.maybe_checkpoint(end);
+            if end {
                 break;
+            }
+        }
+    }
+
+    /// Hands the written lines' leaves to the sealer; a sandbox's end makes a checkpoint due.
+    fn note_leaves(&mut self, items: &VecDeque<Lines>) {
+        if self.incomplete {
+            self.sealer = None;
+        }
+        let Some(sealer) = &mut self.sealer else {
+            return;
+        };
+        for item in items {
+            for (seq, hash) in &item.leaves {
+                sealer.add(&item.sandbox, *seq, hash);
+            }
+            if item.closes {
+                self.seal_retry = None;
+                sealer.force();
+            }
+        }
+    }
+
+    /// Writes a checkpoint when one is due (or `now`), unless a failure asks to wait.
+    fn maybe_checkpoint(&mut self, now: bool) {
+        let Some(sealer) = &mut self.sealer else {
+            return;
+        };
+        if !(now && sealer.has_pending() || sealer.due()) {
+            return;
+        }
+        if !now && self.seal_retry.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        match sealer.checkpoint(&mut self.sink) {
+            Ok(stats) => {
+                self.seal_retry = None;
+                self.shared
+                    .checkpoints
+                    .fetch_add(stats.checkpoints, Ordering::Relaxed);
+                self.shared
+                    .epochs
+                    .fetch_add(stats.epochs, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.shared.seal_errors.fetch_add(1, Ordering::Relaxed);
+                self.seal_retry = Some(Instant::now() + Duration::from_secs(1));
+                tracing::warn!(error = %e, "audit checkpoint not written; retrying");
             }
         }
     }
@@ -531,6 +647,7 @@ impl<W: Write> Worker<W> {
                 Err(e) => self.failed(&mut backoff, &e.to_string()),
             }
             if self.shared.stopping.load(Ordering::Acquire) && written < bytes {
+                self.incomplete = true;
                 break;
             }
         }

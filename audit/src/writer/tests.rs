@@ -120,6 +120,7 @@ fn full_queue_counts_drops_and_reports_them_without_gaps() {
     let (gate, mem, w, h) = gated(WriterConfig {
         queue_bytes: 4,
         max_batch_bytes: 1,
+        ..WriterConfig::default()
     });
     let accepted = (0..200).filter(|_| w.submit(event("a"))).count() as u64;
     let stats = w.stats();
