@@ -78,6 +78,8 @@ pub struct WriterStats {
     pub epochs: u64,
     /// Failed checkpoint attempts (retried after a second; the events stay pending).
     pub seal_errors: u64,
+    /// Times a [`ReopeningFile`] destination was reopened (rotation).
+    pub reopens: u64,
 }
 
 /// One sandbox's chain and the events dropped for it that no event reports yet.
@@ -144,6 +146,8 @@ struct Shared {
     seal_errors: AtomicU64,
     /// Producers collect leaves for checkpoints.
     sealing: bool,
+    /// With a [`ReopeningFile`] destination: its reopen request flag and counter.
+    reopen: Option<(Arc<AtomicBool>, Arc<AtomicU64>)>,
 }
 
 /// The producer side: cheap to clone; [`AuditWriter::submit`] never blocks.
@@ -170,11 +174,31 @@ impl AuditWriter {
         Self::spawn_with_chains(sink, config, Vec::new())
     }
 
+    /// Starts the writer thread over a file that follows rotation: it is reopened when its
+    /// path names another file (checked at most once per the file's interval) and after
+    /// [`AuditWriter::reopen`].
+    pub fn spawn_reopening(
+        file: ReopeningFile,
+        config: WriterConfig,
+    ) -> io::Result<(Self, WriterHandle)> {
+        let handles = (file.request_handle(), file.reopen_counter());
+        Self::spawn_inner(file, config, Vec::new(), Some(handles))
+    }
+
     /// Starts the writer thread, continuing the given chains (after a restart).
     pub fn spawn_with_chains<W: Write + Send + 'static>(
         sink: W,
         config: WriterConfig,
         chains: Vec<Chain>,
+    ) -> io::Result<(Self, WriterHandle)> {
+        Self::spawn_inner(sink, config, chains, None)
+    }
+
+    fn spawn_inner<W: Write + Send + 'static>(
+        sink: W,
+        config: WriterConfig,
+        chains: Vec<Chain>,
+        reopen: Option<(Arc<AtomicBool>, Arc<AtomicU64>)>,
     ) -> io::Result<(Self, WriterHandle)> {
         let chains = chains
             .into_iter()
@@ -207,6 +231,7 @@ impl AuditWriter {
             epochs: AtomicU64::new(0),
             seal_errors: AtomicU64::new(0),
             sealing: config.seal.is_some(),
+            reopen,
         });
         let sealer = match config.seal {
             Some(seal) => Some(Sealer::open(seal).map_err(io::Error::other)?),
@@ -298,6 +323,19 @@ impl AuditWriter {
     pub fn stats(&self) -> WriterStats {
         self.shared.stats()
     }
+
+    /// Asks a [`ReopeningFile`] destination to look at its path before the next line and
+    /// reopen it if it names another file (the shim calls this on SIGHUP). False when the
+    /// destination is not a reopening file.
+    pub fn reopen(&self) -> bool {
+        match &self.shared.reopen {
+            Some((request, _)) => {
+                request.store(true, Ordering::Release);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// Seals `event` into `out`; an event that cannot be sealed is logged and left out. With
@@ -347,6 +385,10 @@ impl Shared {
             checkpoints: self.checkpoints.load(Ordering::Relaxed),
             epochs: self.epochs.load(Ordering::Relaxed),
             seal_errors: self.seal_errors.load(Ordering::Relaxed),
+            reopens: self
+                .reopen
+                .as_ref()
+                .map_or(0, |(_, n)| n.load(Ordering::Relaxed)),
         }
     }
 
@@ -696,6 +738,9 @@ pub fn stdout_file() -> io::Result<File> {
     let fd = io::stdout().as_fd().try_clone_to_owned()?;
     Ok(File::from(fd))
 }
+
+mod file;
+pub use file::{OnReopen, ReopeningFile};
 
 #[cfg(test)]
 mod tests;

@@ -528,3 +528,84 @@ fn generate_refuses_to_replace_a_key() {
     let text = std::fs::read_to_string(dir.path().join(key::PUB_FILE)).unwrap_or_default();
     assert!(key::parse_public_key(&text).is_ok());
 }
+
+/// Rename rotation while two sandboxes emit: every event lands in exactly one file, in order,
+/// and the set verifies (signatures included) when given oldest first.
+fn rotate_while_emitting(check_every: Duration, ask: bool) {
+    use crate::writer::ReopeningFile;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let key = key::generate(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("audit.jsonl");
+    let rotated = dir.path().join("audit.jsonl.1");
+    let file = ReopeningFile::open(&path, check_every).unwrap_or_else(|e| panic!("{e}"));
+    let config = WriterConfig {
+        seal: Some(SealConfig {
+            every_events: 50,
+            ..SealConfig::new(dir.path().join(key::KEY_FILE))
+        }),
+        ..WriterConfig::default()
+    };
+    let (writer, handle) =
+        AuditWriter::spawn_reopening(file, config).unwrap_or_else(|e| panic!("{e}"));
+    let emit = |sb: &'static str, from: i64, to: i64| {
+        let w = writer.clone();
+        std::thread::spawn(move || {
+            for i in from..to {
+                let mut batch = vec![event(sb, Action::Write, i)];
+                w.submit_batch(&mut batch, &|| false);
+            }
+        })
+    };
+    let (a, b) = (emit("a", 0, 300), emit("b", 0, 300));
+    // Rename once the old file has something, then (maybe) ask for the reopen.
+    while std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) == 0 {
+        std::thread::yield_now();
+    }
+    std::fs::rename(&path, &rotated).unwrap_or_else(|e| panic!("{e}"));
+    if ask {
+        assert!(writer.reopen());
+    }
+    let _ = (a.join(), b.join());
+    let (c, d) = (emit("a", 300, 400), emit("b", 300, 400));
+    let _ = (c.join(), d.join());
+    drop(writer);
+    let stats = handle.finish();
+    assert_eq!(stats.reopens, 1, "{stats:?}");
+    let old = std::fs::read_to_string(&rotated).unwrap_or_default();
+    let new = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(!new.is_empty(), "nothing went to the new file");
+    for sb in ["a", "b"] {
+        let needle = format!("\"sandbox_id\":\"{sb}\"");
+        let seqs: Vec<u64> = old
+            .lines()
+            .chain(new.lines())
+            .filter(|l| l.contains(&needle))
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["seq"].as_u64())
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(seqs, (1..=400).collect::<Vec<u64>>(), "sandbox {sb}");
+    }
+    let options = VerifyOptions {
+        key: Some(key),
+        ..VerifyOptions::default()
+    };
+    let r =
+        crate::verify::verify_files(&[&rotated, &path], options).unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.is_intact(), "{:?}", r.first_break);
+    assert_eq!(r.seals.map(|s| s.events_covered), Some(800));
+}
+
+#[test]
+fn rotation_by_rename_is_followed_on_request() {
+    // No periodic look at the path: only the request makes the writer reopen.
+    rotate_while_emitting(Duration::from_secs(3600), true);
+}
+
+#[test]
+fn rotation_by_rename_is_noticed_without_a_request() {
+    rotate_while_emitting(Duration::ZERO, false);
+}
