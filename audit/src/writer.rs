@@ -49,6 +49,9 @@ pub struct WriterConfig {
     pub max_batch_bytes: usize,
     /// Signed checkpoints with the node key (see `seal/mod.rs`); None: chains only.
     pub seal: Option<SealConfig>,
+    /// Per-sandbox allowance of events and bytes (see `writer/budget.rs`;
+    /// `BudgetConfig::default()` is the recommended one); None: unbounded.
+    pub budget: Option<BudgetConfig>,
 }
 
 impl Default for WriterConfig {
@@ -57,6 +60,7 @@ impl Default for WriterConfig {
             queue_bytes: 16 * 1024 * 1024,
             max_batch_bytes: 64 * 1024,
             seal: None,
+            budget: None,
         }
     }
 }
@@ -80,13 +84,36 @@ pub struct WriterStats {
     pub seal_errors: u64,
     /// Times a [`ReopeningFile`] destination was reopened (rotation).
     pub reopens: u64,
+    /// Events cut by the sandboxes' budgets.
+    pub budget_dropped: u64,
 }
 
 /// One sandbox's chain and the events dropped for it that no event reports yet.
 struct Slot {
     chain: Chain,
     dropped: u64,
+    budget: Option<Budget>,
+    /// Cut by the budget, not reported yet.
+    budget_dropped: u64,
+    /// When the last budget report was sealed.
+    budget_reported: Option<Instant>,
 }
+
+impl Slot {
+    fn new(chain: Chain, budget: Option<&BudgetConfig>) -> Self {
+        Self {
+            chain,
+            dropped: 0,
+            budget: budget.map(|b| Budget::new(b, Instant::now())),
+            budget_dropped: 0,
+            budget_reported: None,
+        }
+    }
+}
+
+/// Budget cuts are reported at most this often per sandbox (and before every event
+/// enforcement needs, and when the writer finishes).
+const BUDGET_REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// Sealed lines of one sandbox, queued as one item.
 struct Lines {
@@ -148,6 +175,9 @@ struct Shared {
     sealing: bool,
     /// With a [`ReopeningFile`] destination: its reopen request flag and counter.
     reopen: Option<(Arc<AtomicBool>, Arc<AtomicU64>)>,
+    budget: Option<BudgetConfig>,
+    budget_dropped: AtomicU64,
+    budget_pending: AtomicBool,
 }
 
 /// The producer side: cheap to clone; [`AuditWriter::submit`] never blocks.
@@ -206,10 +236,7 @@ impl AuditWriter {
                 let id = c.sandbox_id().to_owned();
                 (
                     id,
-                    Arc::new(Mutex::new(Slot {
-                        chain: c,
-                        dropped: 0,
-                    })),
+                    Arc::new(Mutex::new(Slot::new(c, config.budget.as_ref()))),
                 )
             })
             .collect();
@@ -232,6 +259,9 @@ impl AuditWriter {
             seal_errors: AtomicU64::new(0),
             sealing: config.seal.is_some(),
             reopen,
+            budget: config.budget,
+            budget_dropped: AtomicU64::new(0),
+            budget_pending: AtomicBool::new(false),
         });
         let sealer = match config.seal {
             Some(seal) => Some(Sealer::open(seal).map_err(io::Error::other)?),
@@ -306,9 +336,18 @@ impl AuditWriter {
                 lines.sandbox = guard.chain.sandbox_id().to_owned();
             }
             self.shared.seal_drop_report(&mut guard, &mut lines);
+            self.shared
+                .seal_budget_report(&mut guard, &mut lines, false);
+            let now = Instant::now();
             let mut ev = first;
             loop {
-                seal_one(&mut guard.chain, &mut ev, &mut lines, self.shared.sealing);
+                if self.shared.admit(&mut guard, &ev, now, &mut lines) {
+                    let before = lines.buf.len();
+                    seal_one(&mut guard.chain, &mut ev, &mut lines, self.shared.sealing);
+                    if let Some(b) = &mut guard.budget {
+                        b.charge_bytes(lines.buf.len() - before);
+                    }
+                }
                 match rest.next_if(|next| next.sandbox_id == ev.sandbox_id) {
                     Some(next) => ev = next,
                     None => break,
@@ -385,6 +424,7 @@ impl Shared {
             checkpoints: self.checkpoints.load(Ordering::Relaxed),
             epochs: self.epochs.load(Ordering::Relaxed),
             seal_errors: self.seal_errors.load(Ordering::Relaxed),
+            budget_dropped: self.budget_dropped.load(Ordering::Relaxed),
             reopens: self
                 .reopen
                 .as_ref()
@@ -398,10 +438,10 @@ impl Shared {
         if let Some(slot) = chains.get(sandbox_id) {
             return Arc::clone(slot);
         }
-        let slot = Arc::new(Mutex::new(Slot {
-            chain: Chain::new(sandbox_id),
-            dropped: 0,
-        }));
+        let slot = Arc::new(Mutex::new(Slot::new(
+            Chain::new(sandbox_id),
+            self.budget.as_ref(),
+        )));
         chains.insert(sandbox_id.to_owned(), Arc::clone(&slot));
         slot
     }
@@ -461,6 +501,54 @@ impl Shared {
         seal_one(&mut slot.chain, &mut event, out, self.sealing);
     }
 
+    /// Whether the slot's budget lets `event` through; a cut is counted. Before an event that
+    /// enforcement needs, the unreported cuts are reported (so the report precedes it).
+    fn admit(&self, slot: &mut Slot, event: &AuditEvent, now: Instant, out: &mut Lines) -> bool {
+        let Some(budget) = &mut slot.budget else {
+            return true;
+        };
+        if !budget.admit(event, now) {
+            slot.budget_dropped += 1;
+            self.budget_dropped.fetch_add(1, Ordering::Relaxed);
+            self.budget_pending.store(true, Ordering::Release);
+            return false;
+        }
+        if is_protected(event) {
+            self.seal_budget_report(slot, out, true);
+        }
+        true
+    }
+
+    /// Seals the `audit`/`dropped` event (source `budget`) for the slot's unreported cuts, if
+    /// any and if the last report is a second old (or `force`).
+    fn seal_budget_report(&self, slot: &mut Slot, out: &mut Lines, force: bool) {
+        if slot.budget_dropped == 0
+            || !force
+                && slot
+                    .budget_reported
+                    .is_some_and(|t| t.elapsed() < BUDGET_REPORT_EVERY)
+        {
+            return;
+        }
+        let count = std::mem::take(&mut slot.budget_dropped);
+        slot.budget_reported = Some(Instant::now());
+        let mut event = AuditEvent {
+            action: Action::Dropped,
+            category: Category::Audit,
+            dropped: Some(DropInfo {
+                count,
+                source: DropSource::Budget,
+            }),
+            message: Some(format!(
+                "{count} events cut: over the sandbox's audit budget"
+            )),
+            sandbox_id: slot.chain.sandbox_id().to_owned(),
+            time: Timestamp::now(),
+            ..AuditEvent::default()
+        };
+        seal_one(&mut slot.chain, &mut event, out, self.sealing);
+    }
+
     /// Queues sealed lines (called with their sandbox's slot locked, so in seq order).
     fn push(&self, lines: Lines) {
         if lines.buf.is_empty() {
@@ -489,9 +577,15 @@ impl Shared {
         true
     }
 
-    /// Seals drop reports for every sandbox with unreported drops, if there is room now.
-    fn report_drops(&self) {
-        if self.queued() >= self.queue_bytes || !self.drops_pending.swap(false, Ordering::AcqRel) {
+    /// Seals drop reports for every sandbox with unreported drops, if there is room now
+    /// (budget cuts once their report is due, or all of them when `finishing`).
+    fn report_drops(&self, finishing: bool) {
+        if self.queued() >= self.queue_bytes {
+            return;
+        }
+        let queue = self.drops_pending.swap(false, Ordering::AcqRel);
+        let budget = self.budget_pending.swap(false, Ordering::AcqRel);
+        if !queue && !budget {
             return;
         }
         let slots: Vec<Arc<Mutex<Slot>>> = lock(&self.chains).values().cloned().collect();
@@ -502,6 +596,10 @@ impl Shared {
                 lines.sandbox = slot.chain.sandbox_id().to_owned();
             }
             self.seal_drop_report(&mut slot, &mut lines);
+            self.seal_budget_report(&mut slot, &mut lines, finishing);
+            if slot.budget_dropped > 0 {
+                self.budget_pending.store(true, Ordering::Release);
+            }
             self.push(lines);
         }
     }
@@ -573,7 +671,7 @@ impl<W: Write> Worker<W> {
                 lock(&self.shared.queue).bytes -= bytes;
                 self.shared.room.notify_all();
             }
-            self.shared.report_drops();
+            self.shared.report_drops(closed);
             let end = closed && lock(&self.shared.queue).items.is_empty();
             self.maybe_checkpoint(end);
             if end {
@@ -739,7 +837,9 @@ pub fn stdout_file() -> io::Result<File> {
     Ok(File::from(fd))
 }
 
+mod budget;
 mod file;
+pub use budget::{is_protected, Budget, BudgetConfig};
 pub use file::{OnReopen, ReopeningFile};
 
 #[cfg(test)]

@@ -318,3 +318,68 @@ fn concurrent_appenders_never_interleave_lines() {
     assert_eq!(values.len(), 6000);
     assert_contiguous(&values);
 }
+
+#[test]
+fn a_flooding_sandbox_is_cut_at_its_budget_and_the_others_keep_flowing() {
+    let mem = Memory::default();
+    let config = WriterConfig {
+        budget: Some(BudgetConfig {
+            events_per_sec: 0,
+            event_burst: 10,
+            bytes_per_sec: 0,
+            byte_burst: 1 << 30,
+        }),
+        ..WriterConfig::default()
+    };
+    let (w, h) = AuditWriter::spawn(mem.clone(), config).unwrap_or_else(|e| panic!("{e}"));
+    let mut flood: Vec<AuditEvent> = (0..100).map(|_| event("flood")).collect();
+    let exec = AuditEvent {
+        action: Action::Exec,
+        category: Category::Process,
+        ..event("flood")
+    };
+    let kill = AuditEvent {
+        action: Action::Kill,
+        category: Category::Lifecycle,
+        ..event("flood")
+    };
+    flood.push(exec);
+    flood.extend((0..50).map(|_| event("flood")));
+    flood.push(kill);
+    w.submit_batch(&mut flood, &|| false);
+    let mut quiet: Vec<AuditEvent> = (0..8).map(|_| event("quiet")).collect();
+    w.submit_batch(&mut quiet, &|| false);
+    drop(w);
+    let stats = h.finish();
+    let text = String::from_utf8(mem.data.lock().map(|d| d.clone()).unwrap_or_default())
+        .unwrap_or_default();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or(Value::Null))
+        .collect();
+    let of = |sb: &'static str| lines.iter().filter(move |v| v["sandbox_id"] == sb);
+    let count = |sb: &'static str, action: &str| of(sb).filter(|v| v["action"] == action).count();
+    // The other sandbox lost nothing.
+    assert_eq!(count("quiet", "open"), 8);
+    // The flood kept its burst, and every event enforcement needs.
+    assert_eq!(count("flood", "open"), 10);
+    assert_eq!((count("flood", "exec"), count("flood", "kill")), (1, 1));
+    // Every cut event is reported, with its source, before the kill.
+    let reported: u64 = of("flood")
+        .filter(|v| v["dropped"]["source"] == "budget")
+        .filter_map(|v| v["dropped"]["count"].as_u64())
+        .sum();
+    assert_eq!(reported, 140);
+    assert_eq!(stats.budget_dropped, 140);
+    let kill_at = lines.iter().position(|v| v["action"] == "kill");
+    let last_report = lines
+        .iter()
+        .rposition(|v| v["dropped"]["source"] == "budget");
+    assert!(
+        last_report < kill_at,
+        "the cut count is reported before the kill"
+    );
+    // No gap in the chain: cut events were never sealed.
+    let seqs: Vec<u64> = of("flood").filter_map(|v| v["seq"].as_u64()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+}
