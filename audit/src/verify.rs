@@ -101,6 +101,10 @@ pub struct SandboxChain {
     /// Its events after the last checkpoint that covers it, `[first, last]` seq, if any: not
     /// protected by a signature yet (only meaningful when the log has seal records).
     pub unsealed: Option<[u64; 2]>,
+    /// Events that a later checkpoint skipped over: written by a writer that ended (killed)
+    /// before its next checkpoint, before another writer continued the chain. Chained, not
+    /// signed.
+    pub never_sealed: u64,
 }
 
 /// What was found of the seal records.
@@ -471,6 +475,17 @@ impl Verifier {
                 u.first += skip as u64;
                 checkable = false;
                 continue;
+            }
+            if !u.leaves.is_empty() && u.first < first {
+                // Events before the covered range that no checkpoint will ever cover: their
+                // writer ended (killed) before its next checkpoint and another writer went on
+                // with the chain. They are still chained, only not signed: counted, reported.
+                let skip = (first - u.first).min(u.leaves.len() as u64);
+                u.leaves.drain(..skip as usize);
+                u.first += skip;
+                if let Some(c) = self.report.sandboxes.get_mut(sandbox) {
+                    c.never_sealed += skip;
+                }
             }
             let have = u.leaves.len() as u64;
             if u.leaves.is_empty() || u.first != first || have < want {

@@ -356,6 +356,13 @@ fn describe(files: &str, report: &VerifyReport, keyed: bool) -> String {
         )),
         None => out.push_str("seals: none (chains only: a rewritten chain cannot be detected)\n"),
     }
+    for (id, c) in report.sandboxes.iter().filter(|(_, c)| c.never_sealed > 0) {
+        out.push_str(&format!(
+            "unsigned: sandbox {}: {} events chained but never covered by a checkpoint (their writer ended before its next one)\n",
+            escape(id),
+            c.never_sealed
+        ));
+    }
     for (id, c) in open {
         out.push_str(&format!(
             "open: sandbox {}: last seq {} at {}:{}; no delete event yet (its shim is still running, or was killed before delete){}\n",

@@ -609,3 +609,28 @@ fn rotation_by_rename_is_followed_on_request() {
 fn rotation_by_rename_is_noticed_without_a_request() {
     rotate_while_emitting(Duration::ZERO, false);
 }
+
+#[test]
+fn events_a_killed_writer_left_unsealed_are_counted_not_failed() {
+    let mut log = standard_log(Duration::from_secs(3600));
+    log.emit("b", Action::Open); // b seq 6: its writer is killed before checkpointing it
+    let sealer_config = SealConfig {
+        every_events: u64::MAX,
+        every: Duration::from_secs(3600),
+        epoch_length: Duration::from_secs(3600),
+        ..SealConfig::new(log.key_path())
+    };
+    log.sealer = Sealer::open(sealer_config).unwrap_or_else(|e| panic!("{e}"));
+    log.emit("b", Action::Open); // a new writer continues b's chain at seq 7
+    log.checkpoint();
+    let r = log.verify(&log.lines);
+    assert!(r.is_intact(), "{:?}", r.first_break);
+    assert_eq!(r.sandboxes.get("b").map(|c| c.never_sealed), Some(1));
+    // Deleting the unsealed event is still a chain break.
+    let mut lines = log.lines.clone();
+    lines.remove(nth_of(&lines, "b", 5));
+    assert_eq!(
+        log.verify(&lines).first_break.map(|b| b.kind),
+        Some(BreakKind::Deleted)
+    );
+}
