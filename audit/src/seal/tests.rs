@@ -634,3 +634,20 @@ fn events_a_killed_writer_left_unsealed_are_counted_not_failed() {
         Some(BreakKind::Deleted)
     );
 }
+
+#[test]
+fn an_idle_sealer_still_evolves_the_key_when_the_epoch_ends() {
+    let mut log = Log::new(Duration::ZERO);
+    assert!(!log.sealer.has_pending());
+    assert!(
+        log.sealer.due(),
+        "an ended epoch makes a checkpoint due without events"
+    );
+    log.checkpoint();
+    assert_eq!(log.lines.len(), 1);
+    let record = SealRecord::parse(log.lines[0].as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((record.seal.kind, record.seal.epoch), (SealKind::Epoch, 0));
+    let state = KeyState::load(&log.key_path()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(state.epoch, 1);
+    assert!(log.verify(&log.lines).seals.is_some_and(|s| s.epoch == 1));
+}
