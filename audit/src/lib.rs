@@ -18,6 +18,7 @@ pub mod event;
 pub mod follow;
 pub mod lifecycle;
 pub mod names;
+pub mod ocsf;
 pub mod schema;
 pub mod seal;
 pub mod session;

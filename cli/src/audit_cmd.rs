@@ -26,6 +26,9 @@ pub enum OutputFormat {
     Json,
     /// One short human-readable line per event.
     Short,
+    /// One OCSF 1.1 event (JSON) per line, for SIEMs: Process, File System and Network
+    /// Activity classes.
+    Ocsf,
 }
 
 /// Audit subcommands.
@@ -167,6 +170,10 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
                     let text = match format {
                         OutputFormat::Json => line,
                         OutputFormat::Short => short_line(&line),
+                        OutputFormat::Ocsf => match safehouse_audit::ocsf::to_ocsf(&line) {
+                            Some(v) => v.to_string(),
+                            None => continue,
+                        },
                     };
                     let mut out = stdout.lock();
                     // A closed pipe (`| head`) ends the command quietly.

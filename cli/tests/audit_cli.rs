@@ -280,3 +280,25 @@ fn keygen_refuses_to_replace_a_key() {
         .assert()
         .code(2);
 }
+
+#[test]
+fn ocsf_format_prints_one_ocsf_event_per_event_and_skips_seals() {
+    let (_dir, log, _, _) = signed_log();
+    let out = safehouse()
+        .args(["audit", "follow", "--no-follow", "--format", "ocsf"])
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 21, "20 file events and a delete; no seal records");
+    assert!(events
+        .iter()
+        .filter(|v| v["unmapped"]["sandbox_id"] == "b")
+        .all(|v| v["class_uid"] == 1001 && v["type_uid"] == 100114));
+    assert_eq!(events.last().map(|v| v["class_uid"].clone()), Some(0.into()));
+}

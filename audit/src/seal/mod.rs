@@ -388,7 +388,7 @@ impl Sealer {
         log.write_all(&out)
             .and_then(|_| log.flush())
             .map_err(SealError::Log)?;
-        state.store(&self.config.key)?;
+        state.store(&self.config.key, stats.epochs > 0)?;
         self.pending.clear();
         self.count = 0;
         self.since = None;
