@@ -24,7 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -52,6 +52,10 @@ pub struct WriterConfig {
     /// Per-sandbox allowance of events and bytes (see `writer/budget.rs`;
     /// `BudgetConfig::default()` is the recommended one); None: unbounded.
     pub budget: Option<BudgetConfig>,
+    /// Where lines go that could not be written when the writer had to stop, and where it
+    /// finds those of earlier writers to write first (see `writer/spool.rs`); None: such
+    /// lines are counted as lost.
+    pub spool: Option<PathBuf>,
 }
 
 impl Default for WriterConfig {
@@ -61,6 +65,7 @@ impl Default for WriterConfig {
             max_batch_bytes: 64 * 1024,
             seal: None,
             budget: None,
+            spool: None,
         }
     }
 }
@@ -86,6 +91,13 @@ pub struct WriterStats {
     pub reopens: u64,
     /// Events cut by the sandboxes' budgets.
     pub budget_dropped: u64,
+    /// Lines the writer could not write when it had to stop, kept in the spool.
+    pub spooled_lines: u64,
+    /// Lines neither written nor spooled (no spool, or the spool failed too; a line torn by a
+    /// partial write).
+    pub lost_lines: u64,
+    /// Lines of earlier writers' spool files written at start.
+    pub unspooled_lines: u64,
 }
 
 /// One sandbox's chain and the events dropped for it that no event reports yet.
@@ -178,6 +190,14 @@ struct Shared {
     budget: Option<BudgetConfig>,
     budget_dropped: AtomicU64,
     budget_pending: AtomicBool,
+    spooled_lines: AtomicU64,
+    lost_lines: AtomicU64,
+    unspooled_lines: AtomicU64,
+    /// `finish_within` ran out of time: spool what is left and end.
+    abandon: AtomicBool,
+    /// Set by the writer thread when it ends.
+    done: Mutex<bool>,
+    done_cv: Condvar,
 }
 
 /// The producer side: cheap to clone; [`AuditWriter::submit`] never blocks.
@@ -262,6 +282,12 @@ impl AuditWriter {
             budget: config.budget,
             budget_dropped: AtomicU64::new(0),
             budget_pending: AtomicBool::new(false),
+            spooled_lines: AtomicU64::new(0),
+            lost_lines: AtomicU64::new(0),
+            unspooled_lines: AtomicU64::new(0),
+            abandon: AtomicBool::new(false),
+            done: Mutex::new(false),
+            done_cv: Condvar::new(),
         });
         let sealer = match config.seal {
             Some(seal) => Some(Sealer::open(seal).map_err(io::Error::other)?),
@@ -274,6 +300,9 @@ impl AuditWriter {
             sealer,
             seal_retry: None,
             incomplete: false,
+            spool_dir: config.spool,
+            spool: None,
+            giving_up: false,
         };
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
@@ -425,6 +454,9 @@ impl Shared {
             epochs: self.epochs.load(Ordering::Relaxed),
             seal_errors: self.seal_errors.load(Ordering::Relaxed),
             budget_dropped: self.budget_dropped.load(Ordering::Relaxed),
+            spooled_lines: self.spooled_lines.load(Ordering::Relaxed),
+            lost_lines: self.lost_lines.load(Ordering::Relaxed),
+            unspooled_lines: self.unspooled_lines.load(Ordering::Relaxed),
             reopens: self
                 .reopen
                 .as_ref()
@@ -606,6 +638,42 @@ impl Shared {
 }
 
 impl WriterHandle {
+    /// [`WriterHandle::finish`] within a time budget (the shim's delete or shutdown): waits up
+    /// to `timeout` for the queue to be written, then stops retrying a failing destination,
+    /// puts what is left in the spool (or counts it lost), and ends the writer thread even if
+    /// producers remain. Never waits for a full disk to free.
+    pub fn finish_within(mut self, timeout: Duration) -> WriterStats {
+        let deadline = Instant::now() + timeout;
+        {
+            let mut done = lock(&self.shared.done);
+            while !*done {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                done = self
+                    .shared
+                    .done_cv
+                    .wait_timeout(done, left)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+        }
+        self.shared.abandon.store(true, Ordering::Release);
+        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.room.notify_all();
+        self.shared.ready.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        // Whatever producers queued after the thread ended was not written anywhere.
+        let stranded: u64 = lock(&self.shared.queue).items.iter().map(|i| i.count).sum();
+        self.shared
+            .lost_lines
+            .fetch_add(stranded, Ordering::Relaxed);
+        self.shared.stats()
+    }
+
     /// Waits until every queued event is written (all [`AuditWriter`] clones
     /// must be dropped first) and returns the final counters.
     pub fn finish(mut self) -> WriterStats {
@@ -638,6 +706,10 @@ struct Worker<W> {
     seal_retry: Option<Instant>,
     /// A write gave up (teardown): lines are missing, so no more checkpoints.
     incomplete: bool,
+    spool_dir: Option<PathBuf>,
+    spool: Option<File>,
+    /// A write gave up: every later line goes straight to the spool.
+    giving_up: bool,
 }
 
 /// Most buffers handed to one `writev(2)` (Linux's `IOV_MAX`).
@@ -645,6 +717,13 @@ const MAX_IOV: usize = 1024;
 
 impl<W: Write> Worker<W> {
     fn run(&mut self) {
+        self.unspool();
+        self.run_queue();
+        *lock(&self.shared.done) = true;
+        self.shared.done_cv.notify_all();
+    }
+
+    fn run_queue(&mut self) {
         let mut taken = VecDeque::new();
         loop {
             let closed = {
@@ -672,7 +751,8 @@ impl<W: Write> Worker<W> {
                 self.shared.room.notify_all();
             }
             self.shared.report_drops(closed);
-            let end = closed && lock(&self.shared.queue).items.is_empty();
+            let empty = lock(&self.shared.queue).items.is_empty();
+            let end = empty && (closed || self.shared.abandon.load(Ordering::Acquire));
             self.maybe_checkpoint(end);
             if end {
                 break;
@@ -770,15 +850,23 @@ impl<W: Write> Worker<W> {
     /// Writes `group` (whole lines, `bytes` in all, completing `lines` lines) with as few
     /// `writev(2)` calls as the sink allows, then empties it.
     fn write_group(&mut self, group: &mut Vec<IoSlice<'_>>, bytes: usize, lines: u64) {
+        if self.giving_up {
+            let data: Vec<u8> = group.iter().flat_map(|s| s.iter().copied()).collect();
+            self.spool_lines(data, false);
+            group.clear();
+            return;
+        }
         let mut rest = &mut group[..];
         let mut written = 0;
+        let mut mid_line = false;
         let mut backoff = Duration::from_millis(10);
         while written < bytes {
             match self.sink.write_vectored(rest) {
                 Ok(0) => self.failed(&mut backoff, "sink accepted no bytes"),
                 Ok(n) => {
                     written += n;
-                    if written < bytes && !ends_a_line(rest, n) {
+                    mid_line = !ends_a_line(rest, n);
+                    if written < bytes && mid_line {
                         self.shared.partial_writes.fetch_add(1, Ordering::Relaxed);
                     }
                     IoSlice::advance_slices(&mut rest, n);
@@ -788,6 +876,9 @@ impl<W: Write> Worker<W> {
             }
             if self.shared.stopping.load(Ordering::Acquire) && written < bytes {
                 self.incomplete = true;
+                self.giving_up = true;
+                let data: Vec<u8> = rest.iter().flat_map(|s| s.iter().copied()).collect();
+                self.spool_lines(data, mid_line);
                 break;
             }
         }
@@ -800,11 +891,125 @@ impl<W: Write> Worker<W> {
         group.clear();
     }
 
+    /// Keeps unwritten whole lines in the spool (or counts them lost). With `torn`, `data`
+    /// starts with the rest of a line the sink took only in part: that line is lost.
+    fn spool_lines(&mut self, mut data: Vec<u8>, torn: bool) {
+        if torn {
+            let cut = data
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(data.len(), |i| i + 1);
+            data.drain(..cut);
+            self.shared.lost_lines.fetch_add(1, Ordering::Relaxed);
+        }
+        let lines = data.iter().filter(|&&b| b == b'\n').count() as u64;
+        if lines == 0 {
+            return;
+        }
+        if self.spool.is_none() {
+            if let Some(dir) = &self.spool_dir {
+                match spool::create(dir) {
+                    Ok((_, f)) => self.spool = Some(f),
+                    Err(e) => {
+                        tracing::error!(dir = %dir.display(), error = %e, "cannot create an audit spool file")
+                    }
+                }
+            }
+        }
+        let kept = match &mut self.spool {
+            Some(f) => spool::append(f, &data).is_ok(),
+            None => false,
+        };
+        let counter = if kept {
+            &self.shared.spooled_lines
+        } else {
+            tracing::error!(
+                lines,
+                "audit lines lost: destination unwritable and no spool"
+            );
+            &self.shared.lost_lines
+        };
+        counter.fetch_add(lines, Ordering::Relaxed);
+    }
+
+    /// Writes earlier writers' spool files first (and seals their events at the next
+    /// checkpoint); a file is removed once written. Stops at the first failure, leaving the
+    /// rest for the next writer.
+    fn unspool(&mut self) {
+        let Some(dir) = self.spool_dir.clone() else {
+            return;
+        };
+        let files = match spool::pending(&dir) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot read the audit spool");
+                return;
+            }
+        };
+        for path in files {
+            let data = match spool::read_lines(&path) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot read a spool file");
+                    return;
+                }
+            };
+            if let Err(e) = self.sink.write_all(&data).and_then(|_| self.sink.flush()) {
+                tracing::warn!(file = %path.display(), error = %e, "spooled audit lines not written yet");
+                return;
+            }
+            let mut lines = 0;
+            for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                lines += 1;
+                if let Some(sealer) = &mut self.sealer {
+                    add_spooled_leaf(sealer, line);
+                }
+            }
+            self.shared
+                .unspooled_lines
+                .fetch_add(lines, Ordering::Relaxed);
+            self.shared
+                .lines_written
+                .fetch_add(lines, Ordering::Relaxed);
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::error!(file = %path.display(), error = %e, "written spool file not removed: it will be written again");
+            }
+        }
+    }
+
     fn failed(&self, backoff: &mut Duration, why: &str) {
         self.shared.write_errors.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(error = why, "audit sink write failed; retrying");
+        if self.shared.stopping.load(Ordering::Acquire) {
+            return;
+        }
         std::thread::sleep(*backoff);
         *backoff = (*backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Adds a spooled event line to the next checkpoint (a sandbox's end makes it due).
+fn add_spooled_leaf(sealer: &mut Sealer, line: &[u8]) {
+    if crate::seal::is_seal_line(line) {
+        return;
+    }
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
+        return;
+    };
+    let (Some(sandbox), Some(seq), Some(hash_hex)) = (
+        v["sandbox_id"].as_str(),
+        v["seq"].as_u64(),
+        v["hash"].as_str(),
+    ) else {
+        return;
+    };
+    let mut hash = [0u8; 32];
+    if hex::decode_to_slice(hash_hex, &mut hash).is_err() {
+        return;
+    }
+    sealer.add(sandbox, seq, &hash);
+    if v["action"] == "delete" && v["container_id"].as_str() == Some(sandbox) {
+        sealer.force();
     }
 }
 
@@ -839,6 +1044,7 @@ pub fn stdout_file() -> io::Result<File> {
 
 mod budget;
 mod file;
+pub mod spool;
 pub use budget::{is_protected, Budget, BudgetConfig};
 pub use file::{OnReopen, ReopeningFile};
 

@@ -383,3 +383,82 @@ fn a_flooding_sandbox_is_cut_at_its_budget_and_the_others_keep_flowing() {
     let seqs: Vec<u64> = of("flood").filter_map(|v| v["seq"].as_u64()).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
 }
+
+/// A destination that refuses every write, like a full disk.
+struct Full;
+
+impl Write for Full {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::from_raw_os_error(libc::ENOSPC))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_full_destination_is_spooled_within_the_budget_and_written_by_the_next_writer() {
+    use crate::seal::{key, SealConfig};
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let public = key::generate(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let spool = dir.path().join("spool");
+    let config = WriterConfig {
+        spool: Some(spool.clone()),
+        seal: Some(SealConfig::new(dir.path().join(key::KEY_FILE))),
+        ..WriterConfig::default()
+    };
+    let (w, h) = AuditWriter::spawn(Full, config.clone()).unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..10 {
+        assert!(w.submit(event("a")));
+    }
+    w.submit(AuditEvent {
+        action: Action::Delete,
+        category: Category::Lifecycle,
+        container_id: Some("a".into()),
+        ..event("a")
+    });
+    // A producer still holds a clone: finish_within must not wait for it, nor for space.
+    let still_held = w.clone();
+    drop(w);
+    let stats = h.finish_within(Duration::from_millis(50));
+    assert_eq!(
+        (stats.lines_written, stats.spooled_lines, stats.lost_lines),
+        (0, 11, 0),
+        "{stats:?}"
+    );
+    drop(still_held);
+    assert_eq!(spool::pending(&spool).map(|f| f.len()).unwrap_or(0), 1);
+
+    // Space again: the next writer writes the spooled lines first, then its own.
+    let path = dir.path().join("audit.jsonl");
+    let file = open_append(&path).unwrap_or_else(|e| panic!("{e}"));
+    let (w, h) = AuditWriter::spawn(file, config).unwrap_or_else(|e| panic!("{e}"));
+    w.submit(event("b"));
+    drop(w);
+    let stats = h.finish();
+    assert_eq!(stats.unspooled_lines, 11, "{stats:?}");
+    assert!(spool::pending(&spool).is_ok_and(|f| f.is_empty()));
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let first_b = text.find("\"sandbox_id\":\"b\"").unwrap_or(0);
+    assert_eq!(text[..first_b].matches("\"sandbox_id\":\"a\"").count(), 11);
+    // Both sandboxes' events are covered by the second writer's checkpoints.
+    let options = crate::verify::VerifyOptions {
+        key: Some(public),
+        ..crate::verify::VerifyOptions::default()
+    };
+    let r = crate::verify::verify_file_with(&path, options).unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.is_intact(), "{:?}", r.first_break);
+    assert_eq!(r.seals.map(|s| s.events_covered), Some(12));
+}
+
+#[test]
+fn without_a_spool_unwritten_lines_are_counted_lost() {
+    let (w, h) =
+        AuditWriter::spawn(Full, WriterConfig::default()).unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..5 {
+        assert!(w.submit(event("a")));
+    }
+    drop(w);
+    let stats = h.finish_within(Duration::from_millis(20));
+    assert_eq!((stats.spooled_lines, stats.lost_lines), (0, 5), "{stats:?}");
+}
