@@ -200,6 +200,70 @@ fn report_signing() {
     );
 }
 
+/// Verify throughput: a signed log of `SAFEHOUSE_VERIFY_EVENTS` (100,000) events of the
+/// pipeline's mix, checkpointed every 10,000, written to a temporary file and verified with
+/// the node key (chains, Merkle roots, signatures).
+fn report_verify() {
+    use safehouse_audit::seal::{key, SealConfig, Sealer};
+    use safehouse_audit::verify::{verify_files, VerifyOptions};
+    let Ok(dir) = tempfile::tempdir() else {
+        return;
+    };
+    let Ok(public) = key::generate(dir.path()) else {
+        return;
+    };
+    let config = SealConfig {
+        every_events: u64::MAX,
+        ..SealConfig::new(dir.path().join(key::KEY_FILE))
+    };
+    let Ok(mut sealer) = Sealer::open(config) else {
+        return;
+    };
+    let n: usize = std::env::var("SAFEHOUSE_VERIFY_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let mix = packets();
+    let sb = SandboxContext::new("sb-bench").with_namespace("k8s.io");
+    let mut chain = Chain::new("sb-bench");
+    let mut log = Vec::with_capacity(n * 800);
+    let mut out = Vec::new();
+    for (i, p) in mix.iter().cycle().take(n).enumerate() {
+        out.clear();
+        if pipeline(p, &sb, &mut chain, &mut out) > 0 {
+            log.extend_from_slice(&out);
+            let mut hash = [0u8; 32];
+            let _ = hex::decode_to_slice(chain.last_hash(), &mut hash);
+            sealer.add("sb-bench", chain.last_seq(), &hash);
+        }
+        if (i + 1) % 10_000 == 0 && sealer.checkpoint(&mut log).is_err() {
+            return;
+        }
+    }
+    let path = dir.path().join("audit.jsonl");
+    if std::fs::write(&path, &log).is_err() {
+        return;
+    }
+    let options = VerifyOptions {
+        key: Some(public),
+        ..VerifyOptions::default()
+    };
+    let (c0, w0) = (thread_cpu_secs(), Instant::now());
+    let Ok(report) = verify_files(&[&path], options) else {
+        return;
+    };
+    let cpu = thread_cpu_secs() - c0;
+    let secs = w0.elapsed().as_secs_f64();
+    let mb = log.len() as f64 / 1e6;
+    println!(
+        "verify: {n} events, {mb:.0} MB, intact {}: {:.0} events and {:.1} MB per CPU-second ({cpu:.2} s CPU, {secs:.2} s wall): a 1 GB log in ~{:.0} s of CPU",
+        report.is_intact(),
+        n as f64 / cpu,
+        mb / cpu,
+        1000.0 / (mb / cpu),
+    );
+}
+
 /// CPU time consumed by this thread, in seconds (immune to other load).
 fn thread_cpu_secs() -> f64 {
     let mut ts = libc::timespec {
@@ -263,6 +327,7 @@ criterion_group!(benches, bench);
 fn main() {
     report_events_per_second();
     report_signing();
+    report_verify();
     benches();
     Criterion::default().configure_from_args().final_summary();
 }

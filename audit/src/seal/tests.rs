@@ -196,6 +196,9 @@ fn the_key_file_keeps_the_node_chain_head() {
         .unwrap_or_default();
     let record = SealRecord::parse(last.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((state.seal_seq, state.seal_hash), (3, record.hash()));
+    // Rewritten in place at every checkpoint: always the same length.
+    let len = std::fs::metadata(log.key_path()).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(len, key::KEY_FILE_LEN as u64);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
