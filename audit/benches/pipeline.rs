@@ -193,7 +193,7 @@ fn report_signing() {
     let secs = start.elapsed().as_secs_f64();
     let per = f64::from(checkpoints.max(1));
     println!(
-        "pipeline with signing: {n} events, {:.0} events per CPU-second ({cpu:.3} s CPU, {secs:.3} s wall); {checkpoints} checkpoints of {every} events, {:.0} us CPU and {:.0} us wall each (flock, key file read, Merkle root, ed25519 sign, key file write+rename; fsync only at a new epoch)",
+        "pipeline with signing: {n} events, {:.0} events per CPU-second ({cpu:.3} s CPU, {secs:.3} s wall); {checkpoints} checkpoints of {every} events, {:.0} us CPU and {:.0} us wall each (flock, key file read, Merkle root, ed25519 sign, key file rewritten in place; fsync and rename only at a new epoch)",
         n as f64 / cpu,
         checkpoint_cpu / per * 1e6,
         checkpoint_wall / per * 1e6,
