@@ -155,9 +155,12 @@ pub struct VerifyOptions {
     /// checkpoints that reach before the set cannot be checked, and signatures only with
     /// `anchor`).
     pub require_genesis: bool,
-    /// The node's public key (epoch 0). With it, every seal record's signature is checked and
-    /// a log without seal records fails (`unsealed`).
+    /// The node's public key (epoch 0). With it, every seal record's signature is checked.
     pub key: Option<VerifyingKey>,
+    /// A log with events but no seal record fails (`unsealed`). Default true; the CLI turns it
+    /// off only when it found the installed key by itself (no `--key`), so that logs of shims
+    /// that do not sign yet still verify their chains.
+    pub require_seals: bool,
     /// Seal records kept elsewhere (the anchor file): each must be in the log, identical.
     pub anchor: Vec<SealRecord>,
 }
@@ -167,6 +170,7 @@ impl Default for VerifyOptions {
         Self {
             require_genesis: true,
             key: None,
+            require_seals: true,
             anchor: Vec::new(),
         }
     }
@@ -551,7 +555,11 @@ impl Verifier {
                     detail,
                 }
             };
-        if self.options.key.is_some() && !has_seals && !self.report.sandboxes.is_empty() {
+        if self.options.key.is_some()
+            && self.options.require_seals
+            && !has_seals
+            && !self.report.sandboxes.is_empty()
+        {
             self.report.first_break = Some(end(
                 "no seal record in the log: it was written without signing, or every checkpoint was removed".into(),
                 BreakKind::Unsealed,

@@ -82,8 +82,9 @@ safehouse audit verify audit.jsonl.2 audit.jsonl.1 audit.jsonl --key node.pub \
         /// The audit files, oldest first.
         #[arg(default_value = DEFAULT_AUDIT_FILE, num_args = 1..)]
         files: Vec<PathBuf>,
-        /// The node's public key file (or 64 hex digits). Default: /etc/safehouse/audit.pub if
-        /// it exists, else the chains only.
+        /// The node's public key file (or 64 hex digits): the log must be signed. Default:
+        /// /etc/safehouse/audit.pub if it exists, which checks the seal records the log has
+        /// (a log without any still verifies its chains, with a warning).
         #[arg(long)]
         key: Option<String>,
         /// Check the chains only, even if a key is installed.
@@ -191,6 +192,9 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
             anchor,
             mid_chain,
         } => {
+            // An explicit --key means the log must be signed; the installed key found by
+            // itself checks whatever seal records there are.
+            let require_seals = key.is_some();
             let key = match (key, no_key) {
                 (_, true) => None,
                 (Some(k), false) => Some(load_key(&k)?),
@@ -206,6 +210,7 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
             let options = VerifyOptions {
                 require_genesis: !mid_chain,
                 key,
+                require_seals,
                 anchor,
             };
             let report = verify_files(&files, options).context("cannot verify")?;
@@ -342,6 +347,9 @@ fn describe(files: &str, report: &VerifyReport, keyed: bool) -> String {
         }
     }
     match &report.seals {
+        Some(s) if s.records == 0 => out.push_str(
+            "seals: none: the log is NOT signed (chains only: a rewritten chain cannot be detected; pass --key to require signatures)\n",
+        ),
         Some(s) => out.push_str(&format!(
             "seals: {} records, {} checkpoints covering {} events, epoch {}, signatures {}{}\n",
             s.records,

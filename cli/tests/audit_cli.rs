@@ -295,10 +295,17 @@ fn ocsf_format_prints_one_ocsf_event_per_event_and_skips_seals() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(events.len(), 21, "20 file events and a delete; no seal records");
+    assert_eq!(
+        events.len(),
+        21,
+        "20 file events and a delete; no seal records"
+    );
     assert!(events
         .iter()
         .filter(|v| v["unmapped"]["sandbox_id"] == "b")
         .all(|v| v["class_uid"] == 1001 && v["type_uid"] == 100114));
-    assert_eq!(events.last().map(|v| v["class_uid"].clone()), Some(0.into()));
+    assert_eq!(
+        events.last().map(|v| v["class_uid"].clone()),
+        Some(0.into())
+    );
 }
