@@ -1,6 +1,8 @@
 //! Decode + stamp + chain + serialise throughput of the audit pipeline on
-//! synthetic Sentry packets (one core). Prints events/s, then runs criterion.
-//! Target: at least 200,000 events/s.
+//! synthetic Sentry packets (one core). Prints events/s, then the same with signed
+//! checkpoints on (leaf hashing per event, a checkpoint every 10,000 events) and the cost of
+//! one checkpoint, then runs criterion. Target: at least 200,000 events/s; with signing,
+//! 300,000 events per CPU-second (issue 16).
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;
@@ -136,6 +138,132 @@ fn report_events_per_second() {
     );
 }
 
+/// The pipeline with signing on: every event's hash becomes a Merkle leaf, and every
+/// `SAFEHOUSE_CHECKPOINT_EVENTS` (10,000) events a checkpoint is signed and the key file
+/// rewritten (flock, read, sign, write, fsync, rename), as the writer thread does.
+fn report_signing() {
+    use safehouse_audit::seal::{key, SealConfig, Sealer};
+    let Ok(dir) = tempfile::tempdir() else {
+        return;
+    };
+    if key::generate(dir.path()).is_err() {
+        return;
+    }
+    let config = SealConfig {
+        every_events: u64::MAX,
+        ..SealConfig::new(dir.path().join(key::KEY_FILE))
+    };
+    let Ok(mut sealer) = Sealer::open(config) else {
+        return;
+    };
+    let every: usize = std::env::var("SAFEHOUSE_CHECKPOINT_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let n = std::env::var("SAFEHOUSE_PIPELINE_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300_000);
+    let mix = packets();
+    let sb = SandboxContext::new("sb-bench").with_namespace("k8s.io");
+    let mut chain = Chain::new("sb-bench");
+    let mut out = Vec::with_capacity(32 * 1024);
+    let mut log = Vec::new();
+    let (mut checkpoints, mut checkpoint_cpu, mut checkpoint_wall) = (0u32, 0.0, 0.0);
+    let start = Instant::now();
+    let cpu_start = thread_cpu_secs();
+    for (i, p) in mix.iter().cycle().take(n).enumerate() {
+        if black_box(pipeline(p, &sb, &mut chain, &mut out)) > 0 {
+            let mut hash = [0u8; 32];
+            let _ = hex::decode_to_slice(chain.last_hash(), &mut hash);
+            sealer.add("sb-bench", chain.last_seq(), &hash);
+        }
+        if (i + 1) % every == 0 {
+            let (c0, w0) = (thread_cpu_secs(), Instant::now());
+            if sealer.checkpoint(&mut log).is_err() {
+                return;
+            }
+            checkpoint_cpu += thread_cpu_secs() - c0;
+            checkpoint_wall += w0.elapsed().as_secs_f64();
+            checkpoints += 1;
+            log.clear();
+        }
+    }
+    let cpu = thread_cpu_secs() - cpu_start;
+    let secs = start.elapsed().as_secs_f64();
+    let per = f64::from(checkpoints.max(1));
+    println!(
+        "pipeline with signing: {n} events, {:.0} events per CPU-second ({cpu:.3} s CPU, {secs:.3} s wall); {checkpoints} checkpoints of {every} events, {:.0} us CPU and {:.0} us wall each (flock, key file read, Merkle root, ed25519 sign, key file rewritten in place; fsync and rename only at a new epoch)",
+        n as f64 / cpu,
+        checkpoint_cpu / per * 1e6,
+        checkpoint_wall / per * 1e6,
+    );
+}
+
+/// Verify throughput: a signed log of `SAFEHOUSE_VERIFY_EVENTS` (100,000) events of the
+/// pipeline's mix, checkpointed every 10,000, written to a temporary file and verified with
+/// the node key (chains, Merkle roots, signatures).
+fn report_verify() {
+    use safehouse_audit::seal::{key, SealConfig, Sealer};
+    use safehouse_audit::verify::{verify_files, VerifyOptions};
+    let Ok(dir) = tempfile::tempdir() else {
+        return;
+    };
+    let Ok(public) = key::generate(dir.path()) else {
+        return;
+    };
+    let config = SealConfig {
+        every_events: u64::MAX,
+        ..SealConfig::new(dir.path().join(key::KEY_FILE))
+    };
+    let Ok(mut sealer) = Sealer::open(config) else {
+        return;
+    };
+    let n: usize = std::env::var("SAFEHOUSE_VERIFY_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let mix = packets();
+    let sb = SandboxContext::new("sb-bench").with_namespace("k8s.io");
+    let mut chain = Chain::new("sb-bench");
+    let mut log = Vec::with_capacity(n * 800);
+    let mut out = Vec::new();
+    for (i, p) in mix.iter().cycle().take(n).enumerate() {
+        out.clear();
+        if pipeline(p, &sb, &mut chain, &mut out) > 0 {
+            log.extend_from_slice(&out);
+            let mut hash = [0u8; 32];
+            let _ = hex::decode_to_slice(chain.last_hash(), &mut hash);
+            sealer.add("sb-bench", chain.last_seq(), &hash);
+        }
+        if (i + 1) % 10_000 == 0 && sealer.checkpoint(&mut log).is_err() {
+            return;
+        }
+    }
+    let path = dir.path().join("audit.jsonl");
+    if std::fs::write(&path, &log).is_err() {
+        return;
+    }
+    let options = VerifyOptions {
+        key: Some(public),
+        ..VerifyOptions::default()
+    };
+    let (c0, w0) = (thread_cpu_secs(), Instant::now());
+    let Ok(report) = verify_files(&[&path], options) else {
+        return;
+    };
+    let cpu = thread_cpu_secs() - c0;
+    let secs = w0.elapsed().as_secs_f64();
+    let mb = log.len() as f64 / 1e6;
+    println!(
+        "verify: {n} events, {mb:.0} MB, intact {}: {:.0} events and {:.1} MB per CPU-second ({cpu:.2} s CPU, {secs:.2} s wall): a 1 GB log in ~{:.0} s of CPU",
+        report.is_intact(),
+        n as f64 / cpu,
+        mb / cpu,
+        1000.0 / (mb / cpu),
+    );
+}
+
 /// CPU time consumed by this thread, in seconds (immune to other load).
 fn thread_cpu_secs() -> f64 {
     let mut ts = libc::timespec {
@@ -198,6 +326,8 @@ criterion_group!(benches, bench);
 
 fn main() {
     report_events_per_second();
+    report_signing();
+    report_verify();
     benches();
     Criterion::default().configure_from_args().final_summary();
 }

@@ -435,6 +435,9 @@ pub enum DropSource {
     /// Packets the network filter refused but did not log (over its rate), or that the shim
     /// had not read when the sandbox ended: counted by the table, reported at delete.
     NetfilterLog,
+    /// Events over the sandbox's audit budget (events or bytes per second), cut by the
+    /// writer; events enforcement needs (exec, exit, lifecycle, policy) are never cut.
+    Budget,
 }
 
 /// The Kubernetes pod, from the CRI annotations.

@@ -4,7 +4,8 @@
 //!
 //! The iterator blocks while waiting for new lines; run it on its own thread
 //! and stop it with [`Follow::stop_handle`]. Lines are yielded exactly as
-//! written (the caller prints them), whole lines only.
+//! written (the caller prints them), whole lines only. Seal records (signed
+//! checkpoints, see `seal/mod.rs`) are not events and are skipped.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
@@ -209,6 +210,9 @@ impl Iterator for Follow {
             if self.partial.last() == Some(&b'\n') {
                 let mut line = std::mem::take(&mut self.partial);
                 line.pop();
+                if crate::seal::is_seal_line(&line) {
+                    continue; // a checkpoint, not an event (`verify` reads those)
+                }
                 let text = String::from_utf8_lossy(&line).into_owned();
                 match serde_json::from_str::<Head>(&text) {
                     Ok(head) if self.filter.matches(&head) => return Some(Ok(text)),

@@ -6,18 +6,21 @@
 //!   framing, `proto/` our description of the messages).
 //! - [`event`], [`lifecycle`]: the event model and the shim's own events.
 //! - [`chain`], [`writer`]: per-sandbox hash chain and the JSON Lines writer.
-//! - [`verify`], [`follow`]: reading the file back.
+//! - [`verify`], [`follow`]: reading the file back; [`display`]: printing it safely.
 //! - [`schema`]: the JSON Schema of a line; [`encode`]: synthetic packets for
 //!   tests, benchmarks and hostile-client tools.
 
 pub mod canonical;
 pub mod chain;
 pub mod decode;
+pub mod display;
 pub mod event;
 pub mod follow;
 pub mod lifecycle;
 pub mod names;
+pub mod ocsf;
 pub mod schema;
+pub mod seal;
 pub mod session;
 pub mod sink;
 pub mod sockaddr;

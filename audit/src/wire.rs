@@ -103,6 +103,38 @@ pub fn parse_handshake(packet: &[u8]) -> Result<u32, WireError> {
     Ok(hs.version)
 }
 
+/// The newest `dropped_count` seen on a connection, turning each header's running count into
+/// the number of points newly lost.
+///
+/// gVisor's count only grows, but packets can reach the sink out of order (several tasks send
+/// concurrently), so a header may carry an older, smaller count than one already seen. Counts
+/// are compared as serial numbers (RFC 1982): a count less than 2^31 ahead of the newest is
+/// newer (the difference is what was lost, also across the u32 wrap); anything else is an older
+/// count arriving late and adds nothing. The total reported is therefore exactly the newest
+/// count seen (modulo 2^32 wraps): it never goes backwards and never wraps to ~4.29e9.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropCounter {
+    newest: u32,
+}
+
+impl DropCounter {
+    /// Takes a header's `dropped_count`; returns how many points were newly lost (0 for an
+    /// unchanged or older count).
+    pub fn observe(&mut self, dropped_count: u32) -> u64 {
+        let ahead = dropped_count.wrapping_sub(self.newest);
+        if ahead == 0 || ahead >= 1 << 31 {
+            return 0;
+        }
+        self.newest = dropped_count;
+        u64::from(ahead)
+    }
+
+    /// The newest count seen.
+    pub fn newest(&self) -> u32 {
+        self.newest
+    }
+}
+
 /// The handshake bytes for `version` (`08 01` for version 1).
 pub fn handshake_bytes(version: u32) -> Vec<u8> {
     let hs = Handshake {
@@ -116,6 +148,49 @@ pub fn handshake_bytes(version: u32) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn out_of_order_drop_counts_are_exact_and_never_wrap() {
+        let mut c = DropCounter::default();
+        let seen: Vec<u64> = [0, 5, 3, 5, 4, 9, 0, 9, 12]
+            .into_iter()
+            .map(|n| c.observe(n))
+            .collect();
+        assert_eq!(seen, vec![0, 5, 0, 0, 0, 4, 0, 0, 3]);
+        assert_eq!(
+            seen.iter().sum::<u64>(),
+            12,
+            "the total is the newest count"
+        );
+        assert_eq!(c.newest(), 12);
+    }
+
+    #[test]
+    fn drop_counts_follow_gvisors_counter_across_its_wrap() {
+        let mut c = DropCounter::default();
+        assert_eq!(
+            c.observe(u32::MAX - 1),
+            0,
+            "more than 2^31 ahead of 0 reads as older"
+        );
+        let mut c = DropCounter::default();
+        let mut total = 0;
+        for n in [
+            1u32 << 30,
+            (1 << 31) - 1,
+            3 << 30,
+            u32::MAX - 2,
+            (3 << 30) + 7,
+            4,
+            2,
+        ] {
+            let lost = c.observe(n);
+            assert!(lost < 1 << 31, "{n} gave {lost}");
+            total += lost;
+        }
+        // 0 -> u32::MAX - 2 -> wraps to 4: u32::MAX - 2 + 7 lost in all, no more.
+        assert_eq!(total, u64::from(u32::MAX - 2) + 7);
+    }
 
     #[test]
     fn handshake_is_the_documented_two_bytes() {

@@ -237,6 +237,29 @@ fn install(a: &InstallArgs) -> Result<ExitCode> {
     if copied.is_empty() {
         println!("files: already up to date");
     }
+    // The audit signing key: created once, never replaced (its public half verifies every log
+    // this node wrote).
+    let key_dir = config_dir.clone();
+    match safehouse_audit::seal::key::generate(&key_dir) {
+        Ok(public) => println!(
+            "audit key: created {} (root only) and {}; public key: {}",
+            l.config_dir
+                .join(safehouse_audit::seal::key::KEY_FILE)
+                .display(),
+            l.config_dir
+                .join(safehouse_audit::seal::key::PUB_FILE)
+                .display(),
+            safehouse_audit::seal::key::public_key_text(&public).trim_end()
+        ),
+        Err(safehouse_audit::seal::SealError::KeyExists(_)) => {
+            let pub_path = key_dir.join(safehouse_audit::seal::key::PUB_FILE);
+            match std::fs::read_to_string(&pub_path) {
+                Ok(text) => println!("audit key: kept; public key: {}", text.trim_end()),
+                Err(_) => println!("audit key: kept ({} missing)", pub_path.display()),
+            }
+        }
+        Err(e) => return Err(e).context("create the audit signing key"),
+    }
     // 2. Prerequisites, reported.
     let mut healthy = true;
     for h in &handlers {
@@ -467,7 +490,18 @@ mod tests {
         assert!(root
             .join("etc/containerd/config.toml.before-safehouse")
             .is_file());
+        // The audit key pair: private root-only, public readable; kept across installs.
+        let key = root.join("etc/safehouse/audit.key");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&key).expect("key").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let public = std::fs::read_to_string(root.join("etc/safehouse/audit.pub")).expect("pub");
+        assert!(safehouse_audit::seal::key::parse_public_key(&public).is_ok());
+        let key_text = std::fs::read(&key).expect("key");
         run(cmd(&install)).expect("install again");
+        assert_eq!(std::fs::read(&key).expect("key"), key_text, "key replaced");
         assert_eq!(std::fs::read_to_string(&cfg).expect("read"), after);
         assert_eq!(
             std::fs::read_to_string(&marker)

@@ -104,3 +104,25 @@ fn follows_appends_partial_lines_and_truncation() {
     stop.store(true, Ordering::Release);
     assert!(follow.next().is_none());
 }
+
+#[test]
+fn seal_records_are_skipped_not_errors() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("a.jsonl");
+    let mut a = Chain::new("a");
+    let mut data = line(&mut a, Category::File, "c", 1);
+    data.extend_from_slice(
+        b"{\"seal\":{\"epoch\":0,\"kind\":\"checkpoint\",\"prev\":\"00\",\"seq\":1,\"time\":\"2026-01-01T00:00:00.000000000Z\"},\"sig\":\"00\"}\n",
+    );
+    data.extend_from_slice(&line(&mut a, Category::File, "c", 2));
+    std::fs::write(&path, &data).unwrap_or_else(|e| panic!("{e}"));
+    let opts = FollowOptions {
+        follow: false,
+        ..FollowOptions::default()
+    };
+    let got: Vec<_> = follow_with(&path, FollowFilter::default(), opts)
+        .map(|f| f.collect())
+        .unwrap_or_default();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().all(Result::is_ok), "{got:?}");
+}

@@ -27,7 +27,7 @@ use super::{Deliver, SinkOptions, SinkStats};
 use crate::decode::{decode_packet, Body};
 use crate::event::{AuditEvent, DropSource};
 use crate::lifecycle::SandboxContext;
-use crate::wire::{handshake_bytes, parse_handshake, PROTOCOL_VERSION};
+use crate::wire::{handshake_bytes, parse_handshake, DropCounter, PROTOCOL_VERSION};
 
 /// Events handed on at once at most (bounds the memory of one drain).
 const MAX_BATCH: usize = 256;
@@ -178,7 +178,7 @@ impl Connection {
     fn read_loop(&self) -> End {
         let mut buf = vec![0u8; self.options.max_packet];
         let mut pending = Pending::default();
-        let mut last_dropped: u32 = 0;
+        let mut sentry_drops = DropCounter::default();
         let mut batch: Vec<AuditEvent> = Vec::with_capacity(MAX_BATCH);
         let mut pause = self.options.batch_interval;
         loop {
@@ -193,7 +193,7 @@ impl Connection {
                     Err(_) => break true,
                 };
                 got += 1;
-                self.handle(&buf, n, &mut batch, &mut pending, &mut last_dropped);
+                self.handle(&buf, n, &mut batch, &mut pending, &mut sentry_drops);
                 if batch.len() >= MAX_BATCH && self.hand_on(&mut batch).is_err() {
                     return End::ReceiverGone;
                 }
@@ -229,7 +229,7 @@ impl Connection {
         n: usize,
         batch: &mut Vec<AuditEvent>,
         pending: &mut Pending,
-        last_dropped: &mut u32,
+        sentry_drops: &mut DropCounter,
     ) {
         self.stats.packets.fetch_add(1, Ordering::Relaxed);
         let Some(packet) = buf.get(..n) else {
@@ -239,10 +239,8 @@ impl Connection {
         };
         match decode_packet(packet) {
             Ok(decoded) => {
-                let dropped = decoded.header.dropped_count;
-                if dropped != *last_dropped {
-                    let lost = u64::from(dropped.wrapping_sub(*last_dropped));
-                    *last_dropped = dropped;
+                let lost = sentry_drops.observe(decoded.header.dropped_count);
+                if lost > 0 {
                     self.stats.sentry_dropped.fetch_add(lost, Ordering::Relaxed);
                     let ev = self.ctx.dropped(lost, DropSource::Sentry).message(format!(
                         "gVisor dropped {lost} trace points (sink socket full)"

@@ -111,6 +111,46 @@ async fn decodes_a_sentry_stream_and_reports_gvisor_drops() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_order_sentry_drop_counts_are_reported_exactly() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (handle, mut rx, path) = start(dir.path(), "sb-drops", SinkOptions::default());
+    // gVisor's running counts as they arrive: 7, then an older 3, then 9, 8, 9, then 12.
+    let counts = [7u32, 3, 9, 8, 9, 12];
+    client(move || {
+        let (c, _) = SentryClient::handshake(&path).unwrap_or_else(|e| panic!("{e}"));
+        for (i, dropped) in counts.into_iter().enumerate() {
+            let gone = SentryExit {
+                context_data: ctx().to_proto(),
+                exit_status: (i as i32) << 8,
+                ..Default::default()
+            };
+            c.send(&packet(mt::SENTRY_TASK_EXIT, dropped, &gone))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    })
+    .await;
+    let mut reported = Vec::new();
+    let mut exits = 0;
+    while exits < counts.len() {
+        let ev = next(&mut rx).await;
+        match ev.dropped {
+            Some(d) => {
+                assert_eq!(d.source, DropSource::Sentry);
+                reported.push(d.count);
+            }
+            None => exits += 1,
+        }
+    }
+    assert_eq!(
+        reported,
+        vec![7, 2, 3],
+        "each drop event counts only new losses"
+    );
+    assert_eq!(handle.stats().sentry_dropped.load(Ordering::Relaxed), 12);
+    handle.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_client_is_counted_and_does_not_disturb_a_healthy_sink() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let options = SinkOptions {

@@ -122,6 +122,7 @@ fn missing_start_and_rotated_files() {
         lines[2..].concat().as_bytes(),
         VerifyOptions {
             require_genesis: false,
+            ..VerifyOptions::default()
         },
     );
     assert!(lenient.is_ok_and(|r| r.is_intact()));

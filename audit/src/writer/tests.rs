@@ -120,6 +120,7 @@ fn full_queue_counts_drops_and_reports_them_without_gaps() {
     let (gate, mem, w, h) = gated(WriterConfig {
         queue_bytes: 4,
         max_batch_bytes: 1,
+        ..WriterConfig::default()
     });
     let accepted = (0..200).filter(|_| w.submit(event("a"))).count() as u64;
     let stats = w.stats();
@@ -316,4 +317,148 @@ fn concurrent_appenders_never_interleave_lines() {
         .collect();
     assert_eq!(values.len(), 6000);
     assert_contiguous(&values);
+}
+
+#[test]
+fn a_flooding_sandbox_is_cut_at_its_budget_and_the_others_keep_flowing() {
+    let mem = Memory::default();
+    let config = WriterConfig {
+        budget: Some(BudgetConfig {
+            events_per_sec: 0,
+            event_burst: 10,
+            bytes_per_sec: 0,
+            byte_burst: 1 << 30,
+        }),
+        ..WriterConfig::default()
+    };
+    let (w, h) = AuditWriter::spawn(mem.clone(), config).unwrap_or_else(|e| panic!("{e}"));
+    let mut flood: Vec<AuditEvent> = (0..100).map(|_| event("flood")).collect();
+    let exec = AuditEvent {
+        action: Action::Exec,
+        category: Category::Process,
+        ..event("flood")
+    };
+    let kill = AuditEvent {
+        action: Action::Kill,
+        category: Category::Lifecycle,
+        ..event("flood")
+    };
+    flood.push(exec);
+    flood.extend((0..50).map(|_| event("flood")));
+    flood.push(kill);
+    w.submit_batch(&mut flood, &|| false);
+    let mut quiet: Vec<AuditEvent> = (0..8).map(|_| event("quiet")).collect();
+    w.submit_batch(&mut quiet, &|| false);
+    drop(w);
+    let stats = h.finish();
+    let text = String::from_utf8(mem.data.lock().map(|d| d.clone()).unwrap_or_default())
+        .unwrap_or_default();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or(Value::Null))
+        .collect();
+    let of = |sb: &'static str| lines.iter().filter(move |v| v["sandbox_id"] == sb);
+    let count = |sb: &'static str, action: &str| of(sb).filter(|v| v["action"] == action).count();
+    // The other sandbox lost nothing.
+    assert_eq!(count("quiet", "open"), 8);
+    // The flood kept its burst, and every event enforcement needs.
+    assert_eq!(count("flood", "open"), 10);
+    assert_eq!((count("flood", "exec"), count("flood", "kill")), (1, 1));
+    // Every cut event is reported, with its source, before the kill.
+    let reported: u64 = of("flood")
+        .filter(|v| v["dropped"]["source"] == "budget")
+        .filter_map(|v| v["dropped"]["count"].as_u64())
+        .sum();
+    assert_eq!(reported, 140);
+    assert_eq!(stats.budget_dropped, 140);
+    let kill_at = lines.iter().position(|v| v["action"] == "kill");
+    let last_report = lines
+        .iter()
+        .rposition(|v| v["dropped"]["source"] == "budget");
+    assert!(
+        last_report < kill_at,
+        "the cut count is reported before the kill"
+    );
+    // No gap in the chain: cut events were never sealed.
+    let seqs: Vec<u64> = of("flood").filter_map(|v| v["seq"].as_u64()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+}
+
+/// A destination that refuses every write, like a full disk.
+struct Full;
+
+impl Write for Full {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::from_raw_os_error(libc::ENOSPC))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_full_destination_is_spooled_within_the_budget_and_written_by_the_next_writer() {
+    use crate::seal::{key, SealConfig};
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let public = key::generate(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let spool = dir.path().join("spool");
+    let config = WriterConfig {
+        spool: Some(spool.clone()),
+        seal: Some(SealConfig::new(dir.path().join(key::KEY_FILE))),
+        ..WriterConfig::default()
+    };
+    let (w, h) = AuditWriter::spawn(Full, config.clone()).unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..10 {
+        assert!(w.submit(event("a")));
+    }
+    w.submit(AuditEvent {
+        action: Action::Delete,
+        category: Category::Lifecycle,
+        container_id: Some("a".into()),
+        ..event("a")
+    });
+    // A producer still holds a clone: finish_within must not wait for it, nor for space.
+    let still_held = w.clone();
+    drop(w);
+    let stats = h.finish_within(Duration::from_millis(50));
+    assert_eq!(
+        (stats.lines_written, stats.spooled_lines, stats.lost_lines),
+        (0, 11, 0),
+        "{stats:?}"
+    );
+    drop(still_held);
+    assert_eq!(spool::pending(&spool).map(|f| f.len()).unwrap_or(0), 1);
+
+    // Space again: the next writer writes the spooled lines first, then its own.
+    let path = dir.path().join("audit.jsonl");
+    let file = open_append(&path).unwrap_or_else(|e| panic!("{e}"));
+    let (w, h) = AuditWriter::spawn(file, config).unwrap_or_else(|e| panic!("{e}"));
+    w.submit(event("b"));
+    drop(w);
+    let stats = h.finish();
+    assert_eq!(stats.unspooled_lines, 11, "{stats:?}");
+    assert!(spool::pending(&spool).is_ok_and(|f| f.is_empty()));
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let first_b = text.find("\"sandbox_id\":\"b\"").unwrap_or(0);
+    assert_eq!(text[..first_b].matches("\"sandbox_id\":\"a\"").count(), 11);
+    // Both sandboxes' events are covered by the second writer's checkpoints.
+    let options = crate::verify::VerifyOptions {
+        key: Some(public),
+        ..crate::verify::VerifyOptions::default()
+    };
+    let r = crate::verify::verify_file_with(&path, options).unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.is_intact(), "{:?}", r.first_break);
+    assert_eq!(r.seals.map(|s| s.events_covered), Some(12));
+}
+
+#[test]
+fn without_a_spool_unwritten_lines_are_counted_lost() {
+    let (w, h) =
+        AuditWriter::spawn(Full, WriterConfig::default()).unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..5 {
+        assert!(w.submit(event("a")));
+    }
+    drop(w);
+    let stats = h.finish_within(Duration::from_millis(20));
+    assert_eq!((stats.spooled_lines, stats.lost_lines), (0, 5), "{stats:?}");
 }
