@@ -123,6 +123,14 @@ node's public key.\n\nExample:\n  safehouse audit prove --sandbox sb-1 --seq 42 
         #[arg(long)]
         seq: u64,
     },
+    /// Make every running Safehouse shim reopen its audit destination (after a rotation).
+    #[command(
+        long_about = "Send SIGHUP to every running containerd-shim-safehouse-v2 process: each \
+reopens its audit destination path, so the lines after a rename rotation go to the new file. \
+Shims also notice a renamed path by themselves within a second; this makes it immediate (use \
+it in logrotate's postrotate). Prints how many shims were told.\n\nExample:\n  safehouse audit reopen"
+    )]
+    Reopen,
     /// Check a proof from `audit prove` with the node's public key; exit 1 if it fails.
     VerifyProof {
         /// The proof file (`-` for stdin).
@@ -136,6 +144,11 @@ node's public key.\n\nExample:\n  safehouse audit prove --sandbox sb-1 --seq 42 
 /// Runs an audit subcommand.
 pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
     match cmd {
+        AuditCommand::Reopen => {
+            let told = signal_shims(nix::sys::signal::Signal::SIGHUP)?;
+            println!("{told} Safehouse shim(s) told to reopen the audit destination");
+            Ok(ExitCode::SUCCESS)
+        }
         AuditCommand::Follow {
             files,
             since,
@@ -283,6 +296,33 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
             }
         }
     }
+}
+
+/// The shim binary's name, as `/proc/PID/exe` ends.
+const SHIM_BINARY: &str = "containerd-shim-safehouse-v2";
+
+/// Sends `signal` to every running Safehouse shim; returns how many were signalled.
+fn signal_shims(signal: nix::sys::signal::Signal) -> Result<usize> {
+    let mut told = 0;
+    for entry in std::fs::read_dir("/proc").context("read /proc")?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let is_shim = std::fs::read_link(entry.path().join("exe")).is_ok_and(|exe| {
+            exe.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.trim_end_matches(" (deleted)") == SHIM_BINARY)
+        });
+        let pid = nix::unistd::Pid::from_raw(pid);
+        if is_shim && nix::sys::signal::kill(pid, signal).is_ok() {
+            told += 1;
+        }
+    }
+    Ok(told)
 }
 
 /// A public key from a file or 64 hex digits.

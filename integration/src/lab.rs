@@ -58,11 +58,14 @@ impl<'a> Lab<'a> {
             .context("the harness's runtime root has no parent")?;
         let selectable: Vec<String> = selectable.iter().map(|s| format!("{s:?}")).collect();
         let toml = format!(
-            "root = {:?}\n\n[policy]\ndir = {:?}\nselectable = [{}]\n\n[audit]\noutput = {:?}\n",
+            "root = {:?}\n\n[policy]\ndir = {:?}\nselectable = [{}]\n\n[audit]\noutput = {:?}\nsigning_key = {:?}\n",
             runsc_root.display().to_string(),
             policies.display().to_string(),
             selectable.join(", "),
             audit.display().to_string(),
+            // Unsigned unless a scenario asks (`Lab::sign`): the node's own key, if one is
+            // installed, never changes what a lab's log holds.
+            dir.join("keys").join("audit.key").display().to_string(),
         );
         fs::write(&config, toml).with_context(|| format!("write {}", config.display()))?;
         Ok(Lab {
@@ -79,6 +82,15 @@ impl<'a> Lab<'a> {
         let old = fs::read_to_string(&self.config)?;
         fs::write(&self.config, format!("{toml}\n{old}"))
             .with_context(|| format!("write {}", self.config.display()))
+    }
+
+    /// Gives the lab a signing key of its own (its shims then write signed checkpoints);
+    /// returns the public key file.
+    pub fn sign(&self) -> Result<PathBuf> {
+        let keys = self.dir.join("keys");
+        let out = safehouse(&["audit", "keygen", "--dir", &keys.display().to_string()])?;
+        anyhow::ensure!(out.success(), "audit keygen: {}", out.describe());
+        Ok(keys.join("audit.pub"))
     }
 
     /// Writes policy `name` (`policies/NAME.yaml`) with `spec` (YAML, flow style is handy).

@@ -148,14 +148,70 @@ pub struct AuditSection {
     /// File or fifo the shims append JSON Lines to.
     #[serde(default = "default_audit_output")]
     pub output: PathBuf,
+    /// The node's audit signing key (`safehouse node install` creates it). When the file
+    /// exists, the writer appends signed, forward-secure checkpoints; when it does not, the log
+    /// has its hash chains only.
+    #[serde(default = "default_signing_key")]
+    pub signing_key: PathBuf,
+    /// A file on another mount (one the node's root cannot rewrite) that receives a copy of
+    /// every checkpoint.
+    #[serde(default)]
+    pub checkpoints: Option<PathBuf>,
+    /// Where a shim spools lines it could not write before it had to exit (a full
+    /// destination); the next writer writes them first.
+    #[serde(default = "default_audit_spool")]
+    pub spool: PathBuf,
+    /// Each sandbox's allowance of audit events and bytes; what is cut is counted in a
+    /// `dropped` event (source `budget`), and exec, violation, kill and lifecycle events are
+    /// never cut.
+    #[serde(default)]
+    pub budget: AuditBudget,
 }
 
 impl Default for AuditSection {
     fn default() -> Self {
         AuditSection {
             output: default_audit_output(),
+            signing_key: default_signing_key(),
+            checkpoints: None,
+            spool: default_audit_spool(),
+            budget: AuditBudget::default(),
         }
     }
+}
+
+/// `[audit.budget]`: per-sandbox rates (sustained per second, and bursts).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditBudget {
+    /// Events per second.
+    pub events_per_sec: u64,
+    /// Events at once.
+    pub event_burst: u64,
+    /// Bytes of audit lines per second.
+    pub bytes_per_sec: u64,
+    /// Bytes at once.
+    pub byte_burst: u64,
+}
+
+impl Default for AuditBudget {
+    /// 10 000 events/s (bursts of 50 000) and 4 MiB/s (bursts of 32 MiB) per sandbox.
+    fn default() -> Self {
+        AuditBudget {
+            events_per_sec: 10_000,
+            event_burst: 50_000,
+            bytes_per_sec: 4 * 1024 * 1024,
+            byte_burst: 32 * 1024 * 1024,
+        }
+    }
+}
+
+fn default_signing_key() -> PathBuf {
+    PathBuf::from("/etc/safehouse/audit.key")
+}
+
+fn default_audit_spool() -> PathBuf {
+    PathBuf::from("/run/safehouse/audit-spool")
 }
 
 fn default_audit_output() -> PathBuf {

@@ -11,6 +11,7 @@ pub mod paths;
 mod probe;
 
 pub use config::{
-    AuditSection, ConfigError, NetworkMode, PolicySection, RuntimeConfig, DEFAULT_CONFIG_PATH,
+    AuditBudget, AuditSection, ConfigError, NetworkMode, PolicySection, RuntimeConfig,
+    DEFAULT_CONFIG_PATH,
 };
 pub use probe::{ProbeError, RunscProbe, RunscVersion};

@@ -131,6 +131,7 @@ impl Shim for SafehouseShim {
             AuditOutput::claiming_stdout(),
         );
         service.exit_on_sigterm_when_idle();
+        service.reopen_audit_on_sighup();
         service
     }
 }

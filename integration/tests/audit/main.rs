@@ -26,6 +26,10 @@ fn main() -> ExitCode {
             run: tamper::verify_names_the_broken_line,
         },
         Scenario {
+            name: "tamper::signed_log_catches_a_deleted_sandbox",
+            run: tamper::signed_log_catches_a_deleted_sandbox,
+        },
+        Scenario {
             name: "hostile::garbage_on_trace_socket_is_contained",
             run: hostile::garbage_on_trace_socket_is_contained,
         },

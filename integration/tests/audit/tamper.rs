@@ -93,3 +93,70 @@ pub fn verify_names_the_broken_line(env: &TestEnv) -> Result<()> {
         Ok(())
     })
 }
+
+/// With a signing key, the log carries signed checkpoints: an untouched log verifies with the
+/// public key, and removing every line of one sandbox (each remaining hash chain is intact) is
+/// caught at the checkpoint that covered it, naming the sandbox.
+pub fn signed_log_catches_a_deleted_sandbox(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "signed")?;
+    let public = lab.sign()?;
+    lab.policy("recorded", RECORD_ALL_OFFLINE)?;
+    let gone = env.id("signgone");
+    let kept = env.id("signkept");
+    env.scenario(&[&gone, &kept], || {
+        for id in [&gone, &kept] {
+            let out = lab.run(Some("recorded"), &["--rm"], id, &["sh", "-c", "echo hi"])?;
+            ensure!(out.success(), "workload: {}", out.describe());
+            lab.wait_event(id, "lifecycle/delete", |e| is(e, "lifecycle", "delete"))?;
+        }
+        let key = public.display().to_string();
+        let check = |file: &Path| {
+            crate::lab::safehouse(&[
+                "audit",
+                "verify",
+                "--key",
+                &key,
+                &file.display().to_string(),
+            ])
+        };
+        // The shims seal at each sandbox's end; give the last one its moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let out = check(&lab.audit)?;
+            if out.code == Some(0) {
+                break;
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "the untouched signed log should verify with its key: {}",
+                out.describe()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let original = fs::read_to_string(&lab.audit)?;
+        ensure!(
+            original.lines().any(|l| l.starts_with("{\"seal\"")),
+            "the log has seal records"
+        );
+        let without: String = original
+            .lines()
+            .filter(|l| !l.contains(&format!("\"sandbox_id\":\"{gone}\"")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        ensure!(
+            without.len() < original.len(),
+            "the sandbox's lines were found"
+        );
+        let path = lab.path("no-sandbox.jsonl");
+        fs::write(&path, &without)?;
+        let signed = check(&path)?;
+        ensure!(
+            signed.code != Some(0)
+                && signed.stdout.contains(&path.display().to_string())
+                && signed.stdout.contains(gone.as_str()),
+            "the deleted sandbox is caught at the checkpoint that covered it: {}",
+            signed.describe()
+        );
+        Ok(())
+    })
+}

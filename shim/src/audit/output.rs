@@ -5,8 +5,14 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use safehouse_audit::writer::{open_append, AuditWriter, WriterConfig, WriterHandle};
+use std::time::Duration;
+
+use safehouse_audit::seal::SealConfig;
+use safehouse_audit::writer::{
+    AuditWriter, BudgetConfig, ReopeningFile, WriterConfig, WriterHandle,
+};
 use safehouse_audit::AuditEvent;
+use safehouse_runsc_config::AuditSection;
 
 use crate::error::{Result, ShimError};
 
@@ -27,8 +33,11 @@ impl AuditOutput {
         }
     }
 
-    /// The writer, opening `destination` (and making it the shim's stdout) on first use.
-    pub fn writer(&self, destination: &Path) -> Result<AuditWriter> {
+    /// The writer, opening the section's destination (and making it the shim's stdout) on
+    /// first use: it follows rename rotation, signs checkpoints when the node key exists,
+    /// bounds each sandbox by the budget, and spools what it could not write at exit.
+    pub fn writer(&self, section: &AuditSection) -> Result<AuditWriter> {
+        let destination = section.output.as_path();
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((w, _, path)) = guard.as_ref() {
             if path != destination {
@@ -45,37 +54,70 @@ impl AuditOutput {
                 ShimError::io(format!("create audit directory {}", dir.display()), e)
             })?;
         }
-        let file = open_append(destination).map_err(|e| {
-            ShimError::io(
-                format!("open audit destination {}", destination.display()),
-                e,
-            )
-        })?;
-        // The audit stream is the shim's standard output (containerd started us with it
-        // discarded); everything the shim logs goes to containerd's shim log instead.
-        // SAFETY: dup2 onto fd 1 with a valid fd we own.
-        if self.claims_stdout && unsafe { libc::dup2(file.as_raw_fd(), libc::STDOUT_FILENO) } < 0 {
-            tracing::warn!(
-                "cannot make {} the shim's stdout: {}",
-                destination.display(),
-                std::io::Error::last_os_error()
-            );
-        }
+        let open = || {
+            let file = ReopeningFile::open(destination, REOPEN_CHECK).map_err(|e| {
+                ShimError::io(
+                    format!("open audit destination {}", destination.display()),
+                    e,
+                )
+            })?;
+            // The audit stream is the shim's standard output (containerd started us with it
+            // discarded); everything the shim logs goes to containerd's shim log instead.
+            if self.claims_stdout {
+                make_stdout(file.file(), destination);
+                let path = destination.to_path_buf();
+                Ok::<_, ShimError>(file.on_reopen(Box::new(move |f| make_stdout(f, &path))))
+            } else {
+                Ok(file)
+            }
+        };
         let max_batch = if is_fifo(destination) {
             4096
         } else {
             64 * 1024
         };
-        let (writer, handle) = AuditWriter::spawn(
-            file,
-            WriterConfig {
-                max_batch_bytes: max_batch,
-                ..WriterConfig::default()
-            },
-        )
-        .map_err(|e| ShimError::io("start audit writer", e))?;
+        let seal = section.signing_key.is_file().then(|| SealConfig {
+            anchor: section.checkpoints.clone(),
+            ..SealConfig::new(&section.signing_key)
+        });
+        let b = section.budget;
+        let config = WriterConfig {
+            max_batch_bytes: max_batch,
+            budget: Some(BudgetConfig {
+                events_per_sec: b.events_per_sec,
+                event_burst: b.event_burst,
+                bytes_per_sec: b.bytes_per_sec,
+                byte_burst: b.byte_burst,
+            }),
+            spool: Some(section.spool.clone()),
+            seal,
+            ..WriterConfig::default()
+        };
+        let spawned = match AuditWriter::spawn_reopening(open()?, config.clone()) {
+            Err(e) if config.seal.is_some() => {
+                // An unusable key never stops containers: the chains still hold.
+                tracing::warn!(
+                    key = %section.signing_key.display(),
+                    "audit checkpoints are not signed (the key cannot be used: {e})"
+                );
+                AuditWriter::spawn_reopening(
+                    open()?,
+                    WriterConfig {
+                        seal: None,
+                        ..config
+                    },
+                )
+            }
+            other => other,
+        };
+        let (writer, handle) = spawned.map_err(|e| ShimError::io("start audit writer", e))?;
         *guard = Some((writer.clone(), Some(handle), destination.to_path_buf()));
         Ok(writer)
+    }
+
+    /// Reopens the destination path (SIGHUP: after a rotation).
+    pub fn reopen(&self) -> bool {
+        self.open_writer().is_some_and(|w| w.reopen())
     }
 
     /// The open writer, if any (none before the first Create and after `finish`).
@@ -128,19 +170,36 @@ impl AuditOutput {
             return;
         };
         drop(writer);
-        let joined = tokio::time::timeout(
-            std::time::Duration::from_secs(2),
-            tokio::task::spawn_blocking(move || handle.finish()),
-        )
-        .await;
+        // Never waits for a full destination past the budget: what is left is spooled.
+        let joined = tokio::task::spawn_blocking(move || handle.finish_within(FINISH_WITHIN)).await;
         match joined {
-            Ok(Ok(stats)) => tracing::info!(
+            Ok(stats) => tracing::info!(
                 lines = stats.lines_written,
                 dropped = stats.queue_dropped,
+                spooled = stats.spooled_lines,
+                lost = stats.lost_lines,
                 "audit writer finished"
             ),
-            _ => tracing::warn!("audit writer did not finish within 2s"),
+            Err(e) => tracing::warn!("audit writer did not finish: {e}"),
         }
+    }
+}
+
+/// How often the writer checks whether its path names another file (rename rotation).
+const REOPEN_CHECK: Duration = Duration::from_secs(1);
+
+/// How long the writer may take to write what is queued when the shim exits.
+const FINISH_WITHIN: Duration = Duration::from_secs(2);
+
+/// Makes `file` the process's standard output.
+fn make_stdout(file: &std::fs::File, destination: &Path) {
+    // SAFETY: dup2 onto fd 1 with a valid fd we own.
+    if unsafe { libc::dup2(file.as_raw_fd(), libc::STDOUT_FILENO) } < 0 {
+        tracing::warn!(
+            "cannot make {} the shim's stdout: {}",
+            destination.display(),
+            std::io::Error::last_os_error()
+        );
     }
 }
 

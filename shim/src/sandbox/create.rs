@@ -325,7 +325,7 @@ fn start_audit(
     undo: &mut Undo,
 ) -> Result<(Arc<SandboxAudit>, Option<String>)> {
     let compiled = &new.confinement.compiled;
-    host.output.writer(&host.env.config.audit.output)?;
+    host.output.writer(&host.env.config.audit)?;
     let mut ctx = SandboxContext::new(&new.id)
         .with_namespace(host.namespace)
         .with_policy(&compiled.name, Some(compiled.digest.clone()));

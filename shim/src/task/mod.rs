@@ -119,6 +119,23 @@ impl TaskService {
         });
     }
 
+    /// SIGHUP reopens the audit destination (after a rename rotation; the writer also notices
+    /// a renamed path by itself within a second).
+    pub fn reopen_audit_on_sighup(&self) {
+        let audit = self.audit.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                let reopened = audit.reopen();
+                info!(reopened, "SIGHUP: audit destination reopened");
+            }
+        });
+    }
+
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Container>>> {
         self.containers.lock().unwrap_or_else(|p| p.into_inner())
     }
