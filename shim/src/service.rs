@@ -68,7 +68,7 @@ impl Shim for SafehouseShim {
         let mut socket_gone = remove_dead_shim_socket(&bundle);
         if let Some(st) = PersistedState::load(&bundle) {
             pid = st.pid;
-            cleanup_after_dead_shim(&self.id, &bundle, &st).await;
+            cleanup_after_dead_shim(&self.namespace, &self.id, &bundle, &st).await;
             // The sockets the dead shim hosted for this container: its sandbox's trace sink and
             // its terminal (both named from the ids; absent ones are fine).
             let node = Node::default();
@@ -136,7 +136,7 @@ impl Shim for SafehouseShim {
     }
 }
 
-async fn cleanup_after_dead_shim(id: &str, bundle: &Path, st: &PersistedState) {
+async fn cleanup_after_dead_shim(namespace: &str, id: &str, bundle: &Path, st: &PersistedState) {
     // The same runsc wrapper the live shim used, with the flags it persisted (and its own
     // reaper: nothing else waits for children in this short-lived process).
     let reaper = Reaper::default();
@@ -178,6 +178,17 @@ async fn cleanup_after_dead_shim(id: &str, bundle: &Path, st: &PersistedState) {
         crate::rootfs::unmount(bundle);
     }
     crate::hostbind::release(bundle);
+    // The dead shim never wrote the sandbox's delete: close its chain, saying so.
+    if let Some(output) = &st.audit_output {
+        match crate::audit::orphan::close_chain(output, namespace, id) {
+            Ok(done) => {
+                tracing::info!(container = %id, ?done, "audit chain of a dead shim's sandbox")
+            }
+            Err(e) => {
+                tracing::warn!(container = %id, "closing the audit chain in {}: {e}", output.display())
+            }
+        }
+    }
     runsc.remove_log(id);
     let _ = std::fs::remove_file(bundle.join(STATE_FILE));
 }

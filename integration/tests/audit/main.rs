@@ -30,6 +30,10 @@ fn main() -> ExitCode {
             run: tamper::signed_log_catches_a_deleted_sandbox,
         },
         Scenario {
+            name: "stop::killed_shim_chain_is_closed_by_the_delete_action",
+            run: stop::killed_shim_chain_is_closed_by_the_delete_action,
+        },
+        Scenario {
             name: "hostile::garbage_on_trace_socket_is_contained",
             run: hostile::garbage_on_trace_socket_is_contained,
         },

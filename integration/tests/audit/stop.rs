@@ -88,3 +88,37 @@ pub fn stop_kills_records_and_leaves_nothing(env: &TestEnv) -> Result<()> {
         Ok(())
     })
 }
+
+/// A shim SIGKILLed while its sandbox runs never writes the sandbox's `delete`: containerd's
+/// `delete` action (a new shim process) closes the chain for it, chained after the last line,
+/// saying who closed it; the log still verifies and no chain is left open.
+pub fn killed_shim_chain_is_closed_by_the_delete_action(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "orphan")?;
+    lab.policy("recorded", crate::workload::RECORD_ALL_OFFLINE)?;
+    let id = env.id("orphan");
+    env.scenario(&[&id], || {
+        let out = lab.run(Some("recorded"), &["-d"], &id, &["sleep", "1000"])?;
+        ensure!(out.success(), "run -d: {}", out.describe());
+        env.ctr
+            .wait_status(&id, "RUNNING", Duration::from_secs(30))?;
+        env.sigkill_shim_and_remove(&id)?;
+        let closing = lab.wait_event(&id, "the delete action's delete", |e| {
+            e["category"] == "lifecycle"
+                && e["action"] == "delete"
+                && e["actor"] == "safehouse (delete action)"
+        })?;
+        ensure!(
+            closing["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("shim serving this sandbox died")),
+            "the closing event says why: {closing}"
+        );
+        let out = verify(&lab.audit)?;
+        ensure!(
+            out.code == Some(0) && out.stdout.contains("(0 still open)"),
+            "the chain is whole and closed: {}",
+            out.describe()
+        );
+        Ok(())
+    })
+}

@@ -11,6 +11,7 @@
 
 mod enforcer;
 mod kill_switch;
+pub mod orphan;
 mod output;
 mod rules;
 

@@ -7,7 +7,7 @@
 //! owners, for Delete.
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::{Arc, Mutex};
 
@@ -132,9 +132,16 @@ pub async fn join_sandbox(
     }
     .await;
     let result = match result {
-        Ok((init, pid, rootfs_mounted)) => {
-            persist(host, &new, runtime.as_ref(), pid, rootfs_mounted, None).map(|()| (init, pid))
-        }
+        Ok((init, pid, rootfs_mounted)) => persist(
+            host,
+            &new,
+            runtime.as_ref(),
+            pid,
+            rootfs_mounted,
+            None,
+            None,
+        )
+        .map(|()| (init, pid)),
         Err(e) => Err(e),
     };
     match result {
@@ -245,7 +252,16 @@ async fn boot<'a>(
     // The sandbox process is re-parented to the shim; from now on the reaper watches it.
     made.sandbox.push(Step::ReaperWatch(pid as i32));
     let table = network.as_ref().map(|n| n.table.table.clone());
-    persist(host, &new, runtime.as_ref(), pid, rootfs_mounted, table)?;
+    let output = Some(env.config.audit.output.clone());
+    persist(
+        host,
+        &new,
+        runtime.as_ref(),
+        pid,
+        rootfs_mounted,
+        table,
+        output,
+    )?;
     Ok(Parts {
         new,
         runtime,
@@ -263,6 +279,7 @@ fn persist(
     pid: u32,
     rootfs_mounted: bool,
     nft_table: Option<String>,
+    audit_output: Option<PathBuf>,
 ) -> Result<()> {
     let flags = runtime.flags();
     PersistedState {
@@ -274,6 +291,7 @@ fn persist(
         pid,
         rootfs_mounted,
         nft_table,
+        audit_output,
     }
     .save(&new.bundle.dir)
 }

@@ -29,6 +29,10 @@ pub struct PersistedState {
     /// The nftables table the shim installed in `netns` for this sandbox, if any.
     #[serde(default)]
     pub nft_table: Option<String>,
+    /// The audit destination its sandbox's chain is written to (root containers only): a
+    /// `delete` action after the shim died closes that chain there.
+    #[serde(default)]
+    pub audit_output: Option<PathBuf>,
 }
 
 impl PersistedState {
