@@ -85,6 +85,7 @@ impl SandboxNetwork {
                     netns,
                     ups,
                     filter.clone(),
+                    facts.node_addrs.clone(),
                     table.clone(),
                     reaper.clone(),
                     on_query,
