@@ -23,10 +23,10 @@ use super::Sandbox;
 use crate::audit::{self, AuditOutput, AuditRules, Enforcer, KillRequest, SandboxAudit};
 use crate::bundle::{Bundle, INIT_PID_FILE, POD_INIT_CONFIG, STATE_FILE};
 use crate::confine::{self, Confinement};
-use crate::container::{Container, CRI_SANDBOX_NAME, CRI_SANDBOX_NAMESPACE};
+use crate::container::{Container, SpecNetns, CRI_SANDBOX_NAME, CRI_SANDBOX_NAMESPACE};
 use crate::error::{Result, ShimError};
 use crate::hooks::{HookState, ShimHooks};
-use crate::network::{resolver, SandboxNetwork};
+use crate::network::{netns, resolver, SandboxNetwork};
 use crate::node::{Node, RuntimeEnv};
 use crate::process::InitProcess;
 use crate::reaper::Reaper;
@@ -185,8 +185,8 @@ async fn boot<'a>(
 ) -> Result<Parts<'a>> {
     let env = host.env;
     let compiled = &new.confinement.compiled;
-    let netns = crate::container::netns_path(&new.bundle.spec);
-    let mut flags = confine::network_flags(env, compiled, netns)?;
+    let spec_netns = crate::container::spec_netns(&new.bundle.spec);
+    let mut flags = confine::network_flags(env, compiled, &spec_netns)?;
     flags.extra = confine::policy_flags(compiled, &env.probe)?;
     let upstreams = point_resolver(env, &mut new, flags.network)?;
     let rootfs_mounted = prepare_host(&mut new, &mut made.container).await?;
@@ -195,14 +195,15 @@ async fn boot<'a>(
         flags.extra.push(flag);
     }
     let audit = audit.0;
-    let network = match (&new.confinement.compiled.filter, &flags.netns) {
+    // A namespace the spec names gets its filter before runsc starts anything in it.
+    let mut network = match (&new.confinement.compiled.filter, &flags.netns) {
         (Some(filter), Some(netns)) if flags.network == NetworkMode::Host => {
             let network = SandboxNetwork::start(
                 host.reaper,
                 netns,
                 &new.id,
                 filter,
-                upstreams,
+                upstreams.clone(),
                 &audit,
                 host.output,
             )
@@ -231,10 +232,36 @@ async fn boot<'a>(
         &mut made.container,
     )
     .await?;
+    // A namespace runsc made (a network entry without a path) exists from `runsc create` on,
+    // configured by the spec's createRuntime hooks: its filter goes in now, before Create
+    // returns and so before `runsc start` runs the agent's first instruction.
+    let new_netns = spec_netns == SpecNetns::New && flags.network == NetworkMode::Host;
+    if let (true, None, Some(filter)) = (new_netns, &network, &new.confinement.compiled.filter) {
+        let (pinned, path) = netns::pin_sandbox_netns(pid)?;
+        let mut started = SandboxNetwork::start(
+            host.reaper,
+            &path,
+            &new.id,
+            filter,
+            upstreams,
+            &audit,
+            host.output,
+        )
+        .await?;
+        started.pinned = Some(pinned);
+        let started = Arc::new(started);
+        made.sandbox.push(Step::Network(started.clone()));
+        network = Some(started);
+    }
     run_create_hooks(&new, pid, &audit, record).await?;
     // The sandbox process is re-parented to the shim; from now on the reaper watches it.
     made.sandbox.push(Step::ReaperWatch(pid as i32));
-    let table = network.as_ref().map(|n| n.table.table.clone());
+    // The delete action of a dead shim reaches a table only through a namespace path that
+    // outlives the shim; a namespace runsc made goes with its sandbox, and the table with it.
+    let table = network
+        .as_ref()
+        .filter(|n| n.pinned.is_none())
+        .map(|n| n.table.table.clone());
     persist(host, &new, runtime.as_ref(), pid, rootfs_mounted, table)?;
     Ok(Parts {
         new,
