@@ -67,7 +67,9 @@ pub fn allowlist_policy_is_refused(env: &TestEnv) -> Result<()> {
     )?;
     let id = env.id("allowlist");
     env.scenario(&[&id], || {
-        let out = refused_run(env, &lab, Some("egress-list"), &[], &id)?;
+        // `--net-host`: no network namespace entry (ctr's default, one without a path, is a
+        // new namespace of the container's own, which allowlist may use).
+        let out = refused_run(env, &lab, Some("egress-list"), &["--net-host"], &id)?;
         let needle = "policy \"egress-list\": network.mode allowlist needs a container with a \
                       network namespace of its own";
         ensure!(
