@@ -116,6 +116,8 @@ pub async fn join_sandbox(
     }
     let mut undo = Undo::default();
     let runtime = sandbox.runtime.for_container(&new.bundle.dir);
+    // A member resolves through the pod's forwarder too (it listens in the shared namespace).
+    point_resolver(host.env, &mut new, runtime.flags().network)?;
     let result = async {
         let rootfs_mounted = prepare_host(&mut new, &mut undo).await?;
         new.bundle.write_spec(&new.confinement.compiled.spec)?;
