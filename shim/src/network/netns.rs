@@ -69,3 +69,18 @@ pub fn pin_sandbox_netns(pid: u32) -> Result<(File, PathBuf)> {
     let path = PathBuf::from(format!("/proc/self/fd/{}", ns.as_raw_fd()));
     Ok((ns, path))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sandbox_in_the_shims_own_namespace_is_refused() {
+        // This test process stands for a sandbox that runsc left in the shim's namespace.
+        let err = pin_sandbox_netns(std::process::id()).expect_err("own namespace");
+        assert!(
+            err.to_string().contains("the shim's own network namespace"),
+            "{err}"
+        );
+    }
+}
