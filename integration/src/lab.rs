@@ -103,6 +103,11 @@ impl<'a> Lab<'a> {
         fs::write(&path, text).with_context(|| format!("write {}", path.display()))
     }
 
+    /// The lab's runtime config (for `ctr run --runtime-config-path`).
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
     /// A path in this lab's scratch directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)

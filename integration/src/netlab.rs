@@ -8,7 +8,6 @@
 //! namespace someone else made (a CRI pod's, made by CNI) instead, and leaves that namespace
 //! to its owner.
 
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -30,7 +29,8 @@ pub const METADATA: &str = "169.254.169.254";
 
 /// The responder: TCP greetings, UDP echo, DNS (UDP and TCP) for the names in its config.
 /// Prints `ready` once every socket is bound, `udp <src> <data>` and
-/// `query <name> <type> <udp|tcp>` as they arrive. Two kinds of listed name behave specially:
+/// `query <name> <type> <udp|tcp> qd=<questions> an=.. ns=.. ar=<additional records>
+/// opt=<EDNS option bytes, or -> len=<bytes>` as they arrive. Two kinds of listed name behave specially:
 /// one whose first label is `hold` is never answered; one whose first label is `many` gets 40 A
 /// records (its address, then 198.51.100.1-39), too many for a 512-byte UDP answer, so over
 /// UDP it is answered truncated (TC set, no records) and only TCP gets it whole.
@@ -65,7 +65,12 @@ def respond(q, udp):
         n = q[pos]; labels.append(q[pos + 1:pos + 1 + n].decode(errors="replace")); pos += 1 + n
     qtype = struct.unpack("!H", q[pos + 1:pos + 3])[0]
     name = ".".join(labels).lower()
-    out("query %s %d %s" % (name, qtype, "udp" if udp else "tcp"))
+    qd, an, ns, ar = struct.unpack("!HHHH", q[4:12])
+    opt = "-"
+    end = pos + 5
+    if ar and len(q) >= end + 11 and q[end] == 0 and struct.unpack("!H", q[end + 1:end + 3])[0] == 41:
+        opt = "%d" % struct.unpack("!H", q[end + 9:end + 11])[0]
+    out("query %s %d %s qd=%d an=%d ns=%d ar=%d opt=%s len=%d" % (name, qtype, "udp" if udp else "tcp", qd, an, ns, ar, opt, len(q)))
     question = q[12:pos + 5]
     rec = cfg["names"].get(name)
     if rec is None:
@@ -77,10 +82,17 @@ def respond(q, udp):
         addrs += ["198.51.100.%d" % i for i in range(1, 40)]
     answers = b""
     count = 0
-    if qtype == 1:
+    if qtype == 1 and ":" not in rec[0]:
         for a in addrs:
             answers += b"\xc0\x0c\x00\x01\x00\x01" + struct.pack("!IH", rec[1], 4) + socket.inet_aton(a)
         count = len(addrs)
+    if qtype == 28 and ":" in rec[0]:
+        answers = b"\xc0\x0c\x00\x1c\x00\x01" + struct.pack("!IH", rec[1], 16) + socket.inet_pton(socket.AF_INET6, rec[0])
+        count = 1
+    if qtype == 16:
+        data = b"txt-data-for-" + name.encode()
+        answers = b"\xc0\x0c\x00\x10\x00\x01" + struct.pack("!IHB", rec[1], len(data) + 1, len(data)) + data
+        count = 1
     reply = q[:2] + b"\x81\x80" + struct.pack("!HHHH", 1, count, 0, 0) + question + answers
     if udp and len(reply) > 512:
         reply = q[:2] + b"\x83\x80" + struct.pack("!HHHH", 1, 0, 0, 0) + question
@@ -130,6 +142,20 @@ out("ready")
 threading.Event().wait()
 "#;
 
+/// Labs with different addresses: each gets [`HOSTS_PER_LAB`] /24 links of 198.18.0.0/15.
+const SUBNETS: u32 = 512 / HOSTS_PER_LAB;
+/// Hosts a lab may have at most.
+const HOSTS_PER_LAB: u32 = 4;
+
+/// The first three octets of host `i`'s link in lab `subnet`: inside 198.18.0.0/15, the
+/// range set aside for test networks (RFC 2544). Not a private range, so a listed name
+/// answering a test host's address opens it (the forwarder refuses private answers no egress
+/// range covers).
+fn link_net(i: usize, subnet: u32) -> String {
+    let k = subnet * HOSTS_PER_LAB + i as u32 % HOSTS_PER_LAB;
+    format!("198.{}.{}", 18 + k / 256, k % 256)
+}
+
 /// One test host: its namespace, addresses and responder.
 pub struct LabHost {
     /// Namespace name.
@@ -140,6 +166,11 @@ pub struct LabHost {
     pub ip6: String,
     /// What its TCP ports send.
     pub greeting: String,
+    /// The pod side of its link: the interface's name in the pod namespace and its IPv4
+    /// address there (a /24 with the host's).
+    pub pod_if: String,
+    /// See `pod_if`.
+    pub pod_ip: String,
     server: Option<Running>,
 }
 
@@ -160,7 +191,8 @@ impl LabHost {
     }
 }
 
-/// What one host answers in DNS: `name` → (IPv4 address, TTL seconds).
+/// What one host answers in DNS: `name` → (address, TTL seconds): A records for an IPv4
+/// address, one AAAA record for an IPv6 one, and a TXT record for any listed name.
 pub type DnsNames<'a> = &'a [(&'a str, &'a str, u32)];
 
 /// The addresses of a lab to be built ([`NetLab::plan`]).
@@ -212,7 +244,7 @@ impl LabPlan {
         let names = names(&ips);
         let mut lab = NetLab {
             pod_netns: existing.clone().unwrap_or_else(|| format!("sfe-pod-{tag}")),
-            pod_ip: format!("10.210.{subnet}.2"),
+            pod_ip: format!("{}.2", link_net(0, subnet)),
             hosts: Vec::new(),
             owns_pod_netns: existing.is_none(),
         };
@@ -281,12 +313,12 @@ impl NetLab {
     /// [`LabPlan::attach`].
     pub fn plan(hosts: usize) -> LabPlan {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let subnet = 1 + (std::process::id() * 7 + n) % 250;
+        let subnet = (std::process::id() * 7 + n) % SUBNETS;
         LabPlan {
             tag: format!("{}x{n}", std::process::id()),
             subnet,
             ips: (0..hosts)
-                .map(|i| format!("10.{}.{subnet}.1", 210 + i))
+                .map(|i| format!("{}.1", link_net(i, subnet)))
                 .collect(),
         }
     }
@@ -317,8 +349,9 @@ impl NetLab {
         let pod_if = format!("sep{i}{tag}");
         let host_if = format!("seh{i}{tag}");
         let third = 210 + i as u32;
-        let ip = format!("10.{third}.{subnet}.1");
-        let pod_ip = format!("10.{third}.{subnet}.2");
+        let net = link_net(i, subnet);
+        let ip = format!("{net}.1");
+        let pod_ip = format!("{net}.2");
         let ip6 = format!("fd5a:{third}:{subnet}::1");
         let pod_ip6 = format!("fd5a:{third}:{subnet}::2");
         let pod = self.pod_netns.as_str();
@@ -406,6 +439,8 @@ impl NetLab {
             ip,
             ip6,
             greeting: format!("hello-from-{netns}"),
+            pod_if: pod_if.clone(),
+            pod_ip: pod_ip.clone(),
             server: None,
         };
         for step in steps {
@@ -443,8 +478,8 @@ impl NetLab {
         }
         let mut dns = serde_json::Map::new();
         for (name, addr, ttl) in names {
-            addr.parse::<Ipv4Addr>()
-                .with_context(|| format!("DNS test name {name}: {addr} is not IPv4"))?;
+            addr.parse::<std::net::IpAddr>()
+                .with_context(|| format!("DNS test name {name}: {addr} is not an address"))?;
             dns.insert(name.clone(), serde_json::json!([addr, ttl]));
         }
         let cfg = serde_json::json!({
@@ -466,6 +501,42 @@ impl NetLab {
             bail!("test host responder did not start: {e:#}");
         }
         Ok(host)
+    }
+
+    /// Gives host `i` the extra address `addr` (IPv4, a /32), routed from the pod namespace
+    /// over its link: e.g. a private address a test name may answer with.
+    pub fn add_host_address(&self, i: usize, addr: &str) -> Result<()> {
+        let h = &self.hosts[i];
+        let host_if = h.pod_if.replacen("sep", "seh", 1);
+        run_args(
+            "ip",
+            &[
+                "-n",
+                &h.netns,
+                "addr",
+                "add",
+                &format!("{addr}/32"),
+                "dev",
+                &host_if,
+            ],
+            IP_TIMEOUT,
+        )?
+        .ok()?;
+        run_args(
+            "ip",
+            &[
+                "-n",
+                &self.pod_netns,
+                "route",
+                "add",
+                &format!("{addr}/32"),
+                "dev",
+                &h.pod_if,
+            ],
+            IP_TIMEOUT,
+        )?
+        .ok()?;
+        Ok(())
     }
 
     /// Runs `python3 -c CODE ARGS...` inside the pod namespace (beside the sandbox).

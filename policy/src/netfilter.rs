@@ -53,6 +53,27 @@ pub const PROTECTED: &[(&str, &str)] = &[
     ("fe80::/10", "IPv6 link-local"),
 ];
 
+/// Ranges an address learned from a DNS answer may point into only when an egress range
+/// covers it (the browser's private-network rule): a listed name whose answer points here is
+/// refused, so a name the agent may resolve cannot be turned against the cluster, the node or
+/// the sandbox's own loopback by rebinding. [`PROTECTED`] ranges and the node's own addresses
+/// are refused in the same way.
+pub const PRIVATE: &[(&str, &str)] = &[
+    ("0.0.0.0/8", "\"this network\""),
+    ("10.0.0.0/8", "RFC 1918 private"),
+    ("100.64.0.0/10", "CGNAT shared space"),
+    ("127.0.0.0/8", "loopback"),
+    ("172.16.0.0/12", "RFC 1918 private"),
+    ("192.168.0.0/16", "RFC 1918 private"),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved"),
+    ("::/128", "unspecified"),
+    ("::1/128", "IPv6 loopback"),
+    ("::ffff:0.0.0.0/96", "IPv4-mapped"),
+    ("fc00::/7", "IPv6 unique local"),
+    ("ff00::/8", "IPv6 multicast"),
+];
+
 /// Whether everything not protected is allowed (`open`) or only the entries (`allowlist`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FilterMode {
@@ -118,9 +139,7 @@ impl NetFilter {
         let mut found = false;
         for (pattern, port) in self.hosts() {
             let hit = match pattern.strip_prefix("*.") {
-                Some(base) => name
-                    .strip_suffix(base)
-                    .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+                Some(base) => below(&name, base),
                 None => name == pattern,
             };
             if hit {
@@ -134,6 +153,61 @@ impl NetFilter {
         ports.sort_unstable();
         ports.dedup();
         found.then(|| if any { Vec::new() } else { ports })
+    }
+
+    /// The `*.` entry `name` falls under, when no entry names it exactly: the DNS forwarder
+    /// bounds how many names below a wildcard it asks for.
+    pub fn wildcard_for(&self, name: &str) -> Option<&str> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if self.hosts().any(|(pattern, _)| pattern == name) {
+            return None;
+        }
+        self.hosts().map(|(pattern, _)| pattern).find(|pattern| {
+            pattern
+                .strip_prefix("*.")
+                .is_some_and(|base| below(&name, base))
+        })
+    }
+
+    /// Whether an address a DNS answer gave may be opened: not when it lies in a [`PRIVATE`]
+    /// or [`PROTECTED`] range or is one of the node's own addresses, unless an egress range
+    /// covers it (for a protected range, one inside it, as the table requires). The error
+    /// says which range refused it.
+    pub fn learnable(&self, addr: IpAddr, node_addrs: &[IpAddr]) -> Result<(), String> {
+        let full = if addr.is_ipv4() { 32 } else { 128 };
+        let covered_within = |outer: IpAddr, outer_len: u8| {
+            self.egress.iter().any(|r| match r {
+                EgressRule::Cidr {
+                    addr: a, prefix, ..
+                } => contains(*a, *prefix, addr, full) && contains(outer, outer_len, *a, *prefix),
+                EgressRule::Host { .. } => false,
+            })
+        };
+        for (cidr, what) in PROTECTED {
+            if let Some((outer, len)) = parse_range(cidr) {
+                if contains(outer, len, addr, full) && !covered_within(outer, len) {
+                    return Err(format!("{addr} is in {cidr} ({what}), closed unless an egress entry inside it names it"));
+                }
+            }
+        }
+        if node_addrs.contains(&addr) && !covered_within(addr, full) {
+            return Err(format!("{addr} is one of the node's own addresses"));
+        }
+        let any_range = if addr.is_ipv4() {
+            (IpAddr::from([0u8; 4]), 0)
+        } else {
+            (IpAddr::from([0u16; 8]), 0)
+        };
+        for (cidr, what) in PRIVATE {
+            if let Some((outer, len)) = parse_range(cidr) {
+                if contains(outer, len, addr, full) && !covered_within(any_range.0, any_range.1) {
+                    return Err(format!(
+                        "{addr} is in {cidr} ({what}), which no egress range covers"
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The `nft -f` script that (re)creates the sandbox's table atomically.
@@ -279,6 +353,18 @@ pub fn learn_script(table: &str, learned: &Learned) -> String {
     s
 }
 
+/// Whether `name` lies below `base` (not `base` itself).
+fn below(name: &str, base: &str) -> bool {
+    name.strip_suffix(base)
+        .is_some_and(|head| head.len() > 1 && head.ends_with('.'))
+}
+
+/// `addr/prefix` of a range constant.
+fn parse_range(cidr: &str) -> Option<(IpAddr, u8)> {
+    let (a, p) = cidr.split_once('/')?;
+    Some((a.parse().ok()?, p.parse().ok()?))
+}
+
 fn family(addr: &IpAddr) -> &'static str {
     if addr.is_ipv4() {
         "ip"
@@ -306,10 +392,7 @@ fn accept_line(rule: &EgressRule) -> String {
 fn protected_ranges(facts: &NodeFacts) -> Vec<(IpAddr, u8)> {
     let mut out: Vec<(IpAddr, u8)> = PROTECTED
         .iter()
-        .filter_map(|(cidr, _)| {
-            let (a, p) = cidr.split_once('/')?;
-            Some((a.parse().ok()?, p.parse().ok()?))
-        })
+        .filter_map(|(cidr, _)| parse_range(cidr))
         .collect();
     let mut node: Vec<IpAddr> = facts
         .node_addrs
@@ -506,6 +589,64 @@ mod tests {
         assert_eq!(f.ports_for("pypi.org"), None);
         assert_eq!(f.ports_for("evilpypi.org"), None);
         assert_eq!(f.ports_for("example.com"), None);
+    }
+
+    #[test]
+    fn answers_into_private_ranges_are_not_learned_unless_a_range_covers_them() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let node = [ip("192.0.2.7")];
+        let names_only = filter(FilterMode::Allowlist, &["api.test:443"], &[]);
+        for private in [
+            "10.1.2.3",
+            "127.0.0.1",
+            "172.16.0.9",
+            "192.168.1.1",
+            "100.64.0.1",
+            "0.0.0.0",
+            "fd00::1",
+            "::1",
+            "::ffff:10.0.0.1",
+            "169.254.169.254",
+            "fe80::1",
+            "192.0.2.7",
+        ] {
+            let refused = names_only.learnable(ip(private), &node);
+            assert!(refused.is_err(), "{private} should not be learnable");
+        }
+        assert!(names_only
+            .learnable(ip("10.1.2.3"), &node)
+            .is_err_and(|e| e.contains("10.0.0.0/8 (RFC 1918 private)")));
+        assert_eq!(names_only.learnable(ip("198.51.100.4"), &node), Ok(()));
+        assert_eq!(names_only.learnable(ip("2001:db8::4"), &node), Ok(()));
+        let covered = filter(
+            FilterMode::Allowlist,
+            &[
+                "api.test:443",
+                "10.1.0.0/16:5432",
+                "fd00::/8",
+                "169.254.169.254:80",
+            ],
+            &[],
+        );
+        assert_eq!(covered.learnable(ip("10.1.2.3"), &node), Ok(()));
+        assert!(covered.learnable(ip("10.2.0.1"), &node).is_err());
+        assert_eq!(covered.learnable(ip("fd00::1"), &node), Ok(()));
+        assert_eq!(covered.learnable(ip("169.254.169.254"), &node), Ok(()));
+        assert!(covered.learnable(ip("169.254.1.1"), &node).is_err());
+        // A range wider than a protected one does not open it, nor the node's addresses.
+        let wide = filter(FilterMode::Allowlist, &["0.0.0.0/0"], &[]);
+        assert_eq!(wide.learnable(ip("10.1.2.3"), &node), Ok(()));
+        assert!(wide.learnable(ip("169.254.169.254"), &node).is_err());
+        assert!(wide.learnable(ip("192.0.2.7"), &node).is_err());
+    }
+
+    #[test]
+    fn wildcard_names_are_told_apart_from_exact_ones() {
+        let f = filter(FilterMode::Allowlist, &["*.tun.test", "a.tun.test:80"], &[]);
+        assert_eq!(f.wildcard_for("x.y.TUN.test."), Some("*.tun.test"));
+        assert_eq!(f.wildcard_for("a.tun.test"), None);
+        assert_eq!(f.wildcard_for("tun.test"), None);
+        assert_eq!(f.wildcard_for("other.test"), None);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use safehouse_runsc_config::{PolicySection, RunscProbe};
 use serde_json::Value;
 
 use crate::bundle::{Bundle, CONFIG};
+use crate::container::SpecNetns;
 use crate::error::{Result, ShimError};
 use crate::node::RuntimeEnv;
 use crate::runsc::{NetworkMode, SandboxFlags};
@@ -222,7 +223,7 @@ pub fn allows_network(compiled: &CompiledPolicy) -> bool {
 pub fn network_flags(
     env: &RuntimeEnv,
     compiled: &CompiledPolicy,
-    netns: Option<PathBuf>,
+    netns: &SpecNetns,
 ) -> Result<SandboxFlags> {
     if !allows_network(compiled) {
         return Ok(SandboxFlags::loopback_only());
@@ -231,13 +232,13 @@ pub fn network_flags(
         NetworkPlan::Open => "open",
         _ => "allowlist",
     };
-    let Some(netns) = netns else {
+    if *netns == SpecNetns::Shared {
         return Err(ShimError::FailedPrecondition(format!(
-            "policy {:?}: network.mode {mode} needs a container with a network namespace of its own (CRI, nerdctl, or `ctr run --with-ns network:PATH`); this container has none, and Safehouse never gives a sandbox the node's network",
+            "policy {:?}: network.mode {mode} needs a container with a network namespace of its own (CRI, nerdctl, `ctr run --with-ns network:PATH`, or a spec's network namespace entry); this container has none, and Safehouse never gives a sandbox the node's network",
             compiled.name
         )));
-    };
-    let flags = env.sandbox_flags(Some(netns))?;
+    }
+    let flags = env.sandbox_flags(netns)?;
     if flags.network == NetworkMode::Sandbox {
         return Err(ShimError::FailedPrecondition(format!(
             "policy {:?}: network.mode {mode} is enforced by nftables in the container's namespace, which gVisor's own netstack (runtime config network = \"sandbox\") bypasses; use network = \"auto\" or \"host\"",
@@ -361,28 +362,32 @@ mod tests {
     #[test]
     fn network_modes_need_a_namespace_of_their_own_and_never_netstack() {
         use safehouse_runsc_config::NetworkMode as M;
-        let ns = Some(PathBuf::from("/var/run/netns/pod"));
+        let path = PathBuf::from("/var/run/netns/pod");
+        let ns = SpecNetns::Path(path.clone());
         for mode in ["allowlist", "open"] {
             let c = compiled(mode);
-            let flags = network_flags(&env(M::Auto), &c, ns.clone()).expect("host in its netns");
+            let flags = network_flags(&env(M::Auto), &c, &ns).expect("host in its netns");
             assert_eq!(
                 (flags.network, flags.netns.clone()),
-                (NetworkMode::Host, ns.clone())
+                (NetworkMode::Host, Some(path.clone()))
             );
-            let err = network_flags(&env(M::Auto), &c, None).expect_err("no netns");
+            // nerdctl's shape: a new namespace without a path is the container's own.
+            let flags = network_flags(&env(M::Auto), &c, &SpecNetns::New).expect("new netns");
+            assert_eq!((flags.network, flags.netns), (NetworkMode::Host, None));
+            let err = network_flags(&env(M::Auto), &c, &SpecNetns::Shared).expect_err("no netns");
             assert!(
                 err.to_string().contains(&format!(
                     "network.mode {mode} needs a container with a network namespace of its own"
                 )),
                 "{err}"
             );
-            let err = network_flags(&env(M::Sandbox), &c, ns.clone()).expect_err("netstack");
+            let err = network_flags(&env(M::Sandbox), &c, &ns).expect_err("netstack");
             assert!(err.to_string().contains("bypasses"), "{err}");
             // An operator's `network = "none"` is stricter than the policy: loopback only.
-            let flags = network_flags(&env(M::None), &c, ns.clone()).expect("none");
+            let flags = network_flags(&env(M::None), &c, &ns).expect("none");
             assert_eq!((flags.network, flags.netns), (NetworkMode::None, None));
         }
-        let flags = network_flags(&env(M::Auto), &compiled("none"), ns).expect("none");
+        let flags = network_flags(&env(M::Auto), &compiled("none"), &ns).expect("none");
         assert_eq!(flags.network, NetworkMode::None);
     }
 

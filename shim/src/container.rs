@@ -54,15 +54,31 @@ pub fn grouping_id(spec: &Value, id: &str) -> String {
     }
 }
 
-/// The network namespace the spec puts the container in, if it names one of its own.
-pub fn netns_path(spec: &Value) -> Option<PathBuf> {
-    spec["linux"]["namespaces"]
-        .as_array()?
-        .iter()
-        .find(|ns| ns["type"] == "network")
-        .and_then(|ns| ns["path"].as_str())
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
+/// The network namespace a spec gives a new sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpecNetns {
+    /// No network namespace entry: the runtime's own (for the shim's runsc, the node's).
+    Shared,
+    /// An existing namespace at this path (CRI, `ctr run --with-ns network:PATH`).
+    Path(PathBuf),
+    /// A new namespace of the container's own, without a path: runsc makes it at create
+    /// (verified with runsc 20240729: its sandbox process starts in a fresh namespace) and
+    /// the spec's createRuntime hooks configure it (nerdctl's CNI set-up).
+    New,
+}
+
+/// The network namespace entry of a spec.
+pub fn spec_netns(spec: &Value) -> SpecNetns {
+    let entry = spec["linux"]["namespaces"]
+        .as_array()
+        .and_then(|nss| nss.iter().find(|ns| ns["type"] == "network"));
+    match entry {
+        None => SpecNetns::Shared,
+        Some(ns) => match ns["path"].as_str().filter(|p| !p.is_empty()) {
+            Some(p) => SpecNetns::Path(PathBuf::from(p)),
+            None => SpecNetns::New,
+        },
+    }
 }
 
 /// Why a process ended, from its exit code alone: killed by a signal, or not.
@@ -192,12 +208,19 @@ mod tests {
     }
 
     #[test]
-    fn netns_only_when_a_path_is_given() {
-        let none = json!({"linux": {"namespaces": [{"type": "network"}, {"type": "pid"}]}});
-        assert_eq!(netns_path(&none), None);
+    fn a_network_entry_without_a_path_is_a_new_namespace() {
+        let new = json!({"linux": {"namespaces": [{"type": "network"}, {"type": "pid"}]}});
+        assert_eq!(spec_netns(&new), SpecNetns::New);
+        let empty = json!({"linux": {"namespaces": [{"type": "network", "path": ""}]}});
+        assert_eq!(spec_netns(&empty), SpecNetns::New);
         let given =
             json!({"linux": {"namespaces": [{"type": "network", "path": "/var/run/netns/p"}]}});
-        assert_eq!(netns_path(&given), Some(PathBuf::from("/var/run/netns/p")));
-        assert_eq!(netns_path(&json!({})), None);
+        assert_eq!(
+            spec_netns(&given),
+            SpecNetns::Path(PathBuf::from("/var/run/netns/p"))
+        );
+        let shared = json!({"linux": {"namespaces": [{"type": "pid"}]}});
+        assert_eq!(spec_netns(&shared), SpecNetns::Shared);
+        assert_eq!(spec_netns(&json!({})), SpecNetns::Shared);
     }
 }

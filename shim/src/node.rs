@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use safehouse_runsc_config::paths::STATE_DIR;
 use safehouse_runsc_config::{NetworkMode as ConfigNetwork, RunscProbe, RuntimeConfig};
 
+use crate::container::SpecNetns;
 use crate::error::{Result, ShimError};
 use crate::reaper::Reaper;
 use crate::runsc::cli::Runsc;
@@ -53,13 +54,23 @@ impl RuntimeEnv {
         Ok(root)
     }
 
-    /// The network flags for a new sandbox whose spec names `netns` (or none).
-    pub fn sandbox_flags(&self, netns: Option<PathBuf>) -> Result<SandboxFlags> {
+    /// The network flags for a new sandbox given `netns` by its spec. A namespace without a
+    /// path is made by runsc itself (its sandbox starts in a new one), so runsc runs where the
+    /// shim does and no namespace is entered.
+    pub fn sandbox_flags(&self, netns: &SpecNetns) -> Result<SandboxFlags> {
+        let path = match netns {
+            SpecNetns::Path(p) => Some(p.clone()),
+            SpecNetns::Shared | SpecNetns::New => None,
+        };
         let (network, netns) = match (self.config.network, netns) {
-            (ConfigNetwork::None, _) | (ConfigNetwork::Auto, None) => (NetworkMode::None, None),
-            (ConfigNetwork::Auto | ConfigNetwork::Host, Some(ns)) => (NetworkMode::Host, Some(ns)),
-            (ConfigNetwork::Sandbox, ns) => (NetworkMode::Sandbox, ns),
-            (ConfigNetwork::Host, None) => {
+            (ConfigNetwork::None, _) | (ConfigNetwork::Auto, SpecNetns::Shared) => {
+                (NetworkMode::None, None)
+            }
+            (ConfigNetwork::Auto | ConfigNetwork::Host, SpecNetns::Path(_) | SpecNetns::New) => {
+                (NetworkMode::Host, path)
+            }
+            (ConfigNetwork::Sandbox, _) => (NetworkMode::Sandbox, path),
+            (ConfigNetwork::Host, SpecNetns::Shared) => {
                 return Err(ShimError::FailedPrecondition(
                     "network = \"host\" needs a container with its own network namespace; Safehouse never runs a sandbox on the node's network (use `ctr run --with-ns network:PATH`, CRI, or network = \"auto\")".into(),
                 ))
@@ -249,19 +260,21 @@ mod tests {
 
     #[test]
     fn no_namespace_of_its_own_means_no_network() {
-        let f = env("auto").sandbox_flags(None).expect("auto");
+        let path = SpecNetns::Path("/var/run/netns/p".into());
+        let f = env("auto").sandbox_flags(&SpecNetns::Shared).expect("auto");
         assert_eq!((f.network, f.netns), (NetworkMode::None, None));
-        let f = env("auto")
-            .sandbox_flags(Some("/var/run/netns/p".into()))
-            .expect("auto with ns");
+        let f = env("auto").sandbox_flags(&path).expect("auto with ns");
         assert_eq!(f.network, NetworkMode::Host);
         assert_eq!(f.netns, Some(PathBuf::from("/var/run/netns/p")));
-        let f = env("none")
-            .sandbox_flags(Some("/var/run/netns/p".into()))
-            .expect("none");
+        // A new namespace runsc makes: host network inside it, no namespace entered.
+        let f = env("auto")
+            .sandbox_flags(&SpecNetns::New)
+            .expect("auto, new");
+        assert_eq!((f.network, f.netns), (NetworkMode::Host, None));
+        let f = env("none").sandbox_flags(&path).expect("none");
         assert_eq!((f.network, f.netns), (NetworkMode::None, None));
         assert!(
-            env("host").sandbox_flags(None).is_err(),
+            env("host").sandbox_flags(&SpecNetns::Shared).is_err(),
             "never the node's network"
         );
     }

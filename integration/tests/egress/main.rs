@@ -10,8 +10,10 @@
 
 use safehouse_integration::lab;
 
+mod dns;
 mod filter;
 mod names;
+mod nerdctl;
 mod sandboxes;
 
 use std::process::ExitCode;
@@ -43,6 +45,18 @@ fn main() -> ExitCode {
         Scenario {
             name: "names::slow_upstream_answers_hold_up_nothing_and_tcp_gets_whole_answers",
             run: names::slow_upstream_answers_hold_up_nothing_and_tcp_gets_whole_answers,
+        },
+        Scenario {
+            name: "dns::queries_carry_one_address_question_rebuilt",
+            run: dns::queries_carry_one_address_question_rebuilt,
+        },
+        Scenario {
+            name: "dns::answers_into_private_ranges_are_not_opened",
+            run: dns::answers_into_private_ranges_are_not_opened,
+        },
+        Scenario {
+            name: "nerdctl::pathless_namespace_with_a_cni_hook_is_filtered",
+            run: nerdctl::pathless_namespace_with_a_cni_hook_is_filtered,
         },
         Scenario {
             name: "sandboxes::two_sandboxes_keep_their_own_rules",

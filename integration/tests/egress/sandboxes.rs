@@ -100,8 +100,11 @@ pub fn no_namespace_of_its_own_is_refused(env: &TestEnv) -> Result<()> {
     lab.policy("open", "{network: {mode: open}}")?;
     let id = env.id("egress-nons");
     env.scenario(&[&id], || {
-        let out = lab.run(Some("open"), &[], &id, &["sh", "-c", "echo STARTED"])?;
-        let needle = "policy \"open\": network.mode open needs a container with a network namespace of its own";
+        // `--net-host`: no network namespace entry in the spec at all (ctr's default spec has
+        // one without a path, a new namespace of the container's own).
+        let out = lab.run(Some("open"), &["--net-host"], &id, &["sh", "-c", "echo STARTED"])?;
+        // The compiler refuses a spec without a network namespace entry (the node's) first.
+        let needle = "refused by policy \"open\": linux.namespaces: no network namespace means the host's network namespace";
         ensure!(
             !out.success() && !out.stdout.contains("STARTED") && out.stderr.contains(needle),
             "expected a refusal saying {needle:?}: {}",

@@ -67,9 +67,12 @@ pub fn allowlist_policy_is_refused(env: &TestEnv) -> Result<()> {
     )?;
     let id = env.id("allowlist");
     env.scenario(&[&id], || {
-        let out = refused_run(env, &lab, Some("egress-list"), &[], &id)?;
-        let needle = "policy \"egress-list\": network.mode allowlist needs a container with a \
-                      network namespace of its own";
+        // `--net-host`: no network namespace entry (ctr's default, one without a path, is a
+        // new namespace of the container's own, which allowlist may use).
+        let out = refused_run(env, &lab, Some("egress-list"), &["--net-host"], &id)?;
+        // The compiler refuses a spec without a network namespace entry (the node's) first.
+        let needle = "refused by policy \"egress-list\": linux.namespaces: no network namespace \
+                      means the host's network namespace";
         ensure!(
             out.stderr.contains(needle),
             "the error should say {needle:?}: {}",

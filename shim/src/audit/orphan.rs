@@ -28,7 +28,7 @@ struct ChainedLine {
 
 /// What closing did.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Closed {
+pub enum Outcome {
     /// The chain already ended with its root container's delete.
     AlreadyClosed,
     /// No line of the sandbox was found (nothing to close).
@@ -43,7 +43,7 @@ pub fn close_chain(
     audit_file: &Path,
     namespace: &str,
     sandbox_id: &str,
-) -> std::io::Result<Closed> {
+) -> std::io::Result<Outcome> {
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .append(true)
@@ -60,10 +60,10 @@ pub fn close_chain(
         .filter_map(|l| serde_json::from_slice::<ChainedLine>(l).ok())
         .find(|l| l.sandbox_id == sandbox_id && l.hash.is_some());
     let Some(last) = last else {
-        return Ok(Closed::NotFound);
+        return Ok(Outcome::NotFound);
     };
     if last.action == "delete" && last.container_id.as_deref() == Some(sandbox_id) {
-        return Ok(Closed::AlreadyClosed);
+        return Ok(Outcome::AlreadyClosed);
     }
     let mut chain = Chain::resume(sandbox_id, last.seq, last.hash.unwrap_or_default());
     let mut event = SandboxContext::new(sandbox_id)
@@ -77,7 +77,7 @@ pub fn close_chain(
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     // One write of a whole line to a file opened for appending.
     file.write_all(&line)?;
-    Ok(Closed::Appended(last.seq))
+    Ok(Outcome::Appended(last.seq))
 }
 
 #[cfg(test)]
@@ -106,7 +106,7 @@ mod tests {
         std::fs::write(&file, &text).expect("write");
         assert_eq!(
             close_chain(&file, "k8s.io", "sb").expect("close"),
-            Closed::Appended(2)
+            Outcome::Appended(2)
         );
         let written = std::fs::read_to_string(&file).expect("read");
         let last: serde_json::Value =
@@ -126,11 +126,11 @@ mod tests {
         assert!(!report.sandboxes["other"].closed);
         assert_eq!(
             close_chain(&file, "k8s.io", "sb").expect("again"),
-            Closed::AlreadyClosed
+            Outcome::AlreadyClosed
         );
         assert_eq!(
             close_chain(&file, "k8s.io", "nope").expect("none"),
-            Closed::NotFound
+            Outcome::NotFound
         );
     }
 }

@@ -36,6 +36,9 @@ pub struct SandboxNetwork {
     pub dns: Option<DnsForwarder>,
     /// The reader of refused packets.
     pub refusals: RefusalLog,
+    /// The handle that keeps a namespace runsc made (a spec entry without a path) the one
+    /// the table's path names, for as long as the sandbox's network lives.
+    pub pinned: Option<std::fs::File>,
 }
 
 impl SandboxNetwork {
@@ -85,6 +88,7 @@ impl SandboxNetwork {
                     netns,
                     ups,
                     filter.clone(),
+                    facts.node_addrs.clone(),
                     table.clone(),
                     reaper.clone(),
                     on_query,
@@ -104,6 +108,7 @@ impl SandboxNetwork {
             table,
             dns,
             refusals,
+            pinned: None,
         })
     }
 

@@ -8,7 +8,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::error::{Result, ShimError};
@@ -45,4 +45,42 @@ pub fn in_netns<T: Send + 'static>(
     })
     .join()
     .map_err(|_| std::io::Error::other("a namespace thread panicked"))?
+}
+
+/// The network namespace runsc made for sandbox process `pid` (a spec entry without a path),
+/// held open so it stays this namespace, whatever becomes of the pid, until the handle is
+/// dropped; and a path that opens it (`/proc/self/fd/N`, the shim's own handle). Refused if
+/// it is the shim's own namespace: a sandbox with network access never runs on the node's.
+pub fn pin_sandbox_netns(pid: u32) -> Result<(File, PathBuf)> {
+    use std::os::unix::fs::MetadataExt;
+    let theirs = Path::new("/proc").join(pid.to_string()).join("ns/net");
+    let ns = open(&theirs)?;
+    let inode = |f: &File, what: &str| {
+        f.metadata()
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(|e| ShimError::io(format!("stat the network namespace of {what}"), e))
+    };
+    let own = open(Path::new("/proc/self/ns/net"))?;
+    if inode(&ns, &format!("sandbox process {pid}"))? == inode(&own, "the shim")? {
+        return Err(ShimError::FailedPrecondition(format!(
+            "the sandbox (pid {pid}) runs in the shim's own network namespace, not a new one: refusing to give it network access"
+        )));
+    }
+    let path = PathBuf::from(format!("/proc/self/fd/{}", ns.as_raw_fd()));
+    Ok((ns, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sandbox_in_the_shims_own_namespace_is_refused() {
+        // This test process stands for a sandbox that runsc left in the shim's namespace.
+        let err = pin_sandbox_netns(std::process::id()).expect_err("own namespace");
+        assert!(
+            err.to_string().contains("the shim's own network namespace"),
+            "{err}"
+        );
+    }
 }

@@ -6,66 +6,28 @@
 //! failure anywhere releases both lists, last made first. On success the lists go to their
 //! owners, for Delete.
 
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::{Arc, Mutex};
 
-use containerd_shim_protos::api::Mount;
 use safehouse_audit::lifecycle::SandboxContext;
 use safehouse_audit::AuditEvent;
-use tokio::sync::mpsc;
 use tracing::info;
 
-use super::persisted::PersistedState;
+pub use super::request::{Host, NewContainer};
+use super::steps::{
+    own_cgroup, persist, point_resolver, prepare_host, run_create_hooks, runsc_create,
+};
 use super::undo::{Step, Teardown, Undo};
 use super::Sandbox;
-use crate::audit::{
-    self, AuditOutput, AuditRules, Enforcer, KillRequest, KillSwitch, RuleBook, SandboxAudit,
-};
-use crate::bundle::{Bundle, INIT_PID_FILE, POD_INIT_CONFIG, STATE_FILE};
-use crate::confine::{self, Confinement};
-use crate::container::{Container, CRI_SANDBOX_NAME, CRI_SANDBOX_NAMESPACE};
+use crate::audit::{self, AuditRules, Enforcer, KillSwitch, RuleBook, SandboxAudit};
+use crate::bundle::POD_INIT_CONFIG;
+use crate::confine;
+use crate::container::{Container, SpecNetns, CRI_SANDBOX_NAME, CRI_SANDBOX_NAMESPACE};
 use crate::error::{Result, ShimError};
-use crate::hooks::{HookState, ShimHooks};
-use crate::network::{resolver, SandboxNetwork};
-use crate::node::{Node, RuntimeEnv};
+use crate::network::{netns, SandboxNetwork};
 use crate::process::InitProcess;
 use crate::reaper::Reaper;
-use crate::runsc::{ChildStdio, CreateOpts, NetworkMode, SandboxRuntime};
-use crate::stdio::{ConsoleSocket, IoPaths, ProcessIo};
-
-/// What Create needs from the shim.
-pub struct Host<'a> {
-    /// The node (state directories, the runsc to use).
-    pub node: &'a Node,
-    /// The runtime config this container was created with.
-    pub env: &'a RuntimeEnv,
-    /// containerd's namespace.
-    pub namespace: &'a str,
-    /// The shim's reaper.
-    pub reaper: &'a Reaper,
-    /// The shim's audit writer.
-    pub output: &'a Arc<AuditOutput>,
-    /// Where a sandbox's enforcer sends its kill requests.
-    pub kills: &'a mpsc::UnboundedSender<KillRequest>,
-}
-
-/// A container to create, its policy chosen and compiled.
-pub struct NewContainer<'a> {
-    /// containerd's id.
-    pub id: String,
-    /// The bundle (its spec without the hooks the shim runs itself).
-    pub bundle: Bundle,
-    /// containerd's rootfs mounts.
-    pub rootfs: &'a [Mount],
-    /// Its stdio.
-    pub io: IoPaths,
-    /// The hooks the shim runs itself.
-    pub hooks: ShimHooks,
-    /// Its policy.
-    pub confinement: Confinement,
-}
+use crate::runsc::{NetworkMode, SandboxRuntime};
 
 /// What a failed create releases: the container's steps, then the sandbox's.
 #[derive(Default)]
@@ -121,7 +83,7 @@ pub async fn join_sandbox(
     // Its execs are checked, and its events labelled, under its own policy.
     sandbox.audit.book.insert(&new.id, container_rules(&new));
     let result = async {
-        // A member's resolv.conf points at the pod's forwarder too (its upstreams are the pod's).
+        // A member resolves through the pod's forwarder too (it listens in the shared namespace).
         point_resolver(host.env, &mut new, runtime.flags().network)?;
         let rootfs_mounted = prepare_host(&mut new, &mut undo).await?;
         new.bundle.write_spec(&new.confinement.compiled.spec)?;
@@ -198,8 +160,8 @@ async fn boot<'a>(
 ) -> Result<Parts<'a>> {
     let env = host.env;
     let compiled = &new.confinement.compiled;
-    let netns = crate::container::netns_path(&new.bundle.spec);
-    let mut flags = confine::network_flags(env, compiled, netns)?;
+    let spec_netns = crate::container::spec_netns(&new.bundle.spec);
+    let mut flags = confine::network_flags(env, compiled, &spec_netns)?;
     flags.extra = confine::policy_flags(compiled, &env.probe)?;
     let upstreams = point_resolver(env, &mut new, flags.network)?;
     let rootfs_mounted = prepare_host(&mut new, &mut made.container).await?;
@@ -208,14 +170,15 @@ async fn boot<'a>(
         flags.extra.push(flag);
     }
     let audit = audit.0;
-    let network = match (&new.confinement.compiled.filter, &flags.netns) {
+    // A namespace the spec names gets its filter before runsc starts anything in it.
+    let mut network = match (&new.confinement.compiled.filter, &flags.netns) {
         (Some(filter), Some(netns)) if flags.network == NetworkMode::Host => {
             let network = SandboxNetwork::start(
                 host.reaper,
                 netns,
                 &new.id,
                 filter,
-                upstreams,
+                upstreams.clone(),
                 &audit,
                 host.output,
             )
@@ -244,6 +207,27 @@ async fn boot<'a>(
         &mut made.container,
     )
     .await?;
+    // A namespace runsc made (a network entry without a path) exists from `runsc create` on,
+    // configured by the spec's createRuntime hooks: its filter goes in now, before Create
+    // returns and so before `runsc start` runs the agent's first instruction.
+    let new_netns = spec_netns == SpecNetns::New && flags.network == NetworkMode::Host;
+    if let (true, None, Some(filter)) = (new_netns, &network, &new.confinement.compiled.filter) {
+        let (pinned, path) = netns::pin_sandbox_netns(pid)?;
+        let mut started = SandboxNetwork::start(
+            host.reaper,
+            &path,
+            &new.id,
+            filter,
+            upstreams,
+            &audit,
+            host.output,
+        )
+        .await?;
+        started.pinned = Some(pinned);
+        let started = Arc::new(started);
+        made.sandbox.push(Step::Network(started.clone()));
+        network = Some(started);
+    }
     run_create_hooks(&new, pid, &audit, record).await?;
     if let Err(e) = audit.switch.arm(pid) {
         // The task service's runsc kill stands in for it.
@@ -251,7 +235,12 @@ async fn boot<'a>(
     }
     // The sandbox process is re-parented to the shim; from now on the reaper watches it.
     made.sandbox.push(Step::ReaperWatch(pid as i32));
-    let table = network.as_ref().map(|n| n.table.table.clone());
+    // The delete action of a dead shim reaches a table only through a namespace path that
+    // outlives the shim; a namespace runsc made goes with its sandbox, and the table with it.
+    let table = network
+        .as_ref()
+        .filter(|n| n.pinned.is_none())
+        .map(|n| n.table.table.clone());
     let output = Some(env.config.audit.output.clone());
     persist(
         host,
@@ -269,69 +258,6 @@ async fn boot<'a>(
         init,
         pid,
     })
-}
-
-/// Writes what the `delete` action needs if the shim dies.
-fn persist(
-    host: &Host<'_>,
-    new: &NewContainer<'_>,
-    runtime: &dyn SandboxRuntime,
-    pid: u32,
-    rootfs_mounted: bool,
-    nft_table: Option<String>,
-    audit_output: Option<PathBuf>,
-) -> Result<()> {
-    let flags = runtime.flags();
-    PersistedState {
-        binary: host.env.config.binary.clone(),
-        root: runtime.root().to_path_buf(),
-        global: host.env.global.clone(),
-        network: flags.network,
-        netns: flags.netns.clone(),
-        pid,
-        rootfs_mounted,
-        nft_table,
-        audit_output,
-    }
-    .save(&new.bundle.dir)
-}
-
-/// Host names mean something only to an allowlist (in `open` everything but the protected
-/// ranges is reachable anyway, and a name never opens a protected range): then the container's
-/// resolv.conf points at the sandbox's forwarder, and these are its upstreams.
-fn point_resolver(
-    env: &RuntimeEnv,
-    new: &mut NewContainer<'_>,
-    network: NetworkMode,
-) -> Result<Option<Vec<IpAddr>>> {
-    let names_hosts = new.confinement.compiled.filter.as_ref().is_some_and(|f| {
-        f.mode == safehouse_policy::FilterMode::Allowlist && f.hosts().next().is_some()
-    });
-    if !names_hosts || network != NetworkMode::Host {
-        return Ok(None);
-    }
-    resolver::point_resolver(
-        &env.config.dns_upstreams,
-        &new.bundle.spec,
-        &new.bundle.dir,
-        &mut new.confinement.compiled,
-    )
-    .map(Some)
-}
-
-/// Read-only host binds for the spec's read-only bind mounts, and the rootfs mounts. True when
-/// the shim mounted the rootfs. The state file the delete action reads (written once runsc
-/// created the container) is released last of all.
-async fn prepare_host(new: &mut NewContainer<'_>, undo: &mut Undo) -> Result<bool> {
-    let dir = new.bundle.dir.clone();
-    undo.push(Step::File(new.bundle.file(STATE_FILE)));
-    undo.push(Step::HostBinds(dir.clone()));
-    crate::hostbind::harden(&dir, &mut new.confinement.compiled.spec)?;
-    let mounted = crate::rootfs::mount(&dir, new.rootfs).await?;
-    if mounted {
-        undo.push(Step::Rootfs(dir));
-    }
-    Ok(mounted)
 }
 
 /// The sandbox's audit session: its sink, bound before runsc starts, with the policy enforcer
@@ -389,119 +315,6 @@ fn container_rules(new: &NewContainer<'_>) -> AuditRules {
         &new.bundle.dir.join(root),
         &new.bundle.spec,
     )
-}
-
-/// Sets up the init's stdio and runs `runsc create`; returns the sandbox (or container) pid.
-async fn runsc_create(
-    host: &Host<'_>,
-    new: &NewContainer<'_>,
-    runtime: &dyn SandboxRuntime,
-    init: &Arc<InitProcess>,
-    joins_pod: bool,
-    undo: &mut Undo,
-) -> Result<u32> {
-    let id = &new.id;
-    let paths = &new.io;
-    undo.push(Step::Stdio(init.clone()));
-    let (stdio, console) = if paths.terminal {
-        let sock = ConsoleSocket::bind(
-            &host.node.console_dir(),
-            &format!("{}/{id}", host.namespace),
-        )?;
-        let rx = sock.receive();
-        (ChildStdio::null(), Some((sock, rx)))
-    } else {
-        let (stdio, io) = ProcessIo::plain(paths, id, host.namespace, host.reaper).await?;
-        *init.io.lock().await = io;
-        if joins_pod {
-            *init.start_stdio.lock().unwrap_or_else(|p| p.into_inner()) = Some(stdio);
-            (ChildStdio::null(), None)
-        } else {
-            (stdio, None)
-        }
-    };
-    let poststop_hooks = new.bundle.spec["hooks"]["poststop"]
-        .as_array()
-        .is_some_and(|h| !h.is_empty());
-    undo.push(Step::RuntimeLog(
-        runtime.for_container(&new.bundle.dir),
-        id.clone(),
-    ));
-    undo.push(Step::RuntimeState {
-        runtime: runtime.for_container(&new.bundle.dir),
-        id: id.clone(),
-        poststop_hooks,
-        cgroup: own_cgroup(&new.bundle),
-    });
-    let pid_file = new.bundle.file(INIT_PID_FILE);
-    let opts = CreateOpts {
-        bundle: &new.bundle.dir,
-        pid_file: &pid_file,
-        console_socket: console.as_ref().map(|(s, _)| s.path()),
-        stdio,
-    };
-    let res = runtime.create(id, opts).await;
-    if let Some((sock, rx)) = console {
-        if res.is_err() {
-            sock.cancel();
-        }
-        let master = rx
-            .await
-            .map_err(|_| ShimError::Internal("console socket thread ended".into()))?;
-        res?;
-        let mut io = ProcessIo::default();
-        io.attach_console(paths, master?)?;
-        *init.io.lock().await = io;
-    } else {
-        res?;
-    }
-    read_pid(&pid_file).ok_or_else(|| {
-        ShimError::Internal(format!(
-            "runsc create {id}: no pid in {}",
-            pid_file.display()
-        ))
-    })
-}
-
-fn read_pid(file: &Path) -> Option<u32> {
-    std::fs::read_to_string(file)
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-}
-
-/// createContainer hooks: after runsc's createRuntime hooks, before Create returns.
-async fn run_create_hooks(
-    new: &NewContainer<'_>,
-    pid: u32,
-    audit: &SandboxAudit,
-    record: &(dyn Fn(AuditEvent) + Sync),
-) -> Result<()> {
-    if new.hooks.create_container.is_empty() {
-        return Ok(());
-    }
-    let state = HookState {
-        id: new.id.clone(),
-        status: "created",
-        pid,
-        bundle: new.bundle.dir.clone(),
-        annotations: new.bundle.annotations().clone(),
-    };
-    let netns = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
-    crate::hooks::run(
-        "createContainer",
-        &new.hooks.create_container,
-        &state,
-        Some(&netns),
-        |r| record(crate::hooks::audit_event(&audit.ctx, &new.id, &r)),
-    )
-    .await
-}
-
-/// The container's `linux.cgroupsPath`.
-fn own_cgroup(bundle: &Bundle) -> Option<String> {
-    bundle.spec["linux"]["cgroupsPath"]
-        .as_str()
-        .map(String::from)
 }
 
 fn container(

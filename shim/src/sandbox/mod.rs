@@ -8,6 +8,8 @@
 
 pub mod create;
 pub mod persisted;
+pub mod request;
+mod steps;
 pub mod undo;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

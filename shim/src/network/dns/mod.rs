@@ -2,33 +2,44 @@
 //!
 //! Its sockets live in the container's network namespace (bound by a short-lived thread that
 //! enters the namespace): it listens on [`LISTEN`] (UDP and TCP), the address the sandbox's
-//! `/etc/resolv.conf` names, and asks the upstream resolvers from a socket carrying
-//! [`FORWARDER_MARK`], the only packets the sandbox's table lets reach port 53 upstream. It
-//! answers only names the policy lists (others get REFUSED), adds the addresses of each answer
-//! to the table's sets for the answer's TTL before the sandbox sees the answer, and reports
-//! every query and its verdict. It does no DNS parsing of its own (hickory-proto does).
+//! `/etc/resolv.conf` names, and asks the upstream resolvers from sockets carrying
+//! [`FORWARDER_MARK`], the only packets the sandbox's table lets reach port 53 upstream.
+//!
+//! It forwards only what the policy lets the sandbox learn: one address lookup (A or AAAA) of
+//! a listed name per query, asked upstream as a query rebuilt from the parsed question
+//! ([`message`]), at most [`wildcard::NAMES_PER_MINUTE`] distinct names a minute below a
+//! wildcard entry; the answer the sandbox gets is rebuilt too (the CNAME chain and the
+//! addresses, nothing else). Addresses in private ranges no egress range covers are not
+//! opened: such an answer is refused. The addresses of an answer are added to the table's
+//! sets for the answer's TTL before the sandbox sees it, and every query is reported with
+//! its verdict. It does no DNS parsing of its own (hickory-proto does).
+
+mod message;
+mod upstream;
+pub mod wildcard;
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::RandomState;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::RData;
 use safehouse_policy::netfilter::FORWARDER_MARK;
 use safehouse_policy::{Learned, NetFilter};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::filter::{learn, InstalledTable};
 use super::netns::in_netns;
 use crate::error::{Result, ShimError};
 use crate::reaper::Reaper;
+use message::{check_query, error_reply, first_question, rebuild_answer, reply};
+use upstream::{read_framed, write_framed, Pending};
+use wildcard::WildcardBudget;
 
 /// Where the forwarder listens inside the sandbox's namespace.
 pub const LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 53)), 53);
@@ -75,6 +86,7 @@ impl DnsForwarder {
         netns: &Path,
         upstreams: Vec<IpAddr>,
         filter: NetFilter,
+        node_addrs: Vec<IpAddr>,
         table: InstalledTable,
         reaper: Reaper,
         on_query: OnQuery,
@@ -97,6 +109,8 @@ impl DnsForwarder {
             netns: netns.to_path_buf(),
             upstreams,
             filter,
+            node_addrs,
+            wildcards: Mutex::default(),
             table,
             reaper,
             on_query,
@@ -175,10 +189,6 @@ fn bind_in(netns: &Path, upstreams: &[IpAddr]) -> Result<Sockets> {
     ))
 }
 
-/// Upstream exchanges in flight on the shared UDP sockets, by (upstream, the id we gave the
-/// query), each waiting for its answer.
-type Pending = HashMap<(SocketAddr, u16), oneshot::Sender<Vec<u8>>>;
-
 struct Forwarder {
     listen: UdpSocket,
     up4: Option<Arc<UdpSocket>>,
@@ -192,6 +202,10 @@ struct Forwarder {
     netns: PathBuf,
     upstreams: Vec<IpAddr>,
     filter: NetFilter,
+    /// The node's own addresses (an answer pointing at one is refused).
+    node_addrs: Vec<IpAddr>,
+    /// The names asked below each wildcard entry lately.
+    wildcards: Mutex<WildcardBudget>,
     table: InstalledTable,
     reaper: Reaper,
     on_query: OnQuery,
@@ -264,88 +278,70 @@ impl Forwarder {
         }
     }
 
-    /// Hands the answers arriving on one upstream socket to the exchanges waiting for them.
-    async fn dispatch(self: Arc<Self>, sock: Arc<UdpSocket>) {
-        let mut buf = vec![0u8; 65_535];
-        loop {
-            let Ok((n, from)) = sock.recv_from(&mut buf).await else {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            };
-            if n < 12 {
-                continue;
-            }
-            let id = u16::from_be_bytes([buf[0], buf[1]]);
-            let waiting = self
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&(from, id));
-            // An answer nobody waits for (late, or not from the upstream asked) is dropped.
-            if let Some(tx) = waiting {
-                let _ = tx.send(buf[..n].to_vec());
-            }
-        }
-    }
-
     async fn answer(&self, bytes: &[u8], how: Transport) -> Option<(Vec<u8>, QueryVerdict)> {
         // Not a DNS query at all: drop it silently (there is no one to answer).
         let msg = Message::from_vec(bytes).ok()?;
         if msg.message_type() != MessageType::Query {
             return None;
         }
-        let Some(q) = msg.queries().first() else {
-            return refuse(
-                &msg,
-                ResponseCode::FormErr,
-                "",
-                "",
-                "refused",
-                "no question",
-            );
+        let (name, qtype) = first_question(&msg);
+        let refuse = |code: ResponseCode, what: &'static str, why: &str| {
+            Some((
+                error_reply(&msg, code)?,
+                verdict(&name, &qtype, what, Some(why.to_owned())),
+            ))
         };
-        let name = q
-            .name()
-            .to_ascii()
-            .trim_end_matches('.')
-            .to_ascii_lowercase();
-        let qtype = q.query_type().to_string();
-        let Some(ports) = self.filter.ports_for(&name) else {
+        let q = match check_query(&msg) {
+            Ok(q) => q,
+            Err(r) => return refuse(r.code, "refused", &r.why),
+        };
+        let Some(ports) = self.filter.ports_for(&q.name) else {
             return refuse(
-                &msg,
                 ResponseCode::Refused,
-                &name,
-                &qtype,
                 "refused",
                 "name not in the policy's egress list",
             );
         };
-        let failed = |why: &str| refuse(&msg, ResponseCode::ServFail, &name, &qtype, "failed", why);
-        let reply = match self.ask_upstream(bytes, how).await {
+        if let Some(wildcard) = self.filter.wildcard_for(&q.name) {
+            let admitted = self
+                .wildcards
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .admit(wildcard, &q.name, Instant::now());
+            if !admitted {
+                let why = format!(
+                    "more than {} names below {wildcard} in a minute",
+                    wildcard::NAMES_PER_MINUTE
+                );
+                return refuse(ResponseCode::Refused, "refused", &why);
+            }
+        }
+        let failed = |why: &str| refuse(ResponseCode::ServFail, "failed", why);
+        let upstream = match self.ask_upstream(&q, how).await {
+            Ok(m) => m,
+            Err(why) => return failed(&why),
+        };
+        let answer = match rebuild_answer(&q, &upstream) {
+            Ok(a) => a,
+            Err(why) => return failed(&why),
+        };
+        if let Some(why) = answer
+            .addrs
+            .iter()
+            .find_map(|a| self.filter.learnable(*a, &self.node_addrs).err())
+        {
+            return refuse(
+                ResponseCode::Refused,
+                "refused",
+                &format!("the answer points into a closed range: {why}"),
+            );
+        }
+        let (reply, carried) = match reply(&msg, &answer, how == Transport::Udp) {
             Ok(r) => r,
             Err(why) => return failed(&why),
         };
-        let Ok(answer) = Message::from_vec(&reply) else {
-            return failed("upstream answer does not parse");
-        };
-        // An answer opens addresses: it must be an answer to this question, not another's.
-        if answer.message_type() != MessageType::Response || answer.queries() != msg.queries() {
-            return failed("upstream answer is not for this question");
-        }
-        let mut addrs = Vec::new();
-        let mut ttl = u32::MAX;
-        for r in answer.answers() {
-            let addr = match r.data() {
-                Some(RData::A(a)) => IpAddr::V4(a.0),
-                Some(RData::AAAA(a)) => IpAddr::V6(a.0),
-                _ => continue,
-            };
-            addrs.push(addr);
-            ttl = ttl.min(r.ttl());
-        }
-        if addrs.is_empty() {
-            ttl = 0;
-        }
+        let addrs = if carried { answer.addrs } else { Vec::new() };
+        let ttl = if addrs.is_empty() { 0 } else { answer.ttl };
         // The addresses are allowed before the sandbox learns them, so its connect never races
         // the rule.
         let learned = Learned {
@@ -361,155 +357,6 @@ impl Forwarder {
         v.ttl = ttl.max(u32::from(!learned.addrs.is_empty()));
         Some((reply, v))
     }
-
-    /// Forwards the query to each upstream in turn, the way it came, until one answers.
-    async fn ask_upstream(
-        &self,
-        query: &[u8],
-        how: Transport,
-    ) -> std::result::Result<Vec<u8>, String> {
-        let mut last = String::from("no upstream answered");
-        for up in &self.upstreams {
-            let dest = SocketAddr::new(*up, 53);
-            let asked = async {
-                match how {
-                    Transport::Udp => self.ask_udp(query, dest).await,
-                    Transport::Tcp => self.ask_tcp(query, dest).await,
-                }
-            };
-            match tokio::time::timeout(UPSTREAM_TIMEOUT, asked).await {
-                Ok(Ok(reply)) => return Ok(reply),
-                Ok(Err(e)) => last = e,
-                Err(_) => {
-                    last = format!(
-                        "{dest} did not answer within {}s",
-                        UPSTREAM_TIMEOUT.as_secs()
-                    )
-                }
-            }
-        }
-        Err(last)
-    }
-
-    /// One exchange over the shared marked UDP socket of `dest`'s family. The query goes out
-    /// under an id of ours (clients' ids may collide, and ours are not guessable) and the
-    /// answer comes back under the client's.
-    async fn ask_udp(
-        &self,
-        query: &[u8],
-        dest: SocketAddr,
-    ) -> std::result::Result<Vec<u8>, String> {
-        let sock = match dest {
-            SocketAddr::V4(_) => self.up4.as_ref(),
-            SocketAddr::V6(_) => self.up6.as_ref(),
-        }
-        .ok_or_else(|| format!("no socket for {dest}"))?;
-        if query.len() < 12 {
-            return Err("query shorter than a DNS header".into());
-        }
-        let (tx, rx) = oneshot::channel();
-        let ours = {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            let mut id;
-            loop {
-                id = self.ids.hash_one(self.next.fetch_add(1, Ordering::Relaxed)) as u16;
-                if !pending.contains_key(&(dest, id)) {
-                    break;
-                }
-            }
-            pending.insert((dest, id), tx);
-            id
-        };
-        // Whatever happens next (error, timeout, abort), the entry goes.
-        let _forget = Forget {
-            pending: &self.pending,
-            key: (dest, ours),
-        };
-        let mut out = query.to_vec();
-        out[..2].copy_from_slice(&ours.to_be_bytes());
-        sock.send_to(&out, dest)
-            .await
-            .map_err(|e| format!("send to {dest}: {e}"))?;
-        let mut reply = rx.await.map_err(|_| format!("{dest}: forwarder stopped"))?;
-        reply[..2].copy_from_slice(&query[..2]);
-        Ok(reply)
-    }
-
-    /// One exchange over a new TCP connection made from the sandbox's namespace with the mark.
-    async fn ask_tcp(
-        &self,
-        query: &[u8],
-        dest: SocketAddr,
-    ) -> std::result::Result<Vec<u8>, String> {
-        let v4 = dest.is_ipv4();
-        let std = in_netns(
-            &self.netns,
-            move || -> std::io::Result<std::net::TcpStream> {
-                use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
-                let family = if v4 {
-                    AddressFamily::Inet
-                } else {
-                    AddressFamily::Inet6
-                };
-                let fd = socket(
-                    family,
-                    SockType::Stream,
-                    SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-                    None,
-                )?;
-                nix::sys::socket::setsockopt(
-                    &fd,
-                    nix::sys::socket::sockopt::Mark,
-                    &FORWARDER_MARK,
-                )?;
-                Ok(std::net::TcpStream::from(fd))
-            },
-        )
-        .map_err(|e| format!("TCP socket for {dest}: {e}"))?;
-        let mut conn = tokio::net::TcpSocket::from_std_stream(std)
-            .connect(dest)
-            .await
-            .map_err(|e| format!("connect to {dest} over TCP: {e}"))?;
-        write_framed(&mut conn, query)
-            .await
-            .map_err(|e| format!("{dest} over TCP: {e}"))?;
-        read_framed(&mut conn)
-            .await
-            .map_err(|e| format!("{dest} over TCP: {e}"))
-    }
-}
-
-/// Removes a pending exchange when its asker is done with it, however that happened.
-struct Forget<'a> {
-    pending: &'a Mutex<Pending>,
-    key: (SocketAddr, u16),
-}
-
-impl Drop for Forget<'_> {
-    fn drop(&mut self) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.key);
-    }
-}
-
-/// Reads one length-prefixed DNS message (DNS over TCP).
-async fn read_framed(conn: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    let mut len = [0u8; 2];
-    conn.read_exact(&mut len).await?;
-    let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
-    conn.read_exact(&mut msg).await?;
-    Ok(msg)
-}
-
-/// Writes one length-prefixed DNS message (cut at 65,535 bytes, the most TCP framing holds).
-async fn write_framed(conn: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
-    let n = u16::try_from(msg.len()).unwrap_or(u16::MAX);
-    let mut out = Vec::with_capacity(2 + usize::from(n));
-    out.extend_from_slice(&n.to_be_bytes());
-    out.extend_from_slice(&msg[..usize::from(n)]);
-    conn.write_all(&out).await
 }
 
 fn verdict(name: &str, qtype: &str, verdict: &'static str, reason: Option<String>) -> QueryVerdict {
@@ -520,51 +367,5 @@ fn verdict(name: &str, qtype: &str, verdict: &'static str, reason: Option<String
         addrs: Vec::new(),
         ttl: 0,
         reason,
-    }
-}
-
-/// The error answer to `query` with `code`, and the verdict that goes with it.
-fn refuse(
-    query: &Message,
-    code: ResponseCode,
-    name: &str,
-    qtype: &str,
-    what: &'static str,
-    why: &str,
-) -> Option<(Vec<u8>, QueryVerdict)> {
-    Some((
-        error_reply(query, code)?,
-        verdict(name, qtype, what, Some(why.to_owned())),
-    ))
-}
-
-fn error_reply(query: &Message, code: ResponseCode) -> Option<Vec<u8>> {
-    let mut m = Message::error_msg(query.id(), query.op_code(), code);
-    m.add_queries(query.queries().to_vec());
-    m.set_recursion_desired(query.recursion_desired());
-    m.set_recursion_available(true);
-    m.to_vec().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use hickory_proto::op::Query;
-    use hickory_proto::rr::{Name, RecordType};
-
-    #[test]
-    fn refusal_keeps_the_id_and_question() {
-        let mut q = Message::new();
-        q.set_id(4242);
-        q.add_query(Query::query(
-            Name::from_ascii("evil.test.").expect("name"),
-            RecordType::A,
-        ));
-        let bytes = error_reply(&q, ResponseCode::Refused).expect("reply");
-        let r = Message::from_vec(&bytes).expect("parses");
-        assert_eq!(r.id(), 4242);
-        assert_eq!(r.response_code(), ResponseCode::Refused);
-        assert_eq!(r.message_type(), MessageType::Response);
-        assert_eq!(r.queries().len(), 1);
     }
 }
