@@ -224,8 +224,9 @@ pub fn member_tools_are_enforced_under_its_own_policy(env: &CriEnv) -> Result<()
                 && violation["violation"]["rule"] == "process.tools"
                 && violation["violation"]["reason"]
                     .as_str()
-                    .is_some_and(|r| r.contains("\"cat\"")),
-            "the violation is the tooled container's, under its own policy: {violation}"
+                    .is_some_and(|r| r.contains("cat")),
+            "the violation is the tooled container's cat, under its own policy: {}",
+            violation["violation"]
         );
         ensure!(
             seen(&free_id).is_empty(),
