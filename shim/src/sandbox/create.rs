@@ -80,12 +80,13 @@ pub async fn join_sandbox(
     }
     let mut undo = Undo::default();
     let runtime = sandbox.runtime.for_container(&new.bundle.dir);
-    // Its execs are checked, and its events labelled, under its own policy.
-    sandbox.audit.book.insert(&new.id, container_rules(&new));
     let result = async {
         // A member resolves through the pod's forwarder too (it listens in the shared namespace).
         point_resolver(host.env, &mut new, runtime.flags().network)?;
         let rootfs_mounted = prepare_host(&mut new, &mut undo).await?;
+        // Its execs are checked, and its events labelled, under its own policy (its tools
+        // resolved in its rootfs, now mounted).
+        sandbox.audit.book.insert(&new.id, container_rules(&new));
         new.bundle.write_spec(&new.confinement.compiled.spec)?;
         let init = Arc::new(InitProcess::new(new.io.clone()));
         let pid = runsc_create(host, &new, runtime.as_ref(), &init, true, &mut undo).await?;
