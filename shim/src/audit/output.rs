@@ -80,14 +80,14 @@ impl AuditOutput {
             anchor: section.checkpoints.clone(),
             ..SealConfig::new(&section.signing_key)
         });
-        let b = section.budget;
+        let (b, d) = (section.budget, BudgetConfig::default());
         let config = WriterConfig {
             max_batch_bytes: max_batch,
             budget: Some(BudgetConfig {
-                events_per_sec: b.events_per_sec,
-                event_burst: b.event_burst,
-                bytes_per_sec: b.bytes_per_sec,
-                byte_burst: b.byte_burst,
+                events_per_sec: b.events_per_sec.unwrap_or(d.events_per_sec),
+                event_burst: b.event_burst.unwrap_or(d.event_burst),
+                bytes_per_sec: b.bytes_per_sec.unwrap_or(d.bytes_per_sec),
+                byte_burst: b.byte_burst.unwrap_or(d.byte_burst),
             }),
             spool: Some(section.spool.clone()),
             seal,
