@@ -173,10 +173,11 @@ async fn cleanup_after_dead_shim(id: &str, bundle: &Path, st: &PersistedState) {
         };
         crate::network::filter::remove(&runsc_reaper, &t).await;
     }
+    crate::hostbind::release(bundle);
+    crate::tools::release(bundle);
     if st.rootfs_mounted {
         crate::rootfs::unmount(bundle);
     }
-    crate::hostbind::release(bundle);
     runsc.remove_log(id);
     let _ = std::fs::remove_file(bundle.join(STATE_FILE));
 }

@@ -113,7 +113,7 @@ pub fn tool_mounts(layout: &ToolLayout, root_readonly: bool, existing: Vec<Mount
         .iter()
         .filter(|s| s.dir != Path::new("/"))
         .collect();
-    shadowed.sort_by(|a, b| key(&a.dir).cmp(&key(&b.dir)));
+    shadowed.sort_by_key(|s| key(&s.dir));
     shadowed.dedup_by(|a, b| a.dir == b.dir);
     for s in shadowed {
         out.push(mount(&s.dir, "bind", &s.source, &view_opts));
@@ -124,7 +124,7 @@ pub fn tool_mounts(layout: &ToolLayout, root_readonly: bool, existing: Vec<Mount
             .filter(|m| m.destination() != Path::new("/")),
     );
     let mut exec: Vec<&ExecFile> = layout.exec.iter().collect();
-    exec.sort_by(|a, b| key(&a.path).cmp(&key(&b.path)));
+    exec.sort_by_key(|e| key(&e.path));
     exec.dedup_by(|a, b| a.path == b.path);
     for e in exec {
         out.push(mount(
