@@ -308,8 +308,10 @@ async fn prepare_host(new: &mut NewContainer<'_>, undo: &mut Undo) -> Result<boo
     if !compiled.tools.is_empty() {
         undo.push(Step::Tools(dir.clone()));
         let root = new.bundle.spec["root"]["path"].as_str().unwrap_or("rootfs");
-        let layout = crate::tools::prepare(&dir, &dir.join(root), &compiled.tools)?;
+        let rootfs = dir.join(root);
+        let layout = crate::tools::prepare(&dir, &rootfs, &compiled.tools)?;
         safehouse_policy::apply_layout(&mut compiled.spec, &layout);
+        crate::tools::make_mount_points(&rootfs, &compiled.spec)?;
     }
     undo.push(Step::HostBinds(dir.clone()));
     crate::hostbind::harden(&dir, &mut compiled.spec)?;

@@ -160,6 +160,42 @@ pub fn prepare(bundle: &Path, rootfs: &Path, tools: &[PathBuf]) -> Result<ToolLa
     })
 }
 
+/// Creates in `rootfs` the mount points of `spec`'s mounts that the image lacks (a directory,
+/// or an empty file for a bind of a file), as runc does: with the rootfs bound read-only over
+/// `/`, runsc cannot create them inside the sandbox. Symlinks are resolved inside `rootfs`.
+pub fn make_mount_points(rootfs: &Path, spec: &oci_spec::runtime::Spec) -> Result<()> {
+    for m in spec.mounts().iter().flatten() {
+        let dest = m.destination();
+        if dest == Path::new("/") || resolve_in_root(rootfs, dest).is_some() {
+            continue;
+        }
+        let file =
+            m.source().as_deref().is_some_and(Path::is_file) && m.typ().as_deref() == Some("bind");
+        let mut at = PathBuf::from("/");
+        let parts: Vec<_> = dest.components().skip(1).collect();
+        for (i, part) in parts.iter().enumerate() {
+            let next = at.join(part);
+            if let Some(resolved) = resolve_in_root(rootfs, &next) {
+                at = resolved;
+                continue;
+            }
+            let host = on_host(rootfs, &at.join(part));
+            let made = if file && i + 1 == parts.len() {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&host)
+                    .map(drop)
+            } else {
+                std::fs::create_dir(&host)
+            };
+            made.map_err(|e| ShimError::io(format!("create mount point {}", host.display()), e))?;
+            at = at.join(part);
+        }
+    }
+    Ok(())
+}
+
 /// A read-only overlay of `top` over `lower` at `view`.
 fn overlay(top: &Path, lower: &Path, view: &Path) -> Result<()> {
     let path_ok = |p: &Path| {
