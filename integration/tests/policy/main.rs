@@ -47,8 +47,8 @@ fn main() -> ExitCode {
             run: process::timeout_kills,
         },
         Scenario {
-            name: "process::non_tool_exec_is_killed",
-            run: process::non_tool_exec_is_killed,
+            name: "process::non_tool_exec_is_refused",
+            run: process::non_tool_exec_is_refused,
         },
         Scenario {
             name: "process::relative_init_is_resolved",
