@@ -239,6 +239,17 @@ fn with_tools_every_mount_is_noexec_even_an_exec_zone_and_tmp_is_covered() {
         z.exec = true;
     }
     policy.spec.filesystem.scratch.clear();
+    let warned: Vec<String> = safehouse_policy::validate(&policy)
+        .into_iter()
+        .filter(|f| !f.is_error())
+        .map(|f| f.to_string())
+        .collect();
+    assert!(
+        warned
+            .iter()
+            .any(|w| w.contains("outputs[0].exec") && w.contains("no effect")),
+        "{warned:?}"
+    );
     let c = compile(&policy, &common::spec("ctr-run.json"), &ctx()).unwrap();
     let mounts = c.spec.mounts().as_ref().unwrap();
     for m in mounts {
