@@ -89,7 +89,8 @@ echo "safehouse - runsc-direct:        $(awk -v a="${median[safehouse]}" -v b="$
 echo "ratio safehouse / runc:          $(ratio "${median[safehouse]}" "${median[runc]}")"
 echo "ratio strict default / open, unaudited policy: $(ratio "${median[safehouse]}" "${median[safehouse-open]}")  (target < 1.05)"
 
-# Violation to kill: an agent execs a binary its tools list leaves out. From the audit
+# Violation to kill: an agent runs a listed multi-call binary (busybox) under a name its tools
+# list does not give it (an unlisted file is refused by the mounts and never runs). From the audit
 # timestamps: the Sentry's exec event -> the shim's kill event (decision) and -> the exit.
 cat > "$SH_LAB/policies/tools.yaml" <<'YAML'
 apiVersion: safehouse.dev/v1alpha1
@@ -106,7 +107,7 @@ KILL_RUNS=$(( RUNS > 20 ? RUNS : 20 ))
 log "violation to kill: $KILL_RUNS runs (exec of an unlisted binary under onViolation: kill)"
 for i in $(seq 1 "$KILL_RUNS"); do
   ctr_ run --rm --runtime io.containerd.safehouse.v2 --runtime-config-path "$SH_LAB/tools.toml" \
-    "$SH_IMAGE" "b-kill-$i" sh -c 'sleep 0.2; /usr/local/bin/fetch; sleep 10' >/dev/null 2>&1 || true
+    "$SH_IMAGE" "b-kill-$i" sh -c 'sleep 0.2; (exec -a fetch /bin/sleep 1); sleep 10' >/dev/null 2>&1 || true
 done
 python3 - "$SH_LAB/audit-kill.jsonl" <<'PY'
 import json, sys
@@ -119,7 +120,7 @@ for line in open(sys.argv[1]):
     e = json.loads(line)
     r = runs.setdefault(e["sandbox_id"], {})
     if e["category"] == "process" and e["action"] == "exec" and \
-            (e.get("process", {}).get("binary") or {}).get("path") == "/usr/local/bin/fetch":
+            (e.get("process", {}).get("argv") or [""])[0] == "fetch":
         r["exec"] = t(e["time"])
     elif e["category"] == "lifecycle" and e["action"] == "kill":
         r["kill"] = t(e["time"])

@@ -46,7 +46,7 @@ spec:
     mode: none
   process:
     user: "65534:65534"
-    tools: [/bin/sh, /bin/cat, /bin/touch, /usr/bin/tail, /usr/bin/cut, /usr/bin/tr]
+    tools: [/bin/sh, /bin/cat, /bin/touch, /usr/bin/tail, /usr/bin/cut, /usr/bin/tr, /bin/sleep]
     timeout: 60s
   resources:
     memory: 256Mi
@@ -89,7 +89,10 @@ sleep 0.5
 echo "  -> exit code $rc; on the host, $jobs/out/report.txt says: $(cat "$jobs/out/report.txt" 2>/dev/null || echo '(missing)')"
 
 echo "  -- task 2: an agent that runs a tool its policy does not list"
-run_agent agent-task-2 'echo "running /usr/local/bin/fetch, which the policy does not list..."; /usr/local/bin/fetch >/dev/null 2>&1; sleep 5; echo "never printed"' && rc=0 || rc=$?
+run_agent agent-task-2 'echo "running /usr/local/bin/fetch, which the policy does not list..."
+  /usr/local/bin/fetch >/dev/null 2>&1 || echo "refused before it ran: the mounts let only listed tools execute"
+  echo "now the listed /bin/sh (busybox) under another name: exec -a wget /bin/sh ..."
+  (exec -a wget /bin/sh -c true) 2>/dev/null; sleep 5; echo "never printed"' && rc=0 || rc=$?
 sleep 0.5
 echo "  -> exit code $rc (killed by Safehouse for the violation)"
 

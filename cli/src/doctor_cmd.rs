@@ -84,6 +84,28 @@ fn check(
     }
 }
 
+/// The last runsc release measured to check `noexec` on `execve` only (see docs/policy.md).
+const EXECVE_ONLY_NOEXEC: u32 = 20240729;
+
+/// What `process.tools` compiled into `noexec` mounts stops on this runsc: version facts,
+/// not a probe (measuring `mmap(PROT_EXEC)` needs a sandbox and a test program).
+fn tools_mounts(
+    version: safehouse_runsc_config::RunscVersion,
+) -> std::result::Result<String, (Status, String, String)> {
+    if version.0 <= EXECVE_ONLY_NOEXEC {
+        Err(warn(
+            format!(
+                "runsc {version} refuses execve of a file on a noexec mount, so process.tools holds for execve; it does not refuse mmap(PROT_EXEC), so the ELF loader run as a program, code mapped by hand and memfd_create+fexecve are not stopped by the mounts (measured on 20240729)"
+            ),
+            "rely on the audit stream for those, or use a runsc that refuses mmap(PROT_EXEC) on noexec mounts",
+        ))
+    } else {
+        Ok(format!(
+            "runsc {version} is newer than the last release measured ({EXECVE_ONLY_NOEXEC}); process.tools holds for execve, and mmap(PROT_EXEC) on noexec mounts is refused by newer gVisor (not measured here)"
+        ))
+    }
+}
+
 fn fail(detail: impl Into<String>, fix: impl Into<String>) -> (Status, String, String) {
     (Status::Fail, detail.into(), fix.into())
 }
@@ -183,6 +205,7 @@ pub fn checks(a: &DoctorArgs) -> Vec<Check> {
         },
     ));
     if let Ok(p) = &probe {
+        out.push(check("tools-mounts", false, tools_mounts(p.version)));
         if config.is_ok() || missing_default {
             out.push(check(
                 "runsc-flags",

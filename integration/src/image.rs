@@ -136,7 +136,33 @@ fn busybox_version() -> Result<String> {
     Ok(key)
 }
 
+/// Builds the busybox image plus `extra` files (host file, path in the rootfs) in `scratch`
+/// and imports it into `namespace` as `local/NAME:latest`; returns that name. Not cached: the
+/// files are the test's own, built at test time.
+pub fn import_busybox_with(
+    ctr: &Path,
+    address: &Path,
+    namespace: &str,
+    scratch: &Path,
+    name: &str,
+    extra: &[(PathBuf, &str)],
+) -> Result<String> {
+    let extra: Vec<(PathBuf, String)> = extra
+        .iter()
+        .map(|(h, p)| (h.clone(), p.to_string()))
+        .collect();
+    let tarball = build_with(scratch, &["sh"], &extra)?;
+    let base = format!("docker.io/local/{name}");
+    let image = format!("{base}:latest");
+    import(ctr, address, namespace, &tarball, &base, &image)?;
+    Ok(image)
+}
+
 fn build(scratch: &Path, cmd: &[&str]) -> Result<PathBuf> {
+    build_with(scratch, cmd, &[])
+}
+
+fn build_with(scratch: &Path, cmd: &[&str], extra: &[(PathBuf, String)]) -> Result<PathBuf> {
     let layout = scratch.join("layout");
     let bundle = scratch.join("bundle");
     let image = format!("{}:latest", layout.display());
@@ -150,6 +176,13 @@ fn build(scratch: &Path, cmd: &[&str]) -> Result<PathBuf> {
     step(&["new", "--image", &image])?;
     step(&["unpack", "--image", &image, &bundle.display().to_string()])?;
     populate_rootfs(&bundle.join("rootfs"))?;
+    for (host, path) in extra {
+        let dest = bundle.join("rootfs").join(path.trim_start_matches('/'));
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::copy(host, &dest).with_context(|| format!("copy {} to {path}", host.display()))?;
+    }
     step(&["repack", "--image", &image, &bundle.display().to_string()])?;
     let image_arg = image.clone();
     let mut config = vec![

@@ -128,6 +128,18 @@ impl<'a> Lab<'a> {
         id: &str,
         command: &[&str],
     ) -> Vec<String> {
+        self.argv_of(&self.env.image, policy, flags, id, command)
+    }
+
+    /// The same with another image than the harness's busybox.
+    pub fn argv_of(
+        &self,
+        image: &str,
+        policy: Option<&str>,
+        flags: &[&str],
+        id: &str,
+        command: &[&str],
+    ) -> Vec<String> {
         let mut argv = vec!["run".to_string()];
         argv.extend(flags.iter().map(|s| s.to_string()));
         if let Some(name) = policy {
@@ -141,7 +153,7 @@ impl<'a> Lab<'a> {
             self.env.containerd.fifo_dir().display().to_string(),
             "--runtime-config-path".to_string(),
             self.config.display().to_string(),
-            self.env.image.clone(),
+            image.to_string(),
             id.to_string(),
         ]);
         argv.extend(command.iter().map(|s| s.to_string()));

@@ -26,6 +26,7 @@ pub mod span;
 pub mod validate;
 
 pub use compare::{compare, Comparison, Dimension, Loosening};
+pub use compile::tools::{apply_layout, tool_mounts, ExecFile, ShadowDir, ToolLayout};
 pub use compile::{
     compile, AuditPlan, CompileContext, CompileError, CompiledPolicy, NetworkPlan,
     DIGEST_ANNOTATION, POLICY_ANNOTATION,

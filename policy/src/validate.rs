@@ -83,6 +83,31 @@ pub fn name_problem(name: &str) -> Option<String> {
 
 fn filesystem(policy: &AgentPolicy, out: &mut Vec<Finding>) {
     let fs = &policy.spec.filesystem;
+    if !policy.spec.process.tools.is_empty() {
+        let exec_zones = fs
+            .scratch
+            .iter()
+            .enumerate()
+            .filter(|(_, z)| z.exec)
+            .map(|(i, _)| format!("spec.filesystem.scratch[{i}].exec"))
+            .chain(
+                [("inputs", &fs.inputs), ("outputs", &fs.outputs)]
+                    .into_iter()
+                    .flat_map(|(kind, zones)| {
+                        zones
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, z)| z.exec)
+                            .map(move |(i, _)| format!("spec.filesystem.{kind}[{i}].exec"))
+                    }),
+            );
+        for field in exec_zones {
+            out.push(Finding::warning(
+                field,
+                "has no effect beside spec.process.tools: with tools every mount is noexec, so only the listed tools can be executed",
+            ));
+        }
+    }
     // (field path, container path) of every zone, to check overlaps.
     let mut dests: Vec<(String, &str)> = Vec::new();
     for (i, z) in fs.scratch.iter().enumerate() {

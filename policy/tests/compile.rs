@@ -248,3 +248,48 @@ fn tools_always_record_exec_whatever_record_says() {
         "{explained}"
     );
 }
+
+#[test]
+fn with_tools_every_mount_is_noexec_even_an_exec_zone_and_tmp_is_covered() {
+    let mut policy = common::example("code-interpreter");
+    assert!(!policy.spec.process.tools.is_empty());
+    for z in &mut policy.spec.filesystem.outputs {
+        z.exec = true;
+    }
+    policy.spec.filesystem.scratch.clear();
+    let warned: Vec<String> = safehouse_policy::validate(&policy)
+        .into_iter()
+        .filter(|f| !f.is_error())
+        .map(|f| f.to_string())
+        .collect();
+    assert!(
+        warned
+            .iter()
+            .any(|w| w.contains("outputs[0].exec") && w.contains("no effect")),
+        "{warned:?}"
+    );
+    let c = compile(&policy, &common::spec("ctr-run.json"), &ctx()).unwrap();
+    let mounts = c.spec.mounts().as_ref().unwrap();
+    for m in mounts {
+        let o = opts(m);
+        assert!(o.contains(&"noexec"), "{m:?}");
+        assert!(!o.contains(&"exec"), "{m:?}");
+    }
+    // runsc would otherwise mount a writable, exec-allowed tmpfs at /tmp.
+    let tmp = mount_at(&c.spec, "/tmp");
+    assert_eq!(tmp.typ().as_deref(), Some("tmpfs"));
+    let again = compile(&policy, &c.spec, &ctx()).unwrap();
+    assert_eq!(again.spec, c.spec);
+
+    // Without tools an exec zone stays exec and no /tmp is added.
+    policy.spec.process.tools.clear();
+    let c = compile(&policy, &common::spec("ctr-run.json"), &ctx()).unwrap();
+    let out = &policy.spec.filesystem.outputs[0].path;
+    assert!(!opts(mount_at(&c.spec, out)).contains(&"noexec"));
+    assert!(c
+        .spec
+        .mounts()
+        .iter()
+        .flatten()
+        .all(|m| m.destination() != Path::new("/tmp")));
+}

@@ -25,6 +25,8 @@ pub const RESOLV_CONF: &str = "safehouse-resolv.conf";
 pub const INIT_PID_FILE: &str = "init.pid";
 /// The directory of read-only host bind mounts.
 pub const RO_BINDS_DIR: &str = ".safehouse-ro";
+/// The directory of the views `process.tools` needs (see `tools`).
+pub const TOOLS_DIR: &str = ".safehouse-tools";
 /// The shim's ttrpc address (written by containerd's `start` protocol).
 pub const ADDRESS_FILE: &str = "address";
 /// The container's root filesystem, when the shim mounts it.

@@ -22,6 +22,7 @@ mod service;
 mod stats;
 mod stdio;
 mod task;
+mod tools;
 
 const HELP: &str = "\
 containerd-shim-safehouse-v2 — Safehouse's containerd shim (runtime io.containerd.safehouse.v2)

@@ -174,10 +174,11 @@ async fn cleanup_after_dead_shim(namespace: &str, id: &str, bundle: &Path, st: &
         };
         crate::network::filter::remove(&runsc_reaper, &t).await;
     }
+    crate::hostbind::release(bundle);
+    crate::tools::release(bundle);
     if st.rootfs_mounted {
         crate::rootfs::unmount(bundle);
     }
-    crate::hostbind::release(bundle);
     // The dead shim never wrote the sandbox's delete: close its chain, saying so.
     if let Some(output) = &st.audit_output {
         match crate::audit::orphan::close_chain(output, namespace, id) {

@@ -10,6 +10,7 @@ mod network;
 mod process;
 mod refusals;
 mod resources;
+mod tools;
 
 use std::process::ExitCode;
 
@@ -46,12 +47,28 @@ fn main() -> ExitCode {
             run: process::timeout_kills,
         },
         Scenario {
-            name: "process::non_tool_exec_is_killed",
-            run: process::non_tool_exec_is_killed,
+            name: "process::non_tool_exec_is_refused",
+            run: process::non_tool_exec_is_refused,
         },
         Scenario {
             name: "process::relative_init_is_resolved",
             run: process::relative_init_is_resolved,
+        },
+        Scenario {
+            name: "tools::forbidden_binary_never_runs",
+            run: tools::forbidden_binary_never_runs,
+        },
+        Scenario {
+            name: "tools::busybox_applets_are_not_tools",
+            run: tools::busybox_applets_are_not_tools,
+        },
+        Scenario {
+            name: "tools::dynamic_tool_runs_and_mounts_are_noexec",
+            run: tools::dynamic_tool_runs_and_mounts_are_noexec,
+        },
+        Scenario {
+            name: "tools::tools_hold_without_recording_process",
+            run: tools::tools_hold_without_recording_process,
         },
         Scenario {
             name: "resources::fork_loop_is_bounded",

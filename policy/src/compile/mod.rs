@@ -1,10 +1,11 @@
 //! The compiler: a pure, deterministic, idempotent function from (policy, untrusted OCI spec)
-//! to (confined spec, runsc flags, audit plan). No I/O. The parts live in `mounts`, `process`
-//! and `linux`; this file holds the public types and the order of the passes.
+//! to (confined spec, runsc flags, audit plan). No I/O. The parts live in `mounts`, `process`,
+//! `tools` and `linux`; this file holds the public types and the order of the passes.
 
 pub mod linux;
 mod mounts;
 mod process;
+pub mod tools;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -249,6 +250,7 @@ pub fn compile(
 
     linux::confine(policy, &mut out)?;
     mounts::confine(policy, ctx, &mut out)?;
+    tools::confine(policy, &mut out);
     process::confine(policy, &mut out)?;
 
     refuse_runsc_annotations(policy, &out)?;

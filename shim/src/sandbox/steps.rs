@@ -69,18 +69,28 @@ pub(super) fn point_resolver(
     .map(Some)
 }
 
-/// Read-only host binds for the spec's read-only bind mounts, and the rootfs mounts. True when
-/// the shim mounted the rootfs. The state file the delete action reads (written once runsc
-/// created the container) is released last of all.
+/// The rootfs mounts, the mounts that make `process.tools` hold by construction (they need
+/// the image's files), and read-only host binds for the spec's read-only bind mounts. True
+/// when the shim mounted the rootfs. The state file the delete action reads (written once
+/// runsc created the container) is released last of all.
 pub(super) async fn prepare_host(new: &mut NewContainer<'_>, undo: &mut Undo) -> Result<bool> {
     let dir = new.bundle.dir.clone();
     undo.push(Step::File(new.bundle.file(STATE_FILE)));
-    undo.push(Step::HostBinds(dir.clone()));
-    crate::hostbind::harden(&dir, &mut new.confinement.compiled.spec)?;
     let mounted = crate::rootfs::mount(&dir, new.rootfs).await?;
     if mounted {
-        undo.push(Step::Rootfs(dir));
+        undo.push(Step::Rootfs(dir.clone()));
     }
+    let compiled = &mut new.confinement.compiled;
+    if !compiled.tools.is_empty() {
+        undo.push(Step::Tools(dir.clone()));
+        let root = new.bundle.spec["root"]["path"].as_str().unwrap_or("rootfs");
+        let rootfs = dir.join(root);
+        let layout = crate::tools::prepare(&dir, &rootfs, &compiled.tools)?;
+        safehouse_policy::apply_layout(&mut compiled.spec, &layout);
+        crate::tools::make_mount_points(&rootfs, &compiled.spec)?;
+    }
+    undo.push(Step::HostBinds(dir.clone()));
+    crate::hostbind::harden(&dir, &mut compiled.spec)?;
     Ok(mounted)
 }
 

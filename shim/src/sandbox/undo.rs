@@ -22,6 +22,8 @@ pub enum Step {
     HostBinds(PathBuf),
     /// The rootfs the shim mounted in the bundle.
     Rootfs(PathBuf),
+    /// The views `process.tools` needs, made under the bundle.
+    Tools(PathBuf),
     /// A file the shim wrote (pod-init config, state file).
     File(PathBuf),
     /// The sandbox's trace sink (its socket goes with it).
@@ -55,6 +57,7 @@ impl Step {
         match self {
             Step::HostBinds(_) => "host-binds",
             Step::Rootfs(_) => "rootfs",
+            Step::Tools(_) => "tools",
             Step::File(_) => "file",
             Step::AuditSink(_) => "audit-sink",
             Step::Network(_) => "network",
@@ -109,6 +112,7 @@ async fn release(step: &Step, how: &Teardown<'_>) -> Result<()> {
     match step {
         Step::HostBinds(bundle) => crate::hostbind::release(bundle),
         Step::Rootfs(bundle) => crate::rootfs::unmount(bundle),
+        Step::Tools(bundle) => crate::tools::release(bundle),
         Step::File(path) => {
             let _ = std::fs::remove_file(path);
         }

@@ -1,0 +1,303 @@
+//! `process.tools` by construction: in an image with a forbidden static program, an unlisted
+//! dynamic one and busybox's applets, only the listed tools (and the ELF interpreter they
+//! need) can be `execve`d; anything else fails with EACCES before it runs, whatever
+//! `audit.record` says. The test programs are built here from C (`gcc`, `gcc -static`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use safehouse_integration::image::import_busybox_with;
+use safehouse_integration::TestEnv;
+
+use crate::lab::{says, Lab};
+
+/// A static program: `probe unlink PATH` removes PATH as its first act.
+const PROBE_C: &str = r#"
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "unlink") == 0) {
+        int r = unlink(argv[2]);
+        printf("PROBE-RAN unlink=%d\n", r);
+        return 0;
+    }
+    printf("PROBE-RAN\n");
+    return 0;
+}
+"#;
+
+/// A dynamically linked program.
+const DYN_C: &str = r#"
+#include <stdio.h>
+int main(void) { printf("DYNAMIC-RAN\n"); return 0; }
+"#;
+
+/// The host's loader and libc, where a Debian image has them.
+const LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
+const LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
+
+fn gcc(dir: &Path, name: &str, source: &str, static_: bool) -> Result<PathBuf> {
+    let c = dir.join(format!("{name}.c"));
+    fs::write(&c, source)?;
+    let out = dir.join(name);
+    let mut cmd = Command::new("gcc");
+    if static_ {
+        cmd.arg("-static");
+    }
+    let status = cmd
+        .arg("-O2")
+        .arg("-o")
+        .arg(&out)
+        .arg(&c)
+        .status()
+        .context("run gcc (install gcc: make deps)")?;
+    if !status.success() {
+        bail!("gcc {name}: {status}");
+    }
+    Ok(out)
+}
+
+/// Builds and imports the test image: busybox, `/usr/local/bin/probe` (static, never listed),
+/// `/usr/bin/dyn` and `/usr/local/bin/dyn-other` (the same dynamic program, one listed),
+/// with the host's loader and libc.
+fn tools_image(env: &TestEnv, lab: &Lab) -> Result<String> {
+    let dir = lab.path("tools-image");
+    fs::create_dir_all(&dir)?;
+    let probe = gcc(&dir, "probe", PROBE_C, true)?;
+    let dyn_ = gcc(&dir, "dyn", DYN_C, false)?;
+    let loader = fs::canonicalize(LOADER).context("the host's ELF loader")?;
+    let libc = fs::canonicalize(LIBC).context("the host's libc")?;
+    import_busybox_with(
+        &env.ctr.binary,
+        &env.ctr.address,
+        &env.ctr.namespace,
+        &dir,
+        &format!("tools-{}", std::process::id()),
+        &[
+            (probe, "/usr/local/bin/probe"),
+            (dyn_.clone(), "/usr/bin/dyn"),
+            (dyn_, "/usr/local/bin/dyn-other"),
+            (loader, LOADER),
+            (libc, LIBC),
+        ],
+    )
+}
+
+/// An output zone the policy's (non-root) user can delete in.
+fn output_dir(lab: &Lab) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let out = lab.host_dir("out")?;
+    fs::set_permissions(&out, fs::Permissions::from_mode(0o777))?;
+    Ok(out)
+}
+
+fn output_policy(out: &Path, record: &str) -> String {
+    format!(
+        "{{filesystem: {{outputs: [{{source: {:?}, path: /output}}]}}, \
+         process: {{tools: [/bin/sh, /bin/echo, /usr/bin/dyn]}}, \
+         audit: {{record: [{record}], onViolation: kill}}}}",
+        out.display().to_string()
+    )
+}
+
+/// A forbidden static program whose first act is to delete a file in the writable output zone
+/// never runs: the file is there after each of 20 runs, as the init and from a listed shell.
+pub fn forbidden_binary_never_runs(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "tools-forbidden")?;
+    let out = output_dir(&lab)?;
+    lab.policy("tools", &output_policy(&out, "process"))?;
+    let image = tools_image(env, &lab)?;
+    let keep = out.join("keep");
+    let ids: Vec<String> = (0..20).map(|i| env.id(&format!("forbid{i}"))).collect();
+    let shell = env.id("forbidsh");
+    let mut all: Vec<&str> = ids.iter().map(String::as_str).collect();
+    all.push(&shell);
+    env.scenario(&all, || {
+        for id in &ids {
+            fs::write(&keep, "precious")?;
+            let run = env.ctr.run_timeout(
+                &lab.argv_of(
+                    &image,
+                    Some("tools"),
+                    &["--rm"],
+                    id,
+                    &["/usr/local/bin/probe", "unlink", "/output/keep"],
+                ),
+                Duration::from_secs(60),
+            )?;
+            ensure!(
+                keep.is_file() && !says(&run, "PROBE-RAN"),
+                "run {id}: the forbidden program ran (output file gone: {}): {}",
+                !keep.is_file(),
+                run.describe()
+            );
+            ensure!(
+                !run.success(),
+                "run {id}: an init that cannot run succeeded: {}",
+                run.describe()
+            );
+            let _ = lab.remove_container(id);
+        }
+        fs::write(&keep, "precious")?;
+        let run = env.ctr.run_timeout(
+            &lab.argv_of(
+                &image,
+                Some("tools"),
+                &["--rm"],
+                &shell,
+                &[
+                    "/bin/sh",
+                    "-c",
+                    "/usr/local/bin/probe unlink /output/keep; echo rc=$?",
+                ],
+            ),
+            Duration::from_secs(60),
+        )?;
+        ensure!(
+            keep.is_file()
+                && !says(&run, "PROBE-RAN")
+                && says(&run, "Permission denied")
+                && says(&run, "rc=126"),
+            "from a listed shell: {}",
+            run.describe()
+        );
+        Ok(())
+    })
+}
+
+/// busybox: with `tools: [/bin/sh, /bin/echo]` every applet is the same file, yet `/bin/cat`
+/// cannot be `execve`d (as the init or from the shell) and neither can `/bin/busybox`, while
+/// `/bin/echo` can.
+pub fn busybox_applets_are_not_tools(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "tools-busybox")?;
+    lab.policy(
+        "sh-echo",
+        "{process: {tools: [/bin/sh, /bin/echo]}, audit: {onViolation: kill}}",
+    )?;
+    let init = env.id("bbcat");
+    let shell = env.id("bbsh");
+    env.scenario(&[&init, &shell], || {
+        let run = lab.run(
+            Some("sh-echo"),
+            &["--rm"],
+            &init,
+            &["/bin/cat", "/etc/passwd"],
+        )?;
+        ensure!(
+            !run.success() && !says(&run, "root:x:0"),
+            "/bin/cat as the init: {}",
+            run.describe()
+        );
+        let _ = lab.remove_container(&init);
+        let script = "/bin/echo echo-ran; /bin/cat /etc/passwd; echo cat=$?; \
+                      /bin/busybox cat /etc/passwd; echo busybox=$?";
+        let run = lab.run(
+            Some("sh-echo"),
+            &["--rm"],
+            &shell,
+            &["/bin/sh", "-c", script],
+        )?;
+        ensure!(
+            says(&run, "echo-ran")
+                && says(&run, "cat=126")
+                && says(&run, "busybox=126")
+                && !says(&run, "root:x:0"),
+            "from the shell: {}",
+            run.describe()
+        );
+        Ok(())
+    })
+}
+
+/// A listed dynamic program runs (its loader is bound exec-allowed, its libc stays on a
+/// noexec mount), while the very same program under an unlisted path does not; every mount
+/// but the tool binds is noexec.
+pub fn dynamic_tool_runs_and_mounts_are_noexec(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "tools-dynamic")?;
+    let out = output_dir(&lab)?;
+    lab.policy("tools", &output_policy(&out, "process"))?;
+    let image = tools_image(env, &lab)?;
+    let id = env.id("tooldyn");
+    env.scenario(&[&id], || {
+        // Only shell builtins read /proc/mounts (cat is not a tool).
+        let script = "/usr/bin/dyn; echo dyn=$?; /usr/local/bin/dyn-other; echo other=$?; \
+                      while read -r dev at typ opts rest; do echo \"MOUNT $at $opts\"; done < /proc/mounts";
+        let run = env.ctr.run_timeout(
+            &lab.argv_of(&image, Some("tools"), &["--rm"], &id, &["/bin/sh", "-c", script]),
+            Duration::from_secs(60),
+        )?;
+        ensure!(
+            says(&run, "DYNAMIC-RAN") && says(&run, "dyn=0") && says(&run, "other=126"),
+            "listed and unlisted dynamic program: {}",
+            run.describe()
+        );
+        let exec_allowed: Vec<&str> = run
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("MOUNT "))
+            .filter(|l| {
+                let opts = l.split(' ').nth(1).unwrap_or("");
+                !opts.split(',').any(|o| o == "noexec")
+            })
+            .map(|l| l.split(' ').next().unwrap_or(""))
+            .collect();
+        let mut expected = vec![
+            "/bin/echo",
+            "/bin/sh",
+            "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+            "/usr/bin/dyn",
+        ];
+        expected.sort_unstable();
+        let mut got = exec_allowed.clone();
+        got.sort_unstable();
+        // The loader is bound where it resolves; the host's may be named otherwise.
+        ensure!(
+            got.len() == expected.len()
+                && got.contains(&"/bin/sh")
+                && got.contains(&"/bin/echo")
+                && got.contains(&"/usr/bin/dyn")
+                && got.iter().any(|m| m.contains("ld-linux")),
+            "exec-allowed mounts: {got:?}, expected {expected:?}: {}",
+            run.describe()
+        );
+        Ok(())
+    })
+}
+
+/// `audit.record: [file]` (no `process`) does not turn the list off: the construction does not
+/// depend on the stream.
+pub fn tools_hold_without_recording_process(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "tools-record")?;
+    let out = output_dir(&lab)?;
+    lab.policy("tools-file", &output_policy(&out, "file"))?;
+    let image = tools_image(env, &lab)?;
+    let keep = out.join("keep");
+    let id = env.id("toolrec");
+    env.scenario(&[&id], || {
+        fs::write(&keep, "precious")?;
+        let run = env.ctr.run_timeout(
+            &lab.argv_of(
+                &image,
+                Some("tools-file"),
+                &["--rm"],
+                &id,
+                &[
+                    "/bin/sh",
+                    "-c",
+                    "/usr/local/bin/probe unlink /output/keep; echo rc=$?",
+                ],
+            ),
+            Duration::from_secs(60),
+        )?;
+        ensure!(
+            keep.is_file() && !says(&run, "PROBE-RAN") && says(&run, "rc=126"),
+            "record: [file] + tools: {}",
+            run.describe()
+        );
+        Ok(())
+    })
+}
