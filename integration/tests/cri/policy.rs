@@ -176,8 +176,9 @@ pub fn unusable_policy_fails(env: &CriEnv) -> Result<()> {
 }
 
 /// A container policy with `tools` (selected by a container annotation) in a pod whose own
-/// policy has none: the container's execs are checked against its own tools, its violation
-/// carries its own id and policy, and the pod's other container runs the same program freely.
+/// policy has none: the container's execs are checked against its own tools (busybox run as
+/// `cat`), its violation carries its own id and policy, and the pod's other container runs
+/// cat freely.
 pub fn member_tools_are_enforced_under_its_own_policy(env: &CriEnv) -> Result<()> {
     let policy = env.unique("cri-tools").to_lowercase();
     let text = format!(
@@ -205,8 +206,13 @@ pub fn member_tools_are_enforced_under_its_own_policy(env: &CriEnv) -> Result<()
         };
         env.cri
             .exec_sync(&free_id, &["/bin/sh", "-c", "/bin/cat /etc/hostname"], 10)?;
-        env.cri
-            .exec_sync(&tooled_id, &["/bin/sh", "-c", "/bin/cat /etc/hostname"], 10)?;
+        // The mounts refuse an unlisted file outright; the listed busybox under another
+        // name (exec -a) is what only the stream can tell.
+        env.cri.exec_sync(
+            &tooled_id,
+            &["/bin/sh", "-c", "(exec -a cat /bin/sh /etc/hostname)"],
+            10,
+        )?;
         let deadline = Instant::now() + Duration::from_secs(10);
         let violation = loop {
             if let Some(v) = seen(&tooled_id).into_iter().next() {
