@@ -248,16 +248,16 @@ pub fn relative_init_is_resolved(env: &TestEnv) -> Result<()> {
     })
 }
 
-/// With a busybox image and `tools: [/bin/sh, /bin/echo]`, `/bin/cat` cannot run at all (the
-/// mounts refuse it), but the listed `/bin/sh` is busybox, which runs the program its name
-/// selects: `exec -a cat /bin/sh` runs cat. The stream catches that: an exec of a listed file
-/// under a name the list does not give it is a violation, recorded with the name, and kills
-/// the sandbox.
+/// With a busybox image and `tools: [/bin/sh, /bin/echo, /bin/cat]`, the listed `/bin/sh` is
+/// busybox, which runs the program its name selects: `exec -a wget /bin/sh` runs wget, which
+/// the mounts cannot refuse. The stream catches that: an exec of a listed file under a name
+/// the list does not give that file is a violation, recorded with the name, and kills the
+/// sandbox; the listed names of the same file (sh re-running itself as cat) run.
 pub fn multicall_binary_under_an_unlisted_name_is_a_violation(env: &TestEnv) -> Result<()> {
     let lab = Lab::new(env, "multicall")?;
     lab.policy(
         "sh-echo",
-        "{process: {tools: [/bin/sh, /bin/echo]}, audit: {record: [file], onViolation: kill}}",
+        "{process: {tools: [/bin/sh, /bin/echo, /bin/cat]}, audit: {record: [file], onViolation: kill}}",
     )?;
     let allowed = env.id("mcok");
     let applet = env.id("mccat");
@@ -267,7 +267,13 @@ pub fn multicall_binary_under_an_unlisted_name_is_a_violation(env: &TestEnv) -> 
             Some("sh-echo"),
             &["--rm"],
             &allowed,
-            &["/bin/sh", "-c", "/bin/echo listed-ok"],
+            // `cat` without a path: busybox sh runs it by re-executing its own file (the listed
+            // /bin/sh) under the name cat, which the list also gives that file.
+            &[
+                "/bin/sh",
+                "-c",
+                "/bin/echo listed-ok; echo x | cat > /dev/null",
+            ],
         )?;
         ensure!(
             out.success() && out.stdout == "listed-ok\n",
@@ -293,7 +299,7 @@ pub fn multicall_binary_under_an_unlisted_name_is_a_violation(env: &TestEnv) -> 
                 &[
                     "/bin/sh",
                     "-c",
-                    "(exec -a cat /bin/sh /etc/hostname); i=0; \
+                    "(exec -a wget /bin/sh -q -O /dev/null http://127.0.0.1/); i=0; \
                      while [ $i -lt 3000000 ]; do i=$((i+1)); done; echo SURVIVED",
                 ],
             ),
@@ -301,7 +307,7 @@ pub fn multicall_binary_under_an_unlisted_name_is_a_violation(env: &TestEnv) -> 
         )?;
         ensure!(
             !out.timed_out && out.code == Some(137) && !says(&out, "SURVIVED"),
-            "busybox run as cat should kill the sandbox (137): {}",
+            "busybox run as wget should kill the sandbox (137): {}",
             out.describe()
         );
         let violation =
@@ -310,7 +316,7 @@ pub fn multicall_binary_under_an_unlisted_name_is_a_violation(env: &TestEnv) -> 
             .as_str()
             .unwrap_or_default();
         ensure!(
-            violation["violation"]["rule"] == "process.tools" && reason.contains("\"cat\""),
+            violation["violation"]["rule"] == "process.tools" && reason.contains("\"wget\""),
             "the violation names the name cat was invoked under: {violation}"
         );
         ensure!(

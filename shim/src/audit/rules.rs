@@ -20,7 +20,9 @@ pub struct AuditRules {
     pub policy: Arc<PolicyRef>,
     /// Executables the agent may run, as listed; empty = unrestricted.
     pub tools: Vec<PathBuf>,
-    /// For each file a listed tool resolves to: the names it may be invoked under.
+    /// Each path a listed tool is known by (as listed, as resolved): the file it leads to.
+    files: HashMap<String, String>,
+    /// For each such file: the names it may be invoked under.
     names: HashMap<String, Vec<String>>,
     /// Kill the sandbox on a violation, or only record it.
     pub on_violation: ViolationAction,
@@ -65,23 +67,27 @@ impl AuditRules {
         init_binary: Option<String>,
         resolve: impl Fn(&Path) -> Option<PathBuf>,
     ) -> AuditRules {
+        // Every path a listed tool is known by (as listed, and as resolved) leads to one file;
+        // the names that file may run under are those of every listed tool leading to it.
+        let mut files: HashMap<String, String> = HashMap::new();
         let mut names: HashMap<String, Vec<String>> = HashMap::new();
         for tool in &tools {
             let Some(name) = tool.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
             let listed = tool.display().to_string();
-            let resolved = resolve(tool).map(|p| p.display().to_string());
-            for file in std::iter::once(listed).chain(resolved) {
-                let entry = names.entry(file).or_default();
-                if !entry.iter().any(|n| n == name) {
-                    entry.push(name.to_owned());
-                }
+            let file = resolve(tool).map_or_else(|| listed.clone(), |p| p.display().to_string());
+            files.insert(listed, file.clone());
+            files.insert(file.clone(), file.clone());
+            let entry = names.entry(file).or_default();
+            if !entry.iter().any(|n| n == name) {
+                entry.push(name.to_owned());
             }
         }
         AuditRules {
             policy: Arc::default(),
             tools,
+            files,
             names,
             on_violation,
             records_process: true,
@@ -121,7 +127,10 @@ impl AuditRules {
         if !self.restricts() {
             return None;
         }
-        let Some(names) = self.names.get(binary) else {
+        // With the tools bound by construction, gVisor reports the listed path (`/bin/sh`),
+        // otherwise the resolved file (`/bin/busybox`): either leads to the same file.
+        let file = self.files.get(binary).map_or(binary, String::as_str);
+        let Some(names) = self.names.get(file) else {
             return Some(format!(
                 "exec of {binary}, which is not in the policy's tools list"
             ));
@@ -258,6 +267,11 @@ mod tests {
         );
         assert_eq!(rules.refuse("/bin/busybox", Some("sh")), None);
         assert_eq!(rules.refuse("/bin/busybox", Some("/bin/echo")), None);
+        // Reported by its listed path (tools bound by construction): the same file, so both
+        // listed names, and only those.
+        assert_eq!(rules.refuse("/bin/sh", Some("echo")), None);
+        assert_eq!(rules.refuse("/bin/echo", Some("sh")), None);
+        assert!(rules.refuse("/bin/sh", Some("cat")).is_some());
         // Another file.
         let why = rules.refuse("/tmp/evil", Some("evil")).expect("refused");
         assert!(why.contains("not in the policy's tools list"), "{why}");
