@@ -46,7 +46,7 @@ spec:
     mode: none
   process:
     user: "65534:65534"
-    tools: [/bin/sh, /bin/cat, /bin/touch, /usr/bin/tail, /usr/bin/cut, /usr/bin/tr, /bin/sleep]
+    tools: [/bin/sh, /bin/cat, /bin/touch, /bin/tail, /bin/cut, /bin/tr, /bin/sleep]
     timeout: 60s
   resources:
     memory: 256Mi
@@ -55,12 +55,15 @@ spec:
     record: [process, file, network]
     onViolation: kill
 YAML
+# The audit signing key (on a node, `safehouse node install` makes /etc/safehouse/audit.key).
+[ -f "$SH_LAB/keys/audit.key" ] || "$bin/safehouse" audit keygen --dir "$SH_LAB/keys" >/dev/null
 cat > "$SH_LAB/config.toml" <<TOML
 [policy]
 default = "$SH_LAB/policies/demo-agent.yaml"
 dir = "$SH_LAB/policies"
 [audit]
 output = "$SH_LAB/audit.jsonl"
+signing_key = "$SH_LAB/keys/audit.key"
 TOML
 "$bin/safehouse" policy explain "$SH_LAB/policies/demo-agent.yaml" | sed 's/^/    /'
 
@@ -98,5 +101,5 @@ echo "  -> exit code $rc (killed by Safehouse for the violation)"
 
 kill "$follower" 2>/dev/null || true; follower=
 echo
-"$bin/safehouse" audit verify "$SH_LAB/audit.jsonl" | sed 's/^/    /'
+"$bin/safehouse" audit verify --key "$SH_LAB/keys/audit.pub" "$SH_LAB/audit.jsonl" | sed 's/^/    /'
 log "done: the full audit log is $SH_LAB/audit.jsonl"
