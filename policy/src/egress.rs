@@ -201,6 +201,27 @@ fn valid_host(h: &str) -> bool {
         })
 }
 
+/// Whether `outer/outer_len` contains `inner/inner_len` (same family, at least as long a
+/// prefix, same network bits).
+pub fn range_contains(outer: IpAddr, outer_len: u8, inner: IpAddr, inner_len: u8) -> bool {
+    if inner_len < outer_len {
+        return false;
+    }
+    match (outer, inner) {
+        (IpAddr::V4(o), IpAddr::V4(i)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(outer_len)).unwrap_or(0);
+            u32::from(o) & mask == u32::from(i) & mask
+        }
+        (IpAddr::V6(o), IpAddr::V6(i)) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(outer_len))
+                .unwrap_or(0);
+            u128::from(o) & mask == u128::from(i) & mask
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use std::net::IpAddr;
 
 use sha2::{Digest, Sha256};
 
-use crate::egress::{EgressRule, IngressRule};
+use crate::egress::{range_contains, EgressRule, IngressRule};
 
 /// Firewall mark the shim's DNS forwarder puts on its upstream sockets (`SO_MARK`); only
 /// packets carrying it may reach the upstream resolver's port 53.
@@ -179,13 +179,16 @@ impl NetFilter {
             self.egress.iter().any(|r| match r {
                 EgressRule::Cidr {
                     addr: a, prefix, ..
-                } => contains(*a, *prefix, addr, full) && contains(outer, outer_len, *a, *prefix),
+                } => {
+                    range_contains(*a, *prefix, addr, full)
+                        && range_contains(outer, outer_len, *a, *prefix)
+                }
                 EgressRule::Host { .. } => false,
             })
         };
         for (cidr, what) in PROTECTED {
             if let Some((outer, len)) = parse_range(cidr) {
-                if contains(outer, len, addr, full) && !covered_within(outer, len) {
+                if range_contains(outer, len, addr, full) && !covered_within(outer, len) {
                     return Err(format!("{addr} is in {cidr} ({what}), closed unless an egress entry inside it names it"));
                 }
             }
@@ -200,7 +203,9 @@ impl NetFilter {
         };
         for (cidr, what) in PRIVATE {
             if let Some((outer, len)) = parse_range(cidr) {
-                if contains(outer, len, addr, full) && !covered_within(any_range.0, any_range.1) {
+                if range_contains(outer, len, addr, full)
+                    && !covered_within(any_range.0, any_range.1)
+                {
                     return Err(format!(
                         "{addr} is in {cidr} ({what}), which no egress range covers"
                     ));
@@ -266,7 +271,7 @@ impl NetFilter {
             self.egress.iter().partition(|r| match r {
                 EgressRule::Cidr { addr, prefix, .. } => protected
                     .iter()
-                    .any(|(p_addr, p_prefix)| contains(*p_addr, *p_prefix, *addr, *prefix)),
+                    .any(|(p_addr, p_prefix)| range_contains(*p_addr, *p_prefix, *addr, *prefix)),
                 EgressRule::Host { .. } => false,
             });
         for rule in named {
@@ -404,31 +409,11 @@ fn protected_ranges(facts: &NodeFacts) -> Vec<(IpAddr, u8)> {
     node.dedup();
     for a in node {
         let full = if a.is_ipv4() { 32 } else { 128 };
-        if !out.iter().any(|(p, l)| contains(*p, *l, a, full)) {
+        if !out.iter().any(|(p, l)| range_contains(*p, *l, a, full)) {
             out.push((a, full));
         }
     }
     out
-}
-
-/// Whether range `inner/inner_len` lies inside `outer/outer_len`.
-fn contains(outer: IpAddr, outer_len: u8, inner: IpAddr, inner_len: u8) -> bool {
-    if inner_len < outer_len {
-        return false;
-    }
-    match (outer, inner) {
-        (IpAddr::V4(o), IpAddr::V4(i)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(outer_len)).unwrap_or(0);
-            u32::from(o) & mask == u32::from(i) & mask
-        }
-        (IpAddr::V6(o), IpAddr::V6(i)) => {
-            let mask = u128::MAX
-                .checked_shl(128 - u32::from(outer_len))
-                .unwrap_or(0);
-            u128::from(o) & mask == u128::from(i) & mask
-        }
-        _ => false,
-    }
 }
 
 /// Keeps only characters that cannot end or break an nft string.
