@@ -184,27 +184,28 @@ fn elf_interpreter<R: ReadAt + ?Sized>(src: &R) -> Option<Option<PathBuf>> {
 }
 
 #[cfg(test)]
+/// A minimal little-endian ELF64 with one PT_INTERP header naming `interp`.
+pub(crate) fn elf64(interp: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 64 + 56];
+    f[..4].copy_from_slice(b"\x7fELF");
+    f[4] = 2;
+    f[5] = 1;
+    f[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+    f[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+    f[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+    let ph = 64;
+    f[ph..ph + 4].copy_from_slice(&PT_INTERP.to_le_bytes());
+    let off = f.len() as u64;
+    f[ph + 8..ph + 16].copy_from_slice(&off.to_le_bytes());
+    f[ph + 0x20..ph + 0x28].copy_from_slice(&(interp.len() as u64 + 1).to_le_bytes());
+    f.extend_from_slice(interp);
+    f.push(0);
+    f
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A minimal little-endian ELF64 with one PT_INTERP header naming `interp`.
-    fn elf64(interp: &[u8]) -> Vec<u8> {
-        let mut f = vec![0u8; 64 + 56];
-        f[..4].copy_from_slice(b"\x7fELF");
-        f[4] = 2;
-        f[5] = 1;
-        f[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
-        f[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
-        f[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
-        let ph = 64;
-        f[ph..ph + 4].copy_from_slice(&PT_INTERP.to_le_bytes());
-        let off = f.len() as u64;
-        f[ph + 8..ph + 16].copy_from_slice(&off.to_le_bytes());
-        f[ph + 0x20..ph + 0x28].copy_from_slice(&(interp.len() as u64 + 1).to_le_bytes());
-        f.extend_from_slice(interp);
-        f.push(0);
-        f
-    }
 
     /// The same as a big-endian ELF32.
     fn elf32_be(interp: &[u8]) -> Vec<u8> {

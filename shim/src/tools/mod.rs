@@ -264,22 +264,6 @@ mod tests {
         std::fs::write(p, bytes).expect("write");
     }
 
-    fn elf_naming(interp: &str) -> Vec<u8> {
-        let mut f = vec![0u8; 64 + 56];
-        f[..4].copy_from_slice(b"\x7fELF");
-        f[4] = 2;
-        f[5] = 1;
-        f[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
-        f[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
-        f[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
-        f[64..68].copy_from_slice(&3u32.to_le_bytes());
-        f[72..80].copy_from_slice(&120u64.to_le_bytes());
-        f[96..104].copy_from_slice(&(interp.len() as u64 + 1).to_le_bytes());
-        f.extend_from_slice(interp.as_bytes());
-        f.push(0);
-        f
-    }
-
     #[test]
     fn busybox_symlinks_are_shadowed_and_point_at_the_one_file() {
         let root = tempfile::tempdir().expect("tempdir");
@@ -313,7 +297,11 @@ mod tests {
         write(r, "lib/x86_64-linux-gnu/ld.so.2", b"\x7fELF loader");
         std::fs::create_dir_all(r.join("lib64")).expect("mkdir");
         symlink("/lib/x86_64-linux-gnu/ld.so.2", r.join("lib64/ld.so.2")).expect("symlink");
-        write(r, "usr/bin/python3.11", &elf_naming("/lib64/ld.so.2"));
+        write(
+            r,
+            "usr/bin/python3.11",
+            &super::elf::elf64(b"/lib64/ld.so.2"),
+        );
         symlink("python3.11", r.join("usr/bin/python3")).expect("symlink");
         write(r, "usr/local/bin/job", b"#!/usr/bin/python3 -u\nprint(1)\n");
         let found = find(
