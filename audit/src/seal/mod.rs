@@ -334,7 +334,7 @@ impl Sealer {
         if key::unix_now().saturating_sub(state.epoch_started) >= epoch_secs {
             let next_seed = key::evolve_seed(&state.seed);
             let next_key = key::signing_key(&next_seed).verifying_key();
-            let record = SealRecord::sign(
+            append_record(
                 Seal {
                     covers: BTreeMap::new(),
                     epoch: state.epoch,
@@ -346,11 +346,9 @@ impl Sealer {
                     seq: state.seal_seq + 1,
                     time: now,
                 },
-                &state.seed,
+                &mut state,
+                &mut out,
             );
-            out.extend_from_slice(&record.line());
-            state.seal_seq += 1;
-            state.seal_hash = record.hash();
             state.seed = next_seed;
             state.epoch += 1;
             state.epoch_started = key::unix_now();
@@ -363,7 +361,7 @@ impl Sealer {
                 .map(|(id, p)| (id.clone(), [p.first, p.first + p.leaves.len() as u64 - 1]))
                 .collect();
             let (leaves, root) = checkpoint_root(self.pending.values().map(|p| &p.leaves[..]));
-            let record = SealRecord::sign(
+            append_record(
                 Seal {
                     covers,
                     epoch: state.epoch,
@@ -375,11 +373,9 @@ impl Sealer {
                     seq: state.seal_seq + 1,
                     time: now,
                 },
-                &state.seed,
+                &mut state,
+                &mut out,
             );
-            out.extend_from_slice(&record.line());
-            state.seal_seq += 1;
-            state.seal_hash = record.hash();
             stats.checkpoints += 1;
         }
         if out.is_empty() {
@@ -405,6 +401,15 @@ impl Sealer {
         }
         Ok(stats)
     }
+}
+
+/// Signs `seal` with the current epoch's seed, appends its line to `out`, and moves the seal
+/// chain's head (`seal_seq`, `seal_hash`) to it.
+fn append_record(seal: Seal, state: &mut KeyState, out: &mut Vec<u8>) {
+    let record = SealRecord::sign(seal, &state.seed);
+    out.extend_from_slice(&record.line());
+    state.seal_seq += 1;
+    state.seal_hash = record.hash();
 }
 
 #[cfg(test)]
