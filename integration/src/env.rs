@@ -280,12 +280,13 @@ impl TestEnv {
                     .collect();
                 log.extend(useful[useful.len().saturating_sub(12)..].to_vec());
             }
+            // The reason comes last, so the tail of a CI log shows it.
             anyhow::bail!(
-                "{}\n--- runtime {}; containerd/shim log lines for {:?} ---\n{}",
-                message,
+                "--- runtime {}; containerd/shim log lines for {:?} ---\n{}\n--- failed: {}",
                 self.runtime.name(),
                 &ordered[..ordered.len().min(3)],
-                log.join("\n")
+                log.join("\n"),
+                message,
             );
         }
         Ok(())

@@ -29,6 +29,9 @@ pub struct SafehouseShim {
     exit: Arc<ExitSignal>,
     namespace: String,
     id: String,
+    /// The ttrpc socket this shim serves on (`unix:///run/containerd/s/...`; empty outside
+    /// the serving process).
+    socket: String,
 }
 
 #[async_trait]
@@ -45,6 +48,7 @@ impl Shim for SafehouseShim {
             exit: Arc::new(ExitSignal::default()),
             namespace: args.namespace.clone(),
             id: args.id.clone(),
+            socket: args.socket.clone(),
         }
     }
 
@@ -113,6 +117,11 @@ impl Shim for SafehouseShim {
 
     async fn wait(&mut self) {
         self.exit.wait().await;
+        // Remove the socket now, while the process still serves the connections it has. The
+        // crate removes it only after its server has shut down, reading the path from the
+        // bundle's `address` file, which containerd may have deleted by then: the socket was
+        // then left behind (seen under load in CI).
+        remove_own_socket(&self.socket);
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
@@ -226,6 +235,23 @@ fn remove_dead_shim_socket(bundle: &Path) -> bool {
     }
 }
 
+/// Removes the socket at `address` (`unix://PATH` or `PATH`) if it is a socket.
+fn remove_own_socket(address: &str) {
+    use std::os::unix::fs::FileTypeExt;
+    let path = address.trim().trim_start_matches("unix://");
+    if path.is_empty() {
+        return;
+    }
+    let is_socket = std::fs::symlink_metadata(path)
+        .map(|m| m.file_type().is_socket())
+        .unwrap_or(false);
+    if is_socket {
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!("remove the shim's socket {path}: {e}");
+        }
+    }
+}
+
 /// Whether `pid` is still the runsc sandbox of container `id` (not a recycled pid).
 fn is_runsc_sandbox(pid: u32, id: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -234,4 +260,24 @@ fn is_runsc_sandbox(pid: u32, id: &str) -> bool {
             args.first().is_some_and(|a| a.starts_with(b"runsc")) && args.contains(&id.as_bytes())
         })
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_socket_is_removed_while_still_listening_and_other_files_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("shim.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        remove_own_socket(&format!("unix://{}", sock.display()));
+        assert!(!sock.exists(), "the listening socket should be gone");
+
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "x").unwrap();
+        remove_own_socket(&plain.display().to_string());
+        assert!(plain.exists(), "a file that is no socket must stay");
+        remove_own_socket("");
+    }
 }
