@@ -548,12 +548,19 @@ fn process(base: &ProcessPolicy, cand: &ProcessPolicy, out: &mut Out) {
             }
         }
     }
-    if c_user != b_user {
-        out.push(
+    match (base.user_bound(), cand.user_bound()) {
+        (Some(b), Some(c)) if c.within(b) => {}
+        (Some(b), Some(c)) => out.push(
             d,
             "spec.process.user",
-            format!("{c_user} differs from the base's {b_user}: another identity owns other files, so it is not shown to be tighter"),
-        );
+            format!("{c} differs from the base's {b} and admits an identity it does not: another identity owns other files, so it is not shown to be tighter"),
+        ),
+        _ if c_user == b_user => {}
+        _ => out.push(
+            d,
+            "spec.process.user",
+            format!("{c_user} differs from the base's {b_user} and is not a user bound"),
+        ),
     }
     let b_set: Option<BTreeSet<String>> = b_caps
         .iter()

@@ -1,7 +1,9 @@
 //! Plain-language summary of a policy: one sentence per thing the agent may or may not do.
 
 use crate::egress::{EgressRule, IngressRule};
-use crate::manifest::{AgentPolicy, AuditCategory, NetworkMode, RootfsMode, ViolationAction};
+use crate::manifest::{
+    AgentPolicy, AuditCategory, NetworkMode, RootfsMode, UserBound, ViolationAction, NOBODY_ID,
+};
 use crate::validate::{capability_name, parse_capability};
 
 /// Sentences describing what an agent under `policy` may and may not do.
@@ -54,10 +56,16 @@ pub fn explain(policy: &AgentPolicy) -> Vec<String> {
     network_sentences(&s.network, &mut out);
 
     let p = &s.process;
-    match p.user_ids() {
-        Some((0, gid)) => out.push(format!("It runs as root (uid 0, gid {gid}).")),
-        Some((uid, gid)) => out.push(format!(
+    match p.user_bound() {
+        Some(UserBound::Fixed { uid: 0, gid }) => out.push(format!(
+            "It may run as root: the pod's own uid stands, uid 0 when it names none (gid {}).",
+            if gid == 0 { "likewise".to_string() } else { gid.to_string() }
+        )),
+        Some(UserBound::Fixed { uid, gid }) => out.push(format!(
             "It runs as uid {uid}, gid {gid}, with no supplementary groups."
+        )),
+        Some(UserBound::NonRoot) => out.push(format!(
+            "It runs as the non-root user the pod asks for; a pod asking for root (uid or gid 0) runs as {NOBODY_ID}, and supplementary group 0 is dropped."
         )),
         None => out.push(format!("Its user {:?} is invalid.", p.user)),
     }

@@ -170,7 +170,10 @@ pub struct ProcessPolicy {
     /// Absolute paths of executables the agent may run; empty means unrestricted.
     #[serde(default)]
     pub tools: Vec<String>,
-    /// `uid:gid`, numeric (default `65534:65534`, nobody).
+    /// Who the agent's processes may run as: a numeric `uid:gid` (exactly that identity; a
+    /// pod asking for root is narrowed to it, one asking for another user is refused; `0:0`
+    /// lets any identity stand), or `nonroot` (the pod's own non-root uid, gid and
+    /// supplementary groups stand; root is narrowed to 65534). Default `65534:65534`, nobody.
     #[serde(default = "default_user")]
     pub user: String,
 }
@@ -294,8 +297,116 @@ impl Default for AuditPolicy {
     }
 }
 
+/// `process.user` value that lets the pod's own non-root identity stand.
+pub const NONROOT_USER: &str = "nonroot";
+/// The uid and gid a root identity is narrowed to under [`UserBound::NonRoot`] (nobody).
+pub const NOBODY_ID: u32 = 65534;
+
+/// The bound `process.user` sets on the identity of the agent's processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserBound {
+    /// `uid:gid`. Each id that is not 0 is exactly that id (a spec asking for root gets it);
+    /// an id of 0 admits whatever the spec asks (root is the top of the bound).
+    Fixed {
+        /// The policy's uid.
+        uid: u32,
+        /// The policy's gid.
+        gid: u32,
+    },
+    /// Any uid and gid other than 0 (a spec asking for root gets 65534); supplementary
+    /// groups other than 0.
+    NonRoot,
+}
+
+/// What one id (uid or gid) of a [`UserBound`] admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdBound {
+    /// Exactly this id (never 0); a spec asking for 0 gets it.
+    Exactly(u32),
+    /// Any id but 0; a spec asking for 0 gets [`NOBODY_ID`].
+    NotRoot,
+    /// Whatever the spec asks.
+    Any,
+}
+
+impl IdBound {
+    fn of_fixed(id: u32) -> IdBound {
+        if id == 0 {
+            IdBound::Any
+        } else {
+            IdBound::Exactly(id)
+        }
+    }
+
+    /// Whether every id this admits is also admitted by `outer`.
+    pub fn within(self, outer: IdBound) -> bool {
+        match (self, outer) {
+            (_, IdBound::Any) => true,
+            (IdBound::Any, _) => false,
+            (IdBound::NotRoot, IdBound::NotRoot) => true,
+            (IdBound::NotRoot, IdBound::Exactly(_)) => false,
+            (IdBound::Exactly(a), IdBound::Exactly(b)) => a == b,
+            (IdBound::Exactly(a), IdBound::NotRoot) => a != 0,
+        }
+    }
+}
+
+/// Which supplementary groups of the spec a [`UserBound`] keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum GroupsBound {
+    /// None: a fixed non-root identity is exactly that identity.
+    None,
+    /// All but group 0.
+    NotRoot,
+    /// All (a fixed root uid).
+    Any,
+}
+
+impl UserBound {
+    /// What the uid may be.
+    pub fn uid(self) -> IdBound {
+        match self {
+            UserBound::Fixed { uid, .. } => IdBound::of_fixed(uid),
+            UserBound::NonRoot => IdBound::NotRoot,
+        }
+    }
+
+    /// What the gid may be.
+    pub fn gid(self) -> IdBound {
+        match self {
+            UserBound::Fixed { gid, .. } => IdBound::of_fixed(gid),
+            UserBound::NonRoot => IdBound::NotRoot,
+        }
+    }
+
+    /// Which supplementary groups are kept.
+    pub fn groups(self) -> GroupsBound {
+        match self {
+            UserBound::Fixed { uid: 0, .. } => GroupsBound::Any,
+            UserBound::Fixed { .. } => GroupsBound::None,
+            UserBound::NonRoot => GroupsBound::NotRoot,
+        }
+    }
+
+    /// Whether every identity this bound admits is also admitted by `outer`.
+    pub fn within(self, outer: UserBound) -> bool {
+        self.uid().within(outer.uid())
+            && self.gid().within(outer.gid())
+            && self.groups() <= outer.groups()
+    }
+}
+
+impl std::fmt::Display for UserBound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UserBound::Fixed { uid, gid } => write!(f, "{uid}:{gid}"),
+            UserBound::NonRoot => f.write_str(NONROOT_USER),
+        }
+    }
+}
+
 impl ProcessPolicy {
-    /// The numeric `(uid, gid)` of `user`, if it is well formed.
+    /// The numeric `(uid, gid)` of a fixed `user`, if it is one and well formed.
     pub fn user_ids(&self) -> Option<(u32, u32)> {
         let (uid, gid) = self.user.split_once(':')?;
         let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
@@ -303,6 +414,15 @@ impl ProcessPolicy {
             return None;
         }
         Some((uid.parse().ok()?, gid.parse().ok()?))
+    }
+
+    /// The bound `user` sets, if it is well formed.
+    pub fn user_bound(&self) -> Option<UserBound> {
+        if self.user == NONROOT_USER {
+            return Some(UserBound::NonRoot);
+        }
+        self.user_ids()
+            .map(|(uid, gid)| UserBound::Fixed { uid, gid })
     }
 }
 

@@ -8,7 +8,7 @@ use oci_spec::runtime::Capability;
 
 use crate::egress::{EgressRule, IngressRule};
 use crate::finding::Finding;
-use crate::manifest::{AgentPolicy, NetworkMode, API_VERSION, KIND};
+use crate::manifest::{AgentPolicy, NetworkMode, UserBound, API_VERSION, KIND, NONROOT_USER};
 use crate::paths::{absolute_path_problem, is_within};
 
 /// Capabilities that amount to (near) root on their own; granting one earns a warning.
@@ -217,15 +217,15 @@ fn network(policy: &AgentPolicy, out: &mut Vec<Finding>) {
 
 fn process(policy: &AgentPolicy, out: &mut Vec<Finding>) {
     let p = &policy.spec.process;
-    match p.user_ids() {
+    match p.user_bound() {
         None => out.push(Finding::error(
             "spec.process.user",
             format!(
-                "{:?} is not a numeric uid:gid such as \"65534:65534\"",
+                "{:?} is neither a numeric uid:gid such as \"65534:65534\" nor \"{NONROOT_USER}\"",
                 p.user
             ),
         )),
-        Some((0, _)) => out.push(Finding::warning(
+        Some(UserBound::Fixed { uid: 0, .. }) => out.push(Finding::warning(
             "spec.process.user",
             "runs the agent as root (uid 0)",
         )),

@@ -276,6 +276,12 @@ fn loosenings() -> Vec<(&'static str, Edit, Dimension, &'static str)> {
             "spec.process.user",
         ),
         (
+            "any non-root user",
+            |p| p.spec.process.user = "nonroot".into(),
+            Dimension::Process,
+            "spec.process.user",
+        ),
+        (
             "new capability",
             |p| p.spec.process.capabilities.push("CAP_SYS_ADMIN".into()),
             Dimension::Process,
@@ -570,9 +576,10 @@ fn policy_strategy() -> impl Strategy<Value = AgentPolicy> {
         ),
         any::<bool>(),
         prop::option::of(1u64..10_000),
+        prop::sample::select(vec!["65534:65534", "1000:1000", "nonroot", "0:0"]),
     )
         .prop_map(
-            |(rw, tools, egress, mode, pids, mem, record, kill, timeout)| {
+            |(rw, tools, egress, mode, pids, mem, record, kill, timeout, user)| {
                 let mut p = AgentPolicy::strict_default();
                 if rw {
                     p.spec.filesystem.rootfs = RootfsMode::ReadWrite;
@@ -588,6 +595,7 @@ fn policy_strategy() -> impl Strategy<Value = AgentPolicy> {
                 }
                 p.spec.process.timeout =
                     timeout.map(|s| DurationSpec(std::time::Duration::from_secs(s)));
+                p.spec.process.user = user.into();
                 p
             },
         )
@@ -629,6 +637,34 @@ fn selection_refuses_a_looser_policy_unless_listed() {
     tighter.metadata.name = "tight".into();
     tighter.spec.resources.pids = 8;
     assert_eq!(check_selectable(&default, &tighter, "tight", false), Ok(()));
+}
+
+#[test]
+fn a_fixed_non_root_user_is_within_nonroot_and_root_is_not() {
+    let mut any = base();
+    any.spec.process.user = "nonroot".into();
+    let fixed = base();
+    assert!(
+        compare(&any, &fixed).is_no_looser(),
+        "{}",
+        compare(&any, &fixed)
+    );
+    let report = compare(&fixed, &any);
+    assert!(!report.is_no_looser());
+    assert!(
+        report
+            .to_string()
+            .contains("spec.process.user: nonroot differs"),
+        "{report}"
+    );
+    for user in ["0:0", "0:1000", "1000:0"] {
+        let mut root = base();
+        root.spec.process.user = user.into();
+        assert!(
+            !compare(&any, &root).is_no_looser(),
+            "{user} is no non-root identity"
+        );
+    }
 }
 
 #[test]

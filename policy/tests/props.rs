@@ -11,6 +11,7 @@ use oci_spec::runtime::{
     Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, Spec,
 };
 use proptest::prelude::*;
+use safehouse_policy::manifest::{GroupsBound, IdBound};
 use safehouse_policy::validate::parse_capability;
 use safehouse_policy::{compile, AgentPolicy, CompileContext};
 
@@ -322,16 +323,45 @@ proptest! {
         prop_assert_eq!(&compile(policy, &spec, &ctx).unwrap(), &out);
         prop_assert_eq!(&compile(policy, &out.spec, &ctx).unwrap().spec, &out.spec);
 
-        // Capabilities: exactly the policy's, in every set.
+        // Capabilities: every set within both the policy's and the spec's own set of the same
+        // name (never widened), consistent (effective and ambient within permitted), and the
+        // bounding set exactly their intersection.
         let allowed: HashSet<Capability> = policy.spec.process.capabilities.iter().filter_map(|n| parse_capability(n)).collect();
+        let in_caps = spec.process().as_ref().unwrap().capabilities().clone().unwrap_or_default();
         let p = out.spec.process().as_ref().unwrap();
         let caps = p.capabilities().as_ref().unwrap();
-        for set in [caps.bounding(), caps.effective(), caps.permitted(), caps.inheritable(), caps.ambient()] {
-            prop_assert_eq!(set.as_ref().unwrap(), &allowed);
+        let pairs = [
+            (caps.bounding(), in_caps.bounding()),
+            (caps.effective(), in_caps.effective()),
+            (caps.permitted(), in_caps.permitted()),
+            (caps.inheritable(), in_caps.inheritable()),
+            (caps.ambient(), in_caps.ambient()),
+        ];
+        for (got, asked) in pairs {
+            let got = got.clone().unwrap();
+            let asked = asked.clone().unwrap_or_default();
+            prop_assert!(got.is_subset(&allowed) && got.is_subset(&asked), "{got:?} beyond {allowed:?} or {asked:?}");
         }
-        let (uid, gid) = policy.spec.process.user_ids().unwrap();
-        prop_assert_eq!((p.user().uid(), p.user().gid()), (uid, gid));
-        prop_assert!(p.user().additional_gids().as_ref().is_none_or(Vec::is_empty));
+        let both: HashSet<Capability> = allowed.intersection(in_caps.bounding().as_ref().unwrap()).copied().collect();
+        prop_assert_eq!(caps.bounding().as_ref().unwrap(), &both);
+        let permitted = caps.permitted().clone().unwrap();
+        prop_assert!(caps.effective().as_ref().unwrap().is_subset(&permitted));
+        prop_assert!(caps.ambient().as_ref().unwrap().is_subset(&permitted));
+        let bound = policy.spec.process.user_bound().unwrap();
+        let asked = spec.process().as_ref().unwrap().user();
+        for (id, bound, asked) in [(p.user().uid(), bound.uid(), asked.uid()), (p.user().gid(), bound.gid(), asked.gid())] {
+            match bound {
+                IdBound::Exactly(f) => prop_assert_eq!(id, f),
+                IdBound::NotRoot => prop_assert!(id != 0),
+                IdBound::Any => prop_assert_eq!(id, asked),
+            }
+        }
+        let groups = p.user().additional_gids().clone().unwrap_or_default();
+        match bound.groups() {
+            GroupsBound::None => prop_assert!(groups.is_empty()),
+            GroupsBound::NotRoot => prop_assert!(!groups.contains(&0)),
+            GroupsBound::Any => {}
+        }
         prop_assert_eq!(p.no_new_privileges(), Some(policy.spec.process.no_new_privileges || c.nnp == Some(true)));
         let nofile = u64::from(policy.spec.resources.nofile);
         for r in p.rlimits().iter().flatten().filter(|r| r.typ() == PosixRlimitType::RlimitNofile) {

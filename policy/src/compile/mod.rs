@@ -99,6 +99,24 @@ pub struct CompiledPolicy {
     pub name: String,
     /// `sha256:<hex>` of the canonical manifest (see `digest`).
     pub digest: String,
+    /// What the spec asked for beyond the policy's bounds and was narrowed to them (the shim
+    /// logs and records each).
+    pub narrowed: Vec<Narrowing>,
+}
+
+/// One field of the spec narrowed to the policy's bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Narrowing {
+    /// The spec field, e.g. `process.capabilities`.
+    pub field: String,
+    /// What was asked and what stands, e.g. `CAP_NET_RAW dropped: not kept by the policy`.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Narrowing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.detail)
+    }
 }
 
 impl CompiledPolicy {
@@ -251,7 +269,8 @@ pub fn compile(
     linux::confine(policy, &mut out)?;
     mounts::confine(policy, ctx, &mut out)?;
     tools::confine(policy, &mut out);
-    process::confine(policy, &mut out)?;
+    let mut narrowed = Vec::new();
+    process::confine(policy, &mut out, &mut narrowed)?;
 
     refuse_runsc_annotations(policy, &out)?;
 
@@ -297,5 +316,6 @@ pub fn compile(
         tools,
         name,
         digest,
+        narrowed,
     })
 }

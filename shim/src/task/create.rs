@@ -17,6 +17,7 @@ use crate::hooks;
 use crate::process::ProcessRef;
 use crate::sandbox::create::{create_sandbox, join_sandbox, Host, NewContainer};
 use crate::stdio::IoPaths;
+use tracing::info;
 
 impl TaskService {
     pub(super) async fn create_task(
@@ -35,6 +36,17 @@ impl TaskService {
         )?;
         let shim_hooks = hooks::take_shim_hooks(&mut bundle.spec)?;
         let confinement = confine::confine(&env, &bundle)?;
+        // What the spec asked beyond the policy's bounds and was narrowed: logged now, and
+        // recorded in the create event once the container exists.
+        let narrowed: Vec<String> = confinement
+            .compiled
+            .narrowed
+            .iter()
+            .map(|n| format!("narrowed {n}"))
+            .collect();
+        for n in &narrowed {
+            info!(container = %id, policy = %confinement.compiled.name, "{n}");
+        }
         let role = sandbox_role(&bundle.spec, &id);
         let new = NewContainer {
             id: id.clone(),
@@ -70,17 +82,12 @@ impl TaskService {
             }
         };
         let pid = c.init.pid();
-        self.record(
-            c.ctx
-                .create(
-                    &id,
-                    vec![format!(
-                        "confined by policy {} ({})",
-                        c.policy, c.policy_digest
-                    )],
-                )
-                .build(),
-        );
+        let mut changes = vec![format!(
+            "confined by policy {} ({})",
+            c.policy, c.policy_digest
+        )];
+        changes.extend(narrowed);
+        self.record(c.ctx.create(&id, changes).build());
         if c.is_root() {
             // The sandbox process is re-parented to us; its exit status is the container's.
             let rx = self.reaper.watch(pid as i32);

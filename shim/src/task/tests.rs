@@ -420,3 +420,34 @@ async fn an_exec_runs_confined_and_reports_its_own_exit() {
         vec!["/tasks/exec-added", "/tasks/exec-started", "/tasks/exit"]
     );
 }
+
+#[tokio::test]
+async fn the_create_event_names_what_the_policy_narrowed() {
+    let h = harness();
+    let b = h.bundle("c1", |spec| {
+        spec["process"]["capabilities"] = json!({"bounding": ["CAP_SYS_ADMIN"]});
+    });
+    h.create("c1", &b).await.expect("created");
+    let log = h.dir.path().join("audit.jsonl");
+    let mut create = None;
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        create = text
+            .lines()
+            .find(|l| l.contains("\"action\":\"create\""))
+            .map(str::to_owned);
+        if create.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let create = create.expect("a create event in the audit log");
+    assert!(
+        create.contains("narrowed process.user: uid:gid 0:0 narrowed to 65534:65534"),
+        "{create}"
+    );
+    assert!(
+        create.contains("narrowed process.capabilities: CAP_SYS_ADMIN dropped"),
+        "{create}"
+    );
+}
