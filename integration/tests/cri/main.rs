@@ -81,6 +81,11 @@ const SCENARIOS: &[CriScenario] = &[
         core: false,
     },
     CriScenario {
+        name: "pod_security_context_within_policy",
+        run: policy::security_context_within_policy,
+        core: false,
+    },
+    CriScenario {
         name: "pod_with_unusable_policy_fails_fast",
         run: policy::unusable_policy_fails,
         core: true,

@@ -242,3 +242,162 @@ pub fn member_tools_are_enforced_under_its_own_policy(env: &CriEnv) -> Result<()
     })?;
     Ok(())
 }
+
+/// A policy that lets the pod's own non-root identity stand and keeps at most two
+/// capabilities.
+const NONROOT_POLICY: &str = "\
+apiVersion: safehouse.dev/v1alpha1
+kind: AgentPolicy
+metadata:
+  name: cri-nonroot
+  description: CRI integration test; the pod's securityContext inside the bound.
+spec:
+  filesystem:
+    rootfs: read-write
+  process:
+    user: nonroot
+    capabilities: [CAP_NET_BIND_SERVICE, CAP_KILL]
+";
+
+/// `/proc/self/status` capability lines of an exec in `id`, by name.
+fn cap_lines(env: &CriEnv, id: &str) -> Result<Vec<(String, String)>> {
+    let out = env.cri.exec_sync(
+        id,
+        &[
+            "sh",
+            "-c",
+            "grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb):' /proc/self/status",
+        ],
+        10,
+    )?;
+    let lines: Vec<(String, String)> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect();
+    ensure!(
+        lines.len() >= 4,
+        "capability lines of {id}: {:?}",
+        out.stdout
+    );
+    Ok(lines)
+}
+
+/// The pod's securityContext stands inside the policy's bound (issue #14): under a `nonroot`
+/// policy runAsUser/runAsGroup/supplementalGroups are exactly what the container sees;
+/// `drop: [ALL]` leaves every capability set empty although the policy keeps two; `add:
+/// [SYS_ADMIN]` is narrowed to what the policy keeps (the bounding set is the policy's two, out
+/// of CRI's default set); a container with no runAsUser (image root) runs as 65534; and a fixed
+/// policy user refuses another identity, naming the field and the policy.
+pub fn security_context_within_policy(env: &CriEnv) -> Result<()> {
+    install_policies(env)?;
+    fs::write(
+        env.containerd.policy_dir().join("cri-nonroot.yaml"),
+        NONROOT_POLICY,
+    )?;
+    let name = env.unique("secctx");
+    let pod = env.pod_config(&name, &[(ANNOTATION, "cri-nonroot")]);
+    let with = |name: &str, edit: &dyn Fn(&mut k8s_cri::v1::LinuxContainerSecurityContext)| {
+        let mut config = env.container_config(name, &["sleep", "1000"]);
+        let mut sc = k8s_cri::v1::LinuxContainerSecurityContext::default();
+        edit(&mut sc);
+        config.linux = Some(k8s_cri::v1::LinuxContainerConfig {
+            security_context: Some(sc),
+            ..Default::default()
+        });
+        config
+    };
+    let caps = |add: &[&str], drop: &[&str]| k8s_cri::v1::Capability {
+        add_capabilities: add.iter().map(|s| s.to_string()).collect(),
+        drop_capabilities: drop.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    env.with_pod(&pod, HANDLER, |pod_id| {
+        let mut ids = Vec::new();
+
+        let own = env.cri.create_and_start(
+            pod_id,
+            &pod,
+            &with("ids", &|sc| {
+                sc.run_as_user = Some(k8s_cri::v1::Int64Value { value: 1001 });
+                sc.run_as_group = Some(k8s_cri::v1::Int64Value { value: 1002 });
+                sc.supplemental_groups = vec![1234];
+            }),
+        )?;
+        ids.push(own.clone());
+        let out = env.cri.exec_sync(&own, &["sh", "-c", "id -u; id -g; id -G"], 10)?;
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        let mut groups: Vec<&str> = lines.get(2).map(|l| l.split_whitespace().collect()).unwrap_or_default();
+        groups.sort();
+        ensure!(
+            lines.first() == Some(&"1001") && lines.get(1) == Some(&"1002") && groups == ["1002", "1234"],
+            "runAsUser 1001, runAsGroup 1002, supplementalGroups [1234] under a nonroot policy: the container saw {:?}",
+            out.stdout
+        );
+
+        let dropped = env.cri.create_and_start(
+            pod_id,
+            &pod,
+            &with("dropall", &|sc| {
+                sc.run_as_user = Some(k8s_cri::v1::Int64Value { value: 1001 });
+                sc.capabilities = Some(caps(&[], &["ALL"]));
+            }),
+        )?;
+        ids.push(dropped.clone());
+        for (k, v) in cap_lines(env, &dropped)? {
+            ensure!(
+                v.chars().all(|c| c == '0'),
+                "drop: [ALL] under a policy keeping two capabilities: {k} is {v}, expected none"
+            );
+        }
+
+        let added = env.cri.create_and_start(
+            pod_id,
+            &pod,
+            &with("addadmin", &|sc| {
+                sc.capabilities = Some(caps(&["SYS_ADMIN"], &[]));
+            }),
+        )?;
+        ids.push(added.clone());
+        let lines = cap_lines(env, &added)?;
+        let bnd = lines
+            .iter()
+            .find(|(k, _)| k == "CapBnd")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default();
+        // CAP_KILL is bit 5, CAP_NET_BIND_SERVICE bit 10; CAP_SYS_ADMIN (bit 21) is narrowed.
+        ensure!(
+            u64::from_str_radix(bnd, 16).ok() == Some((1 << 5) | (1 << 10)),
+            "add: [SYS_ADMIN] under a policy keeping NET_BIND_SERVICE and KILL: CapBnd is {bnd:?}, expected 0000000000000420"
+        );
+        let uid = env.cri.exec_sync(&added, &["id", "-u"], 10)?;
+        ensure!(
+            uid.stdout == "65534\n",
+            "no runAsUser (the image's root) under nonroot: uid {:?}, expected 65534",
+            uid.stdout
+        );
+
+        // A fixed policy user refuses another identity (at StartContainer, where CRI creates the
+        // task), naming the field and the policy.
+        let mut other = with("other", &|sc| {
+            sc.run_as_user = Some(k8s_cri::v1::Int64Value { value: 1001 });
+        });
+        other
+            .annotations
+            .insert(ANNOTATION.to_string(), LOCKED.to_string());
+        let refused = env.cri.create_container(pod_id, &pod, &other)?;
+        ids.push(refused.clone());
+        let result = env.cri.start_container(&refused);
+        let _ = env.cri.remove_container(&refused);
+        let err = match result {
+            Ok(()) => anyhow::bail!("runAsUser 1001 under the fixed user 1234:1234 of {LOCKED} started"),
+            Err(e) => format!("{e:#}"),
+        };
+        ensure!(
+            err.contains("process.user") && err.contains(LOCKED) && err.contains("uid 1001"),
+            "the refusal does not name the field, the policy and the uid: {err}"
+        );
+        Ok(ids)
+    })
+}
