@@ -71,6 +71,10 @@ fn main() -> ExitCode {
             run: tools::tools_hold_without_recording_process,
         },
         Scenario {
+            name: "tools::payloads_without_a_listed_path_never_run",
+            run: tools::payloads_without_a_listed_path_never_run,
+        },
+        Scenario {
             name: "resources::fork_loop_is_bounded",
             run: resources::fork_loop_is_bounded,
         },

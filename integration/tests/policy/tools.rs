@@ -301,3 +301,137 @@ pub fn tools_hold_without_recording_process(env: &TestEnv) -> Result<()> {
         Ok(())
     })
 }
+
+/// A listed program that runs other code the way an interpreter can: `memexec FILE ARGS...`
+/// copies FILE into an anonymous memfd and `fexecve`s it (no path, no mount involved).
+const MEMEXEC_C: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+extern char **environ;
+int main(int argc, char **argv) {
+    if (argc < 2) return 2;
+    int in = open(argv[1], O_RDONLY);
+    if (in < 0) { printf("MEMEXEC-OPEN-FAILED errno=%d\n", errno); return 3; }
+    int fd = memfd_create("payload", 0);
+    if (fd < 0) { printf("MEMEXEC-MEMFD-FAILED errno=%d\n", errno); return 4; }
+    char buf[65536];
+    ssize_t n;
+    while ((n = read(in, buf, sizeof buf)) > 0) {
+        if (write(fd, buf, n) != n) { printf("MEMEXEC-WRITE-FAILED\n"); return 5; }
+    }
+    fflush(stdout);
+    fexecve(fd, argv + 1, environ);
+    printf("MEMEXEC-EXEC-FAILED errno=%d (%s)\n", errno, strerror(errno));
+    return 126;
+}
+"#;
+
+/// Payloads that reach code without `execve` of a listed path, as an agent would try them
+/// with a listed program that runs other code (here `memexec`, standing for an interpreter):
+/// - the forbidden probe copied into a memfd and `fexecve`d: `memfd_create` fails (EPERM) by
+///   construction (the seccomp rule `tools` adds), so the probe never runs;
+/// - a forbidden exec issued while the container floods the audit stream with file events:
+///   refused by the mounts (126), the stream plays no part;
+/// - the ELF loader (exec-allowed for the listed dynamic tool) run as a program on an unlisted
+///   dynamic probe: no mount stops it on this runsc (it maps the probe without `execve`), so it
+///   is caught after the fact: the exec of the loader's path is a violation and the sandbox is
+///   killed (137), with the violation naming the loader.
+pub fn payloads_without_a_listed_path_never_run(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "tools-payloads")?;
+    let out = output_dir(&lab)?;
+    let dir = lab.path("payload-image");
+    fs::create_dir_all(&dir)?;
+    let probe = gcc(&dir, "probe", PROBE_C, true)?;
+    let probe_dyn = gcc(&dir, "probe-dyn", PROBE_C, false)?;
+    let memexec = gcc(&dir, "memexec", MEMEXEC_C, true)?;
+    let dyn_ = gcc(&dir, "dyn", DYN_C, false)?;
+    let loader = fs::canonicalize(LOADER).context("the host's ELF loader")?;
+    let libc = fs::canonicalize(LIBC).context("the host's libc")?;
+    let image = import_busybox_with(
+        &env.ctr.binary,
+        &env.ctr.address,
+        &env.ctr.namespace,
+        &dir,
+        &format!("payloads-{}", std::process::id()),
+        &[
+            (probe, "/usr/local/bin/probe"),
+            (probe_dyn, "/usr/local/bin/probe-dyn"),
+            (memexec, "/usr/bin/memexec"),
+            (dyn_, "/usr/bin/dyn"),
+            (loader, LOADER),
+            (libc, LIBC),
+        ],
+    )?;
+    lab.policy(
+        "payloads",
+        &format!(
+            "{{filesystem: {{outputs: [{{source: {:?}, path: /output}}]}}, \
+             process: {{tools: [/bin/sh, /bin/echo, /usr/bin/dyn, /usr/bin/memexec]}}, \
+             audit: {{record: [process, file], onViolation: kill}}}}",
+            out.display().to_string()
+        ),
+    )?;
+    let keep = out.join("keep");
+    let memfd = env.id("paymemfd");
+    let flood = env.id("payflood");
+    let loader_id = env.id("payloader");
+    env.scenario(&[&memfd, &flood, &loader_id], || {
+        let run_in = |id: &str, script: &str| -> Result<safehouse_integration::command::Output> {
+            fs::write(&keep, "precious")?;
+            let run = env.ctr.run_timeout(
+                &lab.argv_of(&image, Some("payloads"), &["--rm"], id, &["/bin/sh", "-c", script]),
+                Duration::from_secs(90),
+            )?;
+            let _ = lab.remove_container(id);
+            Ok(run)
+        };
+
+        let run = run_in(
+            &memfd,
+            "/usr/bin/memexec /usr/local/bin/probe unlink /output/keep; echo rc=$?",
+        )?;
+        ensure!(
+            keep.is_file()
+                && !says(&run, "PROBE-RAN")
+                && says(&run, "MEMEXEC-MEMFD-FAILED errno=1"),
+            "memfd + fexecve: expected memfd_create to fail with EPERM and the output file kept (gone: {}): {}",
+            !keep.is_file(),
+            run.describe()
+        );
+
+        let run = run_in(
+            &flood,
+            "i=0; while [ $i -lt 2000 ]; do echo x > /output/f$i; i=$((i+1)); done & \
+             /usr/local/bin/probe unlink /output/keep; echo rc=$?; wait",
+        )?;
+        ensure!(
+            keep.is_file() && !says(&run, "PROBE-RAN") && says(&run, "rc=126"),
+            "a forbidden exec during a flood of file events (gone: {}): {}",
+            !keep.is_file(),
+            run.describe()
+        );
+
+        let run = run_in(
+            &loader_id,
+            &format!("{LOADER} /usr/local/bin/probe-dyn unlink /output/keep; echo rc=$?"),
+        )?;
+        ensure!(
+            run.code == Some(137) && !says(&run, "rc="),
+            "the loader run as a program: expected the sandbox killed (137) before the shell goes on: {}",
+            run.describe()
+        );
+        lab.wait_audit(&loader_id, "a violation naming the loader", |e| {
+            e["action"] == "violation"
+                && e["violation"]["rule"] == "process.tools"
+                && e["violation"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("ld-linux"))
+        })?;
+        Ok(())
+    })
+}

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{Mount, Spec};
+use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSyscall, Mount, Spec};
 
 use crate::manifest::AgentPolicy;
 use crate::paths::depth;
@@ -82,6 +82,52 @@ pub(super) fn confine(policy: &AgentPolicy, spec: &mut Spec) {
         );
     }
     spec.set_mounts(Some(mounts));
+    deny_anonymous_executables(spec);
+}
+
+/// Syscalls that make an executable file no mount can mark `noexec`: `memfd_create` gives a
+/// file on the Sentry's internal memory filesystem, which `fexecve` (or `execve` of
+/// `/proc/self/fd/N`) runs. With `tools` set they fail with EPERM, through a rule added to the
+/// spec's seccomp profile (a profile allowing everything else when the spec has none). gVisor
+/// applies it inside the sandbox when runsc runs with `--oci-seccomp`.
+pub const ANONYMOUS_EXEC_SYSCALLS: &[&str] = &["memfd_create"];
+
+/// EPERM, the error the denied syscalls return.
+const EPERM: u32 = 1;
+
+fn deny_anonymous_executables(spec: &mut Spec) {
+    let linux = spec.linux_mut().get_or_insert_with(Default::default);
+    let mut seccomp = linux.seccomp().clone().unwrap_or_else(|| {
+        let mut s = LinuxSeccomp::default();
+        s.set_default_action(LinuxSeccompAction::ScmpActAllow);
+        s
+    });
+    // The denial must win over any rule of the spec's profile that allows them: take them out
+    // of every rule, then deny them in one rule of their own at the end (where a second
+    // compile puts it again: compiling stays idempotent).
+    let mut rules: Vec<LinuxSyscall> = seccomp.syscalls().clone().unwrap_or_default();
+    for rule in &mut rules {
+        let names: Vec<String> = rule
+            .names()
+            .iter()
+            .filter(|n| !ANONYMOUS_EXEC_SYSCALLS.contains(&n.as_str()))
+            .cloned()
+            .collect();
+        rule.set_names(names);
+    }
+    rules.retain(|r| !r.names().is_empty());
+    let mut deny = LinuxSyscall::default();
+    deny.set_names(
+        ANONYMOUS_EXEC_SYSCALLS
+            .iter()
+            .map(|n| n.to_string())
+            .collect(),
+    );
+    deny.set_action(LinuxSeccompAction::ScmpActErrno);
+    deny.set_errno_ret(Some(EPERM));
+    rules.push(deny);
+    seccomp.set_syscalls(Some(rules));
+    linux.set_seccomp(Some(seccomp));
 }
 
 fn force_noexec(m: &mut Mount) {
@@ -165,6 +211,67 @@ fn mount(dest: &Path, typ: &str, source: &Path, options: &[&str]) -> Mount {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn memfd_rules(spec: &Spec) -> Vec<(Vec<String>, LinuxSeccompAction, Option<u32>)> {
+        let seccomp = spec.linux().as_ref().unwrap().seccomp().clone().unwrap();
+        seccomp
+            .syscalls()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.names().iter().any(|n| n == "memfd_create"))
+            .map(|r| (r.names().clone(), r.action(), r.errno_ret()))
+            .collect()
+    }
+
+    #[test]
+    fn tools_deny_memfd_create_in_the_specs_seccomp_profile() {
+        let mut policy = AgentPolicy::strict_default();
+        policy.spec.process.tools = vec!["/bin/sh".into()];
+
+        // No profile in the spec: one allowing everything but memfd_create.
+        let mut spec = Spec::default();
+        confine(&policy, &mut spec);
+        let seccomp = spec.linux().as_ref().unwrap().seccomp().clone().unwrap();
+        assert_eq!(seccomp.default_action(), LinuxSeccompAction::ScmpActAllow);
+        let deny = (
+            vec!["memfd_create".to_string()],
+            LinuxSeccompAction::ScmpActErrno,
+            Some(1),
+        );
+        assert_eq!(memfd_rules(&spec), vec![deny.clone()]);
+
+        // A profile that allows it (RuntimeDefault does): taken out of that rule, denied last.
+        let mut spec = Spec::default();
+        let mut allow = LinuxSyscall::default();
+        allow.set_names(vec!["read".into(), "memfd_create".into()]);
+        allow.set_action(LinuxSeccompAction::ScmpActAllow);
+        let mut profile = LinuxSeccomp::default();
+        profile.set_default_action(LinuxSeccompAction::ScmpActErrno);
+        profile.set_syscalls(Some(vec![allow]));
+        spec.linux_mut()
+            .get_or_insert_with(Default::default)
+            .set_seccomp(Some(profile));
+        confine(&policy, &mut spec);
+        let seccomp = spec.linux().as_ref().unwrap().seccomp().clone().unwrap();
+        assert_eq!(seccomp.default_action(), LinuxSeccompAction::ScmpActErrno);
+        let rules = seccomp.syscalls().clone().unwrap();
+        assert_eq!(rules[0].names(), &vec!["read".to_string()]);
+        assert_eq!(memfd_rules(&spec), vec![deny.clone()]);
+
+        // Idempotent.
+        let before = spec.clone();
+        confine(&policy, &mut spec);
+        assert_eq!(spec, before);
+
+        // Without tools the profile is the spec's own.
+        let mut spec = Spec::default();
+        let mut unrestricted = policy.clone();
+        unrestricted.spec.process.tools.clear();
+        let before = spec.clone();
+        confine(&unrestricted, &mut spec);
+        assert_eq!(spec, before);
+    }
 
     fn dests(ms: &[Mount]) -> Vec<String> {
         ms.iter()
