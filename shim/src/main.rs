@@ -18,6 +18,7 @@ mod reaper;
 mod rootfs;
 mod runsc;
 mod sandbox;
+mod seccomp;
 mod service;
 mod stats;
 mod stdio;
