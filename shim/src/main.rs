@@ -17,6 +17,7 @@ mod process;
 mod reaper;
 mod rootfs;
 mod runsc;
+mod masked;
 mod sandbox;
 mod seccomp;
 mod service;
