@@ -7,9 +7,12 @@
 //!   entry (most of CRI's defaults: gVisor has no `/proc/kcore`, `/proc/keys`, ...), so every
 //!   masked path under `/proc` and `/sys` is covered, present or not: nothing is skipped. Which
 //!   kind a path there is comes from the node's own `/proc` and `/sys` (gVisor mirrors Linux's
-//!   layout); a guess that is wrong fails Create loudly (a tmpfs cannot cover a file). A masked
-//!   path of the image is looked up in the rootfs; one the image does not have is not there to
-//!   read, and gets nothing.
+//!   layout); the kind only decides what the path looks like once masked: gVisor (20240729)
+//!   accepts a tmpfs over a file and a file over a directory, so a wrong guess hides the
+//!   content all the same. A masked
+//!   path of the image is looked up in the rootfs without following the image's symlinks (one
+//!   through a symlink is refused); one the image does not have is not there to read, and gets
+//!   nothing.
 //! - gVisor cannot make part of a mount read-only (no bind from inside the sandbox), so a
 //!   read-only path under `/proc` makes the whole `/proc` mount read-only (reads still work;
 //!   writes anywhere in `/proc`, `/proc/self/oom_score_adj` too, fail with EROFS), and one
@@ -36,6 +39,9 @@ pub enum Kind {
     File,
     /// Nothing at all (a path of the image it does not have): nothing to cover.
     Absent,
+    /// A path of the image that goes through a symlink: refused (what it names is only known
+    /// inside the sandbox, and the node must not follow the image's links).
+    ThroughSymlink,
 }
 
 /// Adds the mounts that make the spec's masked and read-only paths hold, writing the bundle's
@@ -85,21 +91,27 @@ fn home<'a>(mounts: &'a [Mount], path: &Path) -> Home<'a> {
 }
 
 /// The node's view of a path: `/proc` and `/sys` as the node has them (symlinks such as
-/// `/proc/net` followed, as the Sentry follows its own), anything else in the image's rootfs
-/// (never following a final symlink out of it: only its kind is read).
+/// `/proc/net` followed, as the Sentry follows its own), anything else in the image's rootfs,
+/// one component at a time, never following the image's symlinks.
 fn kind_on_node(rootfs: &Path, path: &Path) -> Kind {
-    let synthetic = path.starts_with("/proc") || path.starts_with("/sys");
-    let found = if synthetic {
-        std::fs::metadata(path)
-    } else {
-        std::fs::symlink_metadata(rootfs.join(path.strip_prefix("/").unwrap_or(path)))
-    };
-    match found {
-        Ok(m) if m.is_dir() => Kind::Dir,
-        Ok(_) => Kind::File,
-        Err(_) if synthetic => Kind::File,
-        Err(_) => Kind::Absent,
+    if path.starts_with("/proc") || path.starts_with("/sys") {
+        return match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => Kind::Dir,
+            _ => Kind::File,
+        };
     }
+    let mut at = rootfs.to_path_buf();
+    let mut kind = Kind::Dir;
+    for part in path.components().skip(1) {
+        at.push(part);
+        kind = match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => return Kind::ThroughSymlink,
+            Ok(m) if m.is_dir() => Kind::Dir,
+            Ok(_) => Kind::File,
+            Err(_) => return Kind::Absent,
+        };
+    }
+    kind
 }
 
 fn checked<'a>(field: &str, i: usize, p: &'a str) -> Result<&'a Path> {
@@ -199,6 +211,11 @@ pub fn confine_paths(spec: &mut Spec, empty: &Path, kind: &dyn Fn(&Path) -> Kind
         }
         let cover = match kind(path) {
             Kind::Absent => continue,
+            Kind::ThroughSymlink => {
+                return Err(ShimError::InvalidArgument(format!(
+                    "linux.maskedPaths[{i}] {p:?}: goes through a symlink in the image; name the path it points to"
+                )))
+            }
             Kind::Dir => json!({
                 "destination": p, "type": "tmpfs", "source": "tmpfs",
                 "options": ["ro", "nosuid", "nodev", "noexec", "mode=0555"]
@@ -348,6 +365,25 @@ mod tests {
         confine_paths(&mut spec, Path::new("/e"), &dirs).expect("confined");
         let sys = opts(find(&spec, "/sys")[0]);
         assert!(sys.contains(&"ro".to_string()) && !sys.contains(&"rw".to_string()));
+    }
+
+    #[test]
+    fn the_images_paths_are_looked_up_without_following_its_symlinks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rootfs = dir.path();
+        std::fs::create_dir_all(rootfs.join("etc/secret")).expect("mkdir");
+        std::fs::write(rootfs.join("etc/shadow"), b"x").expect("write");
+        std::os::unix::fs::symlink("/etc", rootfs.join("link")).expect("symlink");
+        let kind = |p: &str| kind_on_node(rootfs, Path::new(p));
+        assert_eq!(kind("/etc/secret"), Kind::Dir);
+        assert_eq!(kind("/etc/shadow"), Kind::File);
+        assert_eq!(kind("/etc/none"), Kind::Absent);
+        assert_eq!(kind("/link/shadow"), Kind::ThroughSymlink);
+        assert_eq!(kind("/link"), Kind::ThroughSymlink);
+        let mut spec = cri_spec(&["/link/shadow"], &[]);
+        let err = confine_paths(&mut spec, Path::new("/e"), &|p| kind_on_node(rootfs, p))
+            .expect_err("through a symlink");
+        assert!(err.to_string().contains("linux.maskedPaths[0]"), "{err}");
     }
 
     #[test]
