@@ -106,6 +106,27 @@ fn tools_mounts(
     }
 }
 
+/// Whether the installed runsc applies a spec's `linux.seccomp` inside the sandbox.
+fn oci_seccomp(
+    probe: &safehouse_runsc_config::RunscProbe,
+) -> std::result::Result<String, (Status, String, String)> {
+    let flag = safehouse_runsc_config::OCI_SECCOMP_FLAG;
+    if probe.applies_oci_seccomp() {
+        Ok(format!(
+            "runsc {} has --{flag}: each container's linux.seccomp profile is applied to its processes inside the sandbox (not to processes started by exec, a runsc limit)",
+            probe.version
+        ))
+    } else {
+        Err(warn(
+            format!(
+                "runsc {} has no --{flag}: a container whose spec has a linux.seccomp profile (a pod with a seccomp profile) is refused at create",
+                probe.version
+            ),
+            "install a runsc with --oci-seccomp: apt-get install -t bookworm-backports runsc",
+        ))
+    }
+}
+
 fn fail(detail: impl Into<String>, fix: impl Into<String>) -> (Status, String, String) {
     (Status::Fail, detail.into(), fix.into())
 }
@@ -206,6 +227,7 @@ pub fn checks(a: &DoctorArgs) -> Vec<Check> {
     ));
     if let Ok(p) = &probe {
         out.push(check("tools-mounts", false, tools_mounts(p.version)));
+        out.push(check("oci-seccomp", false, oci_seccomp(p)));
         if config.is_ok() || missing_default {
             out.push(check(
                 "runsc-flags",
@@ -486,4 +508,36 @@ pub fn run(a: DoctorArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use safehouse_runsc_config::RunscProbe;
+
+    use super::*;
+
+    fn probe(flags: &str) -> RunscProbe {
+        RunscProbe::from_outputs(
+            Path::new("/usr/bin/runsc"),
+            "runsc version 0.0~20240729.0\n",
+            flags,
+        )
+        .expect("probe")
+    }
+
+    #[test]
+    fn says_whether_runsc_applies_the_specs_seccomp_profile() {
+        let ok = oci_seccomp(&probe("  -network value\n  -oci-seccomp\n")).expect("has it");
+        assert!(ok.contains("--oci-seccomp"), "{ok}");
+        let (status, detail, fix) =
+            oci_seccomp(&probe("  -network value\n")).expect_err("lacks it");
+        assert_eq!(status, Status::Warn);
+        assert!(
+            detail.contains("linux.seccomp") && detail.contains("refused"),
+            "{detail}"
+        );
+        assert!(fix.contains("runsc"), "{fix}");
+    }
 }

@@ -52,8 +52,9 @@ enum Command {
     /// Install Safehouse on this node (or remove it): binaries, configs, containerd handlers.
     #[command(subcommand)]
     Node(node_cmd::NodeCommand),
-    /// Check whether this node can run Safehouse (runsc, platform, containerd, kernel), with a
-    /// fix for each failure.
+    /// Check whether this node can run Safehouse (runsc, platform, containerd, kernel), and
+    /// what the installed runsc enforces (e.g. whether it applies a spec's seccomp profile
+    /// inside the sandbox, `--oci-seccomp`), with a fix for each failure.
     Doctor(doctor_cmd::DoctorArgs),
 }
 

@@ -14,4 +14,4 @@ pub use config::{
     AuditBudget, AuditSection, ConfigError, NetworkMode, PolicySection, RuntimeConfig,
     DEFAULT_CONFIG_PATH,
 };
-pub use probe::{ProbeError, RunscProbe, RunscVersion};
+pub use probe::{ProbeError, RunscProbe, RunscVersion, OCI_SECCOMP_FLAG};

@@ -28,6 +28,10 @@ pub enum ProbeError {
     },
 }
 
+/// The global runsc flag that makes the Sentry install each container's `linux.seccomp`
+/// profile on the container's init (runsc ignores the profile without it).
+pub const OCI_SECCOMP_FLAG: &str = "oci-seccomp";
+
 /// A runsc release, as the date stamp Debian and gVisor use (`20240729`).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -119,6 +123,12 @@ impl RunscProbe {
     pub fn knows_flag(&self, name: &str) -> bool {
         self.flags.contains(name)
     }
+
+    /// Whether this runsc can apply a spec's `linux.seccomp` inside the sandbox
+    /// ([`OCI_SECCOMP_FLAG`]).
+    pub fn applies_oci_seccomp(&self) -> bool {
+        self.knows_flag(OCI_SECCOMP_FLAG)
+    }
 }
 
 fn run(path: &Path, args: &[&str]) -> Result<String, ProbeError> {
@@ -189,6 +199,14 @@ mod tests {
         .expect("runsc output");
         assert_eq!(p.version, RunscVersion(20240729));
         assert!(p.knows_flag("network"));
+        assert!(!p.applies_oci_seccomp());
+        let p = RunscProbe::from_outputs(
+            Path::new("/usr/bin/runsc"),
+            "runsc version 0.0~20221219.0\n",
+            "  -oci-seccomp\n    \tEnables loading OCI seccomp filters inside the sandbox.\n",
+        )
+        .expect("runsc output");
+        assert!(p.applies_oci_seccomp());
         assert!(RunscProbe::from_outputs(Path::new("/bin/true"), "", "").is_err());
         assert!(
             RunscProbe::from_outputs(Path::new("/x"), "runsc version 0.0~20240729.0", "").is_err()

@@ -1,7 +1,8 @@
 //! A container's bundle: the spec containerd wrote, read once at Create, and the files the shim
 //! and runsc keep beside it, each named here.
 //!
-//! Create edits the spec in memory (policy, DNS resolver mount, read-only host binds) and
+//! Create edits the spec in memory (policy, DNS resolver mount, read-only host binds, masked
+//! and read-only paths) and
 //! writes the confined spec once, just before `runsc create` reads it.
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,8 @@ pub const RESOLV_CONF: &str = "safehouse-resolv.conf";
 pub const INIT_PID_FILE: &str = "init.pid";
 /// The directory of read-only host bind mounts.
 pub const RO_BINDS_DIR: &str = ".safehouse-ro";
+/// The empty read-only file masked files are covered with (see `masked`).
+pub const MASKED_FILE: &str = ".safehouse-masked";
 /// The directory of the views `process.tools` needs (see `tools`).
 pub const TOOLS_DIR: &str = ".safehouse-tools";
 /// The shim's ttrpc address (written by containerd's `start` protocol).

@@ -141,6 +141,7 @@ pub fn confine(env: &RuntimeEnv, bundle: &Bundle) -> Result<Confinement> {
     let (policy, source) = select(&env.config.policy, &bundle.spec, &config_name)?;
     let ctx = compile_context(&env.config.policy, &bundle.dir);
     let compiled = compile_spec(&policy, &ctx, &bundle.spec, &bundle.file(CONFIG))?;
+    crate::seccomp::check_spec(&env.probe, &compiled.spec)?;
     Ok(Confinement {
         policy,
         source,

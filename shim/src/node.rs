@@ -33,7 +33,8 @@ impl RuntimeEnv {
     ) -> Result<RuntimeEnv> {
         let config = RuntimeConfig::load(path)?;
         let probe = probe_cached(&config.binary, reaper, probe_dir).await?;
-        let global = config.global_flags(&probe)?;
+        let mut global = config.global_flags(&probe)?;
+        global.extend(crate::seccomp::runsc_flags(&probe));
         Ok(RuntimeEnv {
             config,
             probe,

@@ -10,6 +10,7 @@ mod lifecycle;
 mod pods;
 mod policy;
 mod resources;
+mod security;
 
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -89,6 +90,17 @@ const SCENARIOS: &[CriScenario] = &[
         name: "pod_with_unusable_policy_fails_fast",
         run: policy::unusable_policy_fails,
         core: true,
+    },
+    // A pod's own security context inside the sandbox (issue #14).
+    CriScenario {
+        name: "pod_seccomp_profiles_per_container",
+        run: security::seccomp_profiles_per_container,
+        core: false,
+    },
+    CriScenario {
+        name: "pod_masked_and_readonly_paths",
+        run: security::masked_and_readonly_paths,
+        core: false,
     },
     // Egress allowlists through CRI pods (issue #6), on every containerd version.
     CriScenario {

@@ -12,7 +12,7 @@ use super::persisted::PersistedState;
 use super::request::{Host, NewContainer};
 use super::undo::{Step, Undo};
 use crate::audit::SandboxAudit;
-use crate::bundle::{Bundle, INIT_PID_FILE, STATE_FILE};
+use crate::bundle::{Bundle, INIT_PID_FILE, MASKED_FILE, STATE_FILE};
 use crate::error::{Result, ShimError};
 use crate::hooks::HookState;
 use crate::network::resolver;
@@ -70,7 +70,8 @@ pub(super) fn point_resolver(
 }
 
 /// The rootfs mounts, the mounts that make `process.tools` hold by construction (they need
-/// the image's files), and read-only host binds for the spec's read-only bind mounts. True
+/// the image's files), read-only host binds for the spec's read-only bind mounts, and the
+/// mounts that make its masked and read-only paths hold (last: they cover the others). True
 /// when the shim mounted the rootfs. The state file the delete action reads (written once
 /// runsc created the container) is released last of all.
 pub(super) async fn prepare_host(new: &mut NewContainer<'_>, undo: &mut Undo) -> Result<bool> {
@@ -91,6 +92,8 @@ pub(super) async fn prepare_host(new: &mut NewContainer<'_>, undo: &mut Undo) ->
     }
     undo.push(Step::HostBinds(dir.clone()));
     crate::hostbind::harden(&dir, &mut compiled.spec)?;
+    undo.push(Step::File(new.bundle.file(MASKED_FILE)));
+    crate::masked::apply(&dir, &mut compiled.spec)?;
     Ok(mounted)
 }
 
