@@ -25,6 +25,12 @@ impl TaskService {
             ))
         })?;
         safehouse_policy::compile::linux::tighten_resources(&c.resource_policy, &mut resources);
+        if !c.is_root() {
+            // A pod member's limit is the shim's to hold (the host cgroup is the pod's).
+            let limit = resources.memory().as_ref().and_then(|m| m.limit());
+            c.memory.update(&c.id, limit)?;
+            self.watch_memory(c.clone());
+        }
         let cgroup = c.cgroups_path.as_deref().ok_or_else(|| {
             ShimError::FailedPrecondition(format!(
                 "update of {:?}: its spec has no linux.cgroupsPath to apply limits to",
