@@ -59,12 +59,12 @@ const SCENARIOS: &[CriScenario] = &[
     CriScenario {
         name: "pod_member_oom_killed_alone",
         run: pod_limits::member_past_its_memory_limit,
-        core: false,
+        core: true,
     },
     CriScenario {
         name: "containerd_files_under_a_custom_root",
         run: pod_limits::containerd_files_under_a_custom_root,
-        core: false,
+        core: true,
     },
     CriScenario {
         name: "stats_real_cpu_and_memory",
