@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use k8s_cri::v1 as cri;
+use safehouse_integration::command::wait_for;
 use safehouse_integration::cri_env::CriEnv;
 
 use crate::pods::HANDLER;
@@ -50,6 +51,21 @@ pub fn member_past_its_memory_limit(env: &CriEnv) -> Result<()> {
             status.exit_code,
             status.reason,
             status.message
+        );
+        // The audit log says why, with the numbers the watch saw.
+        let audit = env.containerd.audit_path();
+        let oom = wait_for("the oom audit event", Duration::from_secs(10), || {
+            Ok(safehouse_integration::lab::audit_lines(&audit)
+                .into_iter()
+                .find(|e| e["action"] == "oom" && e["container_id"] == hog.as_str()))
+        })
+        .with_context(|| format!("no oom audit event for {hog} in {}", audit.display()))?;
+        let usage = oom["detail"]["usage_bytes"].as_i64().unwrap_or(0);
+        ensure!(
+            oom["detail"]["enforced_by"] == "shim"
+                && oom["detail"]["limit_bytes"] == 64 * MIB
+                && usage > 64 * MIB,
+            "the oom audit event does not show the limit and a usage past it: {oom}"
         );
         let other = env
             .cri
