@@ -46,15 +46,20 @@ impl MemoryWatch {
         Some(self.limit.load(Ordering::SeqCst)).filter(|&b| b > 0)
     }
 
+    /// Whether the watch can hold the limit an Update asks for (it changes nothing).
+    pub fn check(&self, id: &str, limit: Option<i64>) -> Result<()> {
+        match limit.filter(|&l| l > 0) {
+            Some(bytes) if !self.accountable => Err(not_accountable(id, bytes as u64)),
+            _ => Ok(()),
+        }
+    }
+
     /// Sets the limit an Update asks for (`None` or a non-positive value leaves it).
     pub fn update(&self, id: &str, limit: Option<i64>) -> Result<()> {
-        let Some(bytes) = limit.filter(|&l| l > 0) else {
-            return Ok(());
-        };
-        if !self.accountable {
-            return Err(not_accountable(id, bytes as u64));
+        self.check(id, limit)?;
+        if let Some(bytes) = limit.filter(|&l| l > 0) {
+            self.limit.store(bytes as u64, Ordering::SeqCst);
         }
-        self.limit.store(bytes as u64, Ordering::SeqCst);
         Ok(())
     }
 
