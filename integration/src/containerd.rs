@@ -219,14 +219,15 @@ impl Containerd {
                     )
                     .replace("mode: none", "mode: open"),
             )?;
+            // No `cri_sources`: containerd's root here is not the default one, and the files
+            // its CRI makes for each pod sandbox must pass without a setting.
             fs::write(
                 &config,
                 format!(
-                    "root = {:?}\n\n[policy]\ndefault = {:?}\ndir = {:?}\nselectable = [\"*\"]\ncri_sources = [{:?}]\n\n[audit]\noutput = {:?}\n",
+                    "root = {:?}\n\n[policy]\ndefault = {:?}\ndir = {:?}\nselectable = [\"*\"]\n\n[audit]\noutput = {:?}\n",
                     this.runsc_root().display().to_string(),
                     policy.display().to_string(),
                     this.policy_dir().display().to_string(),
-                    this.root().display().to_string(),
                     this.audit_path().display().to_string(),
                 ),
             )?;

@@ -135,8 +135,9 @@ pub struct PolicySection {
     #[serde(default)]
     pub selectable: Vec<String>,
     /// Host directories, beyond the usual containerd/kubelet ones, that CRI-managed bind
-    /// mounts (`/etc/hosts`, `/dev/shm`, ...) may come from: containerd's `root` and `state`
-    /// when they are not the defaults.
+    /// mounts may come from. Not needed for the `hosts`, `resolv.conf` and `hostname`
+    /// containerd made for the container's own pod sandbox (the shim recognises those under
+    /// any root), nor for `/dev/shm` under the bundle's containerd state.
     #[serde(default)]
     pub cri_sources: Vec<PathBuf>,
 }

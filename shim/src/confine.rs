@@ -139,7 +139,12 @@ pub fn confine(env: &RuntimeEnv, bundle: &Bundle) -> Result<Confinement> {
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "<built-in defaults>".into());
     let (policy, source) = select(&env.config.policy, &bundle.spec, &config_name)?;
-    let ctx = compile_context(&env.config.policy, &bundle.dir);
+    let mut ctx = compile_context(&env.config.policy, &bundle.dir);
+    if !ctx.cri_source_roots.is_empty() {
+        // containerd's own files for this pod sandbox, wherever its root is.
+        ctx.cri_source_roots
+            .extend(crate::cri_files::sandbox_files(&bundle.spec));
+    }
     let compiled = compile_spec(&policy, &ctx, &bundle.spec, &bundle.file(CONFIG))?;
     crate::seccomp::check_spec(&env.probe, &compiled.spec)?;
     Ok(Confinement {

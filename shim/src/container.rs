@@ -119,6 +119,8 @@ pub struct Container {
     pub resource_policy: safehouse_policy::manifest::ResourcePolicy,
     /// Why Safehouse ended the container, when it did (timeout, violation).
     pub exit_reason: Mutex<Option<ExitReason>>,
+    /// Its memory limit inside a pod, which the shim enforces (none for a sandbox's root).
+    pub memory: crate::sandbox::memory::MemoryWatch,
     /// The spec's `startContainer` hooks (runsc skips them; the shim runs them before start).
     pub start_hooks: Vec<crate::hooks::Hook>,
     /// The spec's annotations, for the hooks' state.

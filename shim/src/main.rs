@@ -6,6 +6,7 @@ mod bundle;
 mod cgroup;
 mod confine;
 mod container;
+mod cri_files;
 mod error;
 mod events;
 mod hooks;

@@ -7,6 +7,7 @@
 
 mod egress;
 mod lifecycle;
+mod pod_limits;
 mod pods;
 mod policy;
 mod resources;
@@ -54,6 +55,16 @@ const SCENARIOS: &[CriScenario] = &[
     CriScenario {
         name: "container_status_oom_killed",
         run: resources::oom_killed,
+        core: true,
+    },
+    CriScenario {
+        name: "pod_member_oom_killed_alone",
+        run: pod_limits::member_past_its_memory_limit,
+        core: true,
+    },
+    CriScenario {
+        name: "containerd_files_under_a_custom_root",
+        run: pod_limits::containerd_files_under_a_custom_root,
         core: true,
     },
     CriScenario {

@@ -31,6 +31,8 @@ struct Record {
     /// Spawned exec/wait commands, by host pid, waiting for their exit.
     spawned: HashMap<u32, oneshot::Sender<Exit>>,
     next_pid: u32,
+    /// The memory usage `stats` reports, by container.
+    memory: HashMap<String, u64>,
 }
 
 /// The double; clones share one record.
@@ -66,6 +68,11 @@ impl RunscDouble {
     /// The sandbox process died (OOM, a SIGKILL to its cgroup): later calls fail as runsc's do.
     pub fn die(&self) {
         self.lock().dead = true;
+    }
+
+    /// Makes `stats` of container `id` report `bytes` of memory in use.
+    pub fn set_memory_usage(&self, id: &str, bytes: u64) {
+        self.lock().memory.insert(id.to_owned(), bytes);
     }
 
     /// The calls so far, as `command id [args]`.
@@ -181,9 +188,11 @@ impl SandboxRuntime for BoundDouble {
     }
 
     async fn stats(&self, id: &str) -> Result<serde_json::Value> {
-        self.double
-            .call("stats", format!("stats {id}"))
-            .map(|()| serde_json::json!({}))
+        self.double.call("stats", format!("stats {id}"))?;
+        Ok(match self.double.lock().memory.get(id) {
+            Some(bytes) => serde_json::json!({"data": {"memory": {"usage": {"usage": bytes}}}}),
+            None => serde_json::json!({}),
+        })
     }
 
     fn spawn_exec(&self, id: &str, opts: ExecOpts<'_>) -> Result<Spawned> {

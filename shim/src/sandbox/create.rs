@@ -13,6 +13,7 @@ use safehouse_audit::lifecycle::SandboxContext;
 use safehouse_audit::AuditEvent;
 use tracing::info;
 
+use super::memory::MemoryWatch;
 pub use super::request::{Host, NewContainer};
 use super::steps::{
     own_cgroup, persist, point_resolver, prepare_host, run_create_hooks, runsc_create,
@@ -78,6 +79,9 @@ pub async fn join_sandbox(
             new.id, compiled.name, sandbox.id
         )));
     }
+    let spec = serde_json::to_value(&compiled.spec)
+        .map_err(|e| ShimError::Internal(format!("container {:?}: spec: {e}", new.id)))?;
+    let memory = super::memory::member_watch(&new.id, &new.bundle.spec, &spec)?;
     let mut undo = Undo::default();
     let runtime = sandbox.runtime.for_container(&new.bundle.dir);
     let result = async {
@@ -110,7 +114,7 @@ pub async fn join_sandbox(
     match result {
         Ok((init, pid)) => {
             init.set_pid(pid);
-            Ok(container(new, sandbox.clone(), runtime, init, undo))
+            Ok(container(new, sandbox.clone(), runtime, init, undo, memory))
         }
         Err(e) => {
             let how = Teardown {
@@ -148,7 +152,14 @@ impl Parts<'_> {
             undo: tokio::sync::Mutex::new(made.sandbox),
         });
         self.init.set_pid(self.pid);
-        container(self.new, sandbox, self.runtime, self.init, made.container)
+        container(
+            self.new,
+            sandbox,
+            self.runtime,
+            self.init,
+            made.container,
+            MemoryWatch::default(),
+        )
     }
 }
 
@@ -324,6 +335,7 @@ fn container(
     runtime: Arc<dyn SandboxRuntime>,
     init: Arc<InitProcess>,
     undo: Undo,
+    memory: MemoryWatch,
 ) -> Arc<Container> {
     let compiled = new.confinement.compiled;
     info!(container = %new.id, sandbox = %sandbox.id, pid = init.pid(), policy = %compiled.name, digest = %compiled.digest, source = ?new.confinement.source, "created");
@@ -347,6 +359,7 @@ fn container(
         timeout: compiled.timeout,
         resource_policy: new.confinement.policy.spec.resources,
         exit_reason: Mutex::new(None),
+        memory,
         start_hooks: new.hooks.start_container,
         undo: tokio::sync::Mutex::new(undo),
     })

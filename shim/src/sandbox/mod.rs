@@ -7,6 +7,7 @@
 //! one undo list per owner; [`undo`] is how everything made is released, whichever call ends it.
 
 pub mod create;
+pub mod memory;
 pub mod persisted;
 pub mod request;
 mod steps;

@@ -21,7 +21,7 @@ use crate::runsc::KillOpts;
 const DRAIN: Duration = Duration::from_secs(2);
 
 /// SIGKILL to every process of a container.
-const KILL_ALL: KillOpts = KillOpts {
+pub(super) const KILL_ALL: KillOpts = KillOpts {
     signal: 9,
     all: true,
     pid: None,

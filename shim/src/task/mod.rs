@@ -10,6 +10,7 @@ mod delete;
 mod exec;
 mod exit;
 mod kill;
+mod memory;
 mod options;
 mod pause;
 mod start;

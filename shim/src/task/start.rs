@@ -111,6 +111,7 @@ impl TaskService {
             // A container that joined a pod: its exit comes from `runsc wait`.
             let rx = self.wait_for_member(c, pid)?;
             self.watch_exit(c.clone(), ProcessRef::Init(p.clone()), rx);
+            self.watch_memory(c.clone());
         }
         if let Some(limit) = c.timeout {
             self.enforce_timeout(c.clone(), limit);

@@ -451,3 +451,62 @@ async fn the_create_event_names_what_the_policy_narrowed() {
         "{create}"
     );
 }
+
+#[tokio::test]
+async fn a_pod_member_past_its_memory_limit_is_oom_killed_alone() {
+    const MIB: u64 = 1024 * 1024;
+    let h = harness();
+    let pod = h.bundle("pod", |spec| {
+        spec["annotations"] = json!({CRI_CONTAINER_TYPE: "sandbox", CRI_SANDBOX_ID: "pod"});
+    });
+    let member = |id: &str, limit: Option<u64>| {
+        h.bundle(id, |spec| {
+            spec["annotations"] = json!({CRI_CONTAINER_TYPE: "container", CRI_SANDBOX_ID: "pod"});
+            spec["mounts"] =
+                json!([{"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup"}]);
+            if let Some(l) = limit {
+                spec["linux"]["resources"] = json!({"memory": {"limit": l}});
+            }
+        })
+    };
+    let (hog, calm) = (member("hog", Some(64 * MIB)), member("calm", None));
+    h.create("pod", &pod).await.expect("pod");
+    h.start("pod").await.expect("pod started");
+    h.create("hog", &hog).await.expect("hog");
+    h.create("calm", &calm).await.expect("calm");
+    h.start("hog").await.expect("hog started");
+    h.start("calm").await.expect("calm started");
+    // Both use as much; only the one with a limit of its own is past it.
+    h.double.set_memory_usage("hog", 100 * MIB);
+    h.double.set_memory_usage("calm", 100 * MIB);
+    // A bounded wait for the watch's next poll.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while h.double.calls_of("kill").is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !h.double.calls_of("kill").is_empty(),
+        "no kill after the usage passed the limit: {:?}",
+        h.double.calls()
+    );
+    assert_eq!(h.double.calls_of("kill"), vec!["kill hog 9 --all"]);
+    assert!(
+        h.double.calls_of("stats").iter().all(|c| c == "stats hog"),
+        "only the limited member is watched: {:?}",
+        h.double.calls_of("stats")
+    );
+    let topics = h.topics().await;
+    assert!(topics.iter().any(|t| t == "/tasks/oom"), "{topics:?}");
+    let c = h.service.get("hog").expect("hog");
+    assert_eq!(
+        c.init_exit_reason(137),
+        safehouse_audit::ExitReason::Oom,
+        "its exit is reported as an OOM kill"
+    );
+    let calm = h.service.get("calm").expect("calm");
+    assert_eq!(
+        calm.init.status(),
+        Status::Running,
+        "the other member runs on"
+    );
+}

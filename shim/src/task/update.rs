@@ -24,7 +24,21 @@ impl TaskService {
                 req.id, any.type_url
             ))
         })?;
+        let memory_limit = |r: &oci_spec::runtime::LinuxResources| {
+            r.memory()
+                .as_ref()
+                .and_then(|m| m.limit())
+                .filter(|&l| l > 0)
+        };
+        let asked = memory_limit(&resources);
         safehouse_policy::compile::linux::tighten_resources(&c.resource_policy, &mut resources);
+        // A pod member's own limit is the shim's to hold (the host cgroup is the pod's): the
+        // one the update asks for, as the policy narrowed it (tightening also fills in the
+        // policy's ceiling for an update that asks none, which is not the member's).
+        let member_limit = asked.and(memory_limit(&resources));
+        if !c.is_root() {
+            c.memory.check(&c.id, member_limit)?;
+        }
         let cgroup = c.cgroups_path.as_deref().ok_or_else(|| {
             ShimError::FailedPrecondition(format!(
                 "update of {:?}: its spec has no linux.cgroupsPath to apply limits to",
@@ -37,6 +51,10 @@ impl TaskService {
             &resources,
         )
         .map_err(|e| ShimError::FailedPrecondition(format!("update of {:?}: {e}", req.id)))?;
+        if !c.is_root() {
+            c.memory.update(&c.id, member_limit)?;
+            self.watch_memory(c.clone());
+        }
         info!(container = %c.id, cgroup, files = written.len(), policy = %c.policy, "resources updated");
         Ok(())
     }
