@@ -228,7 +228,11 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
             };
             let report = verify_files(&files, options).context("cannot verify")?;
             let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-            print!("{}", describe(&names.join(" "), &report, key.is_some()));
+            let shims = running_shims().unwrap_or_default();
+            print!(
+                "{}",
+                describe(&names.join(" "), &report, key.is_some(), &shims)
+            );
             Ok(if report.is_intact() {
                 ExitCode::SUCCESS
             } else {
@@ -301,9 +305,10 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
 /// The shim binary's name, as `/proc/PID/exe` ends.
 const SHIM_BINARY: &str = "containerd-shim-safehouse-v2";
 
-/// Sends `signal` to every running Safehouse shim; returns how many were signalled.
-fn signal_shims(signal: nix::sys::signal::Signal) -> Result<usize> {
-    let mut told = 0;
+/// Every running Safehouse shim: its pid and the id it serves (`-id ID` on its command line:
+/// the sandbox's id, which a pod's members share).
+fn running_shims() -> Result<Vec<(i32, String)>> {
+    let mut shims = Vec::new();
     for entry in std::fs::read_dir("/proc").context("read /proc")?.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -317,12 +322,39 @@ fn signal_shims(signal: nix::sys::signal::Signal) -> Result<usize> {
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.trim_end_matches(" (deleted)") == SHIM_BINARY)
         });
-        let pid = nix::unistd::Pid::from_raw(pid);
-        if is_shim && nix::sys::signal::kill(pid, signal).is_ok() {
+        if !is_shim {
+            continue;
+        }
+        let argv = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = argv.split(|b| *b == 0).collect();
+        let id = args
+            .iter()
+            .position(|a| *a == b"-id")
+            .and_then(|i| args.get(i + 1))
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .unwrap_or_default();
+        shims.push((pid, id));
+    }
+    Ok(shims)
+}
+
+/// Sends `signal` to every running Safehouse shim; returns how many were signalled.
+fn signal_shims(signal: nix::sys::signal::Signal) -> Result<usize> {
+    let mut told = 0;
+    for (pid, _) in running_shims()? {
+        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).is_ok() {
             told += 1;
         }
     }
     Ok(told)
+}
+
+/// Why a sandbox's chain is still open, from the shims running on this node.
+fn why_open(sandbox: &str, shims: &[(i32, String)]) -> String {
+    match shims.iter().find(|(_, id)| id == sandbox) {
+        Some((pid, _)) => format!("its shim (pid {pid}) is still running"),
+        None => "no shim for it runs on this node: it was killed before delete (the next `task delete` closes the chain), or the log comes from another node".to_string(),
+    }
 }
 
 /// A public key from a file or 64 hex digits.
@@ -355,7 +387,7 @@ fn read_anchor(path: &Path) -> Result<Vec<SealRecord>> {
 }
 
 /// The verify report in words: the verdict, then every open chain by name.
-fn describe(files: &str, report: &VerifyReport, keyed: bool) -> String {
+fn describe(files: &str, report: &VerifyReport, keyed: bool, shims: &[(i32, String)]) -> String {
     let mut out = String::new();
     let open: Vec<_> = report.sandboxes.iter().filter(|(_, c)| !c.closed).collect();
     match &report.first_break {
@@ -420,11 +452,12 @@ fn describe(files: &str, report: &VerifyReport, keyed: bool) -> String {
     }
     for (id, c) in open {
         out.push_str(&format!(
-            "open: sandbox {}: last seq {} at {}:{}; no delete event yet (its shim is still running, or was killed before delete){}\n",
+            "open: sandbox {}: last seq {} at {}:{}; no delete event yet: {}{}\n",
             escape(id),
             c.last_seq,
             c.last_file,
             c.last_line,
+            why_open(id, shims),
             c.unsealed
                 .map(|[a, b]| format!("; seq {a}..{b} not yet covered by a checkpoint"))
                 .unwrap_or_default()
@@ -446,5 +479,24 @@ mod tests {
             "{out}"
         );
         assert!(short_line("not json").starts_with("(unreadable line)"));
+    }
+
+    #[test]
+    fn an_open_chain_says_whether_its_shim_runs() {
+        let shims = vec![(41, "sb-live".to_string())];
+        assert_eq!(
+            why_open("sb-live", &shims),
+            "its shim (pid 41) is still running"
+        );
+        assert!(why_open("sb-gone", &shims).starts_with("no shim for it runs on this node"));
+    }
+
+    #[test]
+    fn this_test_process_is_no_shim() {
+        let me = std::process::id() as i32;
+        assert!(running_shims()
+            .expect("reads /proc")
+            .iter()
+            .all(|(pid, _)| *pid != me));
     }
 }

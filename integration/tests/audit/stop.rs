@@ -101,6 +101,17 @@ pub fn killed_shim_chain_is_closed_by_the_delete_action(env: &TestEnv) -> Result
         ensure!(out.success(), "run -d: {}", out.describe());
         env.ctr
             .wait_status(&id, "RUNNING", Duration::from_secs(30))?;
+        // While it runs, verify names the open chain and why: its shim is alive.
+        let out = verify(&lab.audit)?;
+        ensure!(
+            out.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("open: sandbox {id}:"))
+                    && l.contains("its shim (pid ")
+                    && l.contains(") is still running")),
+            "verify while the sandbox runs should name its open chain and its live shim: {}",
+            out.describe()
+        );
         env.sigkill_shim_and_remove(&id)?;
         let closing = lab.wait_event(&id, "the delete action's delete", |e| {
             e["category"] == "lifecycle"
