@@ -158,6 +158,12 @@ pub struct AuditSection {
     /// every checkpoint.
     #[serde(default)]
     pub checkpoints: Option<PathBuf>,
+    /// A command (argv, run without a shell) that gets every batch of new checkpoints on its
+    /// stdin, to send them off the node: `["curl", "-fsS", "--data-binary", "@-",
+    /// "https://anchor.example/ingest"]` for an HTTP(S) endpoint, `["logger", "-t",
+    /// "safehouse-anchor"]` for syslog forwarding.
+    #[serde(default)]
+    pub checkpoints_command: Option<Vec<String>>,
     /// Where a shim spools lines it could not write before it had to exit (a full
     /// destination); the next writer writes them first.
     #[serde(default = "default_audit_spool")]
@@ -175,6 +181,7 @@ impl Default for AuditSection {
             output: default_audit_output(),
             signing_key: default_signing_key(),
             checkpoints: None,
+            checkpoints_command: None,
             spool: default_audit_spool(),
             budget: AuditBudget::default(),
         }
@@ -337,6 +344,14 @@ impl RuntimeConfig {
                 return Err(self.invalid("debug_log_dir", "must be an absolute path"));
             }
         }
+        if let Some(argv) = &self.audit.checkpoints_command {
+            if argv.first().is_none_or(|p| p.trim().is_empty()) {
+                return Err(self.invalid(
+                    "audit.checkpoints_command",
+                    "must name a program: [\"PROGRAM\", \"ARG\", ...]",
+                ));
+            }
+        }
         for (name, value) in &self.runsc_flags {
             let key = format!("runsc.{name}");
             if MANAGED_FLAGS.contains(&name.as_str()) {
@@ -449,6 +464,26 @@ mod tests {
             err.to_string().contains("/nonexistent/safehouse.toml"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_empty_checkpoints_command_is_refused_naming_the_key() {
+        for text in [
+            "[audit]\ncheckpoints_command = []\n",
+            "[audit]\ncheckpoints_command = [\" \"]\n",
+        ] {
+            let err = RuntimeConfig::parse(text, Path::new("c.toml")).unwrap_err();
+            assert!(
+                err.to_string().contains("audit.checkpoints_command"),
+                "{err}"
+            );
+        }
+        let ok = RuntimeConfig::parse(
+            "[audit]\ncheckpoints_command = [\"logger\", \"-t\", \"x\"]\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(ok.audit.checkpoints_command.unwrap()[0], "logger");
     }
 
     #[test]

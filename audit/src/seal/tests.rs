@@ -665,3 +665,34 @@ fn an_idle_sealer_still_evolves_the_key_when_the_epoch_ends() {
     assert_eq!(state.epoch, 1);
     assert!(log.verify(&log.lines).seals.is_some_and(|s| s.epoch == 1));
 }
+
+#[test]
+fn the_anchor_command_gets_every_seal_record_on_its_stdin() {
+    let mut log = Log::new(Duration::from_secs(3600));
+    let copied = log.dir.path().join("from-command.jsonl");
+    log.sealer.config.anchor_command = Some(vec![
+        "sh".into(),
+        "-c".into(),
+        format!("cat >> '{}'", copied.display()),
+    ]);
+    for _ in 0..3 {
+        log.emit("sb", Action::Exec);
+    }
+    log.checkpoint();
+    let wanted = log.anchor();
+    assert!(!wanted.is_empty(), "the file anchor holds the records");
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&copied).unwrap_or_default();
+        got = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| SealRecord::parse(l.as_bytes()).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        if got.len() >= wanted.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(got, wanted, "the command's copy equals the file anchor's");
+}

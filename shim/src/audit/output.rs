@@ -78,6 +78,7 @@ impl AuditOutput {
         };
         let seal = section.signing_key.is_file().then(|| SealConfig {
             anchor: section.checkpoints.clone(),
+            anchor_command: section.checkpoints_command.clone(),
             ..SealConfig::new(&section.signing_key)
         });
         let (b, d) = (section.budget, BudgetConfig::default());
