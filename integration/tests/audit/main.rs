@@ -6,6 +6,7 @@
 //! audit stream; the baselines report every scenario as ignored.
 
 mod hostile;
+mod rotate;
 use safehouse_integration::lab;
 mod stop;
 mod tamper;
@@ -32,6 +33,10 @@ fn main() -> ExitCode {
         Scenario {
             name: "stop::killed_shim_chain_is_closed_by_the_delete_action",
             run: stop::killed_shim_chain_is_closed_by_the_delete_action,
+        },
+        Scenario {
+            name: "rotate::rename_rotation_keeps_every_event_once",
+            run: rotate::rename_rotation_keeps_every_event_once,
         },
         Scenario {
             name: "hostile::garbage_on_trace_socket_is_contained",
