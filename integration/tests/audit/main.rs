@@ -5,6 +5,7 @@
 //! directory) and ends with the harness's leak check. Only the Safehouse runtime writes an
 //! audit stream; the baselines report every scenario as ignored.
 
+mod flood;
 mod hostile;
 mod rotate;
 use safehouse_integration::lab;
@@ -33,6 +34,10 @@ fn main() -> ExitCode {
         Scenario {
             name: "stop::killed_shim_chain_is_closed_by_the_delete_action",
             run: stop::killed_shim_chain_is_closed_by_the_delete_action,
+        },
+        Scenario {
+            name: "flood::flood_is_cut_while_another_sandbox_flows",
+            run: flood::flood_is_cut_while_another_sandbox_flows,
         },
         Scenario {
             name: "rotate::rename_rotation_keeps_every_event_once",
