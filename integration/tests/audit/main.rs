@@ -6,6 +6,7 @@
 //! audit stream; the baselines report every scenario as ignored.
 
 mod flood;
+mod full;
 mod hostile;
 mod rotate;
 use safehouse_integration::lab;
@@ -34,6 +35,10 @@ fn main() -> ExitCode {
         Scenario {
             name: "stop::killed_shim_chain_is_closed_by_the_delete_action",
             run: stop::killed_shim_chain_is_closed_by_the_delete_action,
+        },
+        Scenario {
+            name: "full::full_destination_spools_and_orphans_nothing",
+            run: full::full_destination_spools_and_orphans_nothing,
         },
         Scenario {
             name: "flood::flood_is_cut_while_another_sandbox_flows",
