@@ -1,18 +1,16 @@
 //! The spec's `linux.maskedPaths` and `linux.readonlyPaths`, which runsc ignores, made to hold
 //! with mounts the Sentry does honour.
 //!
-//! - A masked directory gets an empty read-only tmpfs over it; a masked file a read-only bind
-//!   of an empty file of the bundle ([`MASKED_FILE`]). gVisor accepts such mounts inside its
-//!   `/proc` and `/sys` and makes the mount point itself when its procfs or sysfs lacks the
-//!   entry (most of CRI's defaults: gVisor has no `/proc/kcore`, `/proc/keys`, ...), so every
-//!   masked path under `/proc` and `/sys` is covered, present or not: nothing is skipped. Which
-//!   kind a path there is comes from the node's own `/proc` and `/sys` (gVisor mirrors Linux's
-//!   layout); the kind only decides what the path looks like once masked: gVisor (20240729)
-//!   accepts a tmpfs over a file and a file over a directory, so a wrong guess hides the
-//!   content all the same. A masked
-//!   path of the image is looked up in the rootfs without following the image's symlinks (one
-//!   through a symlink is refused); one the image does not have is not there to read, and gets
-//!   nothing.
+//! - A masked path under `/proc` or `/sys` gets an empty read-only tmpfs over it, file or
+//!   directory: the Sentry mounts a tmpfs on a synthetic mount point of its own, over an entry
+//!   its procfs or sysfs has (a file then shows as an empty directory: reading it fails with
+//!   EISDIR) or lacks (most of CRI's defaults: gVisor has no `/proc/kcore`, `/proc/keys`, ...),
+//!   so every one is covered and nothing is skipped. (A bind there would make runsc's gofer
+//!   create the mount point in the image's rootfs on the host, and fail on a read-only one.)
+//! - A masked path of the image is looked up in the rootfs without following the image's
+//!   symlinks (one through a symlink is refused): a directory gets the tmpfs, a file a
+//!   read-only bind of an empty file of the bundle ([`MASKED_FILE`]) and reads as empty; one the
+//!   image does not have is not there to read, and gets nothing.
 //! - gVisor cannot make part of a mount read-only (no bind from inside the sandbox), so a
 //!   read-only path under `/proc` makes the whole `/proc` mount read-only (reads still work;
 //!   writes anywhere in `/proc`, `/proc/self/oom_score_adj` too, fail with EROFS), and one
@@ -90,16 +88,9 @@ fn home<'a>(mounts: &'a [Mount], path: &Path) -> Home<'a> {
     }
 }
 
-/// The node's view of a path: `/proc` and `/sys` as the node has them (symlinks such as
-/// `/proc/net` followed, as the Sentry follows its own), anything else in the image's rootfs,
-/// one component at a time, never following the image's symlinks.
+/// What a path of the image is, looked up in its rootfs one component at a time, never
+/// following the image's symlinks.
 fn kind_on_node(rootfs: &Path, path: &Path) -> Kind {
-    if path.starts_with("/proc") || path.starts_with("/sys") {
-        return match std::fs::metadata(path) {
-            Ok(m) if m.is_dir() => Kind::Dir,
-            _ => Kind::File,
-        };
-    }
     let mut at = rootfs.to_path_buf();
     let mut kind = Kind::Dir;
     for part in path.components().skip(1) {
@@ -203,28 +194,31 @@ pub fn confine_paths(spec: &mut Spec, empty: &Path, kind: &dyn Fn(&Path) -> Kind
     let mut added = Vec::new();
     for (i, p) in masked.iter().enumerate() {
         let path = checked("maskedPaths", i, p)?;
-        if let Home::Mount(at, m) = home(&mounts, path) {
-            return Err(ShimError::InvalidArgument(format!(
-                "linux.maskedPaths[{i}] {p:?}: lies on mounts[{at}] ({}), which Safehouse cannot look into to mask; only paths of the image, /proc and /sys can be masked",
-                m.destination().display()
-            )));
-        }
-        // Under /proc and /sys a tmpfs covers files too: it lives in the Sentry alone, where a
-        // bind would need the gofer to make its mount point in the rootfs, which fails on a
-        // rootfs bound read-only (as `process.tools` binds it).
-        let synthetic = matches!(home(&mounts, path), Home::Proc | Home::Sys);
-        let cover = match kind(path) {
+        let found = match home(&mounts, path) {
+            Home::Mount(at, m) => {
+                return Err(ShimError::InvalidArgument(format!(
+                    "linux.maskedPaths[{i}] {p:?}: lies on mounts[{at}] ({}), which Safehouse cannot look into to mask; only paths of the image, /proc and /sys can be masked",
+                    m.destination().display()
+                )))
+            }
+            // The Sentry's own filesystems: only a tmpfs, which the Sentry mounts itself on a
+            // synthetic mount point. A bind would make runsc's gofer create the mount point
+            // in the image's rootfs on the host, and fail where that is read-only.
+            Home::Proc | Home::Sys => Kind::Dir,
+            Home::Rootfs => kind(path),
+        };
+        let cover = match found {
             Kind::Absent => continue,
             Kind::ThroughSymlink => {
                 return Err(ShimError::InvalidArgument(format!(
                     "linux.maskedPaths[{i}] {p:?}: goes through a symlink in the image; name the path it points to"
                 )))
             }
-            Kind::Dir | Kind::File if synthetic || kind(path) == Kind::Dir => json!({
+            Kind::Dir => json!({
                 "destination": p, "type": "tmpfs", "source": "tmpfs",
                 "options": ["ro", "nosuid", "nodev", "noexec", "mode=0555"]
             }),
-            Kind::Dir | Kind::File => json!({
+            Kind::File => json!({
                 "destination": p, "type": "bind", "source": empty,
                 "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]
             }),
@@ -279,13 +273,11 @@ mod tests {
         .expect("spec")
     }
 
+    /// An image with a directory /etc/secret and a file /etc/shadow.
     fn dirs(p: &Path) -> Kind {
-        if ["/proc/acpi", "/proc/scsi", "/sys/firmware", "/etc/secret"]
-            .iter()
-            .any(|d| p == Path::new(d))
-        {
+        if p == Path::new("/etc/secret") {
             Kind::Dir
-        } else if p.starts_with("/proc") || p == Path::new("/etc/shadow") {
+        } else if p == Path::new("/etc/shadow") {
             Kind::File
         } else {
             Kind::Absent
@@ -309,14 +301,15 @@ mod tests {
     fn cri_defaults_become_mounts_and_read_only_proc_and_sys() {
         let mut spec = cri_spec(MASKED, READONLY);
         let empty = Path::new("/b/.safehouse-masked");
-        // Every default lies under /proc or /sys: no empty file is needed.
-        assert!(!confine_paths(&mut spec, empty, &dirs).expect("confined"));
+        // /proc and /sys are the Sentry's: tmpfs only, the node's files never consulted.
+        assert!(
+            !confine_paths(&mut spec, empty, &|p| panic!("looked up {p:?}")).expect("confined")
+        );
         for p in MASKED {
             let covers = find(&spec, p);
             assert_eq!(covers.len(), 1, "{p} covered once");
             let m = covers[0];
             assert!(opts(m).contains(&"ro".to_string()), "{p}: {:?}", opts(m));
-            // Under /proc and /sys files are covered by a tmpfs too (no gofer mount point).
             assert_eq!(m.typ().as_deref(), Some("tmpfs"), "{p}");
         }
         let proc = find(&spec, "/proc")[0];
