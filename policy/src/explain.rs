@@ -1,7 +1,9 @@
 //! Plain-language summary of a policy: one sentence per thing the agent may or may not do.
 
 use crate::egress::{EgressRule, IngressRule};
-use crate::manifest::{AgentPolicy, AuditCategory, NetworkMode, RootfsMode, ViolationAction};
+use crate::manifest::{
+    AgentPolicy, AuditCategory, NetworkMode, RootfsMode, SymlinkRule, ViolationAction,
+};
 use crate::validate::{capability_name, parse_capability};
 
 /// Sentences describing what an agent under `policy` may and may not do.
@@ -42,10 +44,15 @@ pub fn explain(policy: &AgentPolicy) -> Vec<String> {
         ));
     }
     for z in &fs.outputs {
+        let links = match z.symlinks {
+            SymlinkRule::Record => "kept and recorded",
+            SymlinkRule::Refuse => "left out and recorded",
+        };
         out.push(format!(
-            "It may read and write the host directory {} at {}; {}.",
-            z.source,
+            "It may write up to {} at {}, copied into the host directory {} when the container is deleted (symlinks pointing out of it are {links}); {}.",
+            z.output_size(),
             z.path,
+            z.source,
             exec_phrase(z.exec)
         ));
     }
@@ -281,6 +288,8 @@ mod tests {
             source: "/srv/out".into(),
             path: "/out".into(),
             exec: true,
+            size: None,
+            symlinks: SymlinkRule::Record,
         });
         let text = explain(&p).join("\n");
         assert!(text.contains("except the cloud metadata service"), "{text}");
@@ -293,7 +302,7 @@ mod tests {
         );
         p.spec.network.egress.clear();
         assert!(
-            text.contains("/srv/out at /out; files there may be executed"),
+            text.contains("It may write up to 1Gi at /out, copied into the host directory /srv/out when the container is deleted (symlinks pointing out of it are kept and recorded); files there may be executed"),
             "{text}"
         );
         p.spec.network.mode = NetworkMode::Allowlist;
