@@ -13,6 +13,7 @@ mod hostbind;
 mod logging;
 mod network;
 mod node;
+mod outputs;
 mod process;
 mod reaper;
 mod rootfs;

@@ -2,6 +2,7 @@
 //! host inputs that cannot be written.
 
 use std::fs;
+use std::path::Path;
 
 use anyhow::{ensure, Result};
 use safehouse_integration::TestEnv;
@@ -201,6 +202,113 @@ pub fn input_survives_truncating_open(env: &TestEnv) -> Result<()> {
             kept == "input-content\n",
             "the host input file is now {kept:?} although the container got EROFS: {}",
             out.describe()
+        );
+        Ok(())
+    })
+}
+
+/// Bytes of the files under `dir` (recursively, not following links).
+fn bytes_under(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = fs::symlink_metadata(entry.path())?;
+        if meta.is_dir() {
+            total += bytes_under(&entry.path())?;
+        } else {
+            total += meta.len();
+        }
+    }
+    Ok(total)
+}
+
+/// An output with `size: 8Mi`: writing 32Mi there fails inside with ENOSPC, what fitted reaches
+/// the host directory, and the host directory holds no more than 8Mi.
+pub fn output_size_is_enforced(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "quota")?;
+    let output = lab.host_dir("out")?;
+    lab.policy(
+        "quota",
+        &format!(
+            r#"{{process: {{user: "0:0"}}, filesystem: {{outputs: [{{source: {:?}, path: /out, size: 8Mi}}]}}}}"#,
+            output.display().to_string()
+        ),
+    )?;
+    let id = env.id("quota");
+    env.scenario(&[&id], || {
+        let check = "echo result-data > /out/result.txt && echo SMALL-OK; \
+                     dd if=/dev/zero of=/out/big bs=1M count=32 && echo BIG-WRITTEN; true";
+        let out = lab.run(Some("quota"), &["--rm"], &id, &["sh", "-c", check])?;
+        ensure!(
+            out.success() && says(&out, "SMALL-OK") && !says(&out, "BIG-WRITTEN"),
+            "the small write should work and the 32Mi one fail: {}",
+            out.describe()
+        );
+        ensure!(
+            out.stderr.contains("No space left on device"),
+            "expected ENOSPC inside: {}",
+            out.describe()
+        );
+        let written = fs::read_to_string(output.join("result.txt"))?;
+        ensure!(written == "result-data\n", "host output holds {written:?}");
+        let total = bytes_under(&output)?;
+        ensure!(
+            total <= 8 << 20,
+            "the host output holds {total} bytes, more than its 8Mi size"
+        );
+        Ok(())
+    })
+}
+
+/// Symlinks left in outputs that point out of them are recorded when the container ends; under
+/// `symlinks: refuse` they do not reach the host directory, and links that stay inside do.
+pub fn escaping_output_symlinks_are_recorded_or_refused(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "links")?;
+    let kept = lab.host_dir("kept")?;
+    let refused = lab.host_dir("refused")?;
+    lab.policy(
+        "links",
+        &format!(
+            r#"{{process: {{user: "0:0"}}, filesystem: {{outputs: [{{source: {:?}, path: /kept}}, {{source: {:?}, path: /refused, size: 4Mi, symlinks: refuse}}]}}}}"#,
+            kept.display().to_string(),
+            refused.display().to_string()
+        ),
+    )?;
+    let id = env.id("links");
+    env.scenario(&[&id], || {
+        let check = "ln -s /etc /kept/evil && ln -s / /refused/root && \
+                     mkdir /refused/sub && echo data > /refused/data && \
+                     ln -s ../data /refused/sub/inside && echo LINKED";
+        let out = lab.run(Some("links"), &["--rm"], &id, &["sh", "-c", check])?;
+        ensure!(
+            out.success() && says(&out, "LINKED"),
+            "making the links: {}",
+            out.describe()
+        );
+        let evil = fs::read_link(kept.join("evil"))?;
+        ensure!(evil == Path::new("/etc"), "kept/evil points to {evil:?}");
+        ensure!(
+            fs::symlink_metadata(refused.join("root")).is_err(),
+            "refused/root reached the host directory"
+        );
+        let inside = fs::read_to_string(refused.join("sub/inside"))?;
+        ensure!(inside == "data\n", "refused/sub/inside reads {inside:?}");
+        for (path, target, enforcement) in [("evil", "/etc", "audit"), ("root", "/", "refused")] {
+            lab.wait_audit(&id, &format!("the {path} symlink"), |e| {
+                e["category"] == "policy"
+                    && e["violation"]["rule"] == "filesystem.outputs.symlinks"
+                    && e["violation"]["enforcement"] == enforcement
+                    && e["detail"]["path"] == path
+                    && e["detail"]["target"] == target
+            })?;
+        }
+        let inside_recorded = lab.audit_events(&id).into_iter().any(|e| {
+            e["violation"]["rule"] == "filesystem.outputs.symlinks"
+                && e["detail"]["path"] == "sub/inside"
+        });
+        ensure!(
+            !inside_recorded,
+            "a link staying inside the zone was recorded"
         );
         Ok(())
     })

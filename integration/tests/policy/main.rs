@@ -39,6 +39,14 @@ fn main() -> ExitCode {
             run: filesystem::input_survives_truncating_open,
         },
         Scenario {
+            name: "filesystem::output_size_is_enforced",
+            run: filesystem::output_size_is_enforced,
+        },
+        Scenario {
+            name: "filesystem::escaping_output_symlinks_are_recorded_or_refused",
+            run: filesystem::escaping_output_symlinks_are_recorded_or_refused,
+        },
+        Scenario {
             name: "process::identity_and_privileges",
             run: process::identity_and_privileges,
         },
