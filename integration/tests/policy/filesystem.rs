@@ -313,3 +313,31 @@ pub fn escaping_output_symlinks_are_recorded_or_refused(env: &TestEnv) -> Result
         Ok(())
     })
 }
+
+/// `/dev/fuse` is outside the standard device set: no FUSE device is there to open, under the
+/// strict default or as root.
+pub fn dev_fuse_is_absent(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "fuse")?;
+    lab.policy("fuse-root", r#"{process: {user: "0:0"}}"#)?;
+    let strict = env.id("fuse-strict");
+    let root = env.id("fuse-root");
+    env.scenario(&[&strict, &root], || {
+        let check = "test -c /dev/fuse && echo FUSE-DEVICE; \
+                     cat /dev/fuse < /dev/null && echo FUSE-OPENED; \
+                     ls /dev; true";
+        for (policy, id) in [(None, &strict), (Some("fuse-root"), &root)] {
+            let out = lab.run(policy, &["--rm"], id, &["sh", "-c", check])?;
+            ensure!(
+                out.success() && !says(&out, "FUSE-DEVICE") && !says(&out, "FUSE-OPENED"),
+                "{policy:?}: /dev/fuse should be no device and not open: {}",
+                out.describe()
+            );
+            ensure!(
+                says(&out, "null") && says(&out, "urandom"),
+                "{policy:?}: the standard devices should be listed: {}",
+                out.describe()
+            );
+        }
+        Ok(())
+    })
+}

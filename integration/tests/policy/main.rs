@@ -47,6 +47,10 @@ fn main() -> ExitCode {
             run: filesystem::escaping_output_symlinks_are_recorded_or_refused,
         },
         Scenario {
+            name: "filesystem::dev_fuse_is_absent",
+            run: filesystem::dev_fuse_is_absent,
+        },
+        Scenario {
             name: "process::identity_and_privileges",
             run: process::identity_and_privileges,
         },

@@ -91,6 +91,7 @@ pub(super) async fn prepare_host(new: &mut NewContainer<'_>, undo: &mut Undo) ->
         crate::tools::make_mount_points(&rootfs, &compiled.spec)?;
     }
     undo.push(Step::HostBinds(dir.clone()));
+    crate::hostbind::mask_fuse(&dir, &mut compiled.spec)?;
     crate::hostbind::harden(&dir, &mut compiled.spec)?;
     Ok(mounted)
 }
