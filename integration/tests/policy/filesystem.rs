@@ -3,9 +3,12 @@
 
 use std::fs;
 use std::path::Path;
+use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
+use safehouse_integration::command::wait_for;
 use safehouse_integration::TestEnv;
+use sha2::{Digest, Sha256};
 
 use crate::lab::{says, Lab};
 
@@ -339,5 +342,101 @@ pub fn dev_fuse_is_absent(env: &TestEnv) -> Result<()> {
             );
         }
         Ok(())
+    })
+}
+
+/// Nothing an output zone of `id` was backed with is left: no image file, no loop device
+/// reading one (its mounts are in the harness's leak check).
+fn no_output_image_left(lab: &Lab, id: &str) -> Result<()> {
+    let bundle = lab.bundle(id);
+    let digest = Sha256::digest(bundle.as_os_str().as_encoded_bytes());
+    let tag: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    if let Ok(images) = fs::read_dir("/var/lib/safehouse/outputs") {
+        for image in images.flatten() {
+            let name = image.file_name().to_string_lossy().into_owned();
+            ensure!(!name.starts_with(&tag), "image left: {name}");
+        }
+    }
+    for dev in fs::read_dir("/sys/block")?.flatten() {
+        let backing = fs::read_to_string(dev.path().join("loop/backing_file")).unwrap_or_default();
+        ensure!(
+            !backing.contains(&tag),
+            "loop device {:?} left on {}",
+            dev.file_name(),
+            backing.trim()
+        );
+    }
+    Ok(())
+}
+
+/// The shim dies (SIGKILL) while the agent runs: containerd's clean-up (the shim's delete
+/// action) still copies what the agent wrote into the host directory, and leaves no mount, loop
+/// device or image behind.
+pub fn output_survives_a_shim_crash(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "outcrash")?;
+    let output = lab.host_dir("out")?;
+    lab.policy(
+        "outcrash",
+        &format!(
+            r#"{{process: {{user: "0:0"}}, filesystem: {{outputs: [{{source: {:?}, path: /out, size: 4Mi}}]}}}}"#,
+            output.display().to_string()
+        ),
+    )?;
+    let id = env.id("outcrash");
+    env.scenario(&[&id], || {
+        let out = lab.run(
+            Some("outcrash"),
+            &["-d"],
+            &id,
+            &["sh", "-c", "echo crash-data > /out/r.txt; sleep 1000"],
+        )?;
+        ensure!(out.success(), "ctr run -d: {}", out.describe());
+        let staged = lab.bundle(&id).join(".safehouse-outputs/0/r.txt");
+        wait_for("the agent's write", Duration::from_secs(30), || {
+            Ok(staged.exists().then_some(()))
+        })?;
+        ensure!(
+            !output.join("r.txt").exists(),
+            "the host directory got the file while the agent runs"
+        );
+        env.sigkill_shim_and_remove(&id)
+            .context("kill the shim and remove the container")?;
+        // containerd runs the shim's delete action after it dropped the task.
+        wait_for(
+            "the dead shim's clean-up to release the output",
+            Duration::from_secs(60),
+            || Ok(no_output_image_left(&lab, &id).ok()),
+        )?;
+        let written = fs::read_to_string(output.join("r.txt"))
+            .context("the agent's file in the host directory")?;
+        ensure!(written == "crash-data\n", "host output holds {written:?}");
+        Ok(())
+    })
+}
+
+/// An output whose host directory is missing fails Create with the field and the policy named,
+/// and leaves nothing behind.
+pub fn output_without_host_directory_is_refused(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "outmissing")?;
+    let missing = lab.path("no-such-dir");
+    lab.policy(
+        "outmissing",
+        &format!(
+            r#"{{filesystem: {{outputs: [{{source: {:?}, path: /out, size: 2Mi}}]}}}}"#,
+            missing.display().to_string()
+        ),
+    )?;
+    let id = env.id("outmissing");
+    env.scenario(&[&id], || {
+        let out = lab.run(Some("outmissing"), &["--rm"], &id, &["true"])?;
+        lab.remove_container(&id)?;
+        ensure!(
+            !out.success()
+                && says(&out, "spec.filesystem.outputs[0].source")
+                && says(&out, "outmissing"),
+            "Create should fail naming the field and the policy: {}",
+            out.describe()
+        );
+        no_output_image_left(&lab, &id)
     })
 }

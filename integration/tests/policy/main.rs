@@ -47,6 +47,14 @@ fn main() -> ExitCode {
             run: filesystem::escaping_output_symlinks_are_recorded_or_refused,
         },
         Scenario {
+            name: "filesystem::output_survives_a_shim_crash",
+            run: filesystem::output_survives_a_shim_crash,
+        },
+        Scenario {
+            name: "filesystem::output_without_host_directory_is_refused",
+            run: filesystem::output_without_host_directory_is_refused,
+        },
+        Scenario {
             name: "filesystem::dev_fuse_is_absent",
             run: filesystem::dev_fuse_is_absent,
         },
