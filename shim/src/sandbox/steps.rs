@@ -82,6 +82,9 @@ pub(super) async fn prepare_host(new: &mut NewContainer<'_>, undo: &mut Undo) ->
         undo.push(Step::Rootfs(dir.clone()));
     }
     let compiled = &mut new.confinement.compiled;
+    // The /dev/fuse mask goes in first: under `tools` the mount points are made below.
+    undo.push(Step::HostBinds(dir.clone()));
+    crate::hostbind::mask_fuse(&dir, &mut compiled.spec)?;
     if !compiled.tools.is_empty() {
         undo.push(Step::Tools(dir.clone()));
         let root = new.bundle.spec["root"]["path"].as_str().unwrap_or("rootfs");
@@ -90,8 +93,6 @@ pub(super) async fn prepare_host(new: &mut NewContainer<'_>, undo: &mut Undo) ->
         safehouse_policy::apply_layout(&mut compiled.spec, &layout);
         crate::tools::make_mount_points(&rootfs, &compiled.spec)?;
     }
-    undo.push(Step::HostBinds(dir.clone()));
-    crate::hostbind::mask_fuse(&dir, &mut compiled.spec)?;
     crate::hostbind::harden(&dir, &mut compiled.spec)?;
     Ok(mounted)
 }
