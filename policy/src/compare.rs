@@ -25,7 +25,7 @@ use std::net::IpAddr;
 use crate::egress::{range_contains, EgressRule, IngressRule};
 use crate::manifest::{
     AgentPolicy, AuditPolicy, FilesystemPolicy, HostZone, NetworkMode, NetworkPolicy, PolicySpec,
-    ProcessPolicy, ResourcePolicy, RootfsMode, ScratchZone, ViolationAction,
+    ProcessPolicy, ResourcePolicy, RootfsMode, ScratchZone, SymlinkRule, ViolationAction,
 };
 use crate::netfilter::PROTECTED;
 use crate::validate::{capability_name, parse_capability};
@@ -235,7 +235,13 @@ fn filesystem(base: &FilesystemPolicy, cand: &FilesystemPolicy, out: &mut Out) {
 fn host_zones(kind: &str, cand: &[HostZone], base: &[&HostZone], out: &mut Out) {
     let d = Dimension::Filesystem;
     for (i, z) in cand.iter().enumerate() {
-        let HostZone { exec, path, source } = z;
+        let HostZone {
+            exec,
+            path,
+            size: _,
+            source,
+            symlinks,
+        } = z;
         let field = format!("spec.filesystem.{kind}[{i}]");
         let same = base.iter().find(|b| b.source == *source && b.path == *path);
         let Some(b) = same else {
@@ -256,6 +262,26 @@ fn host_zones(kind: &str, cand: &[HostZone], base: &[&HostZone], out: &mut Out) 
                 d,
                 format!("{field}.exec"),
                 format!("executable at {path}, where the base's zone is not"),
+            );
+        }
+        if kind != "outputs" {
+            // An input's size and symlink rule mean nothing (validation refuses them).
+            continue;
+        }
+        // A base output covering this one; an input cannot (checked above for outputs).
+        let (size, b_size) = (z.output_size(), b.output_size());
+        if size > b_size {
+            out.push(
+                d,
+                format!("{field}.size"),
+                format!("{size} at {path}, more than the base's {b_size}"),
+            );
+        }
+        if *symlinks == SymlinkRule::Record && b.symlinks == SymlinkRule::Refuse {
+            out.push(
+                d,
+                format!("{field}.symlinks"),
+                format!("record keeps symlinks escaping {path}, which the base refuses"),
             );
         }
     }

@@ -84,7 +84,7 @@ pub fn sorted(v: serde_json::Value) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{HostZone, ScratchZone};
+    use crate::manifest::{HostZone, ScratchZone, SymlinkRule};
     use crate::quantity::{ByteSize, DurationSpec};
 
     fn slow_canonical(policy: &AgentPolicy) -> Vec<u8> {
@@ -107,9 +107,15 @@ mod tests {
             source: "/srv/x".into(),
             path: "/x".into(),
             exec: true,
+            size: None,
+            symlinks: SymlinkRule::Record,
         };
         full.spec.filesystem.inputs.push(zone.clone());
-        full.spec.filesystem.outputs.push(zone);
+        full.spec.filesystem.outputs.push(HostZone {
+            size: Some(ByteSize::mib(5)),
+            symlinks: SymlinkRule::Refuse,
+            ..zone
+        });
         full.spec.network.egress.push("pypi.org:443".into());
         full.spec.process.capabilities.push("CAP_KILL".into());
         full.spec.process.tools.push("/bin/sh".into());

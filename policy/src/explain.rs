@@ -2,7 +2,8 @@
 
 use crate::egress::{EgressRule, IngressRule};
 use crate::manifest::{
-    AgentPolicy, AuditCategory, NetworkMode, RootfsMode, UserBound, ViolationAction, NOBODY_ID,
+    AgentPolicy, AuditCategory, NetworkMode, RootfsMode, SymlinkRule, UserBound, ViolationAction,
+    NOBODY_ID,
 };
 use crate::validate::{capability_name, parse_capability};
 
@@ -44,10 +45,15 @@ pub fn explain(policy: &AgentPolicy) -> Vec<String> {
         ));
     }
     for z in &fs.outputs {
+        let links = match z.symlinks {
+            SymlinkRule::Record => "kept and recorded",
+            SymlinkRule::Refuse => "left out and recorded",
+        };
         out.push(format!(
-            "It may read and write the host directory {} at {}; {}.",
-            z.source,
+            "It may write up to {} at {}, copied into the host directory {} when the container is deleted (symlinks pointing out of it are {links}); {}.",
+            z.output_size(),
             z.path,
+            z.source,
             exec_phrase(z.exec)
         ));
     }
@@ -289,6 +295,8 @@ mod tests {
             source: "/srv/out".into(),
             path: "/out".into(),
             exec: true,
+            size: None,
+            symlinks: SymlinkRule::Record,
         });
         let text = explain(&p).join("\n");
         assert!(text.contains("except the cloud metadata service"), "{text}");
@@ -301,7 +309,7 @@ mod tests {
         );
         p.spec.network.egress.clear();
         assert!(
-            text.contains("/srv/out at /out; files there may be executed"),
+            text.contains("It may write up to 1Gi at /out, copied into the host directory /srv/out when the container is deleted (symlinks pointing out of it are kept and recorded); files there may be executed"),
             "{text}"
         );
         p.spec.network.mode = NetworkMode::Allowlist;

@@ -119,8 +119,47 @@ pub struct HostZone {
     pub exec: bool,
     /// Absolute path inside the container.
     pub path: String,
+    /// Outputs only: the most the agent may write there (default 1Gi); a write past it fails
+    /// with ENOSPC inside the sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<ByteSize>,
     /// Absolute path on the host.
     pub source: String,
+    /// Outputs only: what happens to a symlink the agent leaves that points out of the zone
+    /// (`record`, the default, or `refuse`).
+    #[serde(default, skip_serializing_if = "SymlinkRule::is_record")]
+    pub symlinks: SymlinkRule,
+}
+
+/// What becomes of a symlink left in an output that points out of the zone (an absolute
+/// target, or one whose `..` climb above the zone). Either way it is recorded in the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SymlinkRule {
+    /// It is written to the host directory and recorded (default).
+    #[default]
+    Record,
+    /// It is not written to the host directory; its refusal is recorded.
+    Refuse,
+}
+
+impl SymlinkRule {
+    fn is_record(&self) -> bool {
+        *self == SymlinkRule::Record
+    }
+}
+
+/// The size an output zone gets when it names none.
+pub const DEFAULT_OUTPUT_SIZE: ByteSize = ByteSize::mib(1024);
+
+/// The smallest output `size` (its filesystem needs room for its own metadata).
+pub const MIN_OUTPUT_SIZE: ByteSize = ByteSize::mib(1);
+
+impl HostZone {
+    /// The zone's quota as an output: its `size`, or [`DEFAULT_OUTPUT_SIZE`].
+    pub fn output_size(&self) -> ByteSize {
+        self.size.unwrap_or(DEFAULT_OUTPUT_SIZE)
+    }
 }
 
 /// How the agent may reach the network.

@@ -8,7 +8,10 @@ use oci_spec::runtime::Capability;
 
 use crate::egress::{EgressRule, IngressRule};
 use crate::finding::Finding;
-use crate::manifest::{AgentPolicy, NetworkMode, UserBound, API_VERSION, KIND, NONROOT_USER};
+use crate::manifest::{
+    AgentPolicy, HostZone, NetworkMode, SymlinkRule, UserBound, API_VERSION, KIND, MIN_OUTPUT_SIZE,
+    NONROOT_USER,
+};
 use crate::paths::{absolute_path_problem, is_within};
 
 /// Capabilities that amount to (near) root on their own; granting one earns a warning.
@@ -61,6 +64,33 @@ pub fn validate(policy: &AgentPolicy) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// `size` and `symlinks` belong to outputs; an output's size leaves room for its filesystem.
+fn output_fields(kind: &str, base: &str, z: &HostZone, out: &mut Vec<Finding>) {
+    if kind != "outputs" {
+        if z.size.is_some() {
+            out.push(Finding::error(
+                format!("{base}.size"),
+                "only outputs take a size: an input is read-only",
+            ));
+        }
+        if z.symlinks != SymlinkRule::Record {
+            out.push(Finding::error(
+                format!("{base}.symlinks"),
+                "only outputs take a symlink rule: an input is read-only",
+            ));
+        }
+        return;
+    }
+    if let Some(size) = z.size {
+        if size < MIN_OUTPUT_SIZE {
+            out.push(Finding::error(
+                format!("{base}.size"),
+                format!("{size} is too small: an output needs at least {MIN_OUTPUT_SIZE}"),
+            ));
+        }
+    }
 }
 
 /// Why `name` is not a valid policy name (a DNS label), if it is not.
@@ -131,6 +161,7 @@ fn filesystem(policy: &AgentPolicy, out: &mut Vec<Finding>) {
                     "exposes the host's whole filesystem",
                 ));
             }
+            output_fields(kind, &base, z, out);
             dests.push((format!("{base}.path"), &z.path));
         }
     }

@@ -5,7 +5,7 @@
 mod common;
 
 use proptest::prelude::*;
-use safehouse_policy::manifest::{HostZone, NetworkMode, RootfsMode, ScratchZone};
+use safehouse_policy::manifest::{HostZone, NetworkMode, RootfsMode, ScratchZone, SymlinkRule};
 use safehouse_policy::quantity::{ByteSize, Cpus, DurationSpec};
 use safehouse_policy::{
     check_selectable, compare, AgentPolicy, AuditCategory, Dimension, SelectError, ViolationAction,
@@ -25,11 +25,15 @@ fn base() -> AgentPolicy {
         source: "/srv/in".into(),
         path: "/input".into(),
         exec: false,
+        size: None,
+        symlinks: SymlinkRule::Record,
     }];
     fs.outputs = vec![HostZone {
         source: "/srv/out".into(),
         path: "/output".into(),
         exec: false,
+        size: None,
+        symlinks: SymlinkRule::Record,
     }];
     let net = &mut p.spec.network;
     net.mode = NetworkMode::Allowlist;
@@ -138,6 +142,8 @@ fn loosenings() -> Vec<(&'static str, Edit, Dimension, &'static str)> {
                     source: "/srv/x".into(),
                     path: "/x".into(),
                     exec: false,
+                    size: None,
+                    symlinks: SymlinkRule::Record,
                 })
             },
             Dimension::Filesystem,
@@ -148,6 +154,12 @@ fn loosenings() -> Vec<(&'static str, Edit, Dimension, &'static str)> {
             |p| p.spec.filesystem.outputs[0].exec = true,
             Dimension::Filesystem,
             "spec.filesystem.outputs[0].exec",
+        ),
+        (
+            "output larger than the default",
+            |p| p.spec.filesystem.outputs[0].size = Some(ByteSize::mib(2048)),
+            Dimension::Filesystem,
+            "spec.filesystem.outputs[0].size",
         ),
         (
             "mode open",
@@ -685,4 +697,34 @@ fn selection_refuses_a_file_named_otherwise() {
             .to_string()
             .contains("must equal the name that selects it"));
     }
+}
+
+/// An output's size and symlink rule: more room, or keeping symlinks the base refuses, is
+/// looser; less room (against the base's default) is not.
+#[test]
+fn output_size_and_symlinks_compare() {
+    let mut base = base();
+    base.spec.filesystem.outputs[0].size = Some(ByteSize::mib(100));
+    base.spec.filesystem.outputs[0].symlinks = SymlinkRule::Refuse;
+    let mut cand = base.clone();
+    cand.spec.filesystem.outputs[0].size = None;
+    cand.spec.filesystem.outputs[0].symlinks = SymlinkRule::Record;
+    let fields: Vec<String> = compare(&base, &cand)
+        .loosenings
+        .iter()
+        .map(|l| l.field.clone())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.filesystem.outputs[0].size",
+            "spec.filesystem.outputs[0].symlinks"
+        ]
+    );
+    let mut tighter = base.clone();
+    tighter.spec.filesystem.outputs[0].size = Some(ByteSize::mib(10));
+    assert!(compare(&base, &tighter).loosenings.is_empty());
+    let mut unsized_base = base;
+    unsized_base.spec.filesystem.outputs[0].size = None;
+    assert!(compare(&unsized_base, &tighter).loosenings.is_empty());
 }

@@ -355,3 +355,88 @@ fn shape_errors_keep_their_positions_in_json_and_flow_yaml() {
         );
     }
 }
+
+const OUTPUTS: &str = "apiVersion: safehouse.dev/v1alpha1
+kind: AgentPolicy
+metadata:
+  name: outs
+spec:
+  filesystem:
+    inputs:
+      - {source: /srv/in, path: /in}
+    outputs:
+      - {source: /srv/a, path: /a}
+      - {source: /srv/b, path: /b, size: 16Mi, symlinks: refuse}
+";
+
+/// An output without `size` gets the documented default and keeps its old digest; one with a
+/// size and a symlink rule reads them.
+#[test]
+fn outputs_take_a_size_and_a_symlink_rule() {
+    use safehouse_policy::manifest::{SymlinkRule, DEFAULT_OUTPUT_SIZE};
+    use safehouse_policy::quantity::ByteSize;
+    let p = parse_str(OUTPUTS, Format::Yaml).unwrap();
+    let outs = &p.spec.filesystem.outputs;
+    assert_eq!(outs[0].size, None);
+    assert_eq!(outs[0].output_size(), DEFAULT_OUTPUT_SIZE);
+    assert_eq!(DEFAULT_OUTPUT_SIZE, ByteSize::mib(1024));
+    assert_eq!(outs[0].symlinks, SymlinkRule::Record);
+    assert_eq!(outs[1].output_size(), ByteSize::mib(16));
+    assert_eq!(outs[1].symlinks, SymlinkRule::Refuse);
+    // Spelling out the defaults changes nothing but the size, which is a different policy.
+    let spelled = OUTPUTS.replace(
+        "{source: /srv/a, path: /a}",
+        "{source: /srv/a, path: /a, symlinks: record}",
+    );
+    assert_eq!(
+        policy_digest(&parse_str(&spelled, Format::Yaml).unwrap()),
+        policy_digest(&p)
+    );
+    let sized = OUTPUTS.replace(
+        "{source: /srv/a, path: /a}",
+        "{source: /srv/a, path: /a, size: 1Gi}",
+    );
+    assert_ne!(
+        policy_digest(&parse_str(&sized, Format::Yaml).unwrap()),
+        policy_digest(&p)
+    );
+}
+
+/// `size` and `symlinks` on an input, and an output too small for its filesystem, are errors
+/// naming the field.
+#[test]
+fn output_fields_are_checked() {
+    let bad = OUTPUTS
+        .replace(
+            "{source: /srv/in, path: /in}",
+            "{source: /srv/in, path: /in, size: 4Mi, symlinks: refuse}",
+        )
+        .replace("size: 16Mi", "size: 4Ki");
+    let report = lint_str(&bad, Format::Yaml);
+    let mut errors: Vec<(&str, &str)> = report
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .map(|f| (f.path.as_str(), f.message.as_str()))
+        .collect();
+    errors.sort();
+    assert_eq!(
+        errors,
+        [
+            (
+                "spec.filesystem.inputs[0].size",
+                "only outputs take a size: an input is read-only"
+            ),
+            (
+                "spec.filesystem.inputs[0].symlinks",
+                "only outputs take a symlink rule: an input is read-only"
+            ),
+            (
+                "spec.filesystem.outputs[1].size",
+                "4Ki is too small: an output needs at least 1Mi"
+            ),
+        ],
+        "{:?}",
+        report.findings
+    );
+}

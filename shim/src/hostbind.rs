@@ -5,7 +5,10 @@
 //! the confined spec marks `ro` is given its own host bind mount under the bundle, remounted
 //! read-only, and the spec points at that: the host kernel then refuses any write, whatever
 //! gVisor does. Removed when the container is deleted.
+//!
+//! The same way, an empty read-only file hides gVisor's `/dev/fuse` ([`mask_fuse`]).
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use nix::mount::{mount, MsFlags};
@@ -62,6 +65,37 @@ pub fn harden(bundle: &Path, spec: &mut Spec) -> Result<()> {
     Ok(())
 }
 
+/// The empty file the shim binds over `/dev/fuse`, in the bundle.
+const NO_FUSE: &str = ".safehouse-nofuse";
+
+/// Hides gVisor's `/dev/fuse`, which is outside the standard device set: runsc creates it in
+/// every sandbox's devtmpfs (no flag or spec field turns it off), so the spec gets a read-only
+/// bind of an empty mode-000 file over it, made read-only on the host by [`harden`] too. Call
+/// before [`harden`]; [`release`] removes the file.
+pub fn mask_fuse(bundle: &Path, spec: &mut Spec) -> Result<()> {
+    let file = bundle.join(NO_FUSE);
+    let _ = std::fs::remove_file(&file);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o000)
+        .open(&file)
+        .map_err(|e| ShimError::io(format!("create {}", file.display()), e))?;
+    let mask = serde_json::json!({
+        "destination": "/dev/fuse",
+        "type": "bind",
+        "source": file,
+        "options": ["rbind", "ro", "nosuid", "nodev", "noexec"],
+    });
+    let mask: Mount = serde_json::from_value(mask)
+        .map_err(|e| ShimError::Internal(format!("the /dev/fuse mask: {e}")))?;
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    mounts.retain(|m| m.destination() != Path::new("/dev/fuse"));
+    mounts.push(mask);
+    spec.set_mounts(Some(mounts));
+    Ok(())
+}
+
 fn bind_read_only(source: &Path, target: &Path) -> Result<()> {
     let err = |what: &str, e: nix::Error| {
         ShimError::io(
@@ -91,6 +125,7 @@ fn bind_read_only(source: &Path, target: &Path) -> Result<()> {
 
 /// Unmounts and removes the read-only host binds of a bundle.
 pub fn release(bundle: &Path) {
+    let _ = std::fs::remove_file(bundle.join(NO_FUSE));
     let dir = bundle.join(RO_BINDS_DIR);
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return;

@@ -15,6 +15,7 @@ mod logging;
 mod masked;
 mod network;
 mod node;
+mod outputs;
 mod process;
 mod reaper;
 mod rootfs;

@@ -184,6 +184,10 @@ async fn cleanup_after_dead_shim(namespace: &str, id: &str, bundle: &Path, st: &
         crate::network::filter::remove(&runsc_reaper, &t).await;
     }
     crate::hostbind::release(bundle);
+    crate::outputs::release(
+        bundle,
+        &mut |link| tracing::warn!(container = %id, zone = %link.zone, path = %link.path, target = %link.target, refused = link.refused, "symlink pointing out of an output"),
+    );
     crate::tools::release(bundle);
     if st.rootfs_mounted {
         crate::rootfs::unmount(bundle);

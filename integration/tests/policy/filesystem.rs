@@ -2,9 +2,13 @@
 //! host inputs that cannot be written.
 
 use std::fs;
+use std::path::Path;
+use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
+use safehouse_integration::command::wait_for;
 use safehouse_integration::TestEnv;
+use sha2::{Digest, Sha256};
 
 use crate::lab::{says, Lab};
 
@@ -203,5 +207,236 @@ pub fn input_survives_truncating_open(env: &TestEnv) -> Result<()> {
             out.describe()
         );
         Ok(())
+    })
+}
+
+/// Bytes of the files under `dir` (recursively, not following links).
+fn bytes_under(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = fs::symlink_metadata(entry.path())?;
+        if meta.is_dir() {
+            total += bytes_under(&entry.path())?;
+        } else {
+            total += meta.len();
+        }
+    }
+    Ok(total)
+}
+
+/// An output with `size: 8Mi`: writing 32Mi there fails inside with ENOSPC, what fitted reaches
+/// the host directory, and the host directory holds no more than 8Mi.
+pub fn output_size_is_enforced(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "quota")?;
+    let output = lab.host_dir("out")?;
+    lab.policy(
+        "quota",
+        &format!(
+            r#"{{process: {{user: "0:0"}}, filesystem: {{outputs: [{{source: {:?}, path: /out, size: 8Mi}}]}}}}"#,
+            output.display().to_string()
+        ),
+    )?;
+    let id = env.id("quota");
+    env.scenario(&[&id], || {
+        let check = "echo result-data > /out/result.txt && echo SMALL-OK; \
+                     dd if=/dev/zero of=/out/big bs=1M count=32 && echo BIG-WRITTEN; true";
+        let out = lab.run(Some("quota"), &["--rm"], &id, &["sh", "-c", check])?;
+        ensure!(
+            out.success() && says(&out, "SMALL-OK") && !says(&out, "BIG-WRITTEN"),
+            "the small write should work and the 32Mi one fail: {}",
+            out.describe()
+        );
+        ensure!(
+            out.stderr.contains("No space left on device"),
+            "expected ENOSPC inside: {}",
+            out.describe()
+        );
+        let written = fs::read_to_string(output.join("result.txt"))?;
+        ensure!(written == "result-data\n", "host output holds {written:?}");
+        let total = bytes_under(&output)?;
+        ensure!(
+            total <= 8 << 20,
+            "the host output holds {total} bytes, more than its 8Mi size"
+        );
+        Ok(())
+    })
+}
+
+/// Symlinks left in outputs that point out of them are recorded when the container ends; under
+/// `symlinks: refuse` they do not reach the host directory, and links that stay inside do.
+pub fn escaping_output_symlinks_are_recorded_or_refused(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "links")?;
+    let kept = lab.host_dir("kept")?;
+    let refused = lab.host_dir("refused")?;
+    lab.policy(
+        "links",
+        &format!(
+            r#"{{process: {{user: "0:0"}}, filesystem: {{outputs: [{{source: {:?}, path: /kept}}, {{source: {:?}, path: /refused, size: 4Mi, symlinks: refuse}}]}}}}"#,
+            kept.display().to_string(),
+            refused.display().to_string()
+        ),
+    )?;
+    let id = env.id("links");
+    env.scenario(&[&id], || {
+        let check = "ln -s /etc /kept/evil && ln -s / /refused/root && \
+                     mkdir /refused/sub && echo data > /refused/data && \
+                     ln -s ../data /refused/sub/inside && echo LINKED";
+        let out = lab.run(Some("links"), &["--rm"], &id, &["sh", "-c", check])?;
+        ensure!(
+            out.success() && says(&out, "LINKED"),
+            "making the links: {}",
+            out.describe()
+        );
+        let evil = fs::read_link(kept.join("evil"))?;
+        ensure!(evil == Path::new("/etc"), "kept/evil points to {evil:?}");
+        ensure!(
+            fs::symlink_metadata(refused.join("root")).is_err(),
+            "refused/root reached the host directory"
+        );
+        let inside = fs::read_to_string(refused.join("sub/inside"))?;
+        ensure!(inside == "data\n", "refused/sub/inside reads {inside:?}");
+        for (path, target, enforcement) in [("evil", "/etc", "audit"), ("root", "/", "refused")] {
+            lab.wait_audit(&id, &format!("the {path} symlink"), |e| {
+                e["category"] == "policy"
+                    && e["violation"]["rule"] == "filesystem.outputs.symlinks"
+                    && e["violation"]["enforcement"] == enforcement
+                    && e["detail"]["path"] == path
+                    && e["detail"]["target"] == target
+            })?;
+        }
+        let inside_recorded = lab.audit_events(&id).into_iter().any(|e| {
+            e["violation"]["rule"] == "filesystem.outputs.symlinks"
+                && e["detail"]["path"] == "sub/inside"
+        });
+        ensure!(
+            !inside_recorded,
+            "a link staying inside the zone was recorded"
+        );
+        Ok(())
+    })
+}
+
+/// `/dev/fuse` is outside the standard device set: no FUSE device is there to open, under the
+/// strict default or as root.
+pub fn dev_fuse_is_absent(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "fuse")?;
+    lab.policy("fuse-root", r#"{process: {user: "0:0"}}"#)?;
+    let strict = env.id("fuse-strict");
+    let root = env.id("fuse-root");
+    env.scenario(&[&strict, &root], || {
+        let check = "test -c /dev/fuse && echo FUSE-DEVICE; \
+                     cat /dev/fuse < /dev/null && echo FUSE-OPENED; \
+                     ls /dev; true";
+        for (policy, id) in [(None, &strict), (Some("fuse-root"), &root)] {
+            let out = lab.run(policy, &["--rm"], id, &["sh", "-c", check])?;
+            ensure!(
+                out.success() && !says(&out, "FUSE-DEVICE") && !says(&out, "FUSE-OPENED"),
+                "{policy:?}: /dev/fuse should be no device and not open: {}",
+                out.describe()
+            );
+            ensure!(
+                says(&out, "null") && says(&out, "urandom"),
+                "{policy:?}: the standard devices should be listed: {}",
+                out.describe()
+            );
+        }
+        Ok(())
+    })
+}
+
+/// Nothing an output zone of `id` was backed with is left: no image file, no loop device
+/// reading one (its mounts are in the harness's leak check).
+fn no_output_image_left(lab: &Lab, id: &str) -> Result<()> {
+    let bundle = lab.bundle(id);
+    let digest = Sha256::digest(bundle.as_os_str().as_encoded_bytes());
+    let tag: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    if let Ok(images) = fs::read_dir("/var/lib/safehouse/outputs") {
+        for image in images.flatten() {
+            let name = image.file_name().to_string_lossy().into_owned();
+            ensure!(!name.starts_with(&tag), "image left: {name}");
+        }
+    }
+    for dev in fs::read_dir("/sys/block")?.flatten() {
+        let backing = fs::read_to_string(dev.path().join("loop/backing_file")).unwrap_or_default();
+        ensure!(
+            !backing.contains(&tag),
+            "loop device {:?} left on {}",
+            dev.file_name(),
+            backing.trim()
+        );
+    }
+    Ok(())
+}
+
+/// The shim dies (SIGKILL) while the agent runs: containerd's clean-up (the shim's delete
+/// action) still copies what the agent wrote into the host directory, and leaves no mount, loop
+/// device or image behind.
+pub fn output_survives_a_shim_crash(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "outcrash")?;
+    let output = lab.host_dir("out")?;
+    lab.policy(
+        "outcrash",
+        &format!(
+            r#"{{process: {{user: "0:0"}}, filesystem: {{outputs: [{{source: {:?}, path: /out, size: 4Mi}}]}}}}"#,
+            output.display().to_string()
+        ),
+    )?;
+    let id = env.id("outcrash");
+    env.scenario(&[&id], || {
+        let out = lab.run(
+            Some("outcrash"),
+            &["-d"],
+            &id,
+            &["sh", "-c", "echo crash-data > /out/r.txt; sleep 1000"],
+        )?;
+        ensure!(out.success(), "ctr run -d: {}", out.describe());
+        let staged = lab.bundle(&id).join(".safehouse-outputs/0/r.txt");
+        wait_for("the agent's write", Duration::from_secs(30), || {
+            Ok(staged.exists().then_some(()))
+        })?;
+        ensure!(
+            !output.join("r.txt").exists(),
+            "the host directory got the file while the agent runs"
+        );
+        env.sigkill_shim_and_remove(&id)
+            .context("kill the shim and remove the container")?;
+        // containerd runs the shim's delete action after it dropped the task.
+        wait_for(
+            "the dead shim's clean-up to release the output",
+            Duration::from_secs(60),
+            || Ok(no_output_image_left(&lab, &id).ok()),
+        )?;
+        let written = fs::read_to_string(output.join("r.txt"))
+            .context("the agent's file in the host directory")?;
+        ensure!(written == "crash-data\n", "host output holds {written:?}");
+        Ok(())
+    })
+}
+
+/// An output whose host directory is missing fails Create with the field and the policy named,
+/// and leaves nothing behind.
+pub fn output_without_host_directory_is_refused(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "outmissing")?;
+    let missing = lab.path("no-such-dir");
+    lab.policy(
+        "outmissing",
+        &format!(
+            r#"{{filesystem: {{outputs: [{{source: {:?}, path: /out, size: 2Mi}}]}}}}"#,
+            missing.display().to_string()
+        ),
+    )?;
+    let id = env.id("outmissing");
+    env.scenario(&[&id], || {
+        let out = lab.run(Some("outmissing"), &["--rm"], &id, &["true"])?;
+        lab.remove_container(&id)?;
+        ensure!(
+            !out.success()
+                && says(&out, "spec.filesystem.outputs[0].source")
+                && says(&out, "outmissing"),
+            "Create should fail naming the field and the policy: {}",
+            out.describe()
+        );
+        no_output_image_left(&lab, &id)
     })
 }

@@ -39,6 +39,26 @@ fn main() -> ExitCode {
             run: filesystem::input_survives_truncating_open,
         },
         Scenario {
+            name: "filesystem::output_size_is_enforced",
+            run: filesystem::output_size_is_enforced,
+        },
+        Scenario {
+            name: "filesystem::escaping_output_symlinks_are_recorded_or_refused",
+            run: filesystem::escaping_output_symlinks_are_recorded_or_refused,
+        },
+        Scenario {
+            name: "filesystem::output_survives_a_shim_crash",
+            run: filesystem::output_survives_a_shim_crash,
+        },
+        Scenario {
+            name: "filesystem::output_without_host_directory_is_refused",
+            run: filesystem::output_without_host_directory_is_refused,
+        },
+        Scenario {
+            name: "filesystem::dev_fuse_is_absent",
+            run: filesystem::dev_fuse_is_absent,
+        },
+        Scenario {
             name: "process::identity_and_privileges",
             run: process::identity_and_privileges,
         },

@@ -16,7 +16,8 @@ use tracing::info;
 use super::memory::MemoryWatch;
 pub use super::request::{Host, NewContainer};
 use super::steps::{
-    own_cgroup, persist, point_resolver, prepare_host, run_create_hooks, runsc_create,
+    own_cgroup, persist, point_resolver, prepare_host, prepare_outputs, run_create_hooks,
+    runsc_create,
 };
 use super::undo::{Step, Teardown, Undo};
 use super::Sandbox;
@@ -88,6 +89,7 @@ pub async fn join_sandbox(
         // A member resolves through the pod's forwarder too (it listens in the shared namespace).
         point_resolver(host.env, &mut new, runtime.flags().network)?;
         let rootfs_mounted = prepare_host(&mut new, &mut undo).await?;
+        prepare_outputs(host, &mut new, sandbox.audit.ctx.clone(), &mut undo).await?;
         // Its execs are checked, and its events labelled, under its own policy (its tools
         // resolved in its rootfs, now mounted).
         sandbox.audit.book.insert(&new.id, container_rules(&new));
@@ -182,6 +184,7 @@ async fn boot<'a>(
         flags.extra.push(flag);
     }
     let audit = audit.0;
+    prepare_outputs(host, &mut new, audit.ctx.clone(), &mut made.container).await?;
     // A namespace the spec names gets its filter before runsc starts anything in it.
     let mut network = match (&new.confinement.compiled.filter, &flags.netns) {
         (Some(filter), Some(netns)) if flags.network == NetworkMode::Host => {

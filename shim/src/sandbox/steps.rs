@@ -6,11 +6,12 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use safehouse_audit::lifecycle::SandboxContext;
 use safehouse_audit::AuditEvent;
 
 use super::persisted::PersistedState;
 use super::request::{Host, NewContainer};
-use super::undo::{Step, Undo};
+use super::undo::{OutputsStep, Step, Undo};
 use crate::audit::SandboxAudit;
 use crate::bundle::{Bundle, INIT_PID_FILE, MASKED_FILE, STATE_FILE};
 use crate::error::{Result, ShimError};
@@ -82,6 +83,9 @@ pub(super) async fn prepare_host(new: &mut NewContainer<'_>, undo: &mut Undo) ->
         undo.push(Step::Rootfs(dir.clone()));
     }
     let compiled = &mut new.confinement.compiled;
+    // The /dev/fuse mask goes in first: under `tools` the mount points are made below.
+    undo.push(Step::HostBinds(dir.clone()));
+    crate::hostbind::mask_fuse(&dir, &mut compiled.spec)?;
     if !compiled.tools.is_empty() {
         undo.push(Step::Tools(dir.clone()));
         let root = new.bundle.spec["root"]["path"].as_str().unwrap_or("rootfs");
@@ -90,11 +94,38 @@ pub(super) async fn prepare_host(new: &mut NewContainer<'_>, undo: &mut Undo) ->
         safehouse_policy::apply_layout(&mut compiled.spec, &layout);
         crate::tools::make_mount_points(&rootfs, &compiled.spec)?;
     }
-    undo.push(Step::HostBinds(dir.clone()));
     crate::hostbind::harden(&dir, &mut compiled.spec)?;
     undo.push(Step::File(new.bundle.file(MASKED_FILE)));
     crate::masked::apply(&dir, &mut compiled.spec)?;
     Ok(mounted)
+}
+
+/// Backs the policy's output zones with images of their size (released after runsc's state,
+/// so after the sandbox is gone); their symlink findings go to the audit log under `ctx`.
+pub(super) async fn prepare_outputs(
+    host: &Host<'_>,
+    new: &mut NewContainer<'_>,
+    ctx: SandboxContext,
+    undo: &mut Undo,
+) -> Result<()> {
+    let zones = &new.confinement.policy.spec.filesystem.outputs;
+    if zones.is_empty() {
+        return Ok(());
+    }
+    undo.push(Step::Outputs(OutputsStep {
+        bundle: new.bundle.dir.clone(),
+        id: new.id.clone(),
+        ctx,
+        output: host.output.clone(),
+    }));
+    crate::outputs::prepare(
+        &new.bundle.dir,
+        &new.confinement.compiled.name,
+        zones,
+        &mut new.confinement.compiled.spec,
+        host.reaper,
+    )
+    .await
 }
 
 /// Sets up the init's stdio and runs `runsc create`; returns the sandbox (or container) pid.

@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use tracing::warn;
 
-use crate::audit::SandboxAudit;
+use safehouse_audit::lifecycle::SandboxContext;
+
+use crate::audit::{AuditOutput, SandboxAudit};
 use crate::error::Result;
 use crate::network::SandboxNetwork;
 use crate::process::InitProcess;
@@ -22,6 +24,8 @@ pub enum Step {
     HostBinds(PathBuf),
     /// The rootfs the shim mounted in the bundle.
     Rootfs(PathBuf),
+    /// The output zones' images under the bundle: copied out, reported, unmounted, removed.
+    Outputs(OutputsStep),
     /// The views `process.tools` needs, made under the bundle.
     Tools(PathBuf),
     /// A file the shim wrote (pod-init config, state file).
@@ -57,6 +61,7 @@ impl Step {
         match self {
             Step::HostBinds(_) => "host-binds",
             Step::Rootfs(_) => "rootfs",
+            Step::Outputs(_) => "outputs",
             Step::Tools(_) => "tools",
             Step::File(_) => "file",
             Step::AuditSink(_) => "audit-sink",
@@ -66,6 +71,43 @@ impl Step {
             Step::RuntimeState { .. } => "runsc-state",
             Step::ReaperWatch(_) => "reaper-watch",
         }
+    }
+}
+
+/// A container's output zones and where their findings are recorded.
+pub struct OutputsStep {
+    /// The bundle.
+    pub bundle: PathBuf,
+    /// The container.
+    pub id: String,
+    /// Its audit fields.
+    pub ctx: SandboxContext,
+    /// The shim's audit writer.
+    pub output: Arc<AuditOutput>,
+}
+
+impl OutputsStep {
+    fn release(&self) {
+        crate::outputs::release(&self.bundle, &mut |link| {
+            let (reason, enforcement) = if link.refused {
+                ("left out of the host directory", "refused")
+            } else {
+                ("kept in the host directory", "audit")
+            };
+            let event = self
+                .ctx
+                .violation(
+                    &self.id,
+                    "filesystem.outputs.symlinks",
+                    &format!("a symlink pointing out of output {}: {reason}", link.zone),
+                    enforcement,
+                )
+                .detail("zone", link.zone)
+                .detail("path", link.path)
+                .detail("target", link.target)
+                .build();
+            self.output.submit(event);
+        });
     }
 }
 
@@ -112,6 +154,7 @@ async fn release(step: &Step, how: &Teardown<'_>) -> Result<()> {
     match step {
         Step::HostBinds(bundle) => crate::hostbind::release(bundle),
         Step::Rootfs(bundle) => crate::rootfs::unmount(bundle),
+        Step::Outputs(o) => o.release(),
         Step::Tools(bundle) => crate::tools::release(bundle),
         Step::File(path) => {
             let _ = std::fs::remove_file(path);
