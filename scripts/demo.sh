@@ -41,7 +41,7 @@ spec:
     rootfs: read-only
     scratch: [{path: /tmp, size: 64Mi}]
     inputs: [{source: $jobs/in, path: /input}]
-    outputs: [{source: $jobs/out, path: /output}]
+    outputs: [{source: $jobs/out, path: /output, size: 1Mi, symlinks: refuse}]
   network:
     mode: none
   process:
@@ -56,7 +56,9 @@ spec:
     onViolation: kill
 YAML
 # The audit signing key (on a node, `safehouse node install` makes /etc/safehouse/audit.key).
-[ -f "$SH_LAB/keys/audit.key" ] || "$bin/safehouse" audit keygen --dir "$SH_LAB/keys" >/dev/null
+# The key carries the log's seal chain, and each run starts a fresh log: a fresh key too.
+rm -rf "$SH_LAB/keys"
+"$bin/safehouse" audit keygen --dir "$SH_LAB/keys" >/dev/null
 cat > "$SH_LAB/config.toml" <<TOML
 [policy]
 default = "$SH_LAB/policies/demo-agent.yaml"
@@ -86,10 +88,14 @@ run_agent agent-task-1 '
   echo "reading /input/task.txt: $(cat /input/task.txt)"
   echo "REPORT: $(cat /input/task.txt)" > /output/report.txt && echo "wrote /output/report.txt"
   touch /etc/backdoor 2>/dev/null || echo "could not write to its own image (read-only rootfs)"
+  cat /dev/zero > /output/filler 2>/dev/null || echo "filling /output stopped at its 1Mi size (no space left on device)"
   echo "network interfaces: $(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d " " | tr "\n" " ")"
   exit 0' && rc=0 || rc=$?
 sleep 0.5
 echo "  -> exit code $rc; on the host, $jobs/out/report.txt says: $(cat "$jobs/out/report.txt" 2>/dev/null || echo '(missing)')"
+echo "     and $jobs/out holds $(du -sk "$jobs/out" | cut -f1) KiB in all (the zone's size is 1Mi)"
+echo "     what the policy narrowed in the container's spec (from the create event):"
+grep '"action":"create"' "$SH_LAB/audit.jsonl" | grep -o 'narrowed [^"]*' | sed 's/^/       /' || true
 
 echo "  -- task 2: an agent that runs a tool its policy does not list"
 run_agent agent-task-2 'echo "running /usr/local/bin/fetch, which the policy does not list..."
