@@ -96,7 +96,8 @@ pub fn verify_names_the_broken_line(env: &TestEnv) -> Result<()> {
 
 /// With a signing key, the log carries signed checkpoints: an untouched log verifies with the
 /// public key, and removing every line of one sandbox (each remaining hash chain is intact) is
-/// caught at the checkpoint that covered it, naming the sandbox.
+/// caught at the checkpoint that covered it, naming the sandbox; so is an event edited with the
+/// chain recomputed after it (which the chains alone accept).
 pub fn signed_log_catches_a_deleted_sandbox(env: &TestEnv) -> Result<()> {
     let lab = Lab::new(env, "signed")?;
     let public = lab.sign()?;
@@ -155,6 +156,38 @@ pub fn signed_log_catches_a_deleted_sandbox(env: &TestEnv) -> Result<()> {
                 && signed.stdout.contains(&path.display().to_string())
                 && signed.stdout.contains(gone.as_str()),
             "the deleted sandbox is caught at the checkpoint that covered it: {}",
+            signed.describe()
+        );
+
+        // An attacker who edits an event and recomputes the whole chain after it: every hash
+        // chain is intact again, but the checkpoint's signed Merkle root no longer matches.
+        let mut chain = safehouse_audit::chain::Chain::new(kept.as_str());
+        let mut edited_one = false;
+        let mut rechained = String::new();
+        for line in original.lines() {
+            if !line.contains(&format!("\"sandbox_id\":\"{kept}\"")) {
+                rechained.push_str(line);
+                rechained.push('\n');
+                continue;
+            }
+            let mut value: serde_json::Value = serde_json::from_str(line)?;
+            if !edited_one && value["category"] == "process" && value["action"] == "exec" {
+                value["container_id"] = serde_json::Value::from("forged");
+                edited_one = true;
+            }
+            let mut event: safehouse_audit::AuditEvent = serde_json::from_value(value)?;
+            let sealed = chain.seal(&mut event)?;
+            rechained.push_str(std::str::from_utf8(&sealed)?);
+        }
+        ensure!(edited_one, "no exec event of {kept} to edit");
+        let path = lab.path("rechained.jsonl");
+        fs::write(&path, &rechained)?;
+        let signed = check(&path)?;
+        ensure!(
+            signed.code != Some(0)
+                && signed.stdout.contains("CheckpointMismatch")
+                && signed.stdout.contains("chain recomputed"),
+            "a recomputed chain is caught at the checkpoint that covered it: {}",
             signed.describe()
         );
         Ok(())
