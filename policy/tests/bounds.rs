@@ -235,3 +235,34 @@ fn a_user_that_is_no_bound_is_refused_by_validation() {
     assert!(err.contains("spec.process.user"), "{err}");
     assert!(err.contains("nor \"nonroot\""), "{err}");
 }
+
+#[test]
+fn sysctls_gvisor_does_not_apply_are_refused_or_dropped_as_narrowing() {
+    let p = policy("nonroot", &[]);
+    let with = |key: &str, value: &str| {
+        let mut s = spec(1001, 1001, &[], Some(&[]));
+        s.linux_mut()
+            .as_mut()
+            .unwrap()
+            .set_sysctl(Some([(key.to_string(), value.to_string())].into()));
+        s
+    };
+    let err = run(&p, &with("kernel.shm_rmid_forced", "1"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("linux.sysctl.kernel.shm_rmid_forced: gVisor does not apply sysctls"),
+        "{err}"
+    );
+    assert!(err.contains("code-interpreter"), "{err}");
+
+    let c = run(&p, &with("net.ipv4.ip_unprivileged_port_start", "0")).unwrap();
+    assert!(c.spec.linux().as_ref().unwrap().sysctl().is_none());
+    let said: Vec<String> = c.narrowed.iter().map(ToString::to_string).collect();
+    assert!(
+        said.iter()
+            .any(|n| n
+                .starts_with("linux.sysctl.net.ipv4.ip_unprivileged_port_start: \"0\" dropped")),
+        "{said:?}"
+    );
+}

@@ -42,6 +42,53 @@ const MAX_CPU_PERIOD_US: u64 = 1_000_000;
 /// Shortest CFS quota the kernel accepts (1 ms).
 const MIN_CPU_QUOTA_US: i64 = 1_000;
 
+/// Sysctls whose only effect is to let unprivileged processes do more (bind low ports, open
+/// ICMP sockets): runtimes' defaults set them (Docker's and nerdctl's
+/// `net.ipv4.ip_unprivileged_port_start=0`). runsc does not apply them, which narrows what the
+/// spec asked; they are dropped and the narrowing is recorded.
+pub const SYSCTLS_DROPPED_AS_NARROWING: &[&str] = &[
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.ping_group_range",
+];
+
+/// `linux.sysctl`: runsc applies none of the spec's sysctls (gVisor's Sentry has its own, and
+/// most of Linux's are absent). One that only widens what the agent may do is dropped (a
+/// narrowing, recorded); any other is refused naming it: the container would run without a
+/// setting it asked for (`kernel.shm_rmid_forced=1` hardens, and would silently not hold).
+pub(super) fn confine_sysctls(
+    policy: &AgentPolicy,
+    spec: &mut Spec,
+    narrowed: &mut Vec<super::Narrowing>,
+) -> Result<(), CompileError> {
+    let Some(linux) = spec.linux_mut().as_mut() else {
+        return Ok(());
+    };
+    let Some(sysctls) = linux.sysctl().clone() else {
+        return Ok(());
+    };
+    if let Some(key) = sysctls
+        .keys()
+        .find(|k| !SYSCTLS_DROPPED_AS_NARROWING.contains(&k.as_str()))
+    {
+        return Err(refused(
+            policy,
+            format!("linux.sysctl.{key}"),
+            format!(
+                "gVisor does not apply sysctls from the spec, so {key}={:?} would not hold; refused by policy {:?}",
+                sysctls[key], policy.metadata.name
+            ),
+        ));
+    }
+    for (key, value) in &sysctls {
+        narrowed.push(super::Narrowing {
+            field: format!("linux.sysctl.{key}"),
+            detail: format!("{value:?} dropped: gVisor does not apply it, which only narrows what unprivileged processes may do"),
+        });
+    }
+    linux.set_sysctl(None);
+    Ok(())
+}
+
 pub(super) fn confine(policy: &AgentPolicy, spec: &mut Spec) -> Result<(), CompileError> {
     let name = &policy.metadata.name;
     let linux = spec.linux_mut().get_or_insert_with(Linux::default);

@@ -266,10 +266,11 @@ pub fn compile(
     let policy_ro = policy.spec.filesystem.rootfs == crate::manifest::RootfsMode::ReadOnly;
     root.set_readonly(Some(policy_ro || root.readonly().unwrap_or(false)));
 
+    let mut narrowed = Vec::new();
+    linux::confine_sysctls(policy, &mut out, &mut narrowed)?;
     linux::confine(policy, &mut out)?;
     mounts::confine(policy, ctx, &mut out)?;
     tools::confine(policy, &mut out);
-    let mut narrowed = Vec::new();
     process::confine(policy, &mut out, &mut narrowed)?;
 
     refuse_runsc_annotations(policy, &out)?;
