@@ -98,7 +98,13 @@ impl Shim for SafehouseShim {
                 tracing::info!(container = %self.id, "the shim socket still answers: left to the live shim serving it");
             }
         } else {
-            tracing::debug!(container = %self.id, "no Safehouse state in {}: nothing to clean", bundle.display());
+            tracing::debug!(container = %self.id, "no Safehouse state in {}", bundle.display());
+        }
+        // A Create cut short (its client timed out and the shim went away) persists no state
+        // but may have mounted host binds under the bundle: with no live shim left to own
+        // them, every mount of ours below the bundle goes, so containerd can remove it.
+        if socket_gone {
+            detach_own_mounts(&bundle);
         }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::SystemTime::UNIX_EPOCH)
@@ -239,6 +245,33 @@ fn remove_dead_shim_socket(bundle: &Path) -> bool {
     }
 }
 
+/// Detaches (deepest first) every mount below `bundle` in one of the shim's own directories
+/// (`.safehouse-*`), leaving containerd's rootfs mount to containerd.
+fn detach_own_mounts(bundle: &Path) {
+    let mut points: Vec<std::path::PathBuf> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(std::path::PathBuf::from)
+        .filter(|p| {
+            p.strip_prefix(bundle).is_ok_and(|rel| {
+                rel.components().next().is_some_and(|c| {
+                    c.as_os_str()
+                        .to_str()
+                        .is_some_and(|n| n.starts_with(".safehouse"))
+                })
+            })
+        })
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        match nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) => tracing::info!("detached {} left by a Create cut short", p.display()),
+            Err(e) => tracing::warn!("detach {}: {e}", p.display()),
+        }
+    }
+}
+
 /// Removes the socket at `address` (`unix://PATH` or `PATH`) if it is a socket.
 fn remove_own_socket(address: &str) {
     use std::os::unix::fs::FileTypeExt;
@@ -283,5 +316,45 @@ mod tests {
         remove_own_socket(&plain.display().to_string());
         assert!(plain.exists(), "a file that is no socket must stay");
         remove_own_socket("");
+    }
+
+    #[test]
+    fn a_dead_shims_mounts_under_the_bundle_are_detached_and_the_rootfs_is_left() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path();
+        let ours = bundle.join(".safehouse-ro/1");
+        let rootfs = bundle.join("rootfs");
+        let src = bundle.join("src");
+        for d in [&ours, &rootfs, &src] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let bind = |at: &Path| {
+            nix::mount::mount(
+                Some(&src),
+                at,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .unwrap()
+        };
+        bind(&ours);
+        bind(&rootfs);
+        let mounted = |p: &Path| {
+            std::fs::read_to_string("/proc/self/mountinfo")
+                .unwrap()
+                .lines()
+                .any(|l| l.split(' ').nth(4) == Some(p.to_str().unwrap()))
+        };
+        detach_own_mounts(bundle);
+        assert!(!mounted(&ours), "the shim's own bind is detached");
+        assert!(
+            mounted(&rootfs),
+            "containerd's rootfs is left to containerd"
+        );
+        nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH).unwrap();
     }
 }
