@@ -34,6 +34,7 @@ pkgs=(
   containerd runc containernetworking-plugins  # the container runtime we plug into, plus baselines
   busybox-static umoci skopeo                   # local OCI images without a registry
   iproute2 nftables procps psmisc util-linux    # netns test hosts, leak checks
+  e2fsprogs                                     # mkfs.ext4: the size-bounded image behind each output zone
   python3 jq hyperfine                          # test hosts, scripts, benchmarks
   protobuf-compiler                             # protoc, for the CRI client's gRPC bindings (k8s-cri)
   build-essential pkg-config git curl ca-certificates
