@@ -61,13 +61,16 @@ fn gcc(dir: &Path, name: &str, source: &str, static_: bool) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// Builds and imports the test image: busybox, `/usr/local/bin/probe` (static, never listed),
-/// `/usr/bin/dyn` and `/usr/local/bin/dyn-other` (the same dynamic program, one listed),
-/// with the host's loader and libc.
+/// Builds and imports the test image: busybox, `/usr/local/bin/probe` (static, never listed)
+/// and `/usr/local/bin/probe-dyn` (the same, dynamic), `/usr/bin/dyn` and
+/// `/usr/local/bin/dyn-other` (the same dynamic program, one listed), `/usr/bin/memexec`, with
+/// the host's loader and libc.
 fn tools_image(env: &TestEnv, lab: &Lab) -> Result<String> {
     let dir = lab.path("tools-image");
     fs::create_dir_all(&dir)?;
     let probe = gcc(&dir, "probe", PROBE_C, true)?;
+    let probe_dyn = gcc(&dir, "probe-dyn", PROBE_C, false)?;
+    let memexec = gcc(&dir, "memexec", MEMEXEC_C, true)?;
     let dyn_ = gcc(&dir, "dyn", DYN_C, false)?;
     let loader = fs::canonicalize(LOADER).context("the host's ELF loader")?;
     let libc = fs::canonicalize(LIBC).context("the host's libc")?;
@@ -79,6 +82,8 @@ fn tools_image(env: &TestEnv, lab: &Lab) -> Result<String> {
         &format!("tools-{}", std::process::id()),
         &[
             (probe, "/usr/local/bin/probe"),
+            (probe_dyn, "/usr/local/bin/probe-dyn"),
+            (memexec, "/usr/bin/memexec"),
             (dyn_.clone(), "/usr/bin/dyn"),
             (dyn_, "/usr/local/bin/dyn-other"),
             (loader, LOADER),
@@ -344,29 +349,7 @@ int main(int argc, char **argv) {
 pub fn payloads_without_a_listed_path_never_run(env: &TestEnv) -> Result<()> {
     let lab = Lab::new(env, "tools-payloads")?;
     let out = output_dir(&lab)?;
-    let dir = lab.path("payload-image");
-    fs::create_dir_all(&dir)?;
-    let probe = gcc(&dir, "probe", PROBE_C, true)?;
-    let probe_dyn = gcc(&dir, "probe-dyn", PROBE_C, false)?;
-    let memexec = gcc(&dir, "memexec", MEMEXEC_C, true)?;
-    let dyn_ = gcc(&dir, "dyn", DYN_C, false)?;
-    let loader = fs::canonicalize(LOADER).context("the host's ELF loader")?;
-    let libc = fs::canonicalize(LIBC).context("the host's libc")?;
-    let image = import_busybox_with(
-        &env.ctr.binary,
-        &env.ctr.address,
-        &env.ctr.namespace,
-        &dir,
-        &format!("payloads-{}", std::process::id()),
-        &[
-            (probe, "/usr/local/bin/probe"),
-            (probe_dyn, "/usr/local/bin/probe-dyn"),
-            (memexec, "/usr/bin/memexec"),
-            (dyn_, "/usr/bin/dyn"),
-            (loader, LOADER),
-            (libc, LIBC),
-        ],
-    )?;
+    let image = tools_image(env, &lab)?;
     lab.policy(
         "payloads",
         &format!(
