@@ -158,11 +158,70 @@ pub fn import_busybox_with(
     Ok(image)
 }
 
+/// A busybox image that runs `cmd` as its own `user` (an image that needs its own user, as
+/// nginx's does), with `owned` files (path in the rootfs, content) readable by that user only
+/// (mode 0400).
+pub struct OwnUserImage<'a> {
+    /// Imported as `docker.io/local/NAME:latest`.
+    pub name: &'a str,
+    /// The config's `User`, `(uid, gid)`.
+    pub user: (u32, u32),
+    /// The config's `Cmd`.
+    pub cmd: &'a [&'a str],
+    /// Files owned by `user`, mode 0400.
+    pub owned: &'a [(&'a str, &'a str)],
+}
+
+/// Builds `spec` in `scratch` and imports it into `namespace`; returns the image name.
+pub fn import_busybox_as_user(
+    ctr: &Path,
+    address: &Path,
+    namespace: &str,
+    scratch: &Path,
+    spec: &OwnUserImage,
+) -> Result<String> {
+    let staged = scratch.join("owned");
+    let mut extra = Vec::new();
+    for (i, (path, content)) in spec.owned.iter().enumerate() {
+        let file = staged.join(i.to_string());
+        fs::create_dir_all(&staged)?;
+        fs::write(&file, content)?;
+        extra.push((file, path.to_string()));
+    }
+    let options = BuildOptions {
+        user: Some(spec.user),
+        owned: spec.owned.iter().map(|(p, _)| p.to_string()).collect(),
+    };
+    let tarball = build_with_options(scratch, spec.cmd, &extra, &options)?;
+    let base = format!("docker.io/local/{}", spec.name);
+    let image = format!("{base}:latest");
+    import(ctr, address, namespace, &tarball, &base, &image)?;
+    Ok(image)
+}
+
+/// What an image's config and files carry beyond busybox.
+#[derive(Default)]
+struct BuildOptions {
+    /// The config's `User` (uid, gid).
+    user: Option<(u32, u32)>,
+    /// Extra files (paths in the rootfs) owned by `user`, mode 0400.
+    owned: Vec<String>,
+}
+
 fn build(scratch: &Path, cmd: &[&str]) -> Result<PathBuf> {
     build_with(scratch, cmd, &[])
 }
 
 fn build_with(scratch: &Path, cmd: &[&str], extra: &[(PathBuf, String)]) -> Result<PathBuf> {
+    build_with_options(scratch, cmd, extra, &BuildOptions::default())
+}
+
+fn build_with_options(
+    scratch: &Path,
+    cmd: &[&str],
+    extra: &[(PathBuf, String)],
+    options: &BuildOptions,
+) -> Result<PathBuf> {
     let layout = scratch.join("layout");
     let bundle = scratch.join("bundle");
     let image = format!("{}:latest", layout.display());
@@ -183,6 +242,15 @@ fn build_with(scratch: &Path, cmd: &[&str], extra: &[(PathBuf, String)]) -> Resu
         }
         fs::copy(host, &dest).with_context(|| format!("copy {} to {path}", host.display()))?;
     }
+    if let Some((uid, gid)) = options.user {
+        use std::os::unix::fs::PermissionsExt;
+        for path in &options.owned {
+            let dest = bundle.join("rootfs").join(path.trim_start_matches('/'));
+            std::os::unix::fs::chown(&dest, Some(uid), Some(gid))
+                .with_context(|| format!("chown {path}"))?;
+            fs::set_permissions(&dest, fs::Permissions::from_mode(0o400))?;
+        }
+    }
     step(&["repack", "--image", &image, &bundle.display().to_string()])?;
     let image_arg = image.clone();
     let mut config = vec![
@@ -193,6 +261,9 @@ fn build_with(scratch: &Path, cmd: &[&str], extra: &[(PathBuf, String)]) -> Resu
         "--config.workingdir=/".into(),
     ];
     config.extend(cmd.iter().map(|c| format!("--config.cmd={c}")));
+    if let Some((uid, gid)) = options.user {
+        config.push(format!("--config.user={uid}:{gid}"));
+    }
     step(&config.iter().map(String::as_str).collect::<Vec<_>>())?;
     let tarball = scratch.join("busybox.tar");
     run(

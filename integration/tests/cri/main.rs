@@ -93,6 +93,11 @@ const SCENARIOS: &[CriScenario] = &[
         core: false,
     },
     CriScenario {
+        name: "pod_own_user_image_serves_within_policy",
+        run: policy::own_user_image_serves_within_policy,
+        core: false,
+    },
+    CriScenario {
         name: "pod_security_context_within_policy",
         run: policy::security_context_within_policy,
         core: false,

@@ -401,3 +401,101 @@ pub fn security_context_within_policy(env: &CriEnv) -> Result<()> {
         Ok(ids)
     })
 }
+
+/// An image that needs its own user (`USER 101:101`, as nginx's does) and serves on its port:
+/// under a `nonroot` policy it runs as 101 (its own user stands) and serves a file only 101
+/// can read to another container of the pod; under the fixed user of `cri-locked` it is
+/// refused at StartContainer naming `process.user`, the policy and uid 101, instead of being
+/// run as another user and exiting at once.
+pub fn own_user_image_serves_within_policy(env: &CriEnv) -> Result<()> {
+    install_policies(env)?;
+    fs::write(
+        env.containerd.policy_dir().join("cri-nonroot.yaml"),
+        NONROOT_POLICY,
+    )?;
+    let label = env.unique("ownuser");
+    let scratch = env.containerd.work_dir().join(&label);
+    fs::create_dir_all(&scratch)?;
+    let image = safehouse_integration::image::import_busybox_as_user(
+        &env.containerd.ctr_binary(),
+        &env.containerd.address(),
+        safehouse_integration::cri_env::CRI_NAMESPACE,
+        &scratch,
+        &safehouse_integration::image::OwnUserImage {
+            name: &label.to_lowercase(),
+            user: (101, 101),
+            cmd: &["httpd", "-f", "-p", "8080", "-h", "/www"],
+            owned: &[("/www/secret", "only-101-reads-this\n")],
+        },
+    )?;
+    safehouse_integration::command::wait_for(
+        "CRI to list the image",
+        Duration::from_secs(30),
+        || Ok(env.cri.has_image(&image)?.then_some(())),
+    )?;
+    let own_image = |name: &str| {
+        let mut config = env.container_config(name, &[]);
+        config.image = Some(k8s_cri::v1::ImageSpec {
+            image: image.clone(),
+            ..Default::default()
+        });
+        config
+    };
+    let pod_name = env.unique("ownuserpod");
+    let pod = env.pod_config(&pod_name, &[(ANNOTATION, "cri-nonroot")]);
+    env.with_pod(&pod, HANDLER, |pod_id| {
+        let server = env
+            .cri
+            .create_and_start(pod_id, &pod, &own_image("server"))?;
+        let client = env.cri.create_and_start(
+            pod_id,
+            &pod,
+            &env.container_config("client", &["sleep", "1000"]),
+        )?;
+        let ids = vec![server.clone(), client.clone()];
+        let uid = env.cri.exec_sync(&server, &["id", "-u"], 10)?;
+        ensure!(
+            uid.stdout == "101\n",
+            "the image's own user under a nonroot policy: uid {:?}, expected 101",
+            uid.stdout
+        );
+        let mut last = String::new();
+        let served = safehouse_integration::command::wait_for(
+            "the image's server to answer on its port",
+            Duration::from_secs(20),
+            || {
+                let out = env.cri.exec_sync(
+                    &client,
+                    &["wget", "-q", "-O", "-", "http://127.0.0.1:8080/secret"],
+                    10,
+                )?;
+                last = format!("{out:?}");
+                Ok((out.stdout == "only-101-reads-this\n").then_some(()))
+            },
+        );
+        ensure!(
+            served.is_ok(),
+            "the server (uid 101) should serve its 0400 file to the pod's other container: {last}"
+        );
+
+        // The same image under a fixed user: refused, not replaced.
+        let mut locked = own_image("locked");
+        locked
+            .annotations
+            .insert(ANNOTATION.to_string(), LOCKED.to_string());
+        let refused = env.cri.create_container(pod_id, &pod, &locked)?;
+        let result = env.cri.start_container(&refused);
+        let _ = env.cri.remove_container(&refused);
+        let err = match result {
+            Ok(()) => anyhow::bail!("the USER 101 image started under the fixed user of {LOCKED}"),
+            Err(e) => format!("{e:#}"),
+        };
+        ensure!(
+            err.contains("process.user") && err.contains(LOCKED) && err.contains("uid 101"),
+            "the refusal does not name the field, the policy and the uid: {err}"
+        );
+        let mut all = ids;
+        all.push(refused);
+        Ok(all)
+    })
+}
