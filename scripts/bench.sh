@@ -136,6 +136,45 @@ d = [(r["exit"] - r["kill"]) * 1000 for r in runs.values() if {"kill", "exit"} <
 print(f"kill decision -> sandbox dead (reaped): median {med(d):.2f} ms over {len(d)} runs (max {max(d) if d else float('nan'):.2f})  (target median <= 2)")
 PY
 
+# Create-time cost of process.tools: the open policy with and without a tools list (the
+# rootfs bound again noexec, one view of /bin for its symlinked tools, a bind per tool and
+# interpreter), on the busybox image and on one with 5,000 more files, interleaved.
+sed -e 's/name: open/name: open-tools/' \
+    -e 's|process: {user: "0:0", noNewPrivileges: false}|process: {user: "0:0", noNewPrivileges: false, tools: [/bin/sh, /bin/true]}|' \
+    "$SH_LAB/policies/open.yaml" > "$SH_LAB/policies/open-tools.yaml"
+grep -q 'tools: \[/bin/sh, /bin/true\]' "$SH_LAB/policies/open-tools.yaml" || die "open-tools.yaml: the tools list was not added"
+printf '[policy]\ndefault = "%s"\n[audit]\noutput = "%s"\n' "$SH_LAB/policies/open-tools.yaml" "$SH_LAB/audit-open-tools.jsonl" > "$SH_LAB/open-tools.toml"
+LARGE_IMAGE=docker.io/local/busybox-large:latest
+build_image "$SH_LAB/busybox-large-v1.tar" 5000
+ctr_ images ls -q | grep -qx "$LARGE_IMAGE" || ctr_ images import --base-name "${LARGE_IMAGE%:*}" "$SH_LAB/busybox-large-v1.tar" >/dev/null
+tools_cmd() { # config image id
+  ctr_ run --rm --runtime io.containerd.safehouse.v2 --runtime-config-path "$SH_LAB/$1.toml" "$2" "$3" true
+}
+declare -A tsamples
+tvariants=(open:small open-tools:small open:large open-tools:large)
+log "create cost of the tools mount table: $RUNS runs of each, interleaved"
+for v in "${tvariants[@]}"; do
+  img=$SH_IMAGE; [ "${v#*:}" = large ] && img=$LARGE_IMAGE
+  tools_cmd "${v%:*}" "$img" b-tw >/dev/null 2>&1 || die "$v does not run; see $SH_LAB/containerd.log"
+done
+for i in $(seq 1 "$RUNS"); do
+  for v in "${tvariants[@]}"; do
+    img=$SH_IMAGE; [ "${v#*:}" = large ] && img=$LARGE_IMAGE
+    t0=$(date +%s%N); tools_cmd "${v%:*}" "$img" b-tt >/dev/null 2>&1; t1=$(date +%s%N)
+    tsamples[$v]+="$(( (t1 - t0) / 1000 )) "
+  done
+done
+declare -A tmedian
+printf '\n%-20s %10s %10s %10s\n' "policy:image" median_ms p10_ms p90_ms
+for v in "${tvariants[@]}"; do
+  read -r m p10 p90 < <(echo "${tsamples[$v]}" | stats)
+  tmedian[$v]=$m
+  printf '%-20s %10s %10s %10s\n' "$v" "$m" "$p10" "$p90"
+done
+echo "ratio with / without the tools table, busybox image:      $(ratio "${tmedian[open-tools:small]}" "${tmedian[open:small]}")"
+echo "ratio with / without the tools table, +5,000 files:         $(ratio "${tmedian[open-tools:large]}" "${tmedian[open:large]}")"
+echo
+
 # Shim memory: RSS, PSS and anonymous PSS of the shim processes, per container.
 mem_of() { awk '/^Rss:/{r=$2} /^Pss:/{p=$2} /^Pss_Anon:/{a=$2} END {print r+0, p+0, a+0}' "/proc/$1/smaps_rollup"; }
 measure_mem() { # runtime-args... ; prints "rss pss anon" summed over shim processes, KiB

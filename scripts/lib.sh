@@ -13,8 +13,8 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 ctr_() { ctr -a "$SH_SOCK" -n "$SH_NS" "$@"; }
 
 # build_image OUT.tar: an OCI image with busybox-static and its applets, built with umoci.
-build_image() {
-  local out=$1 work
+build_image() { # OUT [EXTRA_FILES: that many small files under /data, for a large image]
+  local out=$1 extra=${2:-0} work
   [ -f "$out" ] && return 0
   command -v umoci >/dev/null || die "umoci missing: run 'make deps'"
   work=$(mktemp -d)
@@ -30,6 +30,10 @@ build_image() {
   echo 'root:x:0:0:root:/root:/bin/sh' > "$root/etc/passwd"
   echo 'nobody:x:65534:65534:nobody:/nonexistent:/bin/false' >> "$root/etc/passwd"
   printf 'root:x:0:\nnogroup:x:65534:\n' > "$root/etc/group"
+  if [ "$extra" -gt 0 ]; then
+    mkdir -p "$root/data"
+    for i in $(seq 1 "$extra"); do echo "$i" > "$root/data/f$i"; done
+  fi
   umoci repack --image "$work/oci:latest" "$work/bundle" >/dev/null
   umoci config --image "$work/oci:latest" --config.cmd=/bin/sh --config.env=PATH=/bin >/dev/null
   tar -C "$work/oci" -cf "$out" .
