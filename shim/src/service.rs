@@ -245,29 +245,22 @@ fn remove_dead_shim_socket(bundle: &Path) -> bool {
     }
 }
 
-/// Detaches (deepest first) every mount below `bundle` in one of the shim's own directories
-/// (`.safehouse-*`), leaving containerd's rootfs mount to containerd.
+/// Detaches every mount below `bundle` in one of the shim's own directories (`.safehouse-*`),
+/// deepest first, leaving containerd's rootfs mount to containerd.
 fn detach_own_mounts(bundle: &Path) {
-    let mut points: Vec<std::path::PathBuf> = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(std::path::PathBuf::from)
-        .filter(|p| {
-            p.strip_prefix(bundle).is_ok_and(|rel| {
-                rel.components().next().is_some_and(|c| {
-                    c.as_os_str()
-                        .to_str()
-                        .is_some_and(|n| n.starts_with(".safehouse"))
-                })
-            })
-        })
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for p in points {
-        match nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
-            Ok(()) => tracing::info!("detached {} left by a Create cut short", p.display()),
-            Err(e) => tracing::warn!("detach {}: {e}", p.display()),
+    let Ok(entries) = std::fs::read_dir(bundle) else {
+        return;
+    };
+    for dir in entries.flatten().map(|e| e.path()) {
+        let ours = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(".safehouse"));
+        if let (true, Some(target)) = (ours, dir.to_str()) {
+            if let Err(e) = containerd_shim::mount::umount_recursive(Some(target), libc::MNT_DETACH)
+            {
+                tracing::warn!("detach the mounts under {target}: {e}");
+            }
         }
     }
 }

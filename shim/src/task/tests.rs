@@ -78,18 +78,8 @@ impl Drop for Harness {
     /// Tests that end with containers still created leave their host binds mounted under the
     /// tempdir: detach every mount below it (deepest first) so no test run leaks a mount.
     fn drop(&mut self) {
-        let root = self.dir.path().to_path_buf();
-        let mut points: Vec<PathBuf> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .map(PathBuf::from)
-            .filter(|p| p.starts_with(&root))
-            .collect();
-        points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        for p in points {
-            let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
-        }
+        let _ =
+            containerd_shim::mount::umount_recursive(self.dir.path().to_str(), libc::MNT_DETACH);
     }
 }
 
