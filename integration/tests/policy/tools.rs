@@ -415,6 +415,14 @@ pub fn payloads_without_a_listed_path_never_run(env: &TestEnv) -> Result<()> {
                     .as_str()
                     .is_some_and(|r| r.contains("ld-linux"))
         })?;
+        // The shim confirmed the stop: every thread of the sandbox was exiting.
+        let kill = lab.wait_audit(&loader_id, "the violation's kill event", |e| {
+            e["action"] == "kill" && e["actor"] == "safehouse (policy violation)"
+        })?;
+        ensure!(
+            kill["detail"]["stopped_after_us"].as_u64().is_some(),
+            "the kill event should say how soon the sandbox stopped: {kill}"
+        );
         Ok(())
     })
 }

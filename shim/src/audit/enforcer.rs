@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use safehouse_audit::event::DropSource;
 use safehouse_audit::lifecycle::SandboxContext;
@@ -12,6 +13,9 @@ use safehouse_policy::ViolationAction;
 use tokio::sync::mpsc;
 
 use super::{AuditOutput, AuditRules, KillSwitch};
+
+/// How long the enforcer waits for a killed sandbox to stop before it says it did not.
+const STOP_CONFIRM: Duration = Duration::from_millis(100);
 
 /// What the enforcer tells the task service after a violation it killed (or could not kill).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,10 +209,39 @@ impl Deliver for Enforcer {
             self.output.submit_batch(batch, stopping);
             return Ok(());
         };
-        let mut rest = batch.split_off(cut.min(batch.len()));
-        // Up to the kill now if there is room; the kill never waits for room.
-        let sealed = self.output.try_submit_batch(batch);
+        // The kill leaves before anything is written: sealing costs time the agent could use.
+        // Its event is already in the drain, after the offence and its violation, so the
+        // chain's order is the same.
+        let decided = Instant::now();
         request.killed = self.switch.kill();
+        let stopped = if request.killed {
+            self.switch
+                .wait_stopped(STOP_CONFIRM)
+                .map(|_| decided.elapsed())
+        } else {
+            None
+        };
+        let mut rest = batch.split_off(cut.min(batch.len()));
+        if let Some(kill) = batch.last_mut().filter(|e| e.action == Action::Kill) {
+            // How long from the decision until no thread of the sandbox could run again.
+            let detail = kill.detail.get_or_insert_with(Default::default);
+            match stopped {
+                Some(after) => detail.insert(
+                    "stopped_after_us".into(),
+                    u64::try_from(after.as_micros()).unwrap_or(u64::MAX).into(),
+                ),
+                None => detail.insert("stopped".into(), false.into()),
+            };
+        }
+        if request.killed && stopped.is_none() {
+            tracing::warn!(
+                sandbox = %request.sandbox_id,
+                "the sandbox was sent SIGKILL but had not stopped {} ms later",
+                STOP_CONFIRM.as_millis()
+            );
+        }
+        // Up to the kill now if there is room.
+        let sealed = self.output.try_submit_batch(batch);
         let _ = self.kills.send(request);
         if !sealed {
             self.output.submit_batch(batch, stopping);
