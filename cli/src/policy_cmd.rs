@@ -16,7 +16,9 @@ use safehouse_policy::{
 
 const LINT_HELP: &str = "\
 Checks each file's syntax, shape and meaning and prints every finding as
-FILE:LINE:COLUMN: FIELD: MESSAGE. Warnings are findings too.
+FILE:LINE:COLUMN: FIELD: MESSAGE. Warnings are findings too. Notes (`note:`) say what a
+valid policy does that its author may not expect, such as a listed tool that runs any code
+it is given (python3, sh, busybox, env); they never change the exit status.
 
 Exit status: 0 when every file is clean, 1 when any file has findings, 2 when a file
 cannot be read.
@@ -166,6 +168,10 @@ fn lint(files: &[PathBuf]) -> ExitCode {
         for f in &report.findings {
             println!("{}", f.render(&name));
             findings = true;
+        }
+        // Notes say what a valid policy does that its author may not expect; never a failure.
+        for n in &report.notes {
+            println!("{}", n.render(&name));
         }
     }
     match (unreadable, findings) {

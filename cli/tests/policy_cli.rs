@@ -64,6 +64,29 @@ fn lint_findings_name_file_line_column_and_field() {
 }
 
 #[test]
+fn lint_notes_a_tool_that_runs_any_code_without_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        &dir,
+        "policy.yaml",
+        &BAD.replace("usr/bin/python3", "/usr/bin/python3"),
+    );
+    safehouse()
+        .args(["policy", "lint"])
+        .arg(&p)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("{}: ok", p.display())))
+        .stdout(predicate::str::contains(format!(
+            "{}:11:9: note: spec.process.tools[0]: /bin/sh runs whatever code it is given",
+            p.display()
+        )))
+        .stdout(predicate::str::contains(
+            ":12:9: note: spec.process.tools[1]: /usr/bin/python3 runs whatever code",
+        ));
+}
+
+#[test]
 fn lint_unknown_field_is_located() {
     let dir = tempfile::tempdir().unwrap();
     let p = write(

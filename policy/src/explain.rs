@@ -1,6 +1,7 @@
 //! Plain-language summary of a policy: one sentence per thing the agent may or may not do.
 
 use crate::egress::{EgressRule, IngressRule};
+use crate::finding::Finding;
 use crate::manifest::{
     AgentPolicy, AuditCategory, NetworkMode, RootfsMode, SymlinkRule, UserBound, ViolationAction,
     NOBODY_ID,
@@ -151,6 +152,25 @@ pub fn explain(policy: &AgentPolicy) -> Vec<String> {
         format!("The audit stream records its {}.", record.join(", "))
     });
     out
+}
+
+/// A note for each listed tool that runs code it is given (what `policy lint` prints beside
+/// its findings): the tools list cannot confine what such a tool does.
+pub fn tool_notes(policy: &AgentPolicy) -> Vec<Finding> {
+    policy
+        .spec
+        .process
+        .tools
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| runs_other_code(t))
+        .map(|(i, t)| {
+            Finding::note(
+                format!("spec.process.tools[{i}]"),
+                format!("{t} runs whatever code it is given (an interpreter, a shell, a multi-call binary, or a program that starts others): no runtime can stop that code; only the programs it execs are checked against the list"),
+            )
+        })
+        .collect()
 }
 
 /// Whether a tool runs code it is given rather than only itself: shells, interpreters,

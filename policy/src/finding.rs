@@ -12,6 +12,8 @@ pub enum Severity {
     Error,
     /// The policy is usable but probably not what was meant.
     Warning,
+    /// Worth knowing about what the policy does; nothing to fix.
+    Note,
 }
 
 /// One problem found in a manifest.
@@ -46,6 +48,14 @@ impl Finding {
         }
     }
 
+    /// A note at `path`.
+    pub fn note(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Finding {
+            severity: Severity::Note,
+            ..Finding::error(path, message)
+        }
+    }
+
     /// Whether this finding makes the policy unusable.
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
@@ -66,8 +76,10 @@ impl fmt::Display for Finding {
         if let Some(loc) = self.location {
             write!(f, "{loc}: ")?;
         }
-        if self.severity == Severity::Warning {
-            f.write_str("warning: ")?;
+        match self.severity {
+            Severity::Warning => f.write_str("warning: ")?,
+            Severity::Note => f.write_str("note: ")?,
+            Severity::Error => {}
         }
         if !self.path.is_empty() {
             write!(f, "{}: ", self.path)?;

@@ -49,6 +49,9 @@ pub struct LintReport {
     pub policy: Option<AgentPolicy>,
     /// Errors and warnings, in document order where known.
     pub findings: Vec<Finding>,
+    /// Notes on what a valid policy does that its author may not expect (a listed tool that
+    /// runs any code it is given); never a reason to fail.
+    pub notes: Vec<Finding>,
 }
 
 impl LintReport {
@@ -95,6 +98,7 @@ pub fn lint_str(text: &str, format: Format) -> LintReport {
             return LintReport {
                 policy: None,
                 findings: vec![finding],
+                notes: Vec::new(),
             }
         }
     };
@@ -104,6 +108,7 @@ pub fn lint_str(text: &str, format: Format) -> LintReport {
             return LintReport {
                 policy: None,
                 findings: vec![finding],
+                notes: Vec::new(),
             }
         }
     };
@@ -112,9 +117,14 @@ pub fn lint_str(text: &str, format: Format) -> LintReport {
         f.location = index.locate(&f.path);
     }
     findings.sort_by_key(|f| f.location);
+    let mut notes = crate::explain::tool_notes(&policy);
+    for n in &mut notes {
+        n.location = index.locate(&n.path);
+    }
     LintReport {
         policy: Some(policy),
         findings,
+        notes,
     }
 }
 
