@@ -7,9 +7,13 @@
 //! are paid by the sandbox: an `openat` storm ran 2-3x slower with a per-packet reader. So the
 //! reader drains the socket, hands the batch on, and then *sleeps* (up to
 //! [`SinkOptions::batch_interval`], less for a fast stream: [`next_pause`]) instead of waiting
-//! on the socket: packets queue in the socket meanwhile without waking anyone. Only when a
-//! drain found nothing does it block in `poll` again, so the first packet after a quiet spell
-//! is read at once; the wait adds at most one interval to the others.
+//! on the socket: packets queue in the socket meanwhile without waking anyone. It sleeps only
+//! while the stream is busy: when the last drain that found packets came less than one
+//! interval earlier. After
+//! a drain that follows a quiet spell, or one that found nothing, it blocks in `poll` again,
+//! so a packet of a slow stream (an exec among few events, what the `tools` check waits for)
+//! is read at once, and the wake-ups that costs are at most one per interval more than a
+//! busy stream's; in a busy stream the wait adds at most one interval to a packet.
 //!
 //! Every packet is untrusted. Malformed ones and unknown types are counted and reported as
 //! aggregated `audit`/`dropped` events (at most one per kind per report interval), never per
@@ -181,8 +185,12 @@ impl Connection {
         let mut sentry_drops = DropCounter::default();
         let mut batch: Vec<AuditEvent> = Vec::with_capacity(MAX_BATCH);
         let mut pause = self.options.batch_interval;
+        let mut last_drain: Option<Instant> = None;
         loop {
             // Drain everything queued, handing events on in bounded batches.
+            let drain_started = Instant::now();
+            let busy = last_drain
+                .is_some_and(|t| drain_started.duration_since(t) < self.options.batch_interval);
             let mut got = 0usize;
             let closed = loop {
                 let n = match recv_packet(&self.fd, &mut buf) {
@@ -204,7 +212,10 @@ impl Connection {
             if closed {
                 return End::Closed;
             }
-            if got > 0 && !self.options.batch_interval.is_zero() {
+            if got > 0 {
+                last_drain = Some(drain_started);
+            }
+            if got > 0 && busy {
                 // Busy: let packets gather in the socket instead of being woken by each.
                 pause = next_pause(pause, got, &self.options);
                 std::thread::sleep(pause);

@@ -342,3 +342,64 @@ fn pauses_shrink_as_the_stream_speeds_up_and_stay_bounded() {
     assert_eq!(conn::next_pause(max, 1_000_000, &options), max / 10);
     assert_eq!(conn::next_pause(max / 10, 1, &options), max);
 }
+
+/// An open of `/tmp/{i}` as the Sentry reports it.
+fn open_packet(i: i64) -> Vec<u8> {
+    let open = SyscallOpen {
+        context_data: ctx().to_proto(),
+        exit: exit(i, 0),
+        sysno: 257,
+        fd: -100,
+        pathname: format!("/tmp/{i}").into_bytes(),
+        ..Default::default()
+    };
+    packet(mt::SYSCALL_OPEN, 0, &open)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_stream_is_read_at_once_and_a_busy_one_in_batches() {
+    // A long interval makes the difference between "read at once" and "held for the pause"
+    // seconds wide, far beyond scheduling noise.
+    let interval = Duration::from_secs(3);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let options = SinkOptions {
+        batch_interval: interval,
+        ..SinkOptions::default()
+    };
+    let (handle, mut rx, path) = start(dir.path(), "slow", options);
+    let (send, sends) = std::sync::mpsc::channel::<i64>();
+    let (conn_tx, conn_rx) = std::sync::mpsc::channel();
+    tokio::task::spawn_blocking(move || {
+        let (c, _) = SentryClient::handshake(&path).unwrap_or_else(|e| panic!("{e}"));
+        while let Ok(i) = sends.recv() {
+            c.send(&open_packet(i)).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let _ = conn_tx.send(c);
+    });
+    let path_of = |ev: AuditEvent| ev.file.and_then(|f| f.path);
+    // The first packet after a quiet spell, and one right after it: the drain before the
+    // second came after a quiet spell, so the reader waits on the socket, not for the pause.
+    send.send(0).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(path_of(next(&mut rx).await).as_deref(), Some("/tmp/0"));
+    let sent = std::time::Instant::now();
+    send.send(1).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(path_of(next(&mut rx).await).as_deref(), Some("/tmp/1"));
+    let took = sent.elapsed();
+    assert!(
+        took < interval / 2,
+        "a packet of a slow stream waited {took:?}, as if for the batching pause"
+    );
+    // Two drains within the interval: the stream is busy now, and the reader lets the next
+    // packets gather for a pause instead of being woken by each.
+    let sent = std::time::Instant::now();
+    send.send(2).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(path_of(next(&mut rx).await).as_deref(), Some("/tmp/2"));
+    let took = sent.elapsed();
+    assert!(
+        took > interval / 4,
+        "a packet of a busy stream was read after {took:?}, not after a pause"
+    );
+    drop(send);
+    let _c = conn_rx.recv().unwrap_or_else(|e| panic!("{e}"));
+    handle.shutdown();
+}
