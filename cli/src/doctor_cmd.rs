@@ -95,7 +95,7 @@ fn tools_mounts(
     if version.0 <= EXECVE_ONLY_NOEXEC {
         Err(warn(
             format!(
-                "runsc {version} refuses execve of a file on a noexec mount, so process.tools holds for execve; it does not refuse mmap(PROT_EXEC), so the ELF loader run as a program, code mapped by hand and memfd_create+fexecve are not stopped by the mounts (measured on 20240729)"
+                "runsc {version} refuses execve of a file on a noexec mount, so process.tools holds for execve; it does not refuse mmap(PROT_EXEC), so the ELF loader run as a program and code mapped by hand are not stopped by the mounts (measured on 20240729); memfd_create, which no mount reaches, is refused by the seccomp rule process.tools adds (see the oci-seccomp check)"
             ),
             "rely on the audit stream for those, or use a runsc that refuses mmap(PROT_EXEC) on noexec mounts",
         ))
