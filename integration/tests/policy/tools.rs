@@ -222,7 +222,8 @@ pub fn busybox_applets_are_not_tools(env: &TestEnv) -> Result<()> {
 
 /// A listed dynamic program runs (its loader is bound exec-allowed, its libc stays on a
 /// noexec mount), while the very same program under an unlisted path does not; every mount
-/// but the tool binds is noexec.
+/// but the tool binds and the seccomp exec helper's directory (`tools` adds a seccomp rule, so
+/// the container has a profile) is noexec.
 pub fn dynamic_tool_runs_and_mounts_are_noexec(env: &TestEnv) -> Result<()> {
     let lab = Lab::new(env, "tools-dynamic")?;
     let out = output_dir(&lab)?;
@@ -253,6 +254,7 @@ pub fn dynamic_tool_runs_and_mounts_are_noexec(env: &TestEnv) -> Result<()> {
             .map(|l| l.split(' ').next().unwrap_or(""))
             .collect();
         let mut expected = vec![
+            "/.safehouse",
             "/bin/echo",
             "/bin/sh",
             "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
@@ -267,6 +269,7 @@ pub fn dynamic_tool_runs_and_mounts_are_noexec(env: &TestEnv) -> Result<()> {
                 && got.contains(&"/bin/sh")
                 && got.contains(&"/bin/echo")
                 && got.contains(&"/usr/bin/dyn")
+                && got.contains(&"/.safehouse")
                 && got.iter().any(|m| m.contains("ld-linux")),
             "exec-allowed mounts: {got:?}, expected {expected:?}: {}",
             run.describe()
