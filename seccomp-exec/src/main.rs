@@ -60,6 +60,15 @@ fn main() {
 
 /// Installs the filters and execs the command; returns only on failure.
 fn run() -> (i32, String) {
+    // First of all: no other process of the container's user may trace this one before its
+    // filters hold (the exec makes the command dumpable again).
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return (
+            EXIT_FAILED,
+            format!("prctl(PR_SET_DUMPABLE): {}", io::Error::last_os_error()),
+        );
+    }
     let mut args = std::env::args_os().skip(1);
     if args.next().as_deref() != Some(OsStr::new("--")) {
         return (
@@ -95,15 +104,6 @@ fn run() -> (i32, String) {
 
 /// Installs `filters`, in order, on this process.
 fn confine(filters: &[Vec<Instruction>]) -> Result<(), String> {
-    // No other process of the container's user may trace this one before its filters hold
-    // (the exec resets it for the command).
-    // SAFETY: prctl with integer arguments only.
-    if unsafe { prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
-        return Err(format!(
-            "prctl(PR_SET_DUMPABLE): {}",
-            io::Error::last_os_error()
-        ));
-    }
     // SAFETY: prctl with integer arguments only.
     if unsafe { prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(format!(
