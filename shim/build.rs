@@ -12,6 +12,28 @@ use std::process::Command;
 /// Where Debian puts the x86_64 UAPI system call numbers.
 const UNISTD_64: &str = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h";
 
+/// x86_64 system calls added after Linux 6.1 (bookworm's headers), from the kernel's
+/// `syscall_64.tbl`: added when the header lacks them, so a profile naming one is not read as
+/// naming an unknown call (skipped) on an older build host.
+const NEWER_THAN_6_1: &[(&str, u32)] = &[
+    ("cachestat", 451),
+    ("fchmodat2", 452),
+    ("map_shadow_stack", 453),
+    ("futex_wake", 454),
+    ("futex_wait", 455),
+    ("futex_requeue", 456),
+    ("statmount", 457),
+    ("listmount", 458),
+    ("lsm_get_self_attr", 459),
+    ("lsm_set_self_attr", 460),
+    ("lsm_list_modules", 461),
+    ("mseal", 462),
+    ("setxattrat", 463),
+    ("getxattrat", 464),
+    ("listxattrat", 465),
+    ("removexattrat", 466),
+];
+
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").unwrap_or_else(|| fail("OUT_DIR is not set")));
     let manifest =
@@ -69,6 +91,11 @@ fn syscall_table(header: &Path, dest: &Path) {
             header.display(),
             table.len()
         ));
+    }
+    for &(name, nr) in NEWER_THAN_6_1 {
+        if !table.iter().any(|&(n, _)| n == name) {
+            table.push((name, nr));
+        }
     }
     table.sort_unstable();
     let mut src = String::from("/// x86_64 system calls by name, sorted (from asm/unistd_64.h).\npub const SYSCALLS: &[(&str, u32)] = &[\n");
