@@ -1,10 +1,9 @@
 //! The spec's seccomp profile for processes `runsc exec` starts, which runsc leaves unfiltered.
 //!
-//! At Create, [`prepare`] compiles the profile ([`super::profile`]) and writes the filters with
-//! the static helper embedded in the shim into a directory of the bundle, world-readable and
-//! read-only, bound read-only (exec allowed, `nosuid`) into the container at
-//! [`format::DIR`]; the bind is made read-only on the host too, like every read-only bind
-//! (`hostbind::harden`). At Exec, [`wrap_args`] has runsc start the helper, which installs
+//! At Create, [`prepare`] compiles the profile ([`super::profile`]) and writes the filters and
+//! the static helper embedded in the shim into a directory of the bundle (world-readable, no
+//! write bits), bound read-only (exec allowed, `nosuid`) into the container at [`DIR`]; the
+//! bind is made read-only on the host too, like every read-only bind (`hostbind::harden`). At Exec, [`wrap_args`] has runsc start the helper, which installs
 //! the filters and execs the command. A container without a profile gets none of this.
 
 use std::io::Write;
