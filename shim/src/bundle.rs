@@ -30,6 +30,8 @@ pub const RO_BINDS_DIR: &str = ".safehouse-ro";
 pub const MASKED_FILE: &str = ".safehouse-masked";
 /// The directory of the views `process.tools` needs (see `tools`).
 pub const TOOLS_DIR: &str = ".safehouse-tools";
+/// The directory of the seccomp exec helper and its filters (see `seccomp::exec`).
+pub const SECCOMP_EXEC_DIR: &str = ".safehouse-seccomp";
 /// The shim's ttrpc address (written by containerd's `start` protocol).
 pub const ADDRESS_FILE: &str = "address";
 /// The container's root filesystem, when the shim mounts it.

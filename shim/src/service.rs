@@ -195,6 +195,7 @@ async fn cleanup_after_dead_shim(namespace: &str, id: &str, bundle: &Path, st: &
         &mut |link| tracing::warn!(container = %id, zone = %link.zone, path = %link.path, target = %link.target, refused = link.refused, "symlink pointing out of an output"),
     );
     crate::tools::release(bundle);
+    crate::seccomp::exec::release(bundle);
     if st.rootfs_mounted {
         crate::rootfs::unmount(bundle);
     }

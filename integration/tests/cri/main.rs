@@ -114,6 +114,11 @@ const SCENARIOS: &[CriScenario] = &[
         core: false,
     },
     CriScenario {
+        name: "pod_seccomp_profiles_hold_in_exec",
+        run: security::seccomp_profiles_hold_in_exec,
+        core: false,
+    },
+    CriScenario {
         name: "pod_masked_and_readonly_paths",
         run: security::masked_and_readonly_paths,
         core: false,

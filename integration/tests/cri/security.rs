@@ -1,5 +1,6 @@
 //! A pod's own security context inside the sandbox: each container's seccomp profile filters
-//! its processes (runsc applies it only with `--oci-seccomp`), masked paths read as nothing and
+//! its processes (runsc applies it only with `--oci-seccomp`, and only to a container's init:
+//! the shim's helper applies it to what ExecSync starts), masked paths read as nothing and
 //! read-only paths refuse writes (runsc ignores both lists; the shim turns them into mounts).
 //! Each container reports what it saw on stdout and exits; the test reads its CRI log.
 
@@ -149,6 +150,72 @@ pub fn seccomp_profiles_per_container(env: &CriEnv) -> Result<()> {
         ensure!(
             *lines == want,
             "container with the {label} seccomp profile reported {lines:?}, expected {want:?} (its own profile in force inside the sandbox)"
+        );
+    }
+    Ok(())
+}
+
+/// Three running containers of one pod, under a Localhost profile that denies mkdir(2),
+/// RuntimeDefault and Unconfined: a command started in each by ExecSync is filtered by that
+/// container's profile (`Seccomp: 2`, mkdir denied under the first only) or, unconfined, not
+/// at all (`Seccomp: 0`). runsc itself filters only a container's init.
+pub fn seccomp_profiles_hold_in_exec(env: &CriEnv) -> Result<()> {
+    use cri::security_profile::ProfileType;
+    let name = env.unique("seccompexec");
+    let pod = env.pod_config(&name, &[]);
+    let profile_file = env
+        .containerd
+        .work_dir()
+        .join(format!("{name}-deny-mkdir.json"));
+    fs::write(&profile_file, DENY_MKDIR)?;
+    let cases = [
+        (
+            "localhost",
+            profile(ProfileType::Localhost, &profile_file.display().to_string()),
+            "Seccomp: 2\nmkdir-denied\n",
+        ),
+        (
+            "runtime-default",
+            profile(ProfileType::RuntimeDefault, ""),
+            "Seccomp: 2\nmkdir-allowed\n",
+        ),
+        (
+            "unconfined",
+            profile(ProfileType::Unconfined, ""),
+            "Seccomp: 0\nmkdir-allowed\n",
+        ),
+    ];
+    let mut seen = Vec::new();
+    env.with_pod(&pod, HANDLER, |pod_id| {
+        let mut ids = Vec::new();
+        for (label, security, _) in &cases {
+            let config = container(
+                env,
+                label,
+                "sleep 1000",
+                cri::LinuxContainerSecurityContext {
+                    seccomp: Some(security.clone()),
+                    ..Default::default()
+                },
+            );
+            ids.push(env.cri.create_and_start(pod_id, &pod, &config)?);
+        }
+        for ((label, _, _), id) in cases.iter().zip(&ids) {
+            let out = env.cri.exec_sync(id, &["sh", "-c", SECCOMP_PROBE], 20)?;
+            seen.push((*label, out));
+        }
+        Ok(ids)
+    })?;
+    for ((label, out), (_, _, want)) in seen.iter().zip(&cases) {
+        // gVisor separates the status field with a tab.
+        let got: String = out
+            .stdout
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ") + "\n")
+            .collect();
+        ensure!(
+            out.exit_code == 0 && got == *want,
+            "ExecSync in the container with the {label} seccomp profile: {out:?}, expected stdout {want:?} (the container's own profile on what exec starts)"
         );
     }
     Ok(())

@@ -95,6 +95,10 @@ fn main() -> ExitCode {
             run: tools::payloads_without_a_listed_path_never_run,
         },
         Scenario {
+            name: "tools::exec_gets_the_profile_and_the_list",
+            run: tools::exec_gets_the_profile_and_the_list,
+        },
+        Scenario {
             name: "resources::fork_loop_is_bounded",
             run: resources::fork_loop_is_bounded,
         },

@@ -9,8 +9,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use safehouse_integration::command::Running;
 use safehouse_integration::image::import_busybox_with;
 use safehouse_integration::TestEnv;
+use serde_json::Value;
 
 use crate::lab::{says, Lab};
 
@@ -220,7 +222,8 @@ pub fn busybox_applets_are_not_tools(env: &TestEnv) -> Result<()> {
 
 /// A listed dynamic program runs (its loader is bound exec-allowed, its libc stays on a
 /// noexec mount), while the very same program under an unlisted path does not; every mount
-/// but the tool binds is noexec.
+/// but the tool binds and the seccomp exec helper's directory (`tools` adds a seccomp rule, so
+/// the container has a profile) is noexec.
 pub fn dynamic_tool_runs_and_mounts_are_noexec(env: &TestEnv) -> Result<()> {
     let lab = Lab::new(env, "tools-dynamic")?;
     let out = output_dir(&lab)?;
@@ -251,6 +254,7 @@ pub fn dynamic_tool_runs_and_mounts_are_noexec(env: &TestEnv) -> Result<()> {
             .map(|l| l.split(' ').next().unwrap_or(""))
             .collect();
         let mut expected = vec![
+            "/.safehouse",
             "/bin/echo",
             "/bin/sh",
             "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
@@ -265,6 +269,7 @@ pub fn dynamic_tool_runs_and_mounts_are_noexec(env: &TestEnv) -> Result<()> {
                 && got.contains(&"/bin/sh")
                 && got.contains(&"/bin/echo")
                 && got.contains(&"/usr/bin/dyn")
+                && got.contains(&"/.safehouse")
                 && got.iter().any(|m| m.contains("ld-linux")),
             "exec-allowed mounts: {got:?}, expected {expected:?}: {}",
             run.describe()
@@ -422,6 +427,123 @@ pub fn payloads_without_a_listed_path_never_run(env: &TestEnv) -> Result<()> {
         ensure!(
             kill["detail"]["stopped_after_us"].as_u64().is_some(),
             "the kill event should say how soon the sandbox stopped: {kill}"
+        );
+        Ok(())
+    })
+}
+
+/// Processes started by `ctr task exec` (`runsc exec`) under `tools`: runsc gives them no
+/// seccomp filter, so the shim starts them through its helper, which installs the container's
+/// profile, the rule `tools` adds with it. With `record: [process]` and `onViolation: kill`:
+/// - a listed tool exec'd runs, and is no violation (the sandbox lives on);
+/// - `memexec` exec'd (listed) cannot `memfd_create`: EPERM, the probe never runs;
+/// - an unlisted program exec'd still cannot run (EACCES from its `noexec` mount);
+/// - the helper run by hand from the container is itself an unlisted exec: a violation naming
+///   it, and the sandbox is killed, while the program it was asked to run never runs.
+pub fn exec_gets_the_profile_and_the_list(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "tools-exec")?;
+    let out = output_dir(&lab)?;
+    let image = tools_image(env, &lab)?;
+    lab.policy(
+        "execs",
+        &format!(
+            "{{filesystem: {{outputs: [{{source: {:?}, path: /output}}]}}, \
+             process: {{tools: [/bin/sh, /bin/echo, /bin/sleep, /usr/bin/memexec]}}, \
+             audit: {{record: [process], onViolation: kill}}}}",
+            out.display().to_string()
+        ),
+    )?;
+    let keep = out.join("keep");
+    let id = env.id("toolexec");
+    env.scenario(&[&id], || {
+        fs::write(&keep, "precious")?;
+        let init = Running::start(env.ctr.command().args(lab.argv_of(
+            &image,
+            Some("execs"),
+            &["--rm"],
+            &id,
+            &["/bin/sleep", "1000"],
+        )))?;
+        env.ctr
+            .wait_status(&id, "RUNNING", Duration::from_secs(60))?;
+
+        let run = env.ctr_exec(&id, "listed", &["/bin/echo", "listed-ran"])?;
+        ensure!(
+            run.success() && says(&run, "listed-ran"),
+            "a listed tool exec'd: {}",
+            run.describe()
+        );
+
+        let run = env.ctr_exec(
+            &id,
+            "memfd",
+            &[
+                "/usr/bin/memexec",
+                "/usr/local/bin/probe",
+                "unlink",
+                "/output/keep",
+            ],
+        )?;
+        ensure!(
+            keep.is_file()
+                && !says(&run, "PROBE-RAN")
+                && says(&run, "MEMEXEC-MEMFD-FAILED errno=1"),
+            "memfd + fexecve from an exec'd process: expected memfd_create to fail with EPERM (output file gone: {}): {}",
+            !keep.is_file(),
+            run.describe()
+        );
+
+        let run = env.ctr_exec(
+            &id,
+            "unlisted",
+            &["/usr/local/bin/probe", "unlink", "/output/keep"],
+        )?;
+        ensure!(
+            keep.is_file() && !says(&run, "PROBE-RAN") && !run.success(),
+            "an unlisted program exec'd ran (output file gone: {}): {}",
+            !keep.is_file(),
+            run.describe()
+        );
+        let task = env.ctr.task(&id)?;
+        ensure!(
+            task.as_ref().is_some_and(|t| t.status == "RUNNING"),
+            "the sandbox should live on after execs of listed tools: {task:?}"
+        );
+        let violations: Vec<Value> = lab
+            .audit_events(&id)
+            .into_iter()
+            .filter(|e| e["action"] == "violation")
+            .collect();
+        ensure!(
+            violations.is_empty(),
+            "execs through the helper counted as violations: {violations:?}"
+        );
+
+        let _ = env.ctr_exec(
+            &id,
+            "byhand",
+            &[
+                "/bin/sh",
+                "-c",
+                "/.safehouse/seccomp-exec -- /usr/local/bin/probe unlink /output/keep; echo rc=$?",
+            ],
+        );
+        ensure!(
+            keep.is_file(),
+            "the helper run by hand ran an unlisted program"
+        );
+        lab.wait_audit(&id, "a violation naming the helper run by hand", |e| {
+            e["action"] == "violation"
+                && e["violation"]["rule"] == "process.tools"
+                && e["violation"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("/.safehouse/seccomp-exec"))
+        })?;
+        let init = init.wait(Duration::from_secs(60))?;
+        ensure!(
+            init.code == Some(137),
+            "the sandbox should be killed for the violation: {}",
+            init.describe()
         );
         Ok(())
     })

@@ -83,16 +83,24 @@ pub(super) async fn prepare_host(new: &mut NewContainer<'_>, undo: &mut Undo) ->
         undo.push(Step::Rootfs(dir.clone()));
     }
     let compiled = &mut new.confinement.compiled;
+    let root = new.bundle.spec["root"]["path"].as_str().unwrap_or("rootfs");
+    let rootfs = dir.join(root);
     // The /dev/fuse mask goes in first: under `tools` the mount points are made below.
     undo.push(Step::HostBinds(dir.clone()));
     crate::hostbind::mask_fuse(&dir, &mut compiled.spec)?;
+    // The exec helper's bind (its mount point made now, before `tools` reads the image) goes
+    // after the `tools` mounts, not `noexec`, and is made read-only on the host with the
+    // other read-only binds.
+    undo.push(Step::SeccompExec(dir.clone()));
+    let exec_helper = crate::seccomp::exec::prepare(&dir, &rootfs, &compiled.spec)?;
     if !compiled.tools.is_empty() {
         undo.push(Step::Tools(dir.clone()));
-        let root = new.bundle.spec["root"]["path"].as_str().unwrap_or("rootfs");
-        let rootfs = dir.join(root);
         let layout = crate::tools::prepare(&dir, &rootfs, &compiled.tools)?;
         safehouse_policy::apply_layout(&mut compiled.spec, &layout);
         crate::tools::make_mount_points(&rootfs, &compiled.spec)?;
+    }
+    if let Some(bind) = exec_helper {
+        crate::seccomp::exec::add_bind(&mut compiled.spec, bind);
     }
     crate::hostbind::harden(&dir, &mut compiled.spec)?;
     undo.push(Step::File(new.bundle.file(MASKED_FILE)));

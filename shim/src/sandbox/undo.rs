@@ -28,6 +28,8 @@ pub enum Step {
     Outputs(OutputsStep),
     /// The views `process.tools` needs, made under the bundle.
     Tools(PathBuf),
+    /// The seccomp exec helper and its filters, written under the bundle.
+    SeccompExec(PathBuf),
     /// A file the shim wrote (pod-init config, state file).
     File(PathBuf),
     /// The sandbox's trace sink (its socket goes with it).
@@ -63,6 +65,7 @@ impl Step {
             Step::Rootfs(_) => "rootfs",
             Step::Outputs(_) => "outputs",
             Step::Tools(_) => "tools",
+            Step::SeccompExec(_) => "seccomp-exec",
             Step::File(_) => "file",
             Step::AuditSink(_) => "audit-sink",
             Step::Network(_) => "network",
@@ -156,6 +159,7 @@ async fn release(step: &Step, how: &Teardown<'_>) -> Result<()> {
         Step::Rootfs(bundle) => crate::rootfs::unmount(bundle),
         Step::Outputs(o) => o.release(),
         Step::Tools(bundle) => crate::tools::release(bundle),
+        Step::SeccompExec(bundle) => crate::seccomp::exec::release(bundle),
         Step::File(path) => {
             let _ = std::fs::remove_file(path);
         }

@@ -1,5 +1,6 @@
 //! Exec: add a process to a running container, confined like the container itself (the exec
-//! request's user, capabilities and the like are replaced by the container's confined values).
+//! request's user, capabilities and the like are replaced by the container's confined values,
+//! and its command starts through the seccomp helper when the container has a profile).
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use crate::bundle::{confined_process, exec_file};
 use crate::confine;
 use crate::error::{Result, ShimError};
 use crate::process::{ExecProcess, Status};
+use crate::seccomp;
 use crate::stdio::IoPaths;
 
 impl TaskService {
@@ -60,7 +62,12 @@ impl TaskService {
                 )));
             }
             let file = exec_file(&c.bundle, &req.exec_id, "process.json");
-            let confined = confine::confine_exec(&container_process, &process);
+            let mut confined = confine::confine_exec(&container_process, &process);
+            // runsc gives an exec'd process no seccomp filter: the helper installs the
+            // container's (zero cost for a container without a profile).
+            if seccomp::exec::has_helper(&c.bundle) {
+                seccomp::exec::wrap_args(&mut confined);
+            }
             let bytes = serde_json::to_vec(&confined)
                 .map_err(|e| ShimError::Internal(format!("encode exec process spec: {e}")))?;
             std::fs::write(&file, bytes)

@@ -226,9 +226,10 @@ impl TaskService {
     }
 }
 
-/// The argv an exec was started with, for its audit event.
+/// The argv an exec was started with, for its audit event: the command's, not the seccomp
+/// helper's it starts through.
 fn exec_argv(c: &Container, exec_id: &str) -> Vec<String> {
-    std::fs::read(exec_file(&c.bundle, exec_id, "process.json"))
+    let args: Vec<String> = std::fs::read(exec_file(&c.bundle, exec_id, "process.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
         .and_then(|v| v["args"].as_array().cloned())
@@ -237,5 +238,10 @@ fn exec_argv(c: &Container, exec_id: &str) -> Vec<String> {
                 .filter_map(|x| x.as_str().map(String::from))
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    if crate::seccomp::exec::has_helper(&c.bundle) {
+        crate::seccomp::exec::unwrap_args(args)
+    } else {
+        args
+    }
 }

@@ -40,7 +40,7 @@ fn harness() -> Harness {
     let probe = safehouse_runsc_config::RunscProbe::from_outputs(
         Path::new("/usr/bin/runsc"),
         "runsc version release-20240729.0\n",
-        "  -network value\n    \tnetwork\n",
+        "  -network value\n    \tnetwork\n  -oci-seccomp\n",
     )
     .expect("probe");
     let env = RuntimeEnv {
@@ -386,6 +386,7 @@ async fn an_exec_runs_confined_and_reports_its_own_exit() {
     )
     .expect("json");
     assert_ne!(written["user"]["uid"], 0, "the container's confined user");
+    assert_eq!(written["args"], json!(["id"]), "no profile: run as asked");
     assert_eq!(
         written["capabilities"]["bounding"],
         json!([]),
@@ -518,4 +519,54 @@ async fn a_pod_member_past_its_memory_limit_is_oom_killed_alone() {
         Status::Running,
         "the other member runs on"
     );
+}
+
+#[tokio::test]
+async fn an_exec_in_a_container_with_a_seccomp_profile_starts_through_the_helper() {
+    let h = harness();
+    let b = h.bundle("c1", |spec| {
+        spec["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]
+        });
+    });
+    h.create("c1", &b).await.expect("created");
+    let helper_dir = b.join(crate::bundle::SECCOMP_EXEC_DIR);
+    assert!(helper_dir.join("seccomp-exec").is_file(), "helper written");
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(b.join("config.json")).expect("config"))
+            .expect("json");
+    let binds: Vec<&Value> = config["mounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .filter(|m| m["destination"] == "/.safehouse")
+        .collect();
+    assert_eq!(binds.len(), 1, "{}", config["mounts"]);
+    h.start("c1").await.expect("started");
+    let spec = json!({"args": ["ls", "-l"], "cwd": "/"});
+    let req = api::ExecProcessRequest {
+        id: "c1".into(),
+        exec_id: "e1".into(),
+        spec: Some(
+            containerd_shim_protos::protobuf::well_known_types::any::Any {
+                value: spec.to_string().into_bytes(),
+                ..Default::default()
+            },
+        )
+        .into(),
+        ..Default::default()
+    };
+    h.service.add_exec(req).await.expect("exec added");
+    let written: Value = serde_json::from_slice(
+        &std::fs::read(crate::bundle::exec_file(&b, "e1", "process.json")).expect("read"),
+    )
+    .expect("json");
+    assert_eq!(
+        written["args"],
+        json!(["/.safehouse/seccomp-exec", "--", "ls", "-l"])
+    );
+    h.sandbox_exits("c1", 0).await;
+    h.delete("c1").await.expect("deleted");
+    assert!(!helper_dir.exists(), "released with the container");
 }

@@ -5,8 +5,13 @@
 //! container at `runsc create`, a pod member at its `runsc start`), so the flag goes on every
 //! invocation, like the other global flags. A spec with a profile on a runsc that lacks the
 //! flag is refused at Create: Safehouse never runs a container without the filter it asked for.
-//! What is not here: processes started by `runsc exec` get no filter (a runsc limit, see
-//! docs/policy.md).
+//!
+//! Processes started by `runsc exec` get no filter from runsc: the shim compiles the profile
+//! itself ([`profile`]) and has them start through a static helper that installs it
+//! ([`exec`]).
+
+pub mod exec;
+pub mod profile;
 
 use oci_spec::runtime::Spec;
 use safehouse_runsc_config::{RunscProbe, OCI_SECCOMP_FLAG};
