@@ -247,6 +247,11 @@ pub struct ProcessInfo {
     /// Effective group id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gid: Option<u32>,
+    /// The variables of an exec's environment that make the ELF loader map other code
+    /// ([`LOADER_VARIABLES`]), with their values (each capped at 4096 bytes). No other
+    /// variable of the environment is ever recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loader_env: Option<BTreeMap<String, String>>,
     /// Task name (comm).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -260,6 +265,10 @@ pub struct ProcessInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
 }
+
+/// Environment variables that make the dynamic loader (glibc's or musl's) or glibc itself
+/// load code from a file the variable names: what an exec's `process.loader_env` records.
+pub const LOADER_VARIABLES: &[&str] = &["LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH", "GCONV_PATH"];
 
 /// The executable file of an exec.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

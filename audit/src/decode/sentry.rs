@@ -35,7 +35,27 @@ pub fn container_start(payload: &[u8]) -> Result<AuditEvent, DecodeError> {
     }
     p.argv = Some(args);
     p.argv_truncated = truncated.then_some(true);
+    p.loader_env = loader_env(&m.env);
     Ok(ev)
+}
+
+/// The loader variables of an exec's environment (`NAME=value` entries), values capped.
+fn loader_env(env: &[Vec<u8>]) -> Option<std::collections::BTreeMap<String, String>> {
+    const MAX_VALUE: usize = 4096;
+    let found: std::collections::BTreeMap<String, String> = env
+        .iter()
+        .filter_map(|entry| {
+            let eq = entry.iter().position(|&b| b == b'=')?;
+            let name = std::str::from_utf8(&entry[..eq]).ok()?;
+            if !crate::event::LOADER_VARIABLES.contains(&name) {
+                return None;
+            }
+            let value = &entry[eq + 1..];
+            let value = String::from_utf8_lossy(&value[..value.len().min(MAX_VALUE)]);
+            Some((name.to_owned(), value.into_owned()))
+        })
+        .collect();
+    (!found.is_empty()).then_some(found)
 }
 
 /// sentry/clone: a new task; the new ids go into `detail`.
@@ -77,6 +97,7 @@ pub fn execve(payload: &[u8]) -> Result<AuditEvent, DecodeError> {
     });
     p.argv = Some(args);
     p.argv_truncated = truncated.then_some(true);
+    p.loader_env = loader_env(&m.env);
     Ok(ev)
 }
 

@@ -90,11 +90,36 @@ fn sentry_points() {
         argv: vec![b"cat".to_vec(), b"/tmp/x".to_vec()],
         binary_mode: 0o100755,
         binary_sha256: vec![0xab; 32],
+        env: vec![
+            b"TOKEN=secret".to_vec(),
+            b"LD_PRELOAD=/tmp/x.so".to_vec(),
+            b"LD_PRELOADX=no".to_vec(),
+            b"GCONV_PATH=/tmp/g".to_vec(),
+            b"PATH=/bin".to_vec(),
+        ],
         ..Default::default()
     };
     let ev = decode_ok(&packet(mt::SENTRY_EXEC, 0, &exec));
     assert_eq!((ev.action, point(&ev)), (Action::Exec, "sentry/execve"));
     assert_eq!(ev.executed_binary(), Some("/bin/cat"));
+    // Only the loader's variables are kept from the environment, never the rest.
+    let line = serde_json::to_string(&ev).unwrap_or_default();
+    assert!(
+        !line.contains("secret") && !line.contains("PATH=") && !line.contains("LD_PRELOADX"),
+        "{line}"
+    );
+    let loader = ev
+        .process
+        .as_ref()
+        .and_then(|p| p.loader_env.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        loader.into_iter().collect::<Vec<_>>(),
+        vec![
+            ("GCONV_PATH".to_owned(), "/tmp/g".to_owned()),
+            ("LD_PRELOAD".to_owned(), "/tmp/x.so".to_owned())
+        ]
+    );
     let bin = ev.process.and_then(|p| p.binary).unwrap_or_default();
     assert_eq!(bin.path, "/bin/cat");
     assert_eq!(bin.sha256.map(|s| s.len()), Some(64));

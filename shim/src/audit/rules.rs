@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use safehouse_audit::event::PolicyRef;
+use safehouse_audit::event::{PolicyRef, LOADER_VARIABLES};
 use safehouse_audit::AuditEvent;
 use safehouse_policy::{CompiledPolicy, ViolationAction};
 
@@ -32,6 +32,9 @@ pub struct AuditRules {
     /// The init process's executable as the container resolves it (the `container/start`
     /// point reports only argv).
     pub init_binary: Option<String>,
+    /// The loader variables ([`LOADER_VARIABLES`]) the container's spec sets (its image's or
+    /// its pod's environment): an exec may carry these, with these values, and no others.
+    pub loader_env: HashMap<String, String>,
 }
 
 impl AuditRules {
@@ -48,6 +51,7 @@ impl AuditRules {
             init_binary(rootfs, spec),
             |t| resolve_in_root(rootfs, t),
         );
+        rules.loader_env = spec_loader_env(spec);
         rules.records_process = compiled
             .audit_plan
             .record
@@ -92,6 +96,7 @@ impl AuditRules {
             on_violation,
             records_process: true,
             init_binary,
+            loader_env: HashMap::new(),
         }
     }
 
@@ -120,6 +125,24 @@ impl AuditRules {
             _ => reported,
         };
         self.refuse(binary, argv0)
+            .or_else(|| self.refuse_loader_env(binary, event))
+    }
+
+    /// Why an exec's loader variables break the policy: a listed dynamic tool run with
+    /// `LD_PRELOAD` (or `LD_AUDIT`, `LD_LIBRARY_PATH`, `GCONV_PATH`) set to anything the
+    /// container's spec does not set maps code from a file of the agent's choosing, and no
+    /// mount stops that mapping on a runsc that checks `noexec` on `execve` only.
+    fn refuse_loader_env(&self, binary: &str, event: &AuditEvent) -> Option<String> {
+        let env = event.process.as_ref()?.loader_env.as_ref()?;
+        let (name, value) = env
+            .iter()
+            .find(|(name, value)| self.loader_env.get(*name) != Some(*value))?;
+        Some(format!(
+            "exec of {binary} with {name}={value:?}: the loader would map code from a file the tools list does not name (the container's own environment sets {})",
+            self.loader_env
+                .get(name)
+                .map_or_else(|| format!("no {name}"), |v| format!("{name}={v:?}"))
+        ))
     }
 
     /// Why running `binary` (the resolved executable) under the name `argv0` is not allowed.
@@ -150,6 +173,18 @@ impl AuditRules {
                 .join(", ")
         ))
     }
+}
+
+/// The loader variables the spec's `process.env` sets.
+fn spec_loader_env(spec: &serde_json::Value) -> HashMap<String, String> {
+    spec["process"]["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.as_str()?.split_once('='))
+        .filter(|(name, _)| LOADER_VARIABLES.contains(name))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
 }
 
 /// The init's executable: `process.args[0]`, searched in the spec's PATH inside `rootfs`.
@@ -255,6 +290,45 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    fn with_loader_env(mut e: AuditEvent, vars: &[(&str, &str)]) -> AuditEvent {
+        if let Some(p) = e.process.as_mut() {
+            p.loader_env = Some(
+                vars.iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            );
+        }
+        e
+    }
+
+    #[test]
+    fn a_listed_tool_with_loader_variables_of_its_own_is_a_violation() {
+        let mut rules = busybox();
+        let python = exec("sentry/execve", "/usr/bin/python3", "python3");
+        assert_eq!(rules.offense(&python), None);
+        let preload = with_loader_env(python.clone(), &[("LD_PRELOAD", "/tmp/x.so")]);
+        let why = rules.offense(&preload).expect("a violation");
+        assert!(
+            why.contains("LD_PRELOAD=\"/tmp/x.so\"") && why.contains("/usr/bin/python3"),
+            "{why}"
+        );
+        // What the container's own spec sets (an image's LD_LIBRARY_PATH) stands, with that
+        // value only.
+        rules.loader_env = spec_loader_env(&serde_json::json!({"process": {"env": [
+            "PATH=/bin", "LD_LIBRARY_PATH=/opt/lib", "LD_PRELOADX=1"
+        ]}}));
+        assert_eq!(rules.loader_env.len(), 1);
+        let image = with_loader_env(python.clone(), &[("LD_LIBRARY_PATH", "/opt/lib")]);
+        assert_eq!(rules.offense(&image), None);
+        let changed = with_loader_env(python, &[("LD_LIBRARY_PATH", "/tmp:/opt/lib")]);
+        assert!(rules
+            .offense(&changed)
+            .is_some_and(|w| w.contains("/opt/lib")));
+        // Without tools nothing is checked.
+        let open = AuditRules::new(Vec::new(), ViolationAction::Kill, None, |_| None);
+        assert_eq!(open.offense(&preload), None);
     }
 
     #[test]
