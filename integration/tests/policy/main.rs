@@ -95,6 +95,10 @@ fn main() -> ExitCode {
             run: tools::payloads_without_a_listed_path_never_run,
         },
         Scenario {
+            name: "tools::preloaded_library_in_a_listed_tool_is_a_violation",
+            run: tools::preloaded_library_in_a_listed_tool_is_a_violation,
+        },
+        Scenario {
             name: "tools::exec_gets_the_profile_and_the_list",
             run: tools::exec_gets_the_profile_and_the_list,
         },

@@ -548,3 +548,106 @@ pub fn exec_gets_the_profile_and_the_list(env: &TestEnv) -> Result<()> {
         Ok(())
     })
 }
+
+/// A shared library whose constructor does the probe's work: `PRELOAD-RAN` and the unlink
+/// of `/output/keep`, before the program it was preloaded into starts.
+const PRELOAD_C: &str = r#"
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((constructor)) static void payload(void) {
+    int r = unlink("/output/keep");
+    printf("PRELOAD-RAN unlink=%d\n", r);
+    fflush(stdout);
+}
+"#;
+
+/// Code the agent wrote, run inside a listed dynamic tool through the loader's environment:
+/// `LD_PRELOAD=/input/x.so /usr/bin/dyn` (bytes the agent did not bring as a tool, on a
+/// `noexec` zone; an agent would write them to its scratch space). No mount stops it on runsc 20240729 (the loader maps
+/// the library from a `noexec` zone, and that runsc checks `noexec` on `execve` only), and the
+/// exec is of a listed tool. The exec event carries the loader variables (only those, never
+/// the rest of the environment), and an exec under `tools` with one is a violation: the
+/// sandbox is killed, with a violation naming the variable.
+pub fn preloaded_library_in_a_listed_tool_is_a_violation(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "tools-preload")?;
+    let out = output_dir(&lab)?;
+    let dir = lab.path("tools-image");
+    fs::create_dir_all(&dir)?;
+    let lib = dir.join("payload.so");
+    let c = dir.join("payload.c");
+    fs::write(&c, PRELOAD_C)?;
+    let status = Command::new("gcc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&lib)
+        .arg(&c)
+        .status()
+        .context("run gcc (install gcc: make deps)")?;
+    ensure!(status.success(), "gcc payload.so: {status}");
+    let image = tools_image(env, &lab)?;
+    let input = lab.host_dir("in")?;
+    fs::copy(&lib, input.join("payload.so"))?;
+    lab.policy(
+        "preload",
+        &format!(
+            "{{filesystem: {{inputs: [{{source: {:?}, path: /input}}], \
+             outputs: [{{source: {:?}, path: /output}}]}}, \
+             process: {{tools: [/bin/sh, /bin/echo, /usr/bin/dyn]}}, \
+             audit: {{record: [file], onViolation: kill}}}}",
+            input.display().to_string(),
+            out.display().to_string()
+        ),
+    )?;
+    let keep = out.join("keep");
+    let id = env.id("toolpreload");
+    let plain = env.id("toolplain");
+    env.scenario(&[&id, &plain], || {
+        fs::write(&keep, "precious")?;
+        let run = env.ctr.run_timeout(
+            &lab.argv_of(
+                &image,
+                Some("preload"),
+                &["--rm"],
+                &plain,
+                &["/bin/sh", "-c", "/usr/bin/dyn; echo rc=$?"],
+            ),
+            Duration::from_secs(60),
+        )?;
+        ensure!(
+            says(&run, "DYNAMIC-RAN") && says(&run, "rc=0"),
+            "the listed dynamic tool runs without a preload: {}",
+            run.describe()
+        );
+        let run = env.ctr.run_timeout(
+            &lab.argv_of(
+                &image,
+                Some("preload"),
+                &["--rm"],
+                &id,
+                &[
+                    "/bin/sh",
+                    "-c",
+                    "LD_PRELOAD=/input/payload.so /usr/bin/dyn; echo rc=$?; \
+                     i=0; while [ $i -lt 3000000 ]; do i=$((i+1)); done; echo SURVIVED",
+                ],
+            ),
+            Duration::from_secs(60),
+        )?;
+        ensure!(
+            run.code == Some(137) && !says(&run, "SURVIVED"),
+            "LD_PRELOAD into a listed tool: expected the sandbox killed (137): {}",
+            run.describe()
+        );
+        let v = lab.wait_audit(&id, "a violation naming LD_PRELOAD", |e| {
+            e["action"] == "violation"
+                && e["violation"]["rule"] == "process.tools"
+                && e["violation"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("LD_PRELOAD"))
+        })?;
+        ensure!(
+            v["policy"]["name"] == "preload",
+            "labelled with the container's policy: {v}"
+        );
+        Ok(())
+    })
+}
