@@ -9,8 +9,8 @@ use oci_spec::runtime::Capability;
 use crate::egress::{EgressRule, IngressRule};
 use crate::finding::Finding;
 use crate::manifest::{
-    AgentPolicy, HostZone, NetworkMode, SymlinkRule, UserBound, API_VERSION, KIND, MIN_OUTPUT_SIZE,
-    NONROOT_USER,
+    AgentPolicy, HostZone, NetworkMode, RootfsMode, SymlinkRule, UserBound, API_VERSION, KIND,
+    MIN_OUTPUT_SIZE, NONROOT_USER,
 };
 use crate::paths::{absolute_path_problem, is_within};
 
@@ -131,6 +131,12 @@ fn filesystem(policy: &AgentPolicy, out: &mut Vec<Finding>) {
                             .map(move |(i, _)| format!("spec.filesystem.{kind}[{i}].exec"))
                     }),
             );
+        if fs.rootfs == RootfsMode::ReadWrite {
+            out.push(Finding::warning(
+                "spec.filesystem.rootfs",
+                "read-write beside spec.process.tools: the agent can rewrite the image files its user owns, and a listed dynamic tool loads its libraries (and the loader its configuration) from those files, so its code can change; keep the rootfs read-only and give the agent scratch or output zones, or list static tools",
+            ));
+        }
         for field in exec_zones {
             out.push(Finding::warning(
                 field,

@@ -205,6 +205,24 @@ fn host_names_under_open_are_flagged_as_without_effect() {
     assert_eq!(flagged, ["spec.network.egress[0]"], "{:?}", report.findings);
 }
 
+#[test]
+fn a_writable_rootfs_beside_tools_is_flagged_and_notes_name_what_runs_anything() {
+    let text = "apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: t}\nspec:\n  filesystem: {rootfs: read-write}\n  process: {tools: [/usr/bin/curl, /usr/bin/python3]}\n";
+    let report = lint_str(text, Format::Yaml);
+    let warned: Vec<&str> = report
+        .findings
+        .iter()
+        .filter(|f| f.message.contains("libraries"))
+        .map(|f| f.path.as_str())
+        .collect();
+    assert_eq!(warned, ["spec.filesystem.rootfs"], "{:?}", report.findings);
+    let noted: Vec<&str> = report.notes.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(noted, ["spec.process.tools[1]"], "{:?}", report.notes);
+    // Read-only (the default) with the same tools: no warning.
+    let report = lint_str(&text.replace("read-write", "read-only"), Format::Yaml);
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+}
+
 /// `depth` nested flow sequences under `spec.process.tools`, as an attacker would write them.
 fn nested(depth: usize) -> String {
     format!(
