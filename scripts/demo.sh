@@ -104,6 +104,8 @@ run_agent agent-task-2 'echo "running /usr/local/bin/fetch, which the policy doe
   (exec -a wget /bin/sh -c true) 2>/dev/null; sleep 5; echo "never printed"' && rc=0 || rc=$?
 sleep 0.5
 echo "  -> exit code $rc (killed by Safehouse for the violation)"
+stopped=$(grep '"action":"kill"' "$SH_LAB/audit.jsonl" | grep -o '"stopped_after_us":[0-9]*' | tail -1 | cut -d: -f2 || true)
+[ -n "$stopped" ] && echo "     every thread of the sandbox had stopped ${stopped} µs after the decision (the kill event's stopped_after_us)"
 
 kill "$follower" 2>/dev/null || true; follower=
 echo
