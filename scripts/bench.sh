@@ -109,7 +109,29 @@ for i in $(seq 1 "$KILL_RUNS"); do
   ctr_ run --rm --runtime io.containerd.safehouse.v2 --runtime-config-path "$SH_LAB/tools.toml" \
     "$SH_IMAGE" "b-kill-$i" sh -c 'sleep 0.2; (exec -a fetch /bin/sleep 1); sleep 10' >/dev/null 2>&1 || true
 done
-python3 - "$SH_LAB/audit-kill.jsonl" <<'PY'
+# Baseline, same run: the same kind of sandbox ended by `runsc kill` (how the shim killed before
+# the pidfd switch), from the call to the sandbox process's exit (its pidfd readable).
+log "baseline: the same sandbox ended by runsc kill: $KILL_RUNS runs"
+: > "$SH_LAB/runsc-kill.ms"
+for i in $(seq 1 "$KILL_RUNS"); do
+  ctr_ run -d --runtime io.containerd.safehouse.v2 --runtime-config-path "$SH_LAB/tools.toml" \
+    "$SH_IMAGE" "b-rk-$i" sh -c 'sleep 30' >/dev/null 2>&1 || continue
+  sleep 0.3
+  python3 - "/run/safehouse/runsc/$SH_NS" "b-rk-$i" >> "$SH_LAB/runsc-kill.ms" <<'PY' || true
+import json, os, select, subprocess, sys, time
+root, cid = sys.argv[1], sys.argv[2]
+state = json.loads(subprocess.run(["runsc", "--root", root, "state", cid], capture_output=True, check=True).stdout)
+fd = os.pidfd_open(state["pid"])
+t0 = time.perf_counter()
+subprocess.run(["runsc", "--root", root, "kill", cid, "9"], capture_output=True)
+if select.select([fd], [], [], 10)[0]:
+    print(f"{(time.perf_counter() - t0) * 1000:.3f}")
+PY
+  ctr_ task delete -f "b-rk-$i" >/dev/null 2>&1 || true
+  ctr_ containers rm "b-rk-$i" >/dev/null 2>&1 || true
+done
+
+python3 - "$SH_LAB/audit-kill.jsonl" "$SH_LAB/runsc-kill.ms" <<'PY'
 import json, sys
 from datetime import datetime
 def t(s):  # RFC 3339 with ns -> seconds
@@ -118,6 +140,8 @@ def t(s):  # RFC 3339 with ns -> seconds
 runs = {}
 for line in open(sys.argv[1]):
     e = json.loads(line)
+    if not e["sandbox_id"].startswith("b-kill-"):
+        continue
     r = runs.setdefault(e["sandbox_id"], {})
     if e["category"] == "process" and e["action"] == "exec" and \
             (e.get("process", {}).get("argv") or [""])[0] == "fetch":
@@ -140,47 +164,10 @@ s = [r["stopped"] for r in runs.values() if "stopped" in r]
 print(f"kill decision -> sandbox stopped (every Sentry thread exiting): median {med(s):.2f} ms over {len(s)} runs (max {max(s) if s else float('nan'):.2f})  (target median <= 2)")
 d = [(r["exit"] - r["kill"]) * 1000 for r in runs.values() if {"kill", "exit"} <= r.keys()]
 print(f"kill decision -> sandbox reaped (the kernel has torn down its namespaces): median {med(d):.2f} ms over {len(d)} runs (max {max(d) if d else float('nan'):.2f})")
-PY
-
-# Baseline, same run: the same kind of sandbox ended by `runsc kill` (how the shim killed before
-# the pidfd switch), from the call to the sandbox process's exit (its pidfd readable).
-log "baseline: the same sandbox ended by runsc kill: $KILL_RUNS runs"
-: > "$SH_LAB/runsc-kill.ms"
-for i in $(seq 1 "$KILL_RUNS"); do
-  ctr_ run -d --runtime io.containerd.safehouse.v2 --runtime-config-path "$SH_LAB/tools.toml" \
-    "$SH_IMAGE" "b-rk-$i" sh -c 'sleep 30' >/dev/null 2>&1 || continue
-  sleep 0.3
-  python3 - "/run/safehouse/runsc/$SH_NS" "b-rk-$i" >> "$SH_LAB/runsc-kill.ms" <<'PY' || true
-import json, os, select, subprocess, sys, time
-root, cid = sys.argv[1], sys.argv[2]
-state = json.loads(subprocess.run(["runsc", "--root", root, "state", cid], capture_output=True, check=True).stdout)
-fd = os.pidfd_open(state["pid"])
-t0 = time.perf_counter()
-subprocess.run(["runsc", "--root", root, "kill", cid, "9"], capture_output=True)
-if select.select([fd], [], [], 10)[0]:
-    print(f"{(time.perf_counter() - t0) * 1000:.3f}")
-PY
-  ctr_ task delete -f "b-rk-$i" >/dev/null 2>&1 || true
-  ctr_ containers rm "b-rk-$i" >/dev/null 2>&1 || true
-done
-python3 - "$SH_LAB/runsc-kill.ms" "$SH_LAB/audit-kill.jsonl" <<'PY'
-import json, sys
-from datetime import datetime
-xs = sorted(float(l) for l in open(sys.argv[1]) if l.strip())
-def t(s):
-    base, frac = s.rstrip("Z").split(".")
-    return datetime.fromisoformat(base).timestamp() + float("0." + frac)
-runs = {}
-for line in open(sys.argv[2]):
-    e = json.loads(line)
-    r = runs.setdefault(e["sandbox_id"], {})
-    if e["category"] == "lifecycle" and e["action"] in ("kill", "exit"):
-        r[e["action"]] = t(e["time"])
-d = sorted((r["exit"] - r["kill"]) * 1000 for r in runs.values() if {"kill", "exit"} <= r.keys())
-med = lambda v: v[len(v) // 2] if v else float("nan")
-print(f"runsc kill -> sandbox exited (baseline): median {med(xs):.2f} ms over {len(xs)} runs (max {max(xs) if xs else float('nan'):.2f})")
-if xs and d:
-    print(f"ratio kill switch (decision -> reaped) / runsc kill (call -> exited): {med(d) / med(xs):.2f}")
+b = [float(l) for l in open(sys.argv[2]) if l.strip()]
+print(f"runsc kill -> sandbox exited (baseline): median {med(b):.2f} ms over {len(b)} runs (max {max(b) if b else float('nan'):.2f})")
+if b and d:
+    print(f"ratio kill switch (decision -> reaped) / runsc kill (call -> exited): {med(d) / med(b):.2f}")
 PY
 
 # Create-time cost of process.tools: the open policy with and without a tools list (the

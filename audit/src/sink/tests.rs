@@ -293,16 +293,7 @@ async fn a_burst_arrives_whole_and_in_order_and_dropping_the_sink_ends_its_reade
     client(move || {
         let (c, _) = SentryClient::handshake(&path).unwrap_or_else(|e| panic!("{e}"));
         for i in 0..N {
-            let open = SyscallOpen {
-                context_data: ctx().to_proto(),
-                exit: exit(i, 0),
-                sysno: 257,
-                fd: -100,
-                pathname: format!("/tmp/{i}").into_bytes(),
-                ..Default::default()
-            };
-            c.send(&packet(mt::SYSCALL_OPEN, 0, &open))
-                .unwrap_or_else(|e| panic!("{e}"));
+            c.send(&open_packet(i)).unwrap_or_else(|e| panic!("{e}"));
         }
         let _ = tx_client.send(c);
     })
