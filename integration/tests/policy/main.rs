@@ -99,6 +99,10 @@ fn main() -> ExitCode {
             run: tools::preloaded_library_in_a_listed_tool_is_a_violation,
         },
         Scenario {
+            name: "tools::descriptor_paths_to_an_unlisted_file_never_run",
+            run: tools::descriptor_paths_to_an_unlisted_file_never_run,
+        },
+        Scenario {
             name: "tools::exec_gets_the_profile_and_the_list",
             run: tools::exec_gets_the_profile_and_the_list,
         },

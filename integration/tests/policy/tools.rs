@@ -65,7 +65,8 @@ fn gcc(dir: &Path, name: &str, source: &str, static_: bool) -> Result<PathBuf> {
 
 /// Builds and imports the test image: busybox, `/usr/local/bin/probe` (static, never listed)
 /// and `/usr/local/bin/probe-dyn` (the same, dynamic), `/usr/bin/dyn` and
-/// `/usr/local/bin/dyn-other` (the same dynamic program, one listed), `/usr/bin/memexec`, with
+/// `/usr/local/bin/dyn-other` (the same dynamic program, one listed), `/usr/bin/memexec`,
+/// `/usr/bin/fdexec`, with
 /// the host's loader and libc.
 fn tools_image(env: &TestEnv, lab: &Lab) -> Result<String> {
     let dir = lab.path("tools-image");
@@ -73,6 +74,7 @@ fn tools_image(env: &TestEnv, lab: &Lab) -> Result<String> {
     let probe = gcc(&dir, "probe", PROBE_C, true)?;
     let probe_dyn = gcc(&dir, "probe-dyn", PROBE_C, false)?;
     let memexec = gcc(&dir, "memexec", MEMEXEC_C, true)?;
+    let fdexec = gcc(&dir, "fdexec", FDEXEC_C, true)?;
     let dyn_ = gcc(&dir, "dyn", DYN_C, false)?;
     let loader = fs::canonicalize(LOADER).context("the host's ELF loader")?;
     let libc = fs::canonicalize(LIBC).context("the host's libc")?;
@@ -86,6 +88,7 @@ fn tools_image(env: &TestEnv, lab: &Lab) -> Result<String> {
             (probe, "/usr/local/bin/probe"),
             (probe_dyn, "/usr/local/bin/probe-dyn"),
             (memexec, "/usr/bin/memexec"),
+            (fdexec, "/usr/bin/fdexec"),
             (dyn_.clone(), "/usr/bin/dyn"),
             (dyn_, "/usr/local/bin/dyn-other"),
             (loader, LOADER),
@@ -653,6 +656,88 @@ pub fn preloaded_library_in_a_listed_tool_is_a_violation(env: &TestEnv) -> Resul
         ensure!(
             v["policy"]["name"] == "preload",
             "labelled with the container's policy: {v}"
+        );
+        Ok(())
+    })
+}
+
+/// A listed program that runs a file through a descriptor instead of its path, the ways that
+/// skip a path check: `fdexec FILE ARGS...` opens FILE `O_PATH`, tries `execveat(fd, "",
+/// AT_EMPTY_PATH)`, then opens it for reading and tries `execve("/proc/self/fd/N")`.
+const FDEXEC_C: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+extern char **environ;
+int main(int argc, char **argv) {
+    if (argc < 2) return 2;
+    int fd = open(argv[1], O_PATH);
+    if (fd < 0) { printf("FDEXEC-OPEN-FAILED errno=%d\n", errno); return 3; }
+    fflush(stdout);
+    syscall(SYS_execveat, fd, "", argv + 1, environ, AT_EMPTY_PATH);
+    printf("FDEXEC-EXECVEAT-FAILED errno=%d\n", errno);
+    int rd = open(argv[1], O_RDONLY);
+    if (rd < 0) { printf("FDEXEC-OPEN-FAILED errno=%d\n", errno); return 3; }
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", rd);
+    fflush(stdout);
+    execve(path, argv + 1, environ);
+    printf("FDEXEC-PROCFD-FAILED errno=%d\n", errno);
+    return 126;
+}
+"#;
+
+/// An unlisted file run through a descriptor (`execveat` on an `O_PATH` fd, `/proc/self/fd/N`)
+/// by a listed program: the mount of the file is `noexec` whichever name reaches it, so both
+/// fail with EACCES and the probe never runs; while a listed tool reached the same way runs.
+pub fn descriptor_paths_to_an_unlisted_file_never_run(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "tools-fd")?;
+    let out = output_dir(&lab)?;
+    let image = tools_image(env, &lab)?;
+    lab.policy(
+        "fdexec",
+        &format!(
+            "{{filesystem: {{outputs: [{{source: {:?}, path: /output}}]}}, \
+             process: {{tools: [/bin/sh, /bin/echo, /usr/bin/dyn, /usr/bin/fdexec]}}, \
+             audit: {{record: [file], onViolation: record}}}}",
+            out.display().to_string()
+        ),
+    )?;
+    let id = env.id("toolfd");
+    env.scenario(&[&id], || {
+        let run = env.ctr.run_timeout(
+            &lab.argv_of(
+                &image,
+                Some("fdexec"),
+                &["--rm"],
+                &id,
+                &[
+                    "/bin/sh",
+                    "-c",
+                    "echo kept > /output/keep; \
+                     /usr/bin/fdexec /usr/local/bin/probe unlink /output/keep; \
+                     echo rc=$?; [ -f /output/keep ] && echo KEEP-THERE; \
+                     /usr/bin/fdexec /usr/bin/dyn",
+                ],
+            ),
+            Duration::from_secs(60),
+        )?;
+        ensure!(
+            !says(&run, "PROBE-RAN")
+                && says(&run, &format!("FDEXEC-EXECVEAT-FAILED errno={}", libc::EACCES))
+                && says(&run, &format!("FDEXEC-PROCFD-FAILED errno={}", libc::EACCES))
+                && says(&run, "KEEP-THERE"),
+            "an unlisted file run through a descriptor: expected EACCES both ways and the probe never run: {}",
+            run.describe()
+        );
+        ensure!(
+            says(&run, "DYNAMIC-RAN"),
+            "a listed tool reached through a descriptor still runs: {}",
+            run.describe()
         );
         Ok(())
     })
