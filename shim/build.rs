@@ -42,6 +42,13 @@ fn main() {
     println!("cargo:rerun-if-changed={}", helper_src.display());
     println!("cargo:rerun-if-changed={UNISTD_64}");
     build_helper(&helper_src.join("main.rs"), &out.join("seccomp-exec"));
+    // Names the node-wide copy bundles hard-link to: one per helper content.
+    let helper = std::fs::read(out.join("seccomp-exec"))
+        .unwrap_or_else(|e| fail(&format!("read the built helper: {e}")));
+    println!(
+        "cargo:rustc-env=SAFEHOUSE_SECCOMP_EXEC_SHA256={}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&helper))
+    );
     syscall_table(Path::new(UNISTD_64), &out.join("syscalls_x86_64.rs"));
 }
 

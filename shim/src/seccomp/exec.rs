@@ -44,7 +44,7 @@ pub fn prepare(bundle: &Path, rootfs: &Path, spec: &Spec) -> Result<Option<Mount
         .mode(0o755)
         .create(&dir)
         .map_err(|e| ShimError::io(format!("create {}", dir.display()), e))?;
-    write_file(&dir.join(HELPER), HELPER_BINARY, 0o555)?;
+    place_helper(&dir.join(HELPER), Path::new(SHARED_DIR))?;
     write_file(
         &dir.join(FILTERS),
         &safehouse_seccomp_exec::encode(&filters),
@@ -69,6 +69,48 @@ pub fn add_bind(spec: &mut Spec, bind: Mount) {
     mounts.retain(|m| m.destination() != Path::new(DIR));
     mounts.push(bind);
     spec.set_mounts(Some(mounts));
+}
+
+/// Where one copy of the helper per helper build is kept, for every bundle on the same
+/// filesystem (containerd's state under /run) to hard-link instead of copying 1.2 MB of
+/// tmpfs per container. Root-only: nothing but root can change what the links show.
+#[cfg(not(test))]
+const SHARED_DIR: &str = "/run/safehouse/seccomp-exec";
+/// Unit tests keep theirs out of the node's.
+#[cfg(test)]
+const SHARED_DIR: &str = "/tmp/safehouse-unit-seccomp-exec";
+
+/// Puts the helper at `at`: a hard link to the node-wide copy under `shared` when the two are
+/// on one filesystem, a copy of its own otherwise.
+fn place_helper(at: &Path, shared: &Path) -> Result<()> {
+    if let Ok(copy) = shared_helper(shared) {
+        if std::fs::hard_link(&copy, at).is_ok() {
+            return Ok(());
+        }
+    }
+    write_file(at, HELPER_BINARY, 0o555)
+}
+
+/// The node-wide copy of this helper build, written (atomically, by rename) if missing.
+fn shared_helper(dir: &Path) -> std::io::Result<PathBuf> {
+    let digest = env!("SAFEHOUSE_SECCOMP_EXEC_SHA256");
+    let path = dir.join(format!("{HELPER}-{}", &digest[..16]));
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() == HELPER_BINARY.len() as u64) {
+        return Ok(path);
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let tmp = dir.join(format!(
+        ".{HELPER}-{}.{}",
+        &digest[..16],
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    write_file(&tmp, HELPER_BINARY, 0o555).map_err(std::io::Error::other)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
 }
 
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
@@ -152,6 +194,33 @@ mod tests {
             v["linux"]["seccomp"] = s;
         }
         serde_json::from_value(v).expect("spec")
+    }
+
+    #[test]
+    fn bundles_on_one_filesystem_share_one_copy_of_the_helper() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let shared = tmp.path().join("shared");
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        place_helper(&a, &shared).expect("first");
+        place_helper(&b, &shared).expect("second");
+        let (ma, mb) = (
+            std::fs::metadata(&a).expect("a"),
+            std::fs::metadata(&b).expect("b"),
+        );
+        assert_eq!(ma.ino(), mb.ino(), "one inode for both bundles");
+        assert_eq!(ma.nlink(), 3, "the shared copy and two links");
+        assert_eq!(ma.mode() & 0o777, 0o555);
+        assert_eq!(std::fs::read(&a).expect("read"), HELPER_BINARY);
+        let dir_mode = std::fs::metadata(&shared).expect("shared").mode() & 0o777;
+        assert_eq!(dir_mode, 0o700, "only root can reach the shared copy");
+        // A shared directory that cannot be made: a copy of its own.
+        let blocked = tmp.path().join("file");
+        std::fs::write(&blocked, b"x").expect("write");
+        let c = tmp.path().join("c");
+        place_helper(&c, &blocked.join("shared")).expect("fallback");
+        assert_eq!(std::fs::metadata(&c).expect("c").nlink(), 1);
+        assert_eq!(std::fs::read(&c).expect("read"), HELPER_BINARY);
     }
 
     #[test]
