@@ -179,6 +179,14 @@ impl Connection {
             .map_err(|e| format!("cannot answer the handshake: {e}"))
     }
 
+    /// The batching interval: the sink's, or less when the destination asks for less.
+    fn interval(&self) -> Duration {
+        let own = self.options.batch_interval;
+        self.deliver
+            .pause_limit()
+            .map_or(own, |limit| limit.min(own))
+    }
+
     fn read_loop(&self) -> End {
         let mut buf = vec![0u8; self.options.max_packet];
         let mut pending = Pending::default();
@@ -189,8 +197,8 @@ impl Connection {
         loop {
             // Drain everything queued, handing events on in bounded batches.
             let drain_started = Instant::now();
-            let busy = last_drain
-                .is_some_and(|t| drain_started.duration_since(t) < self.options.batch_interval);
+            let interval = self.interval();
+            let busy = last_drain.is_some_and(|t| drain_started.duration_since(t) < interval);
             let mut got = 0usize;
             let closed = loop {
                 let n = match recv_packet(&self.fd, &mut buf) {
@@ -217,7 +225,11 @@ impl Connection {
             }
             if got > 0 && busy {
                 // Busy: let packets gather in the socket instead of being woken by each.
-                pause = next_pause(pause, got, &self.options);
+                let options = SinkOptions {
+                    batch_interval: interval,
+                    ..self.options.clone()
+                };
+                pause = next_pause(pause, got, &options);
                 std::thread::sleep(pause);
                 if self.stopping() {
                     return End::Stopped;

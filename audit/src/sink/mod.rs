@@ -48,6 +48,14 @@ pub trait Deliver: Send + Sync + 'static {
         batch: &mut Vec<AuditEvent>,
         stopping: &dyn Fn() -> bool,
     ) -> Result<(), Closed>;
+
+    /// The longest the reader may let a busy stream's packets gather between drains, when the
+    /// destination needs less than [`SinkOptions::batch_interval`]: one that acts on events
+    /// (the `process.tools` check) wants an exec seen soon even in a flood. Asked before
+    /// every pause.
+    fn pause_limit(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// A shared destination (the caller keeps a handle, e.g. to read its counters).
@@ -58,6 +66,10 @@ impl<D: Deliver> Deliver for Arc<D> {
         stopping: &dyn Fn() -> bool,
     ) -> Result<(), Closed> {
         (**self).deliver(batch, stopping)
+    }
+
+    fn pause_limit(&self) -> Option<std::time::Duration> {
+        (**self).pause_limit()
     }
 }
 

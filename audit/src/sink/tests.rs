@@ -394,3 +394,62 @@ async fn a_slow_stream_is_read_at_once_and_a_busy_one_in_batches() {
     let _c = conn_rx.recv().unwrap_or_else(|e| panic!("{e}"));
     handle.shutdown();
 }
+
+/// A destination that asks for short pauses, as the tools check does.
+struct Limited(mpsc::Sender<AuditEvent>, Duration);
+
+impl Deliver for Limited {
+    fn deliver(
+        &self,
+        batch: &mut Vec<AuditEvent>,
+        stopping: &dyn Fn() -> bool,
+    ) -> Result<(), Closed> {
+        self.0.deliver(batch, stopping)
+    }
+
+    fn pause_limit(&self) -> Option<Duration> {
+        Some(self.1)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_that_acts_on_events_shortens_a_busy_streams_pause() {
+    let interval = Duration::from_secs(3);
+    let limit = Duration::from_millis(100);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("limited");
+    let options = SinkOptions {
+        batch_interval: interval,
+        ..SinkOptions::default()
+    };
+    let sink = TraceSink::bind(&path, options).unwrap_or_else(|e| panic!("{e}"));
+    let (tx, mut rx) = mpsc::channel(1024);
+    let handle = sink.spawn(SandboxContext::new("limited"), Limited(tx, limit));
+    let (send, sends) = std::sync::mpsc::channel::<i64>();
+    let (conn_tx, conn_rx) = std::sync::mpsc::channel();
+    tokio::task::spawn_blocking(move || {
+        let (c, _) = SentryClient::handshake(&path).unwrap_or_else(|e| panic!("{e}"));
+        while let Ok(i) = sends.recv() {
+            c.send(&open_packet(i)).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let _ = conn_tx.send(c);
+    });
+    for i in 0..2 {
+        send.send(i).unwrap_or_else(|e| panic!("{e}"));
+        next(&mut rx).await;
+    }
+    // Two drains close together: busy, so the reader pauses, but for the destination's limit,
+    // not the sink's 3 s.
+    let sent = std::time::Instant::now();
+    send.send(2).unwrap_or_else(|e| panic!("{e}"));
+    let ev = next(&mut rx).await;
+    let took = sent.elapsed();
+    assert_eq!(ev.file.and_then(|f| f.path).as_deref(), Some("/tmp/2"));
+    assert!(
+        took < interval / 2,
+        "a busy stream's packet waited {took:?}: the destination's limit was {limit:?}"
+    );
+    drop(send);
+    let _c = conn_rx.recv().unwrap_or_else(|e| panic!("{e}"));
+    handle.shutdown();
+}

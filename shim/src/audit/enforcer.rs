@@ -14,6 +14,11 @@ use tokio::sync::mpsc;
 
 use super::{AuditOutput, AuditRules, KillSwitch};
 
+/// The longest a busy stream's packets may wait in the socket when a container's policy
+/// restricts what runs (the sink's own interval is 3 ms): the bound on how late a flood can
+/// make the tools check see an exec, at the cost of at most 1,000 wake-ups a second.
+const TOOLS_PAUSE: Duration = Duration::from_millis(1);
+
 /// How long the enforcer waits for a killed sandbox to stop before it says it did not.
 const STOP_CONFIRM: Duration = Duration::from_millis(100);
 
@@ -249,6 +254,10 @@ impl Deliver for Enforcer {
         self.output.submit_batch(&mut rest, stopping);
         Ok(())
     }
+
+    fn pause_limit(&self) -> Option<Duration> {
+        self.book.restricting().map(|_| TOOLS_PAUSE)
+    }
 }
 
 #[cfg(test)]
@@ -391,6 +400,24 @@ mod tests {
             "the pod's own rules allow nc; the member's do not"
         );
         assert_eq!(batch[3].container_id.as_deref(), Some("app"));
+    }
+
+    #[test]
+    fn a_sandbox_with_tools_asks_for_short_pauses() {
+        let (open, _) = enforcer(RuleBook::new("sb", rules(&[], ViolationAction::Kill, "p")));
+        assert_eq!(
+            open.pause_limit(),
+            None,
+            "nothing restricts: the sink's own interval"
+        );
+        let book = RuleBook::new("sb", rules(&[], ViolationAction::Kill, "p"));
+        book.insert("app", rules(&["/bin/sh"], ViolationAction::Kill, "q"));
+        let (tooled, _) = enforcer(book);
+        assert_eq!(
+            tooled.pause_limit(),
+            Some(TOOLS_PAUSE),
+            "a member with tools"
+        );
     }
 
     #[test]
