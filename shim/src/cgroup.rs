@@ -32,6 +32,21 @@ pub fn oom_kills(cgroups_path: &str) -> Option<u64> {
     parse_oom_kill(&std::fs::read_to_string(file).ok()?)
 }
 
+/// The file that caps the CPU time of the cgroup `cgroups_path`, and the value that lifts
+/// the cap: a killed sandbox's threads must run to exit, and a sandbox that spent its quota
+/// (an agent busy on purpose) has them wait for the next period, tens of milliseconds.
+pub fn cpu_quota_release(root: &Path, cgroups_path: &str) -> Option<(PathBuf, &'static str)> {
+    if !cgroups_path.starts_with('/') || cgroups_path.contains("..") {
+        return None;
+    }
+    let rel = cgroups_path.trim_start_matches('/');
+    if root.join("cgroup.controllers").exists() {
+        Some((root.join(rel).join("cpu.max"), "max"))
+    } else {
+        Some((root.join("cpu").join(rel).join("cpu.cfs_quota_us"), "-1"))
+    }
+}
+
 /// Reads `oom_kill N` from memory.events or memory.oom_control.
 fn parse_oom_kill(text: &str) -> Option<u64> {
     text.lines()
@@ -232,6 +247,22 @@ fn shares_to_weight(shares: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cpu_cap_to_lift_is_found_for_v1_and_v2() {
+        let v1 = tempfile::tempdir().expect("tempdir");
+        assert_eq!(
+            cpu_quota_release(v1.path(), "/k8s/pod1"),
+            Some((v1.path().join("cpu/k8s/pod1/cpu.cfs_quota_us"), "-1"))
+        );
+        let v2 = tempfile::tempdir().expect("tempdir");
+        std::fs::write(v2.path().join("cgroup.controllers"), "cpu memory").expect("write");
+        assert_eq!(
+            cpu_quota_release(v2.path(), "/k8s/pod1"),
+            Some((v2.path().join("k8s/pod1/cpu.max"), "max"))
+        );
+        assert_eq!(cpu_quota_release(v1.path(), "k8s/../x"), None);
+    }
 
     #[test]
     fn finds_the_counter_for_v1_and_v2() {

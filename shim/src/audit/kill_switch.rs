@@ -14,6 +14,7 @@
 //! which nothing of the sandbox runs.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,8 @@ const PF_EXITING: u64 = 0x4;
 #[derive(Default)]
 pub struct KillSwitch {
     armed: OnceLock<(OwnedFd, u32)>,
+    /// The sandbox cgroup's CPU cap and the value that lifts it.
+    cpu_cap: OnceLock<(PathBuf, &'static str)>,
 }
 
 impl KillSwitch {
@@ -39,6 +42,15 @@ impl KillSwitch {
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         let _ = self.armed.set((fd, pid as u32));
         Ok(())
+    }
+
+    /// Has [`kill`](Self::kill) lift the CPU cap `file` of the sandbox's cgroup (writing
+    /// `unlimited` to it) right after the signal: a sandbox that has spent its CPU quota would
+    /// otherwise have its threads wait for the next period (tens of milliseconds) before they
+    /// can run to their exit. Measured in a flood: 2 kills in 35 took 31 ms, each time with
+    /// the Sentry's threads runnable but not run.
+    pub fn lift_cpu_cap_on_kill(&self, file: PathBuf, unlimited: &'static str) {
+        let _ = self.cpu_cap.set((file, unlimited));
     }
 
     /// SIGKILL to the sandbox process; false if the switch is not armed or the kernel refused.
@@ -57,7 +69,14 @@ impl KillSwitch {
             )
         };
         // ESRCH: it has already exited, which is what was wanted.
-        rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+        let killed = rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if killed {
+            if let Some((file, unlimited)) = self.cpu_cap.get() {
+                // Best effort: the cgroup may be gone with the sandbox already.
+                let _ = std::fs::write(file, unlimited);
+            }
+        }
+        killed
     }
 
     /// After [`kill`](Self::kill): waits (polling, at most `within`) until the sandbox process
@@ -158,6 +177,28 @@ mod tests {
         assert!(switch.kill());
         let took = switch.wait_stopped(Duration::from_secs(5));
         assert!(took.is_some(), "a SIGKILLed process stops");
+        child.wait().expect("wait");
+    }
+
+    #[test]
+    fn the_kill_lifts_the_cpu_cap_it_was_given() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cap = dir.path().join("cpu.cfs_quota_us");
+        std::fs::write(&cap, "100000").expect("write");
+        let switch = KillSwitch::default();
+        switch.lift_cpu_cap_on_kill(cap.clone(), "-1");
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        switch.arm(child.id()).expect("arm");
+        assert_eq!(
+            std::fs::read_to_string(&cap).expect("read"),
+            "100000",
+            "not before"
+        );
+        assert!(switch.kill());
+        assert_eq!(std::fs::read_to_string(&cap).expect("read"), "-1");
         child.wait().expect("wait");
     }
 

@@ -244,6 +244,11 @@ async fn boot<'a>(
         network = Some(started);
     }
     run_create_hooks(&new, pid, &audit, record).await?;
+    if let Some((file, unlimited)) = own_cgroup(&new.bundle).and_then(|path| {
+        crate::cgroup::cpu_quota_release(std::path::Path::new(crate::cgroup::ROOT), &path)
+    }) {
+        audit.switch.lift_cpu_cap_on_kill(file, unlimited);
+    }
     if let Err(e) = audit.switch.arm(pid) {
         // The task service's runsc kill stands in for it.
         tracing::warn!(container = %new.id, "cannot arm the kill switch for pid {pid}: {e}");
