@@ -347,6 +347,26 @@ fn open_packet(i: i64) -> Vec<u8> {
     packet(mt::SYSCALL_OPEN, 0, &open)
 }
 
+/// A Sentry client on a thread of its own that sends the open of `/tmp/{i}` for each `i` it
+/// is given, when it is given it; the connection comes back once the sender is dropped.
+fn paced_client(
+    path: PathBuf,
+) -> (
+    std::sync::mpsc::Sender<i64>,
+    std::sync::mpsc::Receiver<SentryClient>,
+) {
+    let (send, sends) = std::sync::mpsc::channel::<i64>();
+    let (conn_tx, conn_rx) = std::sync::mpsc::channel();
+    tokio::task::spawn_blocking(move || {
+        let (c, _) = SentryClient::handshake(&path).unwrap_or_else(|e| panic!("{e}"));
+        while let Ok(i) = sends.recv() {
+            c.send(&open_packet(i)).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let _ = conn_tx.send(c);
+    });
+    (send, conn_rx)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_stream_is_read_at_once_and_a_busy_one_in_batches() {
     // A long interval makes the difference between "read at once" and "held for the pause"
@@ -358,15 +378,7 @@ async fn a_slow_stream_is_read_at_once_and_a_busy_one_in_batches() {
         ..SinkOptions::default()
     };
     let (handle, mut rx, path) = start(dir.path(), "slow", options);
-    let (send, sends) = std::sync::mpsc::channel::<i64>();
-    let (conn_tx, conn_rx) = std::sync::mpsc::channel();
-    tokio::task::spawn_blocking(move || {
-        let (c, _) = SentryClient::handshake(&path).unwrap_or_else(|e| panic!("{e}"));
-        while let Ok(i) = sends.recv() {
-            c.send(&open_packet(i)).unwrap_or_else(|e| panic!("{e}"));
-        }
-        let _ = conn_tx.send(c);
-    });
+    let (send, conn_rx) = paced_client(path);
     let path_of = |ev: AuditEvent| ev.file.and_then(|f| f.path);
     // The first packet after a quiet spell, and one right after it: the drain before the
     // second came after a quiet spell, so the reader waits on the socket, not for the pause.
@@ -425,15 +437,7 @@ async fn a_destination_that_acts_on_events_shortens_a_busy_streams_pause() {
     let sink = TraceSink::bind(&path, options).unwrap_or_else(|e| panic!("{e}"));
     let (tx, mut rx) = mpsc::channel(1024);
     let handle = sink.spawn(SandboxContext::new("limited"), Limited(tx, limit));
-    let (send, sends) = std::sync::mpsc::channel::<i64>();
-    let (conn_tx, conn_rx) = std::sync::mpsc::channel();
-    tokio::task::spawn_blocking(move || {
-        let (c, _) = SentryClient::handshake(&path).unwrap_or_else(|e| panic!("{e}"));
-        while let Ok(i) = sends.recv() {
-            c.send(&open_packet(i)).unwrap_or_else(|e| panic!("{e}"));
-        }
-        let _ = conn_tx.send(c);
-    });
+    let (send, conn_rx) = paced_client(path);
     for i in 0..2 {
         send.send(i).unwrap_or_else(|e| panic!("{e}"));
         next(&mut rx).await;

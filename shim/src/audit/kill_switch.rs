@@ -140,14 +140,18 @@ fn thread_exiting(stat: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn sleeper() -> std::process::Child {
+        std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep")
+    }
+
     #[test]
     fn kills_the_process_it_was_armed_for_and_only_once_armed() {
         let switch = KillSwitch::default();
         assert!(!switch.kill(), "not armed");
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .expect("spawn sleep");
+        let mut child = sleeper();
         switch.arm(child.id()).expect("arm");
         assert!(switch.kill());
         let status = child.wait().expect("wait");
@@ -164,10 +168,7 @@ mod tests {
             None,
             "not armed"
         );
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .expect("spawn sleep");
+        let mut child = sleeper();
         switch.arm(child.id()).expect("arm");
         assert_eq!(
             switch.wait_stopped(Duration::from_millis(20)),
@@ -187,10 +188,7 @@ mod tests {
         std::fs::write(&cap, "100000").expect("write");
         let switch = KillSwitch::default();
         switch.lift_cpu_cap_on_kill(cap.clone(), "-1");
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .expect("spawn sleep");
+        let mut child = sleeper();
         switch.arm(child.id()).expect("arm");
         assert_eq!(
             std::fs::read_to_string(&cap).expect("read"),
