@@ -72,12 +72,11 @@ enum End {
 }
 
 /// The pause before the next drain: the last pause scaled so that, at the rate the last
-/// drain saw, the next one finds about [`SinkOptions::batch_target`] packets; between a tenth
-/// of [`SinkOptions::batch_interval`] and all of it.
-pub(super) fn next_pause(last: Duration, got: usize, options: &SinkOptions) -> Duration {
-    let max = options.batch_interval;
+/// drain saw, the next one finds about `target` packets ([`SinkOptions::batch_target`]);
+/// between a tenth of the batching interval `max` and all of it.
+pub(super) fn next_pause(last: Duration, got: usize, max: Duration, target: usize) -> Duration {
     let min = max / 10;
-    let target = options.batch_target.max(1) as u128;
+    let target = target.max(1) as u128;
     let scaled = last.as_nanos() * target / got.max(1) as u128;
     Duration::from_nanos(scaled.min(max.as_nanos()) as u64).max(min)
 }
@@ -225,11 +224,7 @@ impl Connection {
             }
             if got > 0 && busy {
                 // Busy: let packets gather in the socket instead of being woken by each.
-                let options = SinkOptions {
-                    batch_interval: interval,
-                    ..self.options.clone()
-                };
-                pause = next_pause(pause, got, &options);
+                pause = next_pause(pause, got, interval, self.options.batch_target);
                 std::thread::sleep(pause);
                 if self.stopping() {
                     return End::Stopped;

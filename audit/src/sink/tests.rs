@@ -321,17 +321,26 @@ fn pauses_shrink_as_the_stream_speeds_up_and_stay_bounded() {
     let options = SinkOptions::default();
     let max = options.batch_interval;
     // A trickle: the whole interval.
-    assert_eq!(conn::next_pause(max, 1, &options), max);
+    assert_eq!(conn::next_pause(max, 1, max, options.batch_target), max);
     // Exactly the target: unchanged.
-    assert_eq!(conn::next_pause(max, options.batch_target, &options), max);
+    assert_eq!(
+        conn::next_pause(max, options.batch_target, max, options.batch_target),
+        max
+    );
     // Four times the target: a quarter of the pause, so the next drain finds about the target.
     assert_eq!(
-        conn::next_pause(max, options.batch_target * 4, &options),
+        conn::next_pause(max, options.batch_target * 4, max, options.batch_target),
         max / 4
     );
     // A flood: never below a tenth, never above the interval.
-    assert_eq!(conn::next_pause(max, 1_000_000, &options), max / 10);
-    assert_eq!(conn::next_pause(max / 10, 1, &options), max);
+    assert_eq!(
+        conn::next_pause(max, 1_000_000, max, options.batch_target),
+        max / 10
+    );
+    assert_eq!(
+        conn::next_pause(max / 10, 1, max, options.batch_target),
+        max
+    );
 }
 
 /// An open of `/tmp/{i}` as the Sentry reports it.

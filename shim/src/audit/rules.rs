@@ -175,13 +175,18 @@ impl AuditRules {
     }
 }
 
-/// The loader variables the spec's `process.env` sets.
-fn spec_loader_env(spec: &serde_json::Value) -> HashMap<String, String> {
+/// The spec's `process.env` as (name, value) pairs.
+fn spec_env(spec: &serde_json::Value) -> impl Iterator<Item = (&str, &str)> {
     spec["process"]["env"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|e| e.as_str()?.split_once('='))
+}
+
+/// The loader variables the spec's `process.env` sets.
+fn spec_loader_env(spec: &serde_json::Value) -> HashMap<String, String> {
+    spec_env(spec)
         .filter(|(name, _)| LOADER_VARIABLES.contains(name))
         .map(|(name, value)| (name.to_owned(), value.to_owned()))
         .collect()
@@ -193,13 +198,8 @@ fn init_binary(rootfs: &Path, spec: &serde_json::Value) -> Option<String> {
     if arg0.starts_with('/') {
         return resolve_in_root(rootfs, Path::new(arg0)).map(|p| p.display().to_string());
     }
-    let path_var = spec["process"]["env"]
-        .as_array()
-        .and_then(|env| {
-            env.iter()
-                .filter_map(|e| e.as_str())
-                .find_map(|e| e.strip_prefix("PATH="))
-        })
+    let path_var = spec_env(spec)
+        .find_map(|(name, value)| (name == "PATH").then_some(value))
         .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     path_var
         .split(':')
