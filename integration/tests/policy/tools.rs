@@ -83,7 +83,10 @@ fn tools_image(env: &TestEnv, lab: &Lab) -> Result<String> {
         &env.ctr.address,
         &env.ctr.namespace,
         &dir,
-        &format!("tools-{}", std::process::id()),
+        // One name per lab: the scenarios run in parallel in one namespace, each importing its
+        // own build (its own digest); under a shared name one import's unpack would find its
+        // content collected once another import took the name.
+        &format!("tools-{}-{}", std::process::id(), lab_tag(&dir)),
         &[
             (probe, "/usr/local/bin/probe"),
             (probe_dyn, "/usr/local/bin/probe-dyn"),
@@ -95,6 +98,15 @@ fn tools_image(env: &TestEnv, lab: &Lab) -> Result<String> {
             (libc, LIBC),
         ],
     )
+}
+
+/// The lab's own tag (`lab-TAG` is its directory), from a path inside it.
+fn lab_tag(inside: &Path) -> String {
+    inside
+        .parent()
+        .and_then(|lab| lab.file_name())
+        .map(|n| n.to_string_lossy().trim_start_matches("lab-").to_string())
+        .unwrap_or_default()
 }
 
 /// An output zone the policy's (non-root) user can delete in.
