@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use safehouse_integration::command::Running;
+use safehouse_integration::command::{Output, Running};
 use safehouse_integration::image::import_busybox_with;
 use safehouse_integration::TestEnv;
 use serde_json::Value;
@@ -117,39 +117,98 @@ fn output_dir(lab: &Lab) -> Result<PathBuf> {
     Ok(out)
 }
 
-fn output_policy(out: &Path, record: &str) -> String {
-    format!(
-        "{{filesystem: {{outputs: [{{source: {:?}, path: /output}}]}}, \
-         process: {{tools: [/bin/sh, /bin/echo, /usr/bin/dyn]}}, \
-         audit: {{record: [{record}], onViolation: kill}}}}",
-        out.display().to_string()
-    )
+/// A lab with the tools image and an output zone `/output` holding the file `keep`.
+struct ToolsLab<'a> {
+    env: &'a TestEnv,
+    lab: Lab<'a>,
+    image: String,
+    /// The host side of `/output`.
+    out: PathBuf,
+    /// `/output/keep` on the host: the file a forbidden program would delete.
+    keep: PathBuf,
+}
+
+/// The tools the scenarios list unless they need others.
+const TOOLS: &[&str] = &["/bin/sh", "/bin/echo", "/usr/bin/dyn"];
+
+impl<'a> ToolsLab<'a> {
+    fn new(env: &'a TestEnv, tag: &str) -> Result<ToolsLab<'a>> {
+        let lab = Lab::new(env, tag)?;
+        let out = output_dir(&lab)?;
+        let image = tools_image(env, &lab)?;
+        let keep = out.join("keep");
+        Ok(ToolsLab {
+            env,
+            lab,
+            image,
+            out,
+            keep,
+        })
+    }
+
+    /// Writes policy `name`: the output zone (and `/input` from `input`, read-only), `tools`,
+    /// `record`, `on_violation`.
+    fn policy(
+        &self,
+        name: &str,
+        tools: &[&str],
+        record: &str,
+        on_violation: &str,
+        input: Option<&Path>,
+    ) -> Result<()> {
+        let inputs = input
+            .map(|i| {
+                format!(
+                    "inputs: [{{source: {:?}, path: /input}}], ",
+                    i.display().to_string()
+                )
+            })
+            .unwrap_or_default();
+        self.lab.policy(
+            name,
+            &format!(
+                "{{filesystem: {{{inputs}outputs: [{{source: {:?}, path: /output}}]}}, \
+                 process: {{tools: [{}]}}, \
+                 audit: {{record: [{record}], onViolation: {on_violation}}}}}",
+                self.out.display().to_string(),
+                tools.join(", ")
+            ),
+        )
+    }
+
+    /// `ctr run --rm` of `argv` under `policy`, to completion.
+    fn run(&self, policy: &str, id: &str, argv: &[&str]) -> Result<Output> {
+        self.env.ctr.run_timeout(
+            &self
+                .lab
+                .argv_of(&self.image, Some(policy), &["--rm"], id, argv),
+            Duration::from_secs(90),
+        )
+    }
+
+    /// `/bin/sh -c script` the same way.
+    fn sh(&self, policy: &str, id: &str, script: &str) -> Result<Output> {
+        self.run(policy, id, &["/bin/sh", "-c", script])
+    }
 }
 
 /// A forbidden static program whose first act is to delete a file in the writable output zone
 /// never runs: the file is there after each of 20 runs, as the init and from a listed shell.
 pub fn forbidden_binary_never_runs(env: &TestEnv) -> Result<()> {
-    let lab = Lab::new(env, "tools-forbidden")?;
-    let out = output_dir(&lab)?;
-    lab.policy("tools", &output_policy(&out, "process"))?;
-    let image = tools_image(env, &lab)?;
-    let keep = out.join("keep");
+    let t = ToolsLab::new(env, "tools-forbidden")?;
+    t.policy("tools", TOOLS, "process", "kill", None)?;
+    let keep = &t.keep;
     let ids: Vec<String> = (0..20).map(|i| env.id(&format!("forbid{i}"))).collect();
     let shell = env.id("forbidsh");
     let mut all: Vec<&str> = ids.iter().map(String::as_str).collect();
     all.push(&shell);
     env.scenario(&all, || {
         for id in &ids {
-            fs::write(&keep, "precious")?;
-            let run = env.ctr.run_timeout(
-                &lab.argv_of(
-                    &image,
-                    Some("tools"),
-                    &["--rm"],
-                    id,
-                    &["/usr/local/bin/probe", "unlink", "/output/keep"],
-                ),
-                Duration::from_secs(60),
+            fs::write(keep, "precious")?;
+            let run = t.run(
+                "tools",
+                id,
+                &["/usr/local/bin/probe", "unlink", "/output/keep"],
             )?;
             ensure!(
                 keep.is_file() && !says(&run, "PROBE-RAN"),
@@ -162,22 +221,13 @@ pub fn forbidden_binary_never_runs(env: &TestEnv) -> Result<()> {
                 "run {id}: an init that cannot run succeeded: {}",
                 run.describe()
             );
-            let _ = lab.remove_container(id);
+            let _ = t.lab.remove_container(id);
         }
-        fs::write(&keep, "precious")?;
-        let run = env.ctr.run_timeout(
-            &lab.argv_of(
-                &image,
-                Some("tools"),
-                &["--rm"],
-                &shell,
-                &[
-                    "/bin/sh",
-                    "-c",
-                    "/usr/local/bin/probe unlink /output/keep; echo rc=$?",
-                ],
-            ),
-            Duration::from_secs(60),
+        fs::write(keep, "precious")?;
+        let run = t.sh(
+            "tools",
+            &shell,
+            "/usr/local/bin/probe unlink /output/keep; echo rc=$?",
         )?;
         ensure!(
             keep.is_file()
@@ -240,19 +290,14 @@ pub fn busybox_applets_are_not_tools(env: &TestEnv) -> Result<()> {
 /// but the tool binds and the seccomp exec helper's directory (`tools` adds a seccomp rule, so
 /// the container has a profile) is noexec.
 pub fn dynamic_tool_runs_and_mounts_are_noexec(env: &TestEnv) -> Result<()> {
-    let lab = Lab::new(env, "tools-dynamic")?;
-    let out = output_dir(&lab)?;
-    lab.policy("tools", &output_policy(&out, "process"))?;
-    let image = tools_image(env, &lab)?;
+    let t = ToolsLab::new(env, "tools-dynamic")?;
+    t.policy("tools", TOOLS, "process", "kill", None)?;
     let id = env.id("tooldyn");
     env.scenario(&[&id], || {
         // Only shell builtins read /proc/mounts (cat is not a tool).
         let script = "/usr/bin/dyn; echo dyn=$?; /usr/local/bin/dyn-other; echo other=$?; \
                       while read -r dev at typ opts rest; do echo \"MOUNT $at $opts\"; done < /proc/mounts";
-        let run = env.ctr.run_timeout(
-            &lab.argv_of(&image, Some("tools"), &["--rm"], &id, &["/bin/sh", "-c", script]),
-            Duration::from_secs(60),
-        )?;
+        let run = t.sh("tools", &id, script)?;
         ensure!(
             says(&run, "DYNAMIC-RAN") && says(&run, "dyn=0") && says(&run, "other=126"),
             "listed and unlisted dynamic program: {}",
@@ -296,30 +341,18 @@ pub fn dynamic_tool_runs_and_mounts_are_noexec(env: &TestEnv) -> Result<()> {
 /// `audit.record: [file]` (no `process`) does not turn the list off: the construction does not
 /// depend on the stream.
 pub fn tools_hold_without_recording_process(env: &TestEnv) -> Result<()> {
-    let lab = Lab::new(env, "tools-record")?;
-    let out = output_dir(&lab)?;
-    lab.policy("tools-file", &output_policy(&out, "file"))?;
-    let image = tools_image(env, &lab)?;
-    let keep = out.join("keep");
+    let t = ToolsLab::new(env, "tools-record")?;
+    t.policy("tools-file", TOOLS, "file", "kill", None)?;
     let id = env.id("toolrec");
     env.scenario(&[&id], || {
-        fs::write(&keep, "precious")?;
-        let run = env.ctr.run_timeout(
-            &lab.argv_of(
-                &image,
-                Some("tools-file"),
-                &["--rm"],
-                &id,
-                &[
-                    "/bin/sh",
-                    "-c",
-                    "/usr/local/bin/probe unlink /output/keep; echo rc=$?",
-                ],
-            ),
-            Duration::from_secs(60),
+        fs::write(&t.keep, "precious")?;
+        let run = t.sh(
+            "tools-file",
+            &id,
+            "/usr/local/bin/probe unlink /output/keep; echo rc=$?",
         )?;
         ensure!(
-            keep.is_file() && !says(&run, "PROBE-RAN") && says(&run, "rc=126"),
+            t.keep.is_file() && !says(&run, "PROBE-RAN") && says(&run, "rc=126"),
             "record: [file] + tools: {}",
             run.describe()
         );
@@ -367,29 +400,22 @@ int main(int argc, char **argv) {
 ///   is caught after the fact: the exec of the loader's path is a violation and the sandbox is
 ///   killed (137), with the violation naming the loader.
 pub fn payloads_without_a_listed_path_never_run(env: &TestEnv) -> Result<()> {
-    let lab = Lab::new(env, "tools-payloads")?;
-    let out = output_dir(&lab)?;
-    let image = tools_image(env, &lab)?;
-    lab.policy(
+    let t = ToolsLab::new(env, "tools-payloads")?;
+    t.policy(
         "payloads",
-        &format!(
-            "{{filesystem: {{outputs: [{{source: {:?}, path: /output}}]}}, \
-             process: {{tools: [/bin/sh, /bin/echo, /usr/bin/dyn, /usr/bin/memexec]}}, \
-             audit: {{record: [process, file], onViolation: kill}}}}",
-            out.display().to_string()
-        ),
+        &["/bin/sh", "/bin/echo", "/usr/bin/dyn", "/usr/bin/memexec"],
+        "process, file",
+        "kill",
+        None,
     )?;
-    let keep = out.join("keep");
+    let (lab, keep) = (&t.lab, &t.keep);
     let memfd = env.id("paymemfd");
     let flood = env.id("payflood");
     let loader_id = env.id("payloader");
     env.scenario(&[&memfd, &flood, &loader_id], || {
-        let run_in = |id: &str, script: &str| -> Result<safehouse_integration::command::Output> {
-            fs::write(&keep, "precious")?;
-            let run = env.ctr.run_timeout(
-                &lab.argv_of(&image, Some("payloads"), &["--rm"], id, &["/bin/sh", "-c", script]),
-                Duration::from_secs(90),
-            )?;
+        let run_in = |id: &str, script: &str| -> Result<Output> {
+            fs::write(keep, "precious")?;
+            let run = t.sh("payloads", id, script)?;
             let _ = lab.remove_container(id);
             Ok(run)
         };
@@ -462,24 +488,20 @@ pub fn payloads_without_a_listed_path_never_run(env: &TestEnv) -> Result<()> {
 /// - the helper run by hand from the container is itself an unlisted exec: a violation naming
 ///   it, and the sandbox is killed, while the program it was asked to run never runs.
 pub fn exec_gets_the_profile_and_the_list(env: &TestEnv) -> Result<()> {
-    let lab = Lab::new(env, "tools-exec")?;
-    let out = output_dir(&lab)?;
-    let image = tools_image(env, &lab)?;
-    lab.policy(
+    let t = ToolsLab::new(env, "tools-exec")?;
+    t.policy(
         "execs",
-        &format!(
-            "{{filesystem: {{outputs: [{{source: {:?}, path: /output}}]}}, \
-             process: {{tools: [/bin/sh, /bin/echo, /bin/sleep, /usr/bin/memexec]}}, \
-             audit: {{record: [process], onViolation: kill}}}}",
-            out.display().to_string()
-        ),
+        &["/bin/sh", "/bin/echo", "/bin/sleep", "/usr/bin/memexec"],
+        "process",
+        "kill",
+        None,
     )?;
-    let keep = out.join("keep");
+    let (lab, image, keep) = (&t.lab, &t.image, &t.keep);
     let id = env.id("toolexec");
     env.scenario(&[&id], || {
-        fs::write(&keep, "precious")?;
+        fs::write(keep, "precious")?;
         let init = Running::start(env.ctr.command().args(lab.argv_of(
-            &image,
+            image,
             Some("execs"),
             &["--rm"],
             &id,
@@ -590,10 +612,8 @@ __attribute__((constructor)) static void payload(void) {
 /// the rest of the environment), and an exec under `tools` with one is a violation: the
 /// sandbox is killed, with a violation naming the variable.
 pub fn preloaded_library_in_a_listed_tool_is_a_violation(env: &TestEnv) -> Result<()> {
-    let lab = Lab::new(env, "tools-preload")?;
-    let out = output_dir(&lab)?;
-    let dir = lab.path("tools-image");
-    fs::create_dir_all(&dir)?;
+    let t = ToolsLab::new(env, "tools-preload")?;
+    let dir = t.lab.path("tools-image");
     let lib = dir.join("payload.so");
     let c = dir.join("payload.c");
     fs::write(&c, PRELOAD_C)?;
@@ -604,54 +624,25 @@ pub fn preloaded_library_in_a_listed_tool_is_a_violation(env: &TestEnv) -> Resul
         .status()
         .context("run gcc (install gcc: make deps)")?;
     ensure!(status.success(), "gcc payload.so: {status}");
-    let image = tools_image(env, &lab)?;
-    let input = lab.host_dir("in")?;
+    let input = t.lab.host_dir("in")?;
     fs::copy(&lib, input.join("payload.so"))?;
-    lab.policy(
-        "preload",
-        &format!(
-            "{{filesystem: {{inputs: [{{source: {:?}, path: /input}}], \
-             outputs: [{{source: {:?}, path: /output}}]}}, \
-             process: {{tools: [/bin/sh, /bin/echo, /usr/bin/dyn]}}, \
-             audit: {{record: [file], onViolation: kill}}}}",
-            input.display().to_string(),
-            out.display().to_string()
-        ),
-    )?;
-    let keep = out.join("keep");
+    t.policy("preload", TOOLS, "file", "kill", Some(&input))?;
+    let (lab, keep) = (&t.lab, &t.keep);
     let id = env.id("toolpreload");
     let plain = env.id("toolplain");
     env.scenario(&[&id, &plain], || {
-        fs::write(&keep, "precious")?;
-        let run = env.ctr.run_timeout(
-            &lab.argv_of(
-                &image,
-                Some("preload"),
-                &["--rm"],
-                &plain,
-                &["/bin/sh", "-c", "/usr/bin/dyn; echo rc=$?"],
-            ),
-            Duration::from_secs(60),
-        )?;
+        fs::write(keep, "precious")?;
+        let run = t.sh("preload", &plain, "/usr/bin/dyn; echo rc=$?")?;
         ensure!(
             says(&run, "DYNAMIC-RAN") && says(&run, "rc=0"),
             "the listed dynamic tool runs without a preload: {}",
             run.describe()
         );
-        let run = env.ctr.run_timeout(
-            &lab.argv_of(
-                &image,
-                Some("preload"),
-                &["--rm"],
-                &id,
-                &[
-                    "/bin/sh",
-                    "-c",
-                    "LD_PRELOAD=/input/payload.so /usr/bin/dyn; echo rc=$?; \
-                     i=0; while [ $i -lt 3000000 ]; do i=$((i+1)); done; echo SURVIVED",
-                ],
-            ),
-            Duration::from_secs(60),
+        let run = t.sh(
+            "preload",
+            &id,
+            "LD_PRELOAD=/input/payload.so /usr/bin/dyn; echo rc=$?; \
+             i=0; while [ $i -lt 3000000 ]; do i=$((i+1)); done; echo SURVIVED",
         )?;
         ensure!(
             run.code == Some(137) && !says(&run, "SURVIVED"),
@@ -707,36 +698,23 @@ int main(int argc, char **argv) {
 /// by a listed program: the mount of the file is `noexec` whichever name reaches it, so both
 /// fail with EACCES and the probe never runs; while a listed tool reached the same way runs.
 pub fn descriptor_paths_to_an_unlisted_file_never_run(env: &TestEnv) -> Result<()> {
-    let lab = Lab::new(env, "tools-fd")?;
-    let out = output_dir(&lab)?;
-    let image = tools_image(env, &lab)?;
-    lab.policy(
+    let t = ToolsLab::new(env, "tools-fd")?;
+    t.policy(
         "fdexec",
-        &format!(
-            "{{filesystem: {{outputs: [{{source: {:?}, path: /output}}]}}, \
-             process: {{tools: [/bin/sh, /bin/echo, /usr/bin/dyn, /usr/bin/fdexec]}}, \
-             audit: {{record: [file], onViolation: record}}}}",
-            out.display().to_string()
-        ),
+        &["/bin/sh", "/bin/echo", "/usr/bin/dyn", "/usr/bin/fdexec"],
+        "file",
+        "record",
+        None,
     )?;
     let id = env.id("toolfd");
     env.scenario(&[&id], || {
-        let run = env.ctr.run_timeout(
-            &lab.argv_of(
-                &image,
-                Some("fdexec"),
-                &["--rm"],
-                &id,
-                &[
-                    "/bin/sh",
-                    "-c",
-                    "echo kept > /output/keep; \
-                     /usr/bin/fdexec /usr/local/bin/probe unlink /output/keep; \
-                     echo rc=$?; [ -f /output/keep ] && echo KEEP-THERE; \
-                     /usr/bin/fdexec /usr/bin/dyn",
-                ],
-            ),
-            Duration::from_secs(60),
+        let run = t.sh(
+            "fdexec",
+            &id,
+            "echo kept > /output/keep; \
+             /usr/bin/fdexec /usr/local/bin/probe unlink /output/keep; \
+             echo rc=$?; [ -f /output/keep ] && echo KEEP-THERE; \
+             /usr/bin/fdexec /usr/bin/dyn",
         )?;
         ensure!(
             !says(&run, "PROBE-RAN")
