@@ -271,6 +271,14 @@ pub fn compile(
     linux::confine(policy, &mut out)?;
     mounts::confine(policy, ctx, &mut out)?;
     tools::confine(policy, &mut out);
+    tools::check_loader_env(
+        policy,
+        out.process()
+            .as_ref()
+            .and_then(|p| p.env().as_deref())
+            .unwrap_or_default(),
+        out.mounts().as_deref().unwrap_or_default(),
+    )?;
     process::confine(policy, &mut out, &mut narrowed)?;
 
     refuse_runsc_annotations(policy, &out)?;

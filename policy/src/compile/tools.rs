@@ -8,10 +8,11 @@
 //! [`apply_layout`] adds the mounts that depend on the image's files, which the shim finds on
 //! the host once the rootfs is mounted ([`ToolLayout`]). Both are pure.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSyscall, Mount, Spec};
 
+use super::{refused, CompileError};
 use crate::manifest::AgentPolicy;
 use crate::paths::depth;
 
@@ -130,6 +131,81 @@ fn deny_anonymous_executables(spec: &mut Spec) {
     linux.set_seccomp(Some(seccomp));
 }
 
+/// Variables whose value names code for the dynamic loader to run inside a dynamic program
+/// before the program itself: libraries to preload, audit libraries, `iconv` modules.
+pub const LOADER_CODE_VARIABLES: &[&str] = &["LD_PRELOAD", "LD_AUDIT", "GCONV_PATH"];
+
+/// Where runsc mounts file systems of its own when the spec has none there; `/dev/shm` and
+/// `/tmp` are writable by the agent.
+const RUNSC_MOUNTS: &[&str] = &["/dev", "/proc", "/sys", "/tmp"];
+
+/// With `tools` set, the loader's environment may not bring code: a spec (the pod's `env`, an
+/// image's `ENV`, `nerdctl run -e`) that sets [`LOADER_CODE_VARIABLES`], or a
+/// `LD_LIBRARY_PATH` reaching outside the image's own files (an empty, relative or `..` entry,
+/// or one inside a mount: a zone, a volume, `/tmp`, `/dev/shm`), is refused naming the
+/// variable. Otherwise every listed dynamic tool would run whatever the agent later wrote
+/// there, with no exec the list could refuse and no variable the stream would see as new.
+pub fn check_loader_env(
+    policy: &AgentPolicy,
+    env: &[String],
+    mounts: &[Mount],
+) -> Result<(), CompileError> {
+    if policy.spec.process.tools.is_empty() {
+        return Ok(());
+    }
+    for (i, entry) in env.iter().enumerate() {
+        let Some((name, value)) = entry.split_once('=') else {
+            continue;
+        };
+        let field = || format!("process.env[{i}] ({name})");
+        if LOADER_CODE_VARIABLES.contains(&name) && !value.is_empty() {
+            return Err(refused(
+                policy,
+                field(),
+                format!(
+                    "{name} makes the dynamic loader run the code it names inside every listed tool; \
+                     refused by policy {:?}, which sets process.tools",
+                    policy.metadata.name
+                ),
+            ));
+        }
+        if name == "LD_LIBRARY_PATH" {
+            if let Some(why) = value
+                .split([':', ';'])
+                .find_map(|d| outside_image(d, mounts))
+            {
+                return Err(refused(
+                    policy,
+                    field(),
+                    format!(
+                        "{why}: the loader would take libraries from there into every listed tool; \
+                         refused by policy {:?}, which sets process.tools",
+                        policy.metadata.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why a library directory is not one of the image's own, if it is not.
+fn outside_image(dir: &str, mounts: &[Mount]) -> Option<String> {
+    if dir.is_empty() {
+        return Some("an empty entry (the loader reads it as the working directory)".into());
+    }
+    let path = Path::new(dir);
+    if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+        return Some(format!("{dir:?} is not an absolute path without '..'"));
+    }
+    let mounted = mounts
+        .iter()
+        .map(|m| m.destination().as_path())
+        .chain(RUNSC_MOUNTS.iter().map(Path::new))
+        .find(|d| *d != Path::new("/") && path.starts_with(d));
+    mounted.map(|d| format!("{dir:?} lies in the mount at {}", d.display()))
+}
+
 fn force_noexec(m: &mut Mount) {
     let opts = m.options_mut().get_or_insert_with(Vec::new);
     opts.retain(|o| o != "exec");
@@ -222,6 +298,51 @@ mod tests {
             .filter(|r| r.names().iter().any(|n| n == "memfd_create"))
             .map(|r| (r.names().clone(), r.action(), r.errno_ret()))
             .collect()
+    }
+
+    fn env(vars: &[&str]) -> Vec<String> {
+        vars.iter().map(|v| v.to_string()).collect()
+    }
+
+    #[test]
+    fn under_tools_the_loaders_environment_may_not_bring_code() {
+        let mut policy = AgentPolicy::strict_default();
+        policy.metadata.name = "agent".into();
+        let zone = mount(Path::new("/output"), "bind", Path::new("/srv/out"), &["rw"]);
+        let mounts = [zone];
+        // Without tools nothing is checked.
+        check_loader_env(&policy, &env(&["LD_PRELOAD=/output/x.so"]), &mounts).expect("no tools");
+
+        policy.spec.process.tools = vec!["/usr/bin/python3".into()];
+        let ok = env(&[
+            "PATH=/usr/bin",
+            "LD_LIBRARY_PATH=/usr/local/lib:/opt/cuda/lib64",
+            "LD_PRELOAD=",
+        ]);
+        check_loader_env(&policy, &ok, &mounts).expect("the image's own directories");
+
+        for (var, names) in [
+            ("LD_PRELOAD=/output/x.so", "LD_PRELOAD"),
+            ("LD_AUDIT=/usr/lib/libaudit.so", "LD_AUDIT"),
+            ("GCONV_PATH=/tmp", "GCONV_PATH"),
+            ("LD_LIBRARY_PATH=/usr/lib:/output/lib", "/output"),
+            ("LD_LIBRARY_PATH=/tmp/lib", "/tmp"),
+            ("LD_LIBRARY_PATH=/dev/shm", "/dev"),
+            ("LD_LIBRARY_PATH=/usr/lib::/lib", "empty entry"),
+            ("LD_LIBRARY_PATH=lib", "absolute"),
+            ("LD_LIBRARY_PATH=/usr/lib/../../output", "absolute"),
+            ("LD_LIBRARY_PATH=$ORIGIN/lib", "absolute"),
+        ] {
+            let err = check_loader_env(&policy, &env(&["PATH=/bin", var]), &mounts)
+                .expect_err(var)
+                .to_string();
+            assert!(
+                err.starts_with("process.env[1] (")
+                    && err.contains(names)
+                    && err.contains("policy \"agent\""),
+                "{var}: {err}"
+            );
+        }
     }
 
     #[test]
