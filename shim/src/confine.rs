@@ -199,6 +199,34 @@ pub fn confine_exec(container_process: &Value, exec: &Value) -> Value {
     out
 }
 
+/// Under `tools` (policy `policy`), an exec brings no loader variables of its own: each one it
+/// sets must have the value the container's spec (checked at Create) gives it. Otherwise
+/// `LD_PRELOAD` and the like would run code no tool names inside a listed tool; the stream
+/// would catch it after the fact, this refuses it before anything runs.
+pub fn check_exec_loader_env(policy: &str, container_process: &Value, exec: &Value) -> Result<()> {
+    let theirs = crate::audit::process_loader_env(container_process);
+    let asked = crate::audit::process_loader_env(exec);
+    let mut differing: Vec<&String> = asked
+        .iter()
+        .filter(|(name, value)| theirs.get(*name) != Some(*value))
+        .map(|(name, _)| name)
+        .collect();
+    differing.sort();
+    let Some(name) = differing.first() else {
+        return Ok(());
+    };
+    Err(safehouse_policy::CompileError::Refused {
+        policy: policy.to_string(),
+        field: format!("process.env ({name})"),
+        reason: format!(
+            "the exec sets {name} other than the container's spec does, which would make the \
+             dynamic loader run code no tool names; refused by policy {policy:?}, which sets \
+             process.tools"
+        ),
+    }
+    .into())
+}
+
 /// The extra global runsc flags a compiled policy asks for (the network flag is decided with
 /// the container's namespace by the caller), checked against the installed runsc.
 pub fn policy_flags(compiled: &CompiledPolicy, probe: &RunscProbe) -> Result<Vec<String>> {
@@ -257,6 +285,7 @@ pub fn network_flags(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use containerd_shim_protos::ttrpc::Code;
     use serde_json::json;
 
     fn section(dir: Option<&Path>, selectable: &[&str]) -> PolicySection {
@@ -420,6 +449,31 @@ mod tests {
         assert_eq!(out["env"], json!(["A=1"]));
         assert_eq!(out["cwd"], "/work");
         assert_eq!(out["terminal"], true);
+    }
+
+    #[test]
+    fn an_exec_under_tools_brings_no_loader_variables_of_its_own() {
+        let container =
+            json!({"args": ["sleep", "1"], "env": ["PATH=/bin", "LD_LIBRARY_PATH=/opt/lib"]});
+        let same = json!({"args": ["sh"], "env": ["LD_LIBRARY_PATH=/opt/lib", "A=1"]});
+        check_exec_loader_env("agent", &container, &same).expect("the container's own value");
+        let none = json!({"args": ["sh"]});
+        check_exec_loader_env("agent", &container, &none).expect("none at all");
+        for env in [
+            json!(["LD_PRELOAD=/tmp/x.so"]),
+            json!(["LD_LIBRARY_PATH=/tmp"]),
+            json!(["GCONV_PATH=/output"]),
+        ] {
+            let exec = json!({"args": ["sh"], "env": env});
+            let err = check_exec_loader_env("agent", &container, &exec).expect_err("refused");
+            let name = env[0].as_str().unwrap().split('=').next().unwrap();
+            assert_eq!(err.code(), Code::INVALID_ARGUMENT);
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("process.env ({name})")) && msg.contains("policy \"agent\""),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

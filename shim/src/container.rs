@@ -111,6 +111,8 @@ pub struct Container {
     pub policy: String,
     /// `sha256:` digest of that policy.
     pub policy_digest: String,
+    /// Whether the policy sets `process.tools` (an exec then brings no loader variables).
+    pub tools: bool,
     /// The policy's wall-clock limit.
     pub timeout: Option<std::time::Duration>,
     /// Its own `linux.cgroupsPath` (the sandbox's, for the sandbox's root container).

@@ -177,7 +177,12 @@ impl AuditRules {
 
 /// The spec's `process.env` as (name, value) pairs.
 fn spec_env(spec: &serde_json::Value) -> impl Iterator<Item = (&str, &str)> {
-    spec["process"]["env"]
+    process_env(&spec["process"])
+}
+
+/// An OCI process's `env` as (name, value) pairs.
+fn process_env(process: &serde_json::Value) -> impl Iterator<Item = (&str, &str)> {
+    process["env"]
         .as_array()
         .into_iter()
         .flatten()
@@ -186,7 +191,12 @@ fn spec_env(spec: &serde_json::Value) -> impl Iterator<Item = (&str, &str)> {
 
 /// The loader variables the spec's `process.env` sets.
 fn spec_loader_env(spec: &serde_json::Value) -> HashMap<String, String> {
-    spec_env(spec)
+    process_loader_env(&spec["process"])
+}
+
+/// The loader variables ([`LOADER_VARIABLES`]) an OCI process's `env` sets.
+pub fn process_loader_env(process: &serde_json::Value) -> HashMap<String, String> {
+    process_env(process)
         .filter(|(name, _)| LOADER_VARIABLES.contains(name))
         .map(|(name, value)| (name.to_owned(), value.to_owned()))
         .collect()

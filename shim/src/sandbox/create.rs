@@ -364,6 +364,7 @@ fn container(
         execs: Mutex::default(),
         policy: compiled.name,
         policy_digest: compiled.digest,
+        tools: !compiled.tools.is_empty(),
         timeout: compiled.timeout,
         resource_policy: new.confinement.policy.spec.resources,
         exit_reason: Mutex::new(None),

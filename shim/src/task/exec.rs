@@ -53,6 +53,9 @@ impl TaskService {
                 c.bundle.display()
             ))
         })?;
+        if c.tools {
+            confine::check_exec_loader_env(&c.policy, &container_process, &process)?;
+        }
         {
             let mut execs = c.execs.lock().unwrap_or_else(|e| e.into_inner());
             if execs.contains_key(&req.exec_id) {

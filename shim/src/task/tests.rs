@@ -29,9 +29,23 @@ struct Harness {
 }
 
 fn harness() -> Harness {
+    harness_with_policy(None)
+}
+
+/// A harness whose node's default policy is `policy` (a manifest's text), or the built-in
+/// strict default.
+fn harness_with_policy(policy: Option<&str>) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
+    let section = match policy {
+        Some(text) => {
+            let file = dir.path().join("policy.yaml");
+            std::fs::write(&file, text).expect("write policy");
+            format!("[policy]\ndefault = \"{}\"\n", file.display())
+        }
+        None => String::new(),
+    };
     let config = format!(
-        "root = \"{root}\"\n[audit]\noutput = \"{audit}\"\n",
+        "root = \"{root}\"\n{section}[audit]\noutput = \"{audit}\"\n",
         root = dir.path().join("runsc-root").display(),
         audit = dir.path().join("audit.jsonl").display()
     );
@@ -106,6 +120,23 @@ impl Harness {
             ..Default::default()
         };
         self.service.create_task(req).await.map(|r| r.pid)
+    }
+
+    /// Adds exec `exec_id` with process `spec` to container `id`.
+    async fn exec(&self, id: &str, exec_id: &str, spec: &Value) -> crate::error::Result<()> {
+        let req = api::ExecProcessRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            spec: Some(
+                containerd_shim_protos::protobuf::well_known_types::any::Any {
+                    value: spec.to_string().into_bytes(),
+                    ..Default::default()
+                },
+            )
+            .into(),
+            ..Default::default()
+        };
+        self.service.add_exec(req).await
     }
 
     async fn start(&self, id: &str) -> crate::error::Result<u32> {
@@ -368,19 +399,7 @@ async fn an_exec_runs_confined_and_reports_its_own_exit() {
     h.start("c1").await.expect("started");
     let spec = json!({"args": ["id"], "cwd": "/", "user": {"uid": 0, "gid": 0},
         "capabilities": {"bounding": ["CAP_SYS_ADMIN"]}});
-    let req = api::ExecProcessRequest {
-        id: "c1".into(),
-        exec_id: "e1".into(),
-        spec: Some(
-            containerd_shim_protos::protobuf::well_known_types::any::Any {
-                value: spec.to_string().into_bytes(),
-                ..Default::default()
-            },
-        )
-        .into(),
-        ..Default::default()
-    };
-    h.service.add_exec(req).await.expect("exec added");
+    h.exec("c1", "e1", &spec).await.expect("exec added");
     let written: Value = serde_json::from_slice(
         &std::fs::read(crate::bundle::exec_file(&b, "e1", "process.json")).expect("read"),
     )
@@ -545,19 +564,7 @@ async fn an_exec_in_a_container_with_a_seccomp_profile_starts_through_the_helper
     assert_eq!(binds.len(), 1, "{}", config["mounts"]);
     h.start("c1").await.expect("started");
     let spec = json!({"args": ["ls", "-l"], "cwd": "/"});
-    let req = api::ExecProcessRequest {
-        id: "c1".into(),
-        exec_id: "e1".into(),
-        spec: Some(
-            containerd_shim_protos::protobuf::well_known_types::any::Any {
-                value: spec.to_string().into_bytes(),
-                ..Default::default()
-            },
-        )
-        .into(),
-        ..Default::default()
-    };
-    h.service.add_exec(req).await.expect("exec added");
+    h.exec("c1", "e1", &spec).await.expect("exec added");
     let written: Value = serde_json::from_slice(
         &std::fs::read(crate::bundle::exec_file(&b, "e1", "process.json")).expect("read"),
     )
@@ -569,4 +576,39 @@ async fn an_exec_in_a_container_with_a_seccomp_profile_starts_through_the_helper
     h.sandbox_exits("c1", 0).await;
     h.delete("c1").await.expect("deleted");
     assert!(!helper_dir.exists(), "released with the container");
+}
+
+#[tokio::test]
+async fn an_exec_under_tools_with_a_loader_variable_of_its_own_is_refused_before_it_runs() {
+    let h = harness_with_policy(Some(
+        "apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: agent-tools}\n\
+         spec: {process: {tools: [/bin/sh]}}\n",
+    ));
+    let b = h.bundle("c1", |spec| {
+        spec["process"]["env"] = json!(["PATH=/bin", "LD_LIBRARY_PATH=/opt/lib"]);
+    });
+    std::fs::copy("/bin/busybox", b.join("rootfs/bin/sh")).expect("a static tool");
+    h.create("c1", &b).await.expect("created");
+    h.start("c1").await.expect("started");
+
+    let preload = json!({"args": ["/bin/sh"], "cwd": "/", "env": ["LD_PRELOAD=/tmp/x.so"]});
+    let err = h.exec("c1", "e1", &preload).await.expect_err("refused");
+    assert_eq!(err.code(), Code::INVALID_ARGUMENT);
+    let msg = err.to_string();
+    assert!(
+        msg.contains("process.env (LD_PRELOAD)") && msg.contains("\"agent-tools\""),
+        "{msg}"
+    );
+    assert!(
+        !crate::bundle::exec_file(&b, "e1", "process.json").exists(),
+        "nothing written for runsc"
+    );
+    assert!(h.double.calls_of("exec").is_empty(), "nothing run");
+
+    let own = json!({"args": ["/bin/sh"], "cwd": "/", "env": ["LD_LIBRARY_PATH=/opt/lib"]});
+    h.exec("c1", "e2", &own)
+        .await
+        .expect("the container's own value");
+    h.sandbox_exits("c1", 0).await;
+    h.delete("c1").await.expect("deleted");
 }
