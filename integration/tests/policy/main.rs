@@ -107,6 +107,10 @@ fn main() -> ExitCode {
             run: tools::exec_gets_the_profile_and_the_list,
         },
         Scenario {
+            name: "tools::loader_variables_in_the_spec_are_refused",
+            run: tools::loader_variables_in_the_spec_are_refused,
+        },
+        Scenario {
             name: "resources::fork_loop_is_bounded",
             run: resources::fork_loop_is_bounded,
         },

@@ -178,10 +178,16 @@ impl<'a> ToolsLab<'a> {
 
     /// `ctr run --rm` of `argv` under `policy`, to completion.
     fn run(&self, policy: &str, id: &str, argv: &[&str]) -> Result<Output> {
+        self.run_with(policy, &[], id, argv)
+    }
+
+    /// The same with more `ctr run` flags.
+    fn run_with(&self, policy: &str, flags: &[&str], id: &str, argv: &[&str]) -> Result<Output> {
+        let flags: Vec<&str> = ["--rm"].iter().chain(flags).copied().collect();
         self.env.ctr.run_timeout(
             &self
                 .lab
-                .argv_of(&self.image, Some(policy), &["--rm"], id, argv),
+                .argv_of(&self.image, Some(policy), &flags, id, argv),
             Duration::from_secs(90),
         )
     }
@@ -604,15 +610,10 @@ __attribute__((constructor)) static void payload(void) {
 }
 "#;
 
-/// Code the agent wrote, run inside a listed dynamic tool through the loader's environment:
-/// `LD_PRELOAD=/input/x.so /usr/bin/dyn` (bytes the agent did not bring as a tool, on a
-/// `noexec` zone; an agent would write them to its scratch space). No mount stops it on runsc 20240729 (the loader maps
-/// the library from a `noexec` zone, and that runsc checks `noexec` on `execve` only), and the
-/// exec is of a listed tool. The exec event carries the loader variables (only those, never
-/// the rest of the environment), and an exec under `tools` with one is a violation: the
-/// sandbox is killed, with a violation naming the variable.
-pub fn preloaded_library_in_a_listed_tool_is_a_violation(env: &TestEnv) -> Result<()> {
-    let t = ToolsLab::new(env, "tools-preload")?;
+/// A tools lab whose policy `preload` lists [`TOOLS`] and reads `/input`, which holds
+/// `payload.so`: a library whose constructor deletes `/output/keep` and says `PRELOAD-RAN`.
+fn preload_lab<'a>(env: &'a TestEnv, tag: &str) -> Result<ToolsLab<'a>> {
+    let t = ToolsLab::new(env, tag)?;
     let dir = t.lab.path("tools-image");
     let lib = dir.join("payload.so");
     let c = dir.join("payload.c");
@@ -627,6 +628,18 @@ pub fn preloaded_library_in_a_listed_tool_is_a_violation(env: &TestEnv) -> Resul
     let input = t.lab.host_dir("in")?;
     fs::copy(&lib, input.join("payload.so"))?;
     t.policy("preload", TOOLS, "file", "kill", Some(&input))?;
+    Ok(t)
+}
+
+/// Code the agent wrote, run inside a listed dynamic tool through the loader's environment:
+/// `LD_PRELOAD=/input/x.so /usr/bin/dyn` (bytes the agent did not bring as a tool, on a
+/// `noexec` zone; an agent would write them to its scratch space). No mount stops it on runsc 20240729 (the loader maps
+/// the library from a `noexec` zone, and that runsc checks `noexec` on `execve` only), and the
+/// exec is of a listed tool. The exec event carries the loader variables (only those, never
+/// the rest of the environment), and an exec under `tools` with one is a violation: the
+/// sandbox is killed, with a violation naming the variable.
+pub fn preloaded_library_in_a_listed_tool_is_a_violation(env: &TestEnv) -> Result<()> {
+    let t = preload_lab(env, "tools-preload")?;
     let (lab, keep) = (&t.lab, &t.keep);
     let id = env.id("toolpreload");
     let plain = env.id("toolplain");
@@ -727,6 +740,56 @@ pub fn descriptor_paths_to_an_unlisted_file_never_run(env: &TestEnv) -> Result<(
         ensure!(
             says(&run, "DYNAMIC-RAN"),
             "a listed tool reached through a descriptor still runs: {}",
+            run.describe()
+        );
+        Ok(())
+    })
+}
+
+/// The loader's environment set by the spec (a pod's `env`, an image's `ENV`, `ctr run
+/// --env`), not by the agent: with `tools`, a spec that sets `LD_PRELOAD`, or a
+/// `LD_LIBRARY_PATH` into a zone the agent can fill, is refused at create naming the variable
+/// and the policy, and the library never loads; an `LD_LIBRARY_PATH` of the image's own
+/// directories runs. (Before, the exec matched the spec, so the stream saw nothing new and the
+/// payload ran in the listed tool.)
+pub fn loader_variables_in_the_spec_are_refused(env: &TestEnv) -> Result<()> {
+    let t = preload_lab(env, "tools-specenv")?;
+    let ids: Vec<String> = ["envpre", "envlib", "envok"]
+        .iter()
+        .map(|n| env.id(n))
+        .collect();
+    let all: Vec<&str> = ids.iter().map(String::as_str).collect();
+    env.scenario(&all, || {
+        for (id, var, names) in [
+            (&ids[0], "LD_PRELOAD=/input/payload.so", "process.env"),
+            (&ids[1], "LD_LIBRARY_PATH=/input", "lies in the mount at /input"),
+        ] {
+            fs::write(&t.keep, "precious")?;
+            let run = t.run_with("preload", &["--env", var], id, &["/usr/bin/dyn"])?;
+            let _ = t.lab.remove_container(id);
+            let variable = var.split('=').next().unwrap_or(var);
+            ensure!(
+                !run.success()
+                    && !says(&run, "PRELOAD-RAN")
+                    && !says(&run, "DYNAMIC-RAN")
+                    && t.keep.is_file()
+                    && says(&run, names)
+                    && says(&run, variable)
+                    && says(&run, "policy \"preload\""),
+                "{var} in the spec: expected a refusal naming it, the field and the policy, and the library never loaded (output file gone: {}): {}",
+                !t.keep.is_file(),
+                run.describe()
+            );
+        }
+        let run = t.run_with(
+            "preload",
+            &["--env", "LD_LIBRARY_PATH=/usr/local/lib:/usr/lib"],
+            &ids[2],
+            &["/usr/bin/dyn"],
+        )?;
+        ensure!(
+            run.success() && says(&run, "DYNAMIC-RAN"),
+            "an LD_LIBRARY_PATH of the image's own directories runs: {}",
             run.describe()
         );
         Ok(())
