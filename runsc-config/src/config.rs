@@ -49,6 +49,16 @@ const MANAGED_FLAGS: &[&str] = &[
 /// Flags that would let the untrusted spec loosen the sandbox or that are never safe.
 const FORBIDDEN_FLAGS: &[&str] = &["allow-flag-override", "rootless"];
 
+/// Flags that would open the sandbox to the host for every container of the node, each with
+/// the one value that leaves it closed: host Unix sockets and FIFOs reached through the
+/// gofer, raw sockets, and running outside the cgroup limits.
+const LOOSENING_FLAGS: &[(&str, &str)] = &[
+    ("host-uds", "none"),
+    ("host-fifo", "none"),
+    ("net-raw", "false"),
+    ("ignore-cgroups", "false"),
+];
+
 /// Why a runtime config was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -363,6 +373,20 @@ impl RuntimeConfig {
             if FORBIDDEN_FLAGS.contains(&name.as_str()) || name.starts_with("TESTONLY") {
                 return Err(self.invalid(&key, "would weaken the sandbox and is not allowed"));
             }
+            if let Some((_, closed)) = LOOSENING_FLAGS.iter().find(|(n, _)| n == name) {
+                let given = match value {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                if given != *closed {
+                    return Err(self.invalid(
+                        &key,
+                        format!(
+                            "would open the sandbox to the host and is not allowed (only {closed:?})"
+                        ),
+                    ));
+                }
+            }
             if !matches!(
                 value,
                 toml::Value::String(_)
@@ -550,12 +574,23 @@ output = "/tmp/audit.jsonl"
             "[runsc]\nnetwork = \"host\"\n",
             "[runsc]\nallow-flag-override = true\n",
             "[runsc]\nTESTONLY-unsafe-nonroot = true\n",
+            "[runsc]\nhost-uds = \"open\"\n",
+            "[runsc]\nhost-fifo = \"open\"\n",
+            "[runsc]\nnet-raw = true\n",
+            "[runsc]\nignore-cgroups = true\n",
         ] {
-            assert!(
-                RuntimeConfig::parse(text, Path::new("c.toml")).is_err(),
-                "{text}"
-            );
+            let err = RuntimeConfig::parse(text, Path::new("c.toml"))
+                .expect_err(text)
+                .to_string();
+            let flag = text["[runsc]\n".len()..]
+                .split(' ')
+                .next()
+                .unwrap_or_default();
+            assert!(err.contains(&format!("runsc.{flag}")), "{text}: {err}");
         }
+        // The closed value of each is no loosening.
+        let closed = "[runsc]\nhost-uds = \"none\"\nnet-raw = false\nignore-cgroups = false\n";
+        RuntimeConfig::parse(closed, Path::new("c.toml")).expect("closed values");
     }
 
     #[test]
