@@ -7,6 +7,7 @@ mod common;
 use std::collections::HashSet;
 
 use oci_spec::runtime::{Capability, LinuxCapabilities, Spec};
+use safehouse_policy::compile::Narrowing;
 use safehouse_policy::{compile, AgentPolicy, CompileContext, CompileError, CompiledPolicy};
 
 fn policy(user: &str, caps: &[&str]) -> AgentPolicy {
@@ -39,6 +40,14 @@ fn spec(uid: u32, gid: u32, groups: &[u32], caps: Option<&[Capability]>) -> Spec
 
 fn run(policy: &AgentPolicy, spec: &Spec) -> Result<CompiledPolicy, CompileError> {
     compile(policy, spec, &CompileContext::default())
+}
+
+/// The narrowings of the identity (user and groups), leaving out the limits'.
+fn identity_narrowed(c: &CompiledPolicy) -> Vec<&Narrowing> {
+    c.narrowed
+        .iter()
+        .filter(|n| n.field.starts_with("process.user"))
+        .collect()
 }
 
 fn ids(c: &CompiledPolicy) -> (u32, u32, Vec<u32>) {
@@ -79,7 +88,7 @@ fn nonroot_lets_the_pods_own_ids_and_groups_stand() {
     )
     .unwrap();
     assert_eq!(ids(&c), (1001, 1002, vec![1234]));
-    assert!(c.narrowed.is_empty(), "{:?}", c.narrowed);
+    assert!(identity_narrowed(&c).is_empty(), "{:?}", c.narrowed);
 }
 
 #[test]
@@ -113,7 +122,7 @@ fn a_fixed_user_narrows_root_and_refuses_another_identity() {
     assert_eq!(ids(&c), (1000, 1000, vec![]));
     let c = run(&fixed, &spec(1000, 1000, &[], Some(&[]))).unwrap();
     assert_eq!(ids(&c), (1000, 1000, vec![]));
-    assert!(c.narrowed.is_empty(), "{:?}", c.narrowed);
+    assert!(identity_narrowed(&c).is_empty(), "{:?}", c.narrowed);
 
     for (uid, gid) in [(1001, 1000), (1000, 1002), (1001, 0)] {
         let err = run(&fixed, &spec(uid, gid, &[], Some(&[]))).unwrap_err();
@@ -150,7 +159,7 @@ fn the_pods_sandbox_container_is_narrowed_to_a_fixed_user_not_refused() {
         .insert("io.kubernetes.cri.container-type".into(), "sandbox".into());
     let c = run(&fixed, &pause).unwrap();
     assert_eq!(ids(&c), (65534, 65534, vec![]));
-    assert_eq!(c.narrowed.len(), 1, "{:?}", c.narrowed);
+    assert_eq!(identity_narrowed(&c).len(), 1, "{:?}", c.narrowed);
     assert!(run(&fixed, &spec(65535, 65535, &[], Some(&[]))).is_err());
 }
 
@@ -265,4 +274,38 @@ fn sysctls_gvisor_does_not_apply_are_refused_or_dropped_as_narrowing() {
                 .starts_with("linux.sysctl.net.ipv4.ip_unprivileged_port_start: \"0\" dropped")),
         "{said:?}"
     );
+}
+
+#[test]
+fn limits_the_pod_set_beyond_the_policy_are_recorded_as_narrowed() {
+    let mut p = policy("nonroot", &[]);
+    p.spec.resources.memory = "256Mi".parse().unwrap();
+    p.spec.resources.nofile = 1024;
+    let mut s = spec(1001, 1001, &[], Some(&[]));
+    s.root_mut().as_mut().unwrap().set_readonly(Some(false));
+    s.process_mut()
+        .as_mut()
+        .unwrap()
+        .set_no_new_privileges(Some(false));
+    let r = s
+        .linux_mut()
+        .as_mut()
+        .unwrap()
+        .resources_mut()
+        .get_or_insert_with(Default::default);
+    let mut memory = oci_spec::runtime::LinuxMemory::default();
+    memory.set_limit(Some(1 << 30));
+    r.set_memory(Some(memory));
+    let c = run(&p, &s).unwrap();
+    let said: Vec<String> = c.narrowed.iter().map(ToString::to_string).collect();
+    for expected in [
+        "root.readonly: false narrowed to true (filesystem.rootfs)",
+        "process.noNewPrivileges: false narrowed to true (process.noNewPrivileges)",
+        "linux.resources.memory.limit: 1073741824 bytes narrowed to 268435456 (resources.memory)",
+    ] {
+        assert!(said.iter().any(|n| n == expected), "{expected}: {said:?}");
+    }
+    // Compiling again changes nothing, so nothing more is narrowed.
+    let again = run(&p, &c.spec).unwrap();
+    assert!(again.narrowed.is_empty(), "{:?}", again.narrowed);
 }

@@ -5,6 +5,7 @@
 pub mod linux;
 mod mounts;
 mod process;
+mod recorded;
 pub mod tools;
 
 use std::collections::BTreeMap;
@@ -280,6 +281,7 @@ pub fn compile(
         out.mounts().as_deref().unwrap_or_default(),
     )?;
     process::confine(policy, &mut out, &mut narrowed)?;
+    recorded::record(spec, &out, &mut narrowed);
 
     refuse_runsc_annotations(policy, &out)?;
 
