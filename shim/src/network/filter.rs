@@ -163,11 +163,15 @@ fn counter_packets(listing: &str) -> Option<u64> {
     words.next()?.parse().ok()
 }
 
-/// The node's own addresses (the shim runs in the node's network namespace).
-pub fn node_addrs() -> Vec<IpAddr> {
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
-        return Vec::new();
-    };
+/// The node's own addresses (the shim runs in the node's network namespace). Failing to list
+/// them fails the sandbox's network: an empty list would leave every one of them open.
+pub fn node_addrs() -> Result<Vec<IpAddr>> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| {
+        ShimError::io(
+            "list the node's own addresses (getifaddrs) to close them to the sandbox",
+            e.into(),
+        )
+    })?;
     let mut out: Vec<IpAddr> = addrs
         .filter_map(|ifa| {
             let a = ifa.address?;
@@ -181,7 +185,7 @@ pub fn node_addrs() -> Vec<IpAddr> {
         .collect();
     out.sort();
     out.dedup();
-    out
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -55,7 +55,7 @@ impl SandboxNetwork {
         output: &Arc<AuditOutput>,
     ) -> Result<SandboxNetwork> {
         let facts = NodeFacts {
-            node_addrs: filter::node_addrs(),
+            node_addrs: filter::node_addrs()?,
             dns_upstreams: upstreams.clone().unwrap_or_default(),
         };
         let started = std::time::Instant::now();
