@@ -252,16 +252,27 @@ pub fn relative_init_is_resolved(env: &TestEnv) -> Result<()> {
 /// busybox, which runs the program its name selects: `exec -a wget /bin/sh` runs wget, which
 /// the mounts cannot refuse. The stream catches that: an exec of a listed file under a name
 /// the list does not give that file is a violation, recorded with the name, and kills the
-/// sandbox; the listed names of the same file (sh re-running itself as cat) run.
+/// sandbox; the listed names of the same file (sh re-running itself as cat) run. A symlink
+/// named `wget` to `/bin/sh` (here in an input zone, as an agent would leave one in its
+/// scratch space) runs the listed file too, the mounts letting it through (the exec lands on
+/// the tool's bind): the name it was invoked under makes it a violation the same way.
 pub fn multicall_binary_under_an_unlisted_name_is_a_violation(env: &TestEnv) -> Result<()> {
     let lab = Lab::new(env, "multicall")?;
+    let input = lab.host_dir("in")?;
+    std::os::unix::fs::symlink("/bin/sh", input.join("wget"))?;
     lab.policy(
         "sh-echo",
-        "{process: {tools: [/bin/sh, /bin/echo, /bin/cat]}, audit: {record: [file], onViolation: kill}}",
+        &format!(
+            "{{filesystem: {{inputs: [{{source: {:?}, path: /input}}]}}, \
+             process: {{tools: [/bin/sh, /bin/echo, /bin/cat]}}, \
+             audit: {{record: [file], onViolation: kill}}}}",
+            input.display().to_string()
+        ),
     )?;
     let allowed = env.id("mcok");
     let applet = env.id("mccat");
-    env.scenario(&[&allowed, &applet], || {
+    let link = env.id("mclink");
+    env.scenario(&[&allowed, &applet, &link], || {
         // The listed names run (echo is exec'd by its path), with process recording forced on.
         let out = lab.run(
             Some("sh-echo"),
@@ -322,6 +333,34 @@ pub fn multicall_binary_under_an_unlisted_name_is_a_violation(env: &TestEnv) -> 
         ensure!(
             violation["policy"]["name"] == "sh-echo",
             "labelled with the container's policy: {violation}"
+        );
+
+        let out = env.ctr.run_timeout(
+            &lab.argv(
+                Some("sh-echo"),
+                &["--rm"],
+                &link,
+                &[
+                    "/bin/sh",
+                    "-c",
+                    "/input/wget -q -O /dev/null http://127.0.0.1/; i=0; \
+                     while [ $i -lt 3000000 ]; do i=$((i+1)); done; echo SURVIVED",
+                ],
+            ),
+            Duration::from_secs(35),
+        )?;
+        ensure!(
+            !out.timed_out && out.code == Some(137) && !says(&out, "SURVIVED"),
+            "a symlink named wget to the listed /bin/sh should kill the sandbox (137): {}",
+            out.describe()
+        );
+        let violation =
+            lab.wait_audit(&link, "action violation", |e| e["action"] == "violation")?;
+        ensure!(
+            violation["violation"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("\"wget\"")),
+            "the violation names the symlink's name: {violation}"
         );
         Ok(())
     })
