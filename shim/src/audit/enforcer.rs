@@ -432,10 +432,23 @@ mod tests {
             e.check(&mut batch).is_none(),
             "the writer's own queue is not a blind spot"
         );
-        let mut batch = vec![dropped(DropSource::Sentry)];
-        let (_, req) = e.check(&mut batch).expect("fails closed");
-        assert!(req.reason.contains("went unchecked"), "{}", req.reason);
-        assert_eq!(batch[1].action, Action::Violation);
+        // gVisor's own drops, and packets the sink could not decode or did not know: an exec
+        // may be among any of them.
+        for source in [
+            DropSource::Sentry,
+            DropSource::Malformed,
+            DropSource::UnknownType,
+        ] {
+            // A fresh enforcer each: one that has asked for the kill asks no more.
+            let (e, _asked) = enforcer(RuleBook::new(
+                "sb",
+                rules(&["/bin/sh"], ViolationAction::Kill, "p"),
+            ));
+            let mut batch = vec![dropped(source)];
+            let (_, req) = e.check(&mut batch).expect("fails closed");
+            assert!(req.reason.contains("went unchecked"), "{}", req.reason);
+            assert_eq!(batch[1].action, Action::Violation);
+        }
         let (open, _) = enforcer(RuleBook::new("sb", rules(&[], ViolationAction::Kill, "p")));
         let mut batch = vec![dropped(DropSource::Sentry)];
         assert!(
