@@ -47,6 +47,20 @@ pub fn task_events_published(env: &TestEnv) -> Result<()> {
             exit_line.contains("\"exit_status\":137"),
             "TaskExit should carry exit_status 137: {exit_line}"
         );
+        // In the order containerd relies on: the init's exit before the delete, the create
+        // before the start.
+        let at = |topic: &str, extra: &str| {
+            text.lines().position(|l| {
+                l.contains(&id) && l.contains(extra) && l.split_whitespace().any(|w| w == topic)
+            })
+        };
+        let (exit, delete) = (at("/tasks/exit", &init), at("/tasks/delete", ""));
+        let (create, start) = (at("/tasks/create", ""), at("/tasks/start", ""));
+        ensure!(
+            matches!((exit, delete, create, start),
+                (Some(e), Some(d), Some(c), Some(s)) if e < d && c < s),
+            "events out of order (exit {exit:?}, delete {delete:?}, create {create:?}, start {start:?}):\n{text}"
+        );
         Ok(())
     })
 }
