@@ -176,7 +176,7 @@ pub fn unusable_policy_fails(env: &CriEnv) -> Result<()> {
 }
 
 /// A container policy with `tools` (selected by a container annotation) in a pod whose own
-/// policy has none: the container's execs are checked against its own tools (busybox run as
+/// policy has none and records nothing: the container's execs are checked against its own tools (busybox run as
 /// `cat`), its violation carries its own id and policy, and the pod's other container runs
 /// cat freely.
 pub fn member_tools_are_enforced_under_its_own_policy(env: &CriEnv) -> Result<()> {
@@ -189,8 +189,19 @@ pub fn member_tools_are_enforced_under_its_own_policy(env: &CriEnv) -> Result<()
     );
     let path = env.containerd.policy_dir().join(format!("{policy}.yaml"));
     fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+    // The pod's own policy records nothing: the member's tools still need its execs, so the
+    // sandbox's trace session must report them anyway.
+    let quiet = env.unique("cri-quiet").to_lowercase();
+    let text = format!(
+        "apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: {quiet}\n  \
+         description: CRI pod recording nothing\nspec:\n  filesystem: {{rootfs: read-write}}\n  \
+         process: {{user: \"0:0\", noNewPrivileges: false}}\n  \
+         audit: {{record: [], onViolation: record}}\n"
+    );
+    let path = env.containerd.policy_dir().join(format!("{quiet}.yaml"));
+    fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
     let name = env.unique("membertools");
-    let pod = env.pod_config(&name, &[]);
+    let pod = env.pod_config(&name, &[(ANNOTATION, quiet.as_str())]);
     let audit = env.containerd.audit_path();
     env.with_pod(&pod, HANDLER, |pod_id| {
         let mut tooled = env.container_config("tooled", &["sleep", "1000"]);
@@ -237,6 +248,16 @@ pub fn member_tools_are_enforced_under_its_own_policy(env: &CriEnv) -> Result<()
         ensure!(
             seen(&free_id).is_empty(),
             "the pod's other container has no tools: no violation for it"
+        );
+        ensure!(
+            safehouse_integration::lab::audit_lines(&audit)
+                .iter()
+                .any(|e| {
+                    e["container_id"] == pod_id
+                        && e["action"] == "create"
+                        && e["policy"]["name"] == quiet.as_str()
+                }),
+            "the pod's sandbox runs under the policy recording nothing"
         );
         Ok(vec![tooled_id, free_id])
     })?;
