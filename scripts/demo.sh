@@ -107,6 +107,13 @@ echo "  -> exit code $rc (killed by Safehouse for the violation)"
 stopped=$(grep '"action":"kill"' "$SH_LAB/audit.jsonl" | grep -o '"stopped_after_us":[0-9]*' | tail -1 | cut -d: -f2 || true)
 [ -n "$stopped" ] && echo "     every thread of the sandbox had stopped ${stopped} µs after the decision (the kill event's stopped_after_us)"
 
+echo "  -- task 3: a spec that points the loader at a library in a zone the agent writes"
+ctr_ run --rm --runtime io.containerd.safehouse.v2 --runtime-config-path "$SH_LAB/config.toml" \
+  --env LD_PRELOAD=/output/payload.so "$SH_IMAGE" agent-task-3 /bin/sh -c true 2>&1 \
+  | sed -u 's/^/    ctr   | /' && rc=0 || rc=$?
+echo "  -> refused at create, before anything ran (every listed dynamic tool would have loaded it)"
+sleep 0.3
+
 kill "$follower" 2>/dev/null || true; follower=
 echo
 "$bin/safehouse" audit verify --key "$SH_LAB/keys/audit.pub" "$SH_LAB/audit.jsonl" | sed 's/^/    /'

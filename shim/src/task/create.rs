@@ -11,13 +11,16 @@ use containerd_shim_protos::topics;
 use super::{options_config_path, TaskService};
 use crate::bundle::Bundle;
 use crate::confine;
-use crate::container::{sandbox_role, SandboxRole};
+use crate::container::{sandbox_role, SandboxRole, CRI_SANDBOX_NAME, CRI_SANDBOX_NAMESPACE};
 use crate::error::{Result, ShimError};
 use crate::hooks;
+use crate::node::RuntimeEnv;
 use crate::process::ProcessRef;
 use crate::sandbox::create::{create_sandbox, join_sandbox, Host, NewContainer};
 use crate::stdio::IoPaths;
-use tracing::info;
+use safehouse_audit::lifecycle::SandboxContext;
+use safehouse_policy::CompileError;
+use tracing::{info, warn};
 
 impl TaskService {
     pub(super) async fn create_task(
@@ -35,7 +38,13 @@ impl TaskService {
             &hooks::container_dirs(&bundle.dir, &bundle.spec, &req.rootfs),
         )?;
         let shim_hooks = hooks::take_shim_hooks(&mut bundle.spec)?;
-        let confinement = confine::confine(&env, &bundle)?;
+        let confinement = match confine::confine(&env, &bundle) {
+            Ok(c) => c,
+            Err(e) => {
+                self.record_refusal(&env, &id, &bundle, &e);
+                return Err(e);
+            }
+        };
         // What the spec asked beyond the policy's bounds and was narrowed: logged now, and
         // recorded in the create event once the container exists.
         let narrowed: Vec<String> = confinement
@@ -111,6 +120,57 @@ impl TaskService {
             pid,
             ..Default::default()
         })
+    }
+
+    /// Records a spec the policy refused (or a policy that does not load) in the audit log: a
+    /// `policy`/`violation` with `enforcement: refused`, naming the field. A pod member's goes
+    /// into its pod's chain; any other container's gets a chain of its own, closed at once by
+    /// a `delete` (nothing ran). Other failures of Create are not the spec's doing.
+    fn record_refusal(&self, env: &RuntimeEnv, id: &str, bundle: &Bundle, err: &ShimError) {
+        let ShimError::Refused { source } = err else {
+            return;
+        };
+        let (field, reason) = match source {
+            CompileError::Refused { field, reason, .. } => (field.clone(), reason.clone()),
+            CompileError::InvalidPolicy { .. } => ("policy".to_string(), source.to_string()),
+        };
+        if let Err(e) = self.audit.writer(&env.config.audit) {
+            warn!(container = %id, "the refusal could not be recorded: {e}");
+            return;
+        }
+        let message = "create refused: nothing ran";
+        if let SandboxRole::Join(pod) = sandbox_role(&bundle.spec, id) {
+            if let Ok(root) = self.get(&pod) {
+                let ctx = root
+                    .sandbox
+                    .audit
+                    .ctx
+                    .clone()
+                    .with_policy(source.policy(), None);
+                self.record(
+                    ctx.violation(id, &field, &reason, "refused")
+                        .message(message)
+                        .build(),
+                );
+                return;
+            }
+        }
+        let mut ctx = SandboxContext::new(id)
+            .with_namespace(&self.namespace)
+            .with_policy(source.policy(), None);
+        let ann = bundle.annotations();
+        if let (Some(name), Some(ns)) = (
+            ann[CRI_SANDBOX_NAME].as_str(),
+            ann[CRI_SANDBOX_NAMESPACE].as_str(),
+        ) {
+            ctx = ctx.with_pod(name, ns);
+        }
+        self.record(
+            ctx.violation(id, &field, &reason, "refused")
+                .message(message)
+                .build(),
+        );
+        self.record(ctx.delete(id).message(message).build());
     }
 
     /// The new container's id, if it is valid and free and the request is one Safehouse serves.

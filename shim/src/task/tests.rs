@@ -122,6 +122,24 @@ impl Harness {
         self.service.create_task(req).await.map(|r| r.pid)
     }
 
+    /// The first line of the audit log holding every one of `needles`, waiting up to 5 s for
+    /// the writer.
+    async fn audit_line(&self, needles: &[&str]) -> Option<String> {
+        let log = self.dir.path().join("audit.jsonl");
+        for _ in 0..100 {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let found = text
+                .lines()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+                .map(str::to_owned);
+            if found.is_some() {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
     /// Adds exec `exec_id` with process `spec` to container `id`.
     async fn exec(&self, id: &str, exec_id: &str, spec: &Value) -> crate::error::Result<()> {
         let req = api::ExecProcessRequest {
@@ -457,20 +475,10 @@ async fn the_create_event_names_what_the_policy_narrowed() {
         spec["process"]["capabilities"] = json!({"bounding": ["CAP_SYS_ADMIN"]});
     });
     h.create("c1", &b).await.expect("created");
-    let log = h.dir.path().join("audit.jsonl");
-    let mut create = None;
-    for _ in 0..100 {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        create = text
-            .lines()
-            .find(|l| l.contains("\"action\":\"create\""))
-            .map(str::to_owned);
-        if create.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let create = create.expect("a create event in the audit log");
+    let create = h
+        .audit_line(&["\"action\":\"create\""])
+        .await
+        .expect("a create event in the audit log");
     assert!(
         create.contains("narrowed process.user: uid:gid 0:0 narrowed to 65534:65534"),
         "{create}"
@@ -611,4 +619,62 @@ async fn an_exec_under_tools_with_a_loader_variable_of_its_own_is_refused_before
         .expect("the container's own value");
     h.sandbox_exits("c1", 0).await;
     h.delete("c1").await.expect("deleted");
+}
+
+#[tokio::test]
+async fn a_spec_the_policy_refuses_is_recorded_and_nothing_runs() {
+    let h = harness_with_policy(Some(
+        "apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: agent-tools}\n\
+         spec: {process: {tools: [/bin/sh]}}\n",
+    ));
+    let b = h.bundle("c1", |spec| {
+        spec["process"]["env"] = json!(["PATH=/bin", "LD_PRELOAD=/tmp/x.so"]);
+    });
+    std::fs::copy("/bin/busybox", b.join("rootfs/bin/sh")).expect("a static tool");
+    let err = h.create("c1", &b).await.expect_err("refused");
+    assert_eq!(err.code(), Code::INVALID_ARGUMENT);
+    assert!(h.double.calls().is_empty(), "runsc never ran");
+    assert!(h.trace_sockets().is_empty(), "no trace sink left");
+    let refused = h
+        .audit_line(&["\"action\":\"violation\"", "\"container_id\":\"c1\""])
+        .await
+        .expect("the refusal in the audit log");
+    let v: Value = serde_json::from_str(&refused).expect("json");
+    assert_eq!(v["violation"]["enforcement"], "refused", "{v}");
+    assert_eq!(v["violation"]["rule"], "process.env[1] (LD_PRELOAD)", "{v}");
+    assert_eq!(v["policy"]["name"], "agent-tools", "{v}");
+    // The chain it opened is closed: nothing runs for it.
+    let closed = h
+        .audit_line(&["\"action\":\"delete\"", "\"container_id\":\"c1\""])
+        .await
+        .expect("the chain closed");
+    assert!(closed.contains("create refused"), "{closed}");
+}
+
+#[tokio::test]
+async fn a_pod_members_refusal_goes_into_its_pods_chain() {
+    let h = harness();
+    let pod = h.bundle("pod", |spec| {
+        spec["annotations"] = json!({CRI_CONTAINER_TYPE: "sandbox", CRI_SANDBOX_ID: "pod"});
+    });
+    let app = h.bundle("app", |spec| {
+        spec["annotations"] = json!({CRI_CONTAINER_TYPE: "container", CRI_SANDBOX_ID: "pod"});
+        spec["mounts"] = json!([{"destination": "/host", "source": "/etc", "type": "bind", "options": ["rbind"]}]);
+    });
+    h.create("pod", &pod).await.expect("pod");
+    h.create("app", &app).await.expect_err("refused");
+    let refused = h
+        .audit_line(&["\"action\":\"violation\"", "\"container_id\":\"app\""])
+        .await
+        .expect("the member's refusal in the audit log");
+    let v: Value = serde_json::from_str(&refused).expect("json");
+    assert_eq!(v["sandbox_id"], "pod", "in the pod's chain: {v}");
+    assert_eq!(v["violation"]["enforcement"], "refused", "{v}");
+    // Written in order: a delete closing the chain would be there by now.
+    let log = std::fs::read_to_string(h.dir.path().join("audit.jsonl")).expect("log");
+    assert!(
+        !log.contains("\"action\":\"delete\""),
+        "the pod's chain stays open: {log}"
+    );
+    h.delete("pod").await.expect("pod deleted");
 }
