@@ -296,4 +296,77 @@ mod tests {
         assert!(e.contains("timed out after 1s"), "{e}");
         assert!(started.elapsed() < Duration::from_secs(10));
     }
+
+    /// A process still running, by PID, if its state is not zombie (a killed child of a killed
+    /// hook is reparented and may stay a zombie until its new parent reaps it).
+    fn alive(pid: i32) -> bool {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // "PID (COMM) STATE ...": the state follows the last ')'.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        !matches!(state, Some('Z' | 'X') | None)
+    }
+
+    /// Kills the hook's background child if the test did not see it go.
+    struct KillSleep(Option<i32>);
+
+    impl Drop for KillSleep {
+        fn drop(&mut self) {
+            let Some(pid) = self.0 else { return };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if cmdline.starts_with(b"sleep\0") {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_hook_is_killed_with_its_process_group() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pidfile = dir.path().join("child.pid");
+        let tmp = dir.path().join("child.pid.tmp");
+        // A child in the background, in the hook's process group (no job control in sh -c),
+        // its PID written atomically before the hook waits for it.
+        let slow = script(
+            dir.path(),
+            "slow",
+            &format!(
+                "sleep 30 & echo $! > {tmp}; mv {tmp} {pid}; wait",
+                tmp = tmp.display(),
+                pid = pidfile.display()
+            ),
+        );
+        let hook = Hook {
+            path: slow.clone(),
+            args: vec![slow.display().to_string()],
+            env: vec![],
+            timeout: Some(Duration::from_secs(1)),
+        };
+        let mut guard = KillSleep(None);
+        let e = run("createContainer", &[hook], &state(dir.path()), None, |_| {})
+            .await
+            .expect_err("times out")
+            .to_string();
+        assert!(e.contains("timed out after 1s"), "{e}");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .expect("the hook wrote its child's PID")
+            .trim()
+            .parse()
+            .expect("a PID");
+        guard.0 = Some(pid);
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while alive(pid) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            !alive(pid),
+            "the hook's background child {pid} outlived the timeout"
+        );
+    }
 }

@@ -323,3 +323,7 @@ mod tests {
         assert_eq!(unwrap_args(vec!["sh".into()]), ["sh"]);
     }
 }
+
+#[cfg(test)]
+#[path = "helper_tests.rs"]
+mod helper_tests;

@@ -35,15 +35,21 @@ fn harness() -> Harness {
 /// A harness whose node's default policy is `policy` (a manifest's text), or the built-in
 /// strict default.
 fn harness_with_policy(policy: Option<&str>) -> Harness {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let section = match policy {
+    harness_with_section(|dir| match policy {
         Some(text) => {
-            let file = dir.path().join("policy.yaml");
+            let file = dir.join("policy.yaml");
             std::fs::write(&file, text).expect("write policy");
             format!("[policy]\ndefault = \"{}\"\n", file.display())
         }
         None => String::new(),
-    };
+    })
+}
+
+/// A harness whose runtime config has the `[policy]` section `section` returns, given the
+/// harness's directory (where it may write policy files), or none.
+fn harness_with_section(section: impl FnOnce(&Path) -> String) -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let section = section(dir.path());
     let config = format!(
         "root = \"{root}\"\n{section}[audit]\noutput = \"{audit}\"\n",
         root = dir.path().join("runsc-root").display(),
@@ -284,6 +290,98 @@ async fn a_policy_refusal_starts_nothing_and_writes_nothing() {
     assert!(h.double.calls().is_empty(), "runsc never ran");
     assert!(h.trace_sockets().is_empty(), "no sink was bound");
     assert_eq!(std::fs::read(b.join(CONFIG)).expect("read"), before);
+}
+
+#[tokio::test]
+async fn a_broken_default_policy_fails_create_naming_it_and_runs_nothing() {
+    const STRICT: &str = "apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\n\
+                          metadata: {name: tight}\nspec: {}\n";
+    // (what is wrong, the config's [policy] section given the harness's directory, whether
+    // the container selects a policy by annotation, what the error says besides the file)
+    type Section = fn(&Path) -> String;
+    let cases: [(&str, Section, bool, &str); 4] = [
+        (
+            "not YAML",
+            |d| write_default(d, "apiVersion: [safehouse.dev/v1alpha1\nkind: {"),
+            false,
+            ":2:",
+        ),
+        (
+            "an unknown field",
+            |d| {
+                write_default(
+                    d,
+                    "apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\n\
+                     metadata: {name: node}\nspec: {netwrok: {mode: open}}\n",
+                )
+            },
+            false,
+            "unknown field `netwrok`",
+        ),
+        (
+            "a missing file",
+            |d| {
+                format!(
+                    "[policy]\ndefault = \"{}\"\n",
+                    d.join("default.yaml").display()
+                )
+            },
+            false,
+            "cannot read policy",
+        ),
+        (
+            // A policy selected by annotation is checked against the default: the default is
+            // loaded then too, and a broken one fails the selection as well.
+            "a missing file, under a selected policy",
+            |d| {
+                let dir = d.join("policies");
+                std::fs::create_dir(&dir).expect("mkdir");
+                std::fs::write(dir.join("tight.yaml"), STRICT).expect("write");
+                format!(
+                    "[policy]\ndefault = \"{}\"\ndir = \"{}\"\n",
+                    d.join("default.yaml").display(),
+                    dir.display()
+                )
+            },
+            true,
+            "cannot read policy",
+        ),
+    ];
+    for (what, section, select, says) in cases {
+        let h = harness_with_section(section);
+        let file = h.dir.path().join("default.yaml");
+        let b = h.bundle("c1", |spec| {
+            if select {
+                spec["annotations"] = json!({crate::confine::SELECT_ANNOTATION: "tight"});
+            }
+        });
+        let before = std::fs::read(b.join(CONFIG)).expect("read");
+        let err = h.create("c1", &b).await.expect_err(what);
+        let msg = err.to_string();
+        assert_eq!(err.code(), Code::INVALID_ARGUMENT, "{what}: {msg}");
+        assert!(msg.contains(says), "{what}: {msg}");
+        assert!(
+            msg.contains(&file.display().to_string()),
+            "{what}: the error names the policy file: {msg}"
+        );
+        assert!(h.double.calls().is_empty(), "{what}: runsc ran: {msg}");
+        assert!(h.trace_sockets().is_empty(), "{what}: a sink was bound");
+        assert!(!b.join(STATE_FILE).exists(), "{what}");
+        assert!(h.service.get("c1").is_err(), "{what}: a container is kept");
+        assert_eq!(
+            std::fs::read(b.join(CONFIG)).expect("read"),
+            before,
+            "{what}: the spec was rewritten"
+        );
+        assert!(h.topics().await.is_empty(), "{what}: an event was sent");
+    }
+}
+
+/// A `[policy]` section whose default is `dir/default.yaml` holding `text`.
+fn write_default(dir: &Path, text: &str) -> String {
+    let file = dir.join("default.yaml");
+    std::fs::write(&file, text).expect("write policy");
+    format!("[policy]\ndefault = \"{}\"\n", file.display())
 }
 
 #[tokio::test]
