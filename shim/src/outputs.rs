@@ -456,6 +456,63 @@ mod tests {
     }
 
     #[test]
+    fn copy_out_drops_set_id_bits_and_leaves_out_fifos_and_sockets() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let zone = tmp.path().join("zone");
+        let host = tmp.path().join("host");
+        std::fs::create_dir(&zone).expect("mkdir");
+        std::fs::create_dir(&host).expect("mkdir");
+        for (name, mode) in [("suid", 0o4755), ("sgid", 0o2755), ("private", 0o640)] {
+            std::fs::write(zone.join(name), name).expect("write");
+            std::fs::set_permissions(zone.join(name), std::fs::Permissions::from_mode(mode))
+                .expect("chmod");
+        }
+        std::fs::create_dir(zone.join("shared")).expect("mkdir");
+        std::fs::set_permissions(zone.join("shared"), std::fs::Permissions::from_mode(0o3775))
+            .expect("chmod");
+        nix::unistd::mkfifo(
+            &zone.join("fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .expect("mkfifo");
+        let _socket = std::os::unix::net::UnixListener::bind(zone.join("socket")).expect("bind");
+        std::fs::write(host.join("preexisting"), "host").expect("write");
+        let record = ZoneRecord {
+            zone: "/out".into(),
+            source: host.clone(),
+            image: PathBuf::new(),
+            mount: zone.clone(),
+            size: 1 << 20,
+            refuse_symlinks: false,
+        };
+        let mut report = |_: EscapingSymlink| {};
+        let mut out = CopyOut {
+            record: &record,
+            budget: record.size,
+            report: &mut report,
+        };
+        out.dir(Path::new(""), 0).expect("copy");
+        let mode = |name: &str| {
+            std::fs::symlink_metadata(host.join(name))
+                .expect(name)
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("suid"), 0o755);
+        assert_eq!(mode("sgid"), 0o755);
+        assert_eq!(mode("private"), 0o640);
+        // The sticky bit is not a set-id bit: it stays.
+        assert_eq!(mode("shared"), 0o1775);
+        assert!(std::fs::symlink_metadata(host.join("fifo")).is_err());
+        assert!(std::fs::symlink_metadata(host.join("socket")).is_err());
+        assert_eq!(
+            std::fs::read_to_string(host.join("preexisting")).expect("read"),
+            "host"
+        );
+    }
+
+    #[test]
     fn copy_out_stops_at_the_zone_size() {
         let tmp = tempfile::tempdir().expect("tmp");
         let zone = tmp.path().join("zone");

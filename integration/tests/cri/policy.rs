@@ -6,6 +6,7 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use k8s_cri::v1 as cri;
 use safehouse_integration::cri_env::CriEnv;
 use safehouse_integration::host::processes;
 
@@ -258,6 +259,26 @@ pub fn member_tools_are_enforced_under_its_own_policy(env: &CriEnv) -> Result<()
                         && e["policy"]["name"] == quiet.as_str()
                 }),
             "the pod's sandbox runs under the policy recording nothing"
+        );
+        // `onViolation: record`: the violation is written after a kill would have been sent,
+        // so by now a killed sandbox would be on its way down. The container still serves an
+        // exec (a shell builtin: nothing else runs) and CRI reports it running.
+        let out = env
+            .cri
+            .exec_sync(&tooled_id, &["/bin/sh", "-c", "echo alive"], 10)
+            .context("exec in the tooled container after its recorded violation")?;
+        ensure!(
+            out.exit_code == 0 && out.stdout == "alive\n",
+            "exec in the tooled container after its recorded violation: {out:?}"
+        );
+        let status = env
+            .cri
+            .container_status(&tooled_id)?
+            .status
+            .context("ContainerStatus of the tooled container: no status")?;
+        ensure!(
+            status.state == cri::ContainerState::ContainerRunning as i32,
+            "the tooled container did not survive its recorded violation: {status:?}"
         );
         Ok(vec![tooled_id, free_id])
     })?;

@@ -263,6 +263,93 @@ pub fn output_size_is_enforced(env: &TestEnv) -> Result<()> {
     })
 }
 
+/// The copy of an output into its host directory: the agent (root, with `CAP_CHOWN`) starts
+/// from an empty zone although the host directory holds a file; setuid and setgid files and a
+/// setgid directory arrive without their set-id bits, a 0640 file chowned to 1234:5678 keeps
+/// that mode and owner, and a fifo is left out. What the host directory held before stays (the
+/// copy only writes the agent's entries).
+pub fn output_copy_drops_set_id_and_special_files(env: &TestEnv) -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    let lab = Lab::new(env, "copyout")?;
+    let output = lab.host_dir("out")?;
+    fs::write(output.join("preexisting"), "host-data\n")?;
+    lab.policy(
+        "copyout",
+        &format!(
+            r#"{{process: {{user: "0:0", capabilities: [CAP_CHOWN]}}, filesystem: {{outputs: [{{source: {:?}, path: /out, size: 4Mi}}]}}}}"#,
+            output.display().to_string()
+        ),
+    )?;
+    let id = env.id("copyout");
+    env.scenario(&[&id], || {
+        // Chown last: without CAP_FOWNER, root may not chmod a file it gave away.
+        let check = "echo \"zone:[$(ls -A /out)]\"; \
+                     echo u > /out/suid && chmod 4755 /out/suid && \
+                     echo g > /out/sgid && chmod 2755 /out/sgid && \
+                     mkdir /out/dir && chmod 2775 /out/dir && \
+                     echo p > /out/private && chmod 0640 /out/private && \
+                     chown 1234:5678 /out/private && mkfifo /out/fifo && \
+                     stat -c '%n %a %u:%g %F' /out/suid /out/sgid /out/dir /out/private /out/fifo";
+        let out = lab.run(Some("copyout"), &["--rm"], &id, &["sh", "-c", check])?;
+        ensure!(
+            out.success() && out.stdout.starts_with("zone:[]\n"),
+            "the zone should look empty to the agent, and the writes work: {}",
+            out.describe()
+        );
+        // Inside, the modes took: the host copy has something to drop.
+        for line in [
+            "/out/suid 4755 0:0 regular file",
+            "/out/sgid 2755 0:0 regular file",
+            "/out/dir 2775 0:0 directory",
+            "/out/private 640 1234:5678 regular file",
+            "/out/fifo 644 0:0 fifo",
+        ] {
+            ensure!(
+                out.stdout.lines().any(|l| l == line),
+                "inside the zone, expected {line:?}: {}",
+                out.describe()
+            );
+        }
+        for (name, mode, owner) in [
+            ("suid", 0o100755, (0, 0)),
+            ("sgid", 0o100755, (0, 0)),
+            ("dir", 0o040775, (0, 0)),
+            ("private", 0o100640, (1234, 5678)),
+        ] {
+            let meta = fs::symlink_metadata(output.join(name))
+                .with_context(|| format!("host copy of {name}"))?;
+            ensure!(
+                meta.mode() == mode && (meta.uid(), meta.gid()) == owner,
+                "host copy of {name}: mode {:o} owner {}:{}, expected {mode:o} {}:{}",
+                meta.mode(),
+                meta.uid(),
+                meta.gid(),
+                owner.0,
+                owner.1
+            );
+        }
+        ensure!(
+            fs::read_to_string(output.join("private"))? == "p\n",
+            "host copy of private lost its contents"
+        );
+        match fs::symlink_metadata(output.join("fifo")) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).context("host fifo"),
+            Ok(m) => anyhow::bail!(
+                "the fifo reached the host directory (fifo: {})",
+                m.file_type().is_fifo()
+            ),
+        }
+        let kept = fs::read_to_string(output.join("preexisting"))?;
+        ensure!(
+            kept == "host-data\n",
+            "the host directory's own file now holds {kept:?}"
+        );
+        Ok(())
+    })
+}
+
 /// Symlinks left in outputs that point out of them are recorded when the container ends; under
 /// `symlinks: refuse` they do not reach the host directory, and links that stay inside do.
 pub fn escaping_output_symlinks_are_recorded_or_refused(env: &TestEnv) -> Result<()> {

@@ -43,6 +43,10 @@ fn main() -> ExitCode {
             run: filesystem::output_size_is_enforced,
         },
         Scenario {
+            name: "filesystem::output_copy_drops_set_id_and_special_files",
+            run: filesystem::output_copy_drops_set_id_and_special_files,
+        },
+        Scenario {
             name: "filesystem::escaping_output_symlinks_are_recorded_or_refused",
             run: filesystem::escaping_output_symlinks_are_recorded_or_refused,
         },

@@ -673,6 +673,13 @@ pub fn preloaded_library_in_a_listed_tool_is_a_violation(env: &TestEnv) -> Resul
             v["policy"]["name"] == "preload",
             "labelled with the container's policy: {v}"
         );
+        // The shim's own record of the end says why the sandbox died.
+        lab.wait_audit(&id, "the container's exit with reason violation", |e| {
+            e["category"] == "lifecycle"
+                && e["action"] == "exit"
+                && e["container_id"] == id.as_str()
+                && e["exit"]["reason"] == "violation"
+        })?;
         Ok(())
     })
 }

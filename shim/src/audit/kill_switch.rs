@@ -15,6 +15,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,9 @@ pub struct KillSwitch {
     armed: OnceLock<(OwnedFd, u32)>,
     /// The sandbox cgroup's CPU cap and the value that lifts it.
     cpu_cap: OnceLock<(PathBuf, &'static str)>,
+    /// Set by [`kill`](Self::kill) before anything else: the sandbox's end is the enforcer's,
+    /// known before the signal can make its process exit.
+    thrown: AtomicBool,
 }
 
 impl KillSwitch {
@@ -55,6 +59,7 @@ impl KillSwitch {
 
     /// SIGKILL to the sandbox process; false if the switch is not armed or the kernel refused.
     pub fn kill(&self) -> bool {
+        self.throw();
         let Some((fd, _)) = self.armed.get() else {
             return false;
         };
@@ -77,6 +82,19 @@ impl KillSwitch {
             }
         }
         killed
+    }
+
+    /// Records that the sandbox is being ended for a violation ([`kill`](Self::kill) does it
+    /// first).
+    pub fn throw(&self) {
+        self.thrown.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`kill`](Self::kill) was called (whether or not it could act): the sandbox is
+    /// being ended for a violation. Set before the signal, so an exit handled at once after it
+    /// already sees it.
+    pub fn thrown(&self) -> bool {
+        self.thrown.load(Ordering::SeqCst)
     }
 
     /// After [`kill`](Self::kill): waits (polling, at most `within`) until the sandbox process
@@ -150,7 +168,9 @@ mod tests {
     #[test]
     fn kills_the_process_it_was_armed_for_and_only_once_armed() {
         let switch = KillSwitch::default();
+        assert!(!switch.thrown());
         assert!(!switch.kill(), "not armed");
+        assert!(switch.thrown(), "thrown even when it could not act");
         let mut child = sleeper();
         switch.arm(child.id()).expect("arm");
         assert!(switch.kill());

@@ -567,6 +567,31 @@ async fn an_exec_runs_confined_and_reports_its_own_exit() {
 }
 
 #[tokio::test]
+async fn a_sandbox_ended_by_the_kill_switch_exits_for_a_violation() {
+    use safehouse_audit::ExitReason;
+    let h = harness();
+    let b = h.bundle("c1", |_| {});
+    h.create("c1", &b).await.expect("created");
+    h.start("c1").await.expect("started");
+    let c = h.service.get("c1").expect("container");
+    assert_eq!(
+        c.init_exit_reason(137),
+        ExitReason::Killed,
+        "before the switch"
+    );
+    // The enforcer throws the switch and only then tells the task service, whose record of
+    // the reason may come after the exit is handled: the exit still says violation.
+    // (Not `kill()`: the double's sandbox pid is the test process.)
+    c.sandbox.audit.switch.throw();
+    assert_eq!(c.init_exit_reason(137), ExitReason::Violation);
+    assert_eq!(
+        c.init_exit_reason(0),
+        ExitReason::Normal,
+        "an init that had exited by itself"
+    );
+}
+
+#[tokio::test]
 async fn the_create_event_names_what_the_policy_narrowed() {
     let h = harness();
     let b = h.bundle("c1", |spec| {
