@@ -137,15 +137,15 @@ impl Container {
         *self.exit_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
     }
 
-    /// Why its init ended with `code`, for the audit stream. A root container whose sandbox
-    /// the enforcer's kill switch ended was killed for a violation, even when its exit is
-    /// handled before the task service heard of the kill (the switch acts first and tells
-    /// after).
+    /// Why its init ended with `code`, for the audit stream. A container whose sandbox the
+    /// enforcer's kill switch ended (the pod's root and every member: the switch kills the
+    /// whole sandbox) was killed for a violation, even when its exit is handled before the
+    /// task service heard of the kill (the switch acts first and tells after).
     pub fn init_exit_reason(&self, code: u32) -> ExitReason {
         if let Some(r) = *self.exit_reason.lock().unwrap_or_else(|e| e.into_inner()) {
             return r;
         }
-        if code > 128 && self.is_root() && self.sandbox.audit.switch.thrown() {
+        if code > 128 && self.sandbox.audit.switch.thrown() {
             return ExitReason::Violation;
         }
         exit_reason(code)

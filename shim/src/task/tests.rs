@@ -570,25 +570,38 @@ async fn an_exec_runs_confined_and_reports_its_own_exit() {
 async fn a_sandbox_ended_by_the_kill_switch_exits_for_a_violation() {
     use safehouse_audit::ExitReason;
     let h = harness();
-    let b = h.bundle("c1", |_| {});
-    h.create("c1", &b).await.expect("created");
-    h.start("c1").await.expect("started");
-    let c = h.service.get("c1").expect("container");
-    assert_eq!(
-        c.init_exit_reason(137),
-        ExitReason::Killed,
-        "before the switch"
+    let pod = h.bundle("pod", |spec| {
+        spec["annotations"] = json!({CRI_CONTAINER_TYPE: "sandbox", CRI_SANDBOX_ID: "pod"});
+    });
+    let app = h.bundle("app", |spec| {
+        spec["annotations"] = json!({CRI_CONTAINER_TYPE: "container", CRI_SANDBOX_ID: "pod"});
+    });
+    h.create("pod", &pod).await.expect("pod");
+    h.create("app", &app).await.expect("member");
+    let (root, member) = (
+        h.service.get("pod").expect("pod"),
+        h.service.get("app").expect("member"),
     );
+    for c in [&root, &member] {
+        assert_eq!(
+            c.init_exit_reason(137),
+            ExitReason::Killed,
+            "before the switch"
+        );
+    }
     // The enforcer throws the switch and only then tells the task service, whose record of
-    // the reason may come after the exit is handled: the exit still says violation.
+    // the reason may come after the exit is handled: the exit still says violation, for the
+    // root and the member alike (the switch ends the whole sandbox).
     // (Not `kill()`: the double's sandbox pid is the test process.)
-    c.sandbox.audit.switch.throw();
-    assert_eq!(c.init_exit_reason(137), ExitReason::Violation);
-    assert_eq!(
-        c.init_exit_reason(0),
-        ExitReason::Normal,
-        "an init that had exited by itself"
-    );
+    root.sandbox.audit.switch.throw();
+    for c in [&root, &member] {
+        assert_eq!(c.init_exit_reason(137), ExitReason::Violation, "{}", c.id);
+        assert_eq!(
+            c.init_exit_reason(0),
+            ExitReason::Normal,
+            "an init that had exited by itself"
+        );
+    }
 }
 
 #[tokio::test]
