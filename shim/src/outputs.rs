@@ -383,6 +383,25 @@ async fn run(reaper: &Reaper, program: &str, args: &[&OsStr]) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// Copies `zone` (a 1 MiB zone at `/out` that keeps symlinks) into `host`, as at delete.
+    fn copy_zone(zone: &Path, host: &Path) {
+        let record = ZoneRecord {
+            zone: "/out".into(),
+            source: host.to_path_buf(),
+            image: PathBuf::new(),
+            mount: zone.to_path_buf(),
+            size: 1 << 20,
+            refuse_symlinks: false,
+        };
+        let mut report = |_: EscapingSymlink| {};
+        let mut out = CopyOut {
+            record: &record,
+            budget: record.size,
+            report: &mut report,
+        };
+        out.dir(Path::new(""), 0).expect("copy");
+    }
+
     #[test]
     fn links_that_leave_the_zone_escape() {
         for (depth, target) in [
@@ -477,21 +496,7 @@ mod tests {
         .expect("mkfifo");
         let _socket = std::os::unix::net::UnixListener::bind(zone.join("socket")).expect("bind");
         std::fs::write(host.join("preexisting"), "host").expect("write");
-        let record = ZoneRecord {
-            zone: "/out".into(),
-            source: host.clone(),
-            image: PathBuf::new(),
-            mount: zone.clone(),
-            size: 1 << 20,
-            refuse_symlinks: false,
-        };
-        let mut report = |_: EscapingSymlink| {};
-        let mut out = CopyOut {
-            record: &record,
-            budget: record.size,
-            report: &mut report,
-        };
-        out.dir(Path::new(""), 0).expect("copy");
+        copy_zone(&zone, &host);
         let mode = |name: &str| {
             std::fs::symlink_metadata(host.join(name))
                 .expect(name)
@@ -523,21 +528,7 @@ mod tests {
         let f = std::fs::File::create(zone.join("sparse")).expect("create");
         f.set_len(1 << 30).expect("truncate");
         std::fs::write(zone.join("small"), "x").expect("write");
-        let record = ZoneRecord {
-            zone: "/out".into(),
-            source: host.clone(),
-            image: PathBuf::new(),
-            mount: zone.clone(),
-            size: 1 << 20,
-            refuse_symlinks: false,
-        };
-        let mut report = |_: EscapingSymlink| {};
-        let mut out = CopyOut {
-            record: &record,
-            budget: record.size,
-            report: &mut report,
-        };
-        out.dir(Path::new(""), 0).expect("copy");
+        copy_zone(&zone, &host);
         assert!(!host.join("sparse").exists());
         assert!(host.join("small").exists());
     }

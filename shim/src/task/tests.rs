@@ -146,6 +146,21 @@ impl Harness {
         None
     }
 
+    /// The bundle of a pod's sandbox container, `pod`, as CRI makes it.
+    fn pod_bundle(&self) -> PathBuf {
+        self.bundle("pod", |spec| {
+            spec["annotations"] = json!({CRI_CONTAINER_TYPE: "sandbox", CRI_SANDBOX_ID: "pod"});
+        })
+    }
+
+    /// The bundle of container `id` joining pod `pod`, edited by `edit`.
+    fn member_bundle(&self, id: &str, edit: impl FnOnce(&mut Value)) -> PathBuf {
+        self.bundle(id, |spec| {
+            spec["annotations"] = json!({CRI_CONTAINER_TYPE: "container", CRI_SANDBOX_ID: "pod"});
+            edit(spec);
+        })
+    }
+
     /// Adds exec `exec_id` with process `spec` to container `id`.
     async fn exec(&self, id: &str, exec_id: &str, spec: &Value) -> crate::error::Result<()> {
         let req = api::ExecProcessRequest {
@@ -468,12 +483,8 @@ async fn a_failed_runsc_delete_of_a_live_sandbox_keeps_it_for_a_retry() {
 #[tokio::test]
 async fn a_pod_member_shares_the_sandbox_and_is_deleted_alone() {
     let h = harness();
-    let pod = h.bundle("pod", |spec| {
-        spec["annotations"] = json!({CRI_CONTAINER_TYPE: "sandbox", CRI_SANDBOX_ID: "pod"});
-    });
-    let app = h.bundle("app", |spec| {
-        spec["annotations"] = json!({CRI_CONTAINER_TYPE: "container", CRI_SANDBOX_ID: "pod"});
-    });
+    let pod = h.pod_bundle();
+    let app = h.member_bundle("app", |_| {});
     h.create("pod", &pod).await.expect("pod");
     h.create("app", &app).await.expect("member");
     let root = h.service.get("pod").expect("pod");
@@ -570,12 +581,8 @@ async fn an_exec_runs_confined_and_reports_its_own_exit() {
 async fn a_sandbox_ended_by_the_kill_switch_exits_for_a_violation() {
     use safehouse_audit::ExitReason;
     let h = harness();
-    let pod = h.bundle("pod", |spec| {
-        spec["annotations"] = json!({CRI_CONTAINER_TYPE: "sandbox", CRI_SANDBOX_ID: "pod"});
-    });
-    let app = h.bundle("app", |spec| {
-        spec["annotations"] = json!({CRI_CONTAINER_TYPE: "container", CRI_SANDBOX_ID: "pod"});
-    });
+    let pod = h.pod_bundle();
+    let app = h.member_bundle("app", |_| {});
     h.create("pod", &pod).await.expect("pod");
     h.create("app", &app).await.expect("member");
     let (root, member) = (
@@ -629,12 +636,9 @@ async fn the_create_event_names_what_the_policy_narrowed() {
 async fn a_pod_member_past_its_memory_limit_is_oom_killed_alone() {
     const MIB: u64 = 1024 * 1024;
     let h = harness();
-    let pod = h.bundle("pod", |spec| {
-        spec["annotations"] = json!({CRI_CONTAINER_TYPE: "sandbox", CRI_SANDBOX_ID: "pod"});
-    });
+    let pod = h.pod_bundle();
     let member = |id: &str, limit: Option<u64>| {
-        h.bundle(id, |spec| {
-            spec["annotations"] = json!({CRI_CONTAINER_TYPE: "container", CRI_SANDBOX_ID: "pod"});
+        h.member_bundle(id, |spec| {
             spec["mounts"] =
                 json!([{"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup"}]);
             if let Some(l) = limit {
@@ -790,11 +794,8 @@ async fn a_spec_the_policy_refuses_is_recorded_and_nothing_runs() {
 #[tokio::test]
 async fn a_pod_members_refusal_goes_into_its_pods_chain() {
     let h = harness();
-    let pod = h.bundle("pod", |spec| {
-        spec["annotations"] = json!({CRI_CONTAINER_TYPE: "sandbox", CRI_SANDBOX_ID: "pod"});
-    });
-    let app = h.bundle("app", |spec| {
-        spec["annotations"] = json!({CRI_CONTAINER_TYPE: "container", CRI_SANDBOX_ID: "pod"});
+    let pod = h.pod_bundle();
+    let app = h.member_bundle("app", |spec| {
         spec["mounts"] = json!([{"destination": "/host", "source": "/etc", "type": "bind", "options": ["rbind"]}]);
     });
     h.create("pod", &pod).await.expect("pod");
