@@ -115,7 +115,8 @@ pub fn short_line(line: &str) -> String {
     }
     if !e["violation"]["reason"].is_null() {
         what.push(format!(
-            "{} -> {}",
+            "{}: {} -> {}",
+            s(&e["violation"]["rule"]),
             s(&e["violation"]["reason"]),
             s(&e["violation"]["enforcement"])
         ));
@@ -133,7 +134,13 @@ pub fn short_line(line: &str) -> String {
         ));
     }
     if !e["message"].is_null() {
-        what.push(s(&e["message"]));
+        // After what the event's fields said, set apart from it.
+        let message = s(&e["message"]);
+        what.push(if what.is_empty() {
+            message
+        } else {
+            format!("({message})")
+        });
     }
     format!(
         "#{:<4} {:<22} {:<12} {}",
@@ -200,6 +207,15 @@ mod tests {
         assert_eq!(
             out,
             "#3    file/open              c1           /tmp/x (write) errno ENOENT"
+        );
+    }
+
+    #[test]
+    fn a_violation_names_its_rule_and_sets_the_message_apart() {
+        let line = r#"{"seq":1,"category":"policy","action":"violation","container_id":"c1","violation":{"rule":"process.env[1] (LD_PRELOAD)","reason":"no preloads","enforcement":"refused"},"message":"create refused: nothing ran"}"#;
+        assert_eq!(
+            short_line(line),
+            "#1    policy/violation       c1           process.env[1] (LD_PRELOAD): no preloads -> refused (create refused: nothing ran)"
         );
     }
 
