@@ -93,6 +93,11 @@ const SCENARIOS: &[CriScenario] = &[
         core: false,
     },
     CriScenario {
+        name: "pod_env_loader_variables_refused_under_tools",
+        run: policy::pod_env_loader_variables_are_refused_under_tools,
+        core: false,
+    },
+    CriScenario {
         name: "pod_own_user_image_serves_within_policy",
         run: policy::own_user_image_serves_within_policy,
         core: false,

@@ -285,6 +285,62 @@ pub fn member_tools_are_enforced_under_its_own_policy(env: &CriEnv) -> Result<()
     Ok(())
 }
 
+/// A pod spec's `env` is the tenant's: under a container policy with `tools`, one that sets
+/// `LD_PRELOAD` would make every listed dynamic tool load what the agent later writes there. It
+/// is refused at StartContainer (where CRI creates the task) naming the variable, the field
+/// and the policy; the refusal is a `policy`/`violation` (`enforcement: refused`) in the pod's
+/// chain, and the pod runs on.
+pub fn pod_env_loader_variables_are_refused_under_tools(env: &CriEnv) -> Result<()> {
+    let policy = env.unique("cri-envtools").to_lowercase();
+    let text = format!(
+        "apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: {policy}\n  \
+         description: CRI tools with a tenant's env\nspec:\n  process: {{tools: [/bin/sh, /bin/sleep]}}\n"
+    );
+    let path = env.containerd.policy_dir().join(format!("{policy}.yaml"));
+    fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+    let name = env.unique("envtools");
+    let pod = env.pod_config(&name, &[]);
+    let audit = env.containerd.audit_path();
+    env.with_pod(&pod, HANDLER, |pod_id| {
+        let mut config = env.container_config("preload", &["sleep", "1000"]);
+        config.annotations.insert(ANNOTATION.into(), policy.clone());
+        config.envs.push(cri::KeyValue {
+            key: "LD_PRELOAD".into(),
+            value: "/tmp/payload.so".into(),
+        });
+        let refused = env.cri.create_container(pod_id, &pod, &config)?;
+        let result = env.cri.start_container(&refused);
+        let _ = env.cri.remove_container(&refused);
+        let err = match result {
+            Ok(()) => anyhow::bail!("StartContainer with LD_PRELOAD under tools succeeded"),
+            Err(e) => format!("{e:#}"),
+        };
+        ensure!(
+            err.contains("LD_PRELOAD") && err.contains("process.env") && err.contains(&policy),
+            "the refusal names the variable, the field and the policy: {err}"
+        );
+        let recorded = safehouse_integration::lab::audit_lines(&audit)
+            .into_iter()
+            .find(|e| e["container_id"] == refused.as_str() && e["action"] == "violation");
+        ensure!(
+            recorded
+                .as_ref()
+                .is_some_and(|e| e["violation"]["enforcement"] == "refused"
+                    && e["sandbox_id"] == pod_id
+                    && e["violation"]["rule"]
+                        .as_str()
+                        .is_some_and(|r| r.contains("LD_PRELOAD"))),
+            "the refusal in the pod's audit chain: {recorded:?}"
+        );
+        let id = env.cri.create_and_start(
+            pod_id,
+            &pod,
+            &env.container_config("ok", &["sleep", "1000"]),
+        )?;
+        Ok(vec![id, refused])
+    })
+}
+
 /// A policy that lets the pod's own non-root identity stand and keeps at most two
 /// capabilities.
 const NONROOT_POLICY: &str = "\
