@@ -56,5 +56,9 @@ fn main() -> ExitCode {
             name: "stop::stop_kills_records_and_leaves_nothing",
             run: stop::stop_kills_records_and_leaves_nothing,
         },
+        Scenario {
+            name: "stop::stop_all_in_a_namespace_stops_that_namespace_only",
+            run: stop::stop_all_in_a_namespace_stops_that_namespace_only,
+        },
     ])
 }

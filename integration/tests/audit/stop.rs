@@ -89,6 +89,76 @@ pub fn stop_kills_records_and_leaves_nothing(env: &TestEnv) -> Result<()> {
     })
 }
 
+/// `safehouse stop --all --namespace NS`: every Safehouse sandbox of that containerd namespace
+/// is stopped and recorded, and nothing of another namespace is touched (a container of the
+/// test's own namespace runs on). The namespace is this scenario's own, so the other
+/// scenarios running beside it are out of reach.
+pub fn stop_all_in_a_namespace_stops_that_namespace_only(env: &TestEnv) -> Result<()> {
+    let lab = Lab::new(env, "stopall")?;
+    lab.policy("recorded", "{audit: {record: [process]}}")?;
+    let ns = format!("{}-stopall", env.ctr.namespace);
+    let own = safehouse_integration::ctr::Ctr {
+        namespace: ns.clone(),
+        ..env.ctr.clone()
+    };
+    safehouse_integration::image::import_busybox(&own.binary, &own.address, &ns)?;
+    let a = env.id("alla");
+    let b = env.id("allb");
+    let bystander = env.id("allby");
+    let result = env.scenario(&[&a, &b, &bystander], || {
+        for id in [&a, &b] {
+            let out = own.run(&lab.argv(Some("recorded"), &["-d"], id, &["sleep", "1000"]))?;
+            ensure!(out.success(), "start {id} in {ns}: {}", out.describe());
+            own.wait_status(id, "RUNNING", Duration::from_secs(20))?;
+        }
+        let out = lab.run(Some("recorded"), &["-d"], &bystander, &["sleep", "1000"])?;
+        ensure!(out.success(), "start {bystander}: {}", out.describe());
+        env.ctr
+            .wait_status(&bystander, "RUNNING", Duration::from_secs(20))?;
+
+        let out = safehouse(&["stop", "--all", "--namespace", &ns])?;
+        ensure!(out.success(), "safehouse stop --all: {}", out.describe());
+        for id in [&a, &b] {
+            ensure!(
+                out.stdout
+                    .contains(&format!("stopped {ns}/{id} (exit 137)")),
+                "stop --all should report {id} killed: {}",
+                out.describe()
+            );
+            lab.wait_event(id, "the kill by safehouse stop", |e| {
+                is(e, "lifecycle", "kill")
+                    && e["actor"]
+                        .as_str()
+                        .is_some_and(|s| s.starts_with("safehouse stop (uid 0"))
+            })?;
+        }
+        ensure!(
+            !out.stdout.contains(&bystander),
+            "stop --all --namespace {ns} named a container of another namespace: {}",
+            out.describe()
+        );
+        let row = env.ctr.task(&bystander)?;
+        ensure!(
+            row.as_ref().is_some_and(|r| r.status == "RUNNING"),
+            "the other namespace's container should run on: {row:?}"
+        );
+        env.ctr.force_remove(&bystander);
+        for id in [&a, &b] {
+            own.run(&["tasks", "delete", id])?.ok()?;
+            own.run(&["containers", "rm", id])?.ok()?;
+        }
+        Ok(())
+    });
+    // Whatever the body left (it failed): the scenario's own clean-up knows only the test's
+    // namespace.
+    for id in [&a, &b] {
+        own.force_remove(id);
+    }
+    let _ = own.run(&["images", "rm", safehouse_integration::image::BUSYBOX_IMAGE]);
+    let _ = own.run(&["namespaces", "rm", &ns]);
+    result
+}
+
 /// A shim SIGKILLed while its sandbox runs never writes the sandbox's `delete`: containerd's
 /// `delete` action (a new shim process) closes the chain for it, chained after the last line,
 /// saying who closed it; the log still verifies and no chain is left open.
