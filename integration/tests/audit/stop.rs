@@ -9,6 +9,16 @@ use safehouse_integration::TestEnv;
 
 use crate::lab::{is, safehouse, verify, Lab, Listing};
 
+/// Container `id`'s kill event from `safehouse stop`, naming who asked.
+fn stop_kill(lab: &Lab, id: &str) -> Result<serde_json::Value> {
+    lab.wait_event(id, "the kill by safehouse stop", |e| {
+        is(e, "lifecycle", "kill")
+            && e["actor"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("safehouse stop (uid 0"))
+    })
+}
+
 /// Two running sandboxes, one `safehouse stop --namespace NS A B`: both gone, both recorded.
 pub fn stop_kills_records_and_leaves_nothing(env: &TestEnv) -> Result<()> {
     let lab = Lab::new(env, "stop")?;
@@ -52,12 +62,7 @@ pub fn stop_kills_records_and_leaves_nothing(env: &TestEnv) -> Result<()> {
             );
         }
         for id in [&a, &b] {
-            let kill = lab.wait_event(id, "the kill by safehouse stop", |e| {
-                is(e, "lifecycle", "kill")
-                    && e["actor"]
-                        .as_str()
-                        .is_some_and(|s| s.starts_with("safehouse stop (uid 0"))
-            })?;
+            let kill = stop_kill(&lab, id)?;
             ensure!(
                 kill["detail"]["signal"] == 9 && kill["detail"]["all"] == true,
                 "kill event: {kill}"
@@ -125,12 +130,7 @@ pub fn stop_all_in_a_namespace_stops_that_namespace_only(env: &TestEnv) -> Resul
                 "stop --all should report {id} killed: {}",
                 out.describe()
             );
-            lab.wait_event(id, "the kill by safehouse stop", |e| {
-                is(e, "lifecycle", "kill")
-                    && e["actor"]
-                        .as_str()
-                        .is_some_and(|s| s.starts_with("safehouse stop (uid 0"))
-            })?;
+            stop_kill(&lab, id)?;
         }
         ensure!(
             !out.stdout.contains(&bystander),

@@ -181,26 +181,22 @@ pub fn unusable_policy_fails(env: &CriEnv) -> Result<()> {
 /// `cat`), its violation carries its own id and policy, and the pod's other container runs
 /// cat freely.
 pub fn member_tools_are_enforced_under_its_own_policy(env: &CriEnv) -> Result<()> {
-    let policy = env.unique("cri-tools").to_lowercase();
-    let text = format!(
-        "apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: {policy}\n  \
-         description: CRI per-container tools\nspec:\n  filesystem: {{rootfs: read-write}}\n  \
-         process: {{user: \"0:0\", noNewPrivileges: false, tools: [/bin/sh, /bin/sleep]}}\n  \
-         audit: {{record: [], onViolation: record}}\n"
-    );
-    let path = env.containerd.policy_dir().join(format!("{policy}.yaml"));
-    fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+    let policy = write_policy(
+        env,
+        "cri-tools",
+        "filesystem: {rootfs: read-write}\n  \
+         process: {user: \"0:0\", noNewPrivileges: false, tools: [/bin/sh, /bin/sleep]}\n  \
+         audit: {record: [], onViolation: record}",
+    )?;
     // The pod's own policy records nothing: the member's tools still need its execs, so the
     // sandbox's trace session must report them anyway.
-    let quiet = env.unique("cri-quiet").to_lowercase();
-    let text = format!(
-        "apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: {quiet}\n  \
-         description: CRI pod recording nothing\nspec:\n  filesystem: {{rootfs: read-write}}\n  \
-         process: {{user: \"0:0\", noNewPrivileges: false}}\n  \
-         audit: {{record: [], onViolation: record}}\n"
-    );
-    let path = env.containerd.policy_dir().join(format!("{quiet}.yaml"));
-    fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+    let quiet = write_policy(
+        env,
+        "cri-quiet",
+        "filesystem: {rootfs: read-write}\n  \
+         process: {user: \"0:0\", noNewPrivileges: false}\n  \
+         audit: {record: [], onViolation: record}",
+    )?;
     let name = env.unique("membertools");
     let pod = env.pod_config(&name, &[(ANNOTATION, quiet.as_str())]);
     let audit = env.containerd.audit_path();
@@ -291,13 +287,11 @@ pub fn member_tools_are_enforced_under_its_own_policy(env: &CriEnv) -> Result<()
 /// and the policy; the refusal is a `policy`/`violation` (`enforcement: refused`) in the pod's
 /// chain, and the pod runs on.
 pub fn pod_env_loader_variables_are_refused_under_tools(env: &CriEnv) -> Result<()> {
-    let policy = env.unique("cri-envtools").to_lowercase();
-    let text = format!(
-        "apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: {policy}\n  \
-         description: CRI tools with a tenant's env\nspec:\n  process: {{tools: [/bin/sh, /bin/sleep]}}\n"
-    );
-    let path = env.containerd.policy_dir().join(format!("{policy}.yaml"));
-    fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+    let policy = write_policy(
+        env,
+        "cri-envtools",
+        "process: {tools: [/bin/sh, /bin/sleep]}",
+    )?;
     let name = env.unique("envtools");
     let pod = env.pod_config(&name, &[]);
     let audit = env.containerd.audit_path();
@@ -308,13 +302,7 @@ pub fn pod_env_loader_variables_are_refused_under_tools(env: &CriEnv) -> Result<
             key: "LD_PRELOAD".into(),
             value: "/tmp/payload.so".into(),
         });
-        let refused = env.cri.create_container(pod_id, &pod, &config)?;
-        let result = env.cri.start_container(&refused);
-        let _ = env.cri.remove_container(&refused);
-        let err = match result {
-            Ok(()) => anyhow::bail!("StartContainer with LD_PRELOAD under tools succeeded"),
-            Err(e) => format!("{e:#}"),
-        };
+        let (refused, err) = refused_start(env, pod_id, &pod, &config)?;
         ensure!(
             err.contains("LD_PRELOAD") && err.contains("process.env") && err.contains(&policy),
             "the refusal names the variable, the field and the policy: {err}"
@@ -339,6 +327,37 @@ pub fn pod_env_loader_variables_are_refused_under_tools(env: &CriEnv) -> Result<
         )?;
         Ok(vec![id, refused])
     })
+}
+
+/// Writes a policy named `prefix` made unique, with `spec` (YAML, indented as a key of
+/// `spec:`), into the CRI harness's policy directory; returns its name.
+fn write_policy(env: &CriEnv, prefix: &str, spec: &str) -> Result<String> {
+    let name = env.unique(prefix).to_lowercase();
+    let text = format!(
+        "apiVersion: safehouse.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: {name}\n  \
+         description: CRI integration test\nspec:\n  {spec}\n"
+    );
+    let path = env.containerd.policy_dir().join(format!("{name}.yaml"));
+    fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+    Ok(name)
+}
+
+/// CreateContainer, then a StartContainer that must fail (CRI creates the task, where the
+/// policy is applied, at StartContainer); removes the container and returns its id and the
+/// error.
+fn refused_start(
+    env: &CriEnv,
+    pod_id: &str,
+    pod: &cri::PodSandboxConfig,
+    config: &cri::ContainerConfig,
+) -> Result<(String, String)> {
+    let id = env.cri.create_container(pod_id, pod, config)?;
+    let result = env.cri.start_container(&id);
+    let _ = env.cri.remove_container(&id);
+    match result {
+        Ok(()) => anyhow::bail!("StartContainer of {id} succeeded where it must be refused"),
+        Err(e) => Ok((id, format!("{e:#}"))),
+    }
 }
 
 /// A policy that lets the pod's own non-root identity stand and keeps at most two
@@ -581,13 +600,7 @@ pub fn own_user_image_serves_within_policy(env: &CriEnv) -> Result<()> {
         locked
             .annotations
             .insert(ANNOTATION.to_string(), LOCKED.to_string());
-        let refused = env.cri.create_container(pod_id, &pod, &locked)?;
-        let result = env.cri.start_container(&refused);
-        let _ = env.cri.remove_container(&refused);
-        let err = match result {
-            Ok(()) => anyhow::bail!("the USER 101 image started under the fixed user of {LOCKED}"),
-            Err(e) => format!("{e:#}"),
-        };
+        let (refused, err) = refused_start(env, pod_id, &pod, &locked)?;
         ensure!(
             err.contains("process.user") && err.contains(LOCKED) && err.contains("uid 101"),
             "the refusal does not name the field, the policy and the uid: {err}"
