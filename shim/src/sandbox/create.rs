@@ -22,7 +22,7 @@ use super::steps::{
 use super::undo::{Step, Teardown, Undo};
 use super::Sandbox;
 use crate::audit::{self, AuditRules, Enforcer, KillSwitch, RuleBook, SandboxAudit};
-use crate::bundle::POD_INIT_CONFIG;
+use crate::bundle::{Bundle, POD_INIT_CONFIG};
 use crate::confine;
 use crate::container::{Container, SpecNetns, CRI_SANDBOX_NAME, CRI_SANDBOX_NAMESPACE};
 use crate::error::{Result, ShimError};
@@ -290,16 +290,8 @@ fn start_audit(
 ) -> Result<(Arc<SandboxAudit>, Option<String>)> {
     let compiled = &new.confinement.compiled;
     host.output.writer(&host.env.config.audit)?;
-    let mut ctx = SandboxContext::new(&new.id)
-        .with_namespace(host.namespace)
+    let ctx = sandbox_context(&new.id, host.namespace, &new.bundle)
         .with_policy(&compiled.name, Some(compiled.digest.clone()));
-    let ann = new.bundle.annotations();
-    if let (Some(name), Some(ns)) = (
-        ann[CRI_SANDBOX_NAME].as_str(),
-        ann[CRI_SANDBOX_NAMESPACE].as_str(),
-    ) {
-        ctx = ctx.with_pod(name, ns);
-    }
     let rules = container_rules(new);
     let book = Arc::new(RuleBook::new(&new.id, rules));
     let switch = Arc::new(KillSwitch::default());
@@ -325,6 +317,20 @@ fn start_audit(
         undo.push(Step::File(new.bundle.file(POD_INIT_CONFIG)));
     }
     Ok(started)
+}
+
+/// The audit fields of a new sandbox `id` in containerd namespace `namespace`: with its pod's
+/// name and namespace when CRI made it.
+pub(crate) fn sandbox_context(id: &str, namespace: &str, bundle: &Bundle) -> SandboxContext {
+    let ctx = SandboxContext::new(id).with_namespace(namespace);
+    let ann = bundle.annotations();
+    match (
+        ann[CRI_SANDBOX_NAME].as_str(),
+        ann[CRI_SANDBOX_NAMESPACE].as_str(),
+    ) {
+        (Some(name), Some(ns)) => ctx.with_pod(name, ns),
+        _ => ctx,
+    }
 }
 
 /// The rules the enforcer checks this container's events against (its own policy's).

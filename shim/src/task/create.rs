@@ -11,14 +11,13 @@ use containerd_shim_protos::topics;
 use super::{options_config_path, TaskService};
 use crate::bundle::Bundle;
 use crate::confine;
-use crate::container::{sandbox_role, SandboxRole, CRI_SANDBOX_NAME, CRI_SANDBOX_NAMESPACE};
+use crate::container::{sandbox_role, SandboxRole};
 use crate::error::{Result, ShimError};
 use crate::hooks;
 use crate::node::RuntimeEnv;
 use crate::process::ProcessRef;
-use crate::sandbox::create::{create_sandbox, join_sandbox, Host, NewContainer};
+use crate::sandbox::create::{create_sandbox, join_sandbox, sandbox_context, Host, NewContainer};
 use crate::stdio::IoPaths;
-use safehouse_audit::lifecycle::SandboxContext;
 use safehouse_policy::CompileError;
 use tracing::{info, warn};
 
@@ -155,16 +154,7 @@ impl TaskService {
                 return;
             }
         }
-        let mut ctx = SandboxContext::new(id)
-            .with_namespace(&self.namespace)
-            .with_policy(source.policy(), None);
-        let ann = bundle.annotations();
-        if let (Some(name), Some(ns)) = (
-            ann[CRI_SANDBOX_NAME].as_str(),
-            ann[CRI_SANDBOX_NAMESPACE].as_str(),
-        ) {
-            ctx = ctx.with_pod(name, ns);
-        }
+        let ctx = sandbox_context(id, &self.namespace, bundle).with_policy(source.policy(), None);
         self.record(
             ctx.violation(id, &field, &reason, "refused")
                 .message(message)
