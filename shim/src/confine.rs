@@ -206,13 +206,7 @@ pub fn confine_exec(container_process: &Value, exec: &Value) -> Value {
 pub fn check_exec_loader_env(policy: &str, container_process: &Value, exec: &Value) -> Result<()> {
     let theirs = crate::audit::process_loader_env(container_process);
     let asked = crate::audit::process_loader_env(exec);
-    let mut differing: Vec<&String> = asked
-        .iter()
-        .filter(|(name, value)| theirs.get(*name) != Some(*value))
-        .map(|(name, _)| name)
-        .collect();
-    differing.sort();
-    let Some(name) = differing.first() else {
+    let Some((name, _)) = crate::audit::foreign_loader_var(&theirs, &asked) else {
         return Ok(());
     };
     Err(safehouse_policy::CompileError::Refused {

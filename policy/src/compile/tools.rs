@@ -145,7 +145,7 @@ const RUNSC_MOUNTS: &[&str] = &["/dev", "/proc", "/sys", "/tmp"];
 /// or one inside a mount: a zone, a volume, `/tmp`, `/dev/shm`), is refused naming the
 /// variable. Otherwise every listed dynamic tool would run whatever the agent later wrote
 /// there, with no exec the list could refuse and no variable the stream would see as new.
-pub fn check_loader_env(
+pub(super) fn check_loader_env(
     policy: &AgentPolicy,
     env: &[String],
     mounts: &[Mount],

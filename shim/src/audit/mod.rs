@@ -26,7 +26,7 @@ use safehouse_policy::{AuditCategory, CompiledPolicy};
 pub use enforcer::{Enforcer, KillRequest, RuleBook};
 pub use kill_switch::KillSwitch;
 pub use output::AuditOutput;
-pub use rules::{process_loader_env, resolve_in_root, AuditRules};
+pub use rules::{foreign_loader_var, process_loader_env, resolve_in_root, AuditRules};
 
 use crate::bundle::POD_INIT_CONFIG;
 use crate::error::{Result, ShimError};

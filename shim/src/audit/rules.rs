@@ -51,7 +51,7 @@ impl AuditRules {
             init_binary(rootfs, spec),
             |t| resolve_in_root(rootfs, t),
         );
-        rules.loader_env = spec_loader_env(spec);
+        rules.loader_env = process_loader_env(&spec["process"]);
         rules.records_process = compiled
             .audit_plan
             .record
@@ -134,9 +134,7 @@ impl AuditRules {
     /// mount stops that mapping on a runsc that checks `noexec` on `execve` only.
     fn refuse_loader_env(&self, binary: &str, event: &AuditEvent) -> Option<String> {
         let env = event.process.as_ref()?.loader_env.as_ref()?;
-        let (name, value) = env
-            .iter()
-            .find(|(name, value)| self.loader_env.get(*name) != Some(*value))?;
+        let (name, value) = foreign_loader_var(&self.loader_env, env)?;
         Some(format!(
             "exec of {binary} with {name}={value:?}: the loader would map code from a file the tools list does not name (the container's own environment sets {})",
             self.loader_env
@@ -175,11 +173,6 @@ impl AuditRules {
     }
 }
 
-/// The spec's `process.env` as (name, value) pairs.
-fn spec_env(spec: &serde_json::Value) -> impl Iterator<Item = (&str, &str)> {
-    process_env(&spec["process"])
-}
-
 /// An OCI process's `env` as (name, value) pairs.
 fn process_env(process: &serde_json::Value) -> impl Iterator<Item = (&str, &str)> {
     process["env"]
@@ -187,11 +180,6 @@ fn process_env(process: &serde_json::Value) -> impl Iterator<Item = (&str, &str)
         .into_iter()
         .flatten()
         .filter_map(|e| e.as_str()?.split_once('='))
-}
-
-/// The loader variables the spec's `process.env` sets.
-fn spec_loader_env(spec: &serde_json::Value) -> HashMap<String, String> {
-    process_loader_env(&spec["process"])
 }
 
 /// The loader variables ([`LOADER_VARIABLES`]) an OCI process's `env` sets.
@@ -202,13 +190,25 @@ pub fn process_loader_env(process: &serde_json::Value) -> HashMap<String, String
         .collect()
 }
 
+/// The first (by name) of the loader variables `asked` sets that `own` (the container spec's)
+/// does not set to the same value: what an exec may not bring, at Exec and on the stream.
+pub fn foreign_loader_var<'a>(
+    own: &HashMap<String, String>,
+    asked: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Option<(&'a String, &'a String)> {
+    asked
+        .into_iter()
+        .filter(|(name, value)| own.get(*name) != Some(*value))
+        .min_by_key(|(name, _)| *name)
+}
+
 /// The init's executable: `process.args[0]`, searched in the spec's PATH inside `rootfs`.
 fn init_binary(rootfs: &Path, spec: &serde_json::Value) -> Option<String> {
     let arg0 = spec["process"]["args"][0].as_str()?;
     if arg0.starts_with('/') {
         return resolve_in_root(rootfs, Path::new(arg0)).map(|p| p.display().to_string());
     }
-    let path_var = spec_env(spec)
+    let path_var = process_env(&spec["process"])
         .find_map(|(name, value)| (name == "PATH").then_some(value))
         .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     path_var
@@ -326,9 +326,9 @@ mod tests {
         );
         // What the container's own spec sets (an image's LD_LIBRARY_PATH) stands, with that
         // value only.
-        rules.loader_env = spec_loader_env(&serde_json::json!({"process": {"env": [
+        rules.loader_env = process_loader_env(&serde_json::json!({"env": [
             "PATH=/bin", "LD_LIBRARY_PATH=/opt/lib", "LD_PRELOADX=1"
-        ]}}));
+        ]}));
         assert_eq!(rules.loader_env.len(), 1);
         let image = with_loader_env(python.clone(), &[("LD_LIBRARY_PATH", "/opt/lib")]);
         assert_eq!(rules.offense(&image), None);
